@@ -1,0 +1,35 @@
+# The two set-up commands of the README: `make run` and `make test`. Each creates the
+# virtual environment it needs (.venv) from pyproject.toml; only python3 and make are needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test lint typecheck unit clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[vision,onnx,tflite,convert,dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/pipeline run graphs/synthetic.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q
+
+test: lint typecheck $(STAMP)
+	$(BIN)/pipeline schema --check
+	$(BIN)/pipeline check graphs/*.yaml
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) out .mypy_cache .ruff_cache .pytest_cache

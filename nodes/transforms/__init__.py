@@ -1,0 +1,1 @@
+"""Transform nodes: resize, letterbox, crop, colour and normalise frames."""

@@ -1,0 +1,235 @@
+"""The ``pipeline`` command: check, run, nodes, schema; plugins add more.
+
+Exit codes: 0 success, 1 runtime failure, 2 invalid graph or usage. Packages add commands
+through the ``pipeline.commands`` entry-point group: each entry point is a function
+``register(subparsers)`` that adds its sub-command (``nodes.inference`` adds ``models``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigIssue, RegistryError
+from pipeline.graph.load import check_graph
+from pipeline.graph.spec import graph_json_schema
+from pipeline.registry import available_nodes, load_node_class
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+SCHEMA_PATH = Path(__file__).parent / "graph" / "schema.json"
+
+
+def _print_issues(issues: Sequence[ConfigIssue]) -> tuple[int, int]:
+    for issue in issues:
+        print(issue.format(), file=sys.stderr)
+    errors = sum(1 for i in issues if i.severity == "error")
+    return errors, len(issues) - errors
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    total_errors = 0
+    for file in args.files:
+        _, issues = check_graph(file)
+        errors, warnings = _print_issues(issues)
+        total_errors += errors
+        if errors:
+            print(
+                f"{file}: {_plural(errors, 'error')}, {_plural(warnings, 'warning')}",
+                file=sys.stderr,
+            )
+        else:
+            print(f"{file}: ok" + (f" ({_plural(warnings, 'warning')})" if warnings else ""))
+    return EXIT_USAGE if total_errors else EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.runtime.runner import run_graph
+    from pipeline.runtime.table import render_table
+
+    graph, issues = check_graph(args.file)
+    errors, _ = _print_issues(issues)
+    if graph is None:
+        print(f"{_plural(errors, 'error')}; nothing was started", file=sys.stderr)
+        return EXIT_USAGE
+    live = sys.stderr.isatty() if args.live is None else args.live
+    result = run_graph(
+        graph, log_level=args.log_level, live=live, stats_json=args.stats_json, grace_s=args.grace
+    )
+    if result.stats and not args.quiet:
+        print(render_table(result.stats), file=sys.stderr)
+    verdict = "failed" if result.exit_code else ("stopped" if result.stopped else "finished")
+    print(f"graph {graph.name!r} {verdict} in {result.duration_s:.1f} s", file=sys.stderr)
+    if args.stats_json:
+        print(f"statistics written to {args.stats_json}", file=sys.stderr)
+    return result.exit_code
+
+
+def _type_name(schema: dict[str, Any]) -> str:
+    if "enum" in schema:
+        return " | ".join(map(str, schema["enum"]))
+    if "anyOf" in schema:
+        return " | ".join(_type_name(s) for s in schema["anyOf"])
+    if "const" in schema:
+        return repr(schema["const"])
+    if schema.get("type") == "array":
+        return f"list[{_type_name(schema.get('items', {}))}]"
+    return str(schema.get("type", "any"))
+
+
+def _range(schema: dict[str, Any]) -> str:
+    parts = []
+    for key, sym in (
+        ("minimum", ">="),
+        ("exclusiveMinimum", ">"),
+        ("maximum", "<="),
+        ("exclusiveMaximum", "<"),
+    ):
+        if key in schema:
+            parts.append(f"{sym} {schema[key]}")
+    for sub in schema.get("anyOf", []):
+        sub_range = _range(sub)
+        if sub_range:
+            parts.append(sub_range)
+    return ", ".join(parts)
+
+
+def describe_node(type_id: str) -> str:
+    """The text ``pipeline nodes NAME`` prints: doc, ports and a params table."""
+    cls = load_node_class(type_id)
+    doc = (cls.__doc__ or "").strip().splitlines()
+    lines = [f"{type_id}  ({cls.__module__}:{cls.__qualname__})"]
+    if doc:
+        lines.append(f"  {doc[0]}")
+    for label, ports in (("inputs", cls.inputs), ("outputs", cls.outputs)):
+        if ports:
+            lines.append(f"  {label}:")
+            for name, port in ports.items():
+                extra = "" if getattr(port, "required", True) else " (optional)"
+                desc = f"  {port.description}" if port.description else ""
+                lines.append(f"    {name}: {port.type.__name__}{extra}{desc}")
+        else:
+            lines.append(f"  {label}: none")
+    schema = cls.Params.model_json_schema()
+    props = schema.get("properties", {})
+    required = set(schema.get("required", []))
+    if props:
+        lines.append("  params:")
+        for name, p in props.items():
+            default = "required" if name in required else f"default {p.get('default')!r}"
+            rng = _range(p)
+            rng = f", {rng}" if rng else ""
+            lines.append(f"    {name}: {_type_name(p)} ({default}{rng})")
+            if p.get("description"):
+                lines.append(f"        {p['description']}")
+    else:
+        lines.append("  params: none")
+    return "\n".join(lines)
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    names = args.names or available_nodes()
+    failed = False
+    for i, name in enumerate(names):
+        try:
+            text = describe_node(name)
+        except RegistryError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        print(("\n" if i else "") + text)
+    return EXIT_USAGE if failed else EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    text = graph_json_schema()
+    if args.check:
+        current = SCHEMA_PATH.read_text(encoding="utf-8") if SCHEMA_PATH.exists() else ""
+        if current != text:
+            print(f"{SCHEMA_PATH} is out of date: run `pipeline schema --write`", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"{SCHEMA_PATH}: up to date")
+    elif args.write:
+        SCHEMA_PATH.write_text(text, encoding="utf-8")
+        print(f"wrote {SCHEMA_PATH}")
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pipeline", description="Streaming vision pipelines: YAML graphs of node processes."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check", help="validate graph files without starting anything")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("run", help="run a graph until its sinks see end of stream or Ctrl-C")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--stats-json", metavar="FILE", help="write every node's statistics at the end")
+    p.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper
+    )
+    live = p.add_mutually_exclusive_group()
+    live.add_argument(
+        "--live",
+        dest="live",
+        action="store_true",
+        default=None,
+        help="redraw a statistics table every second (default on a terminal)",
+    )
+    live.add_argument("--no-live", dest="live", action="store_false")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds to drain after Ctrl-C before forcing (default 5)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no final statistics table")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("nodes", help="list node types with their ports and params")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.set_defaults(func=cmd_nodes)
+
+    p = sub.add_parser("schema", help="print the graph file's JSON Schema")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--check", action="store_true", help="fail if the committed schema drifted")
+    g.add_argument("--write", action="store_true", help="rewrite the committed schema")
+    p.set_defaults(func=cmd_schema)
+
+    for ep in entry_points(group="pipeline.commands"):
+        register: Callable[[Any], None] = ep.load()
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_FAILED
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Read a graph file into a ``GraphSpec``, keeping the line and column of every value.
+
+Phases, each reporting every issue it finds before stopping: YAML syntax; the graph schema
+(unknown, missing or mistyped keys); then wiring and node params (``pipeline.graph.validate``).
+Issues point at ``file:line:col`` through a table of YAML marks keyed by document path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from pipeline.errors import ConfigError, ConfigIssue
+from pipeline.graph.spec import GraphSpec, InputSpec, NodeSpec
+from pipeline.graph.validate import ValidatedGraph, validate_spec
+from pipeline.registry import suggest
+
+__all__ = ["Marks", "check_graph", "format_path", "load_graph", "parse_graph"]
+
+PathKey = tuple[str | int, ...]
+
+
+class Marks:
+    """Line and column (1-based) of every key and value in a YAML document, by path."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.values: dict[PathKey, tuple[int, int]] = {}
+        self.keys: dict[PathKey, tuple[int, int]] = {}
+
+    def at(self, path: PathKey, *, key: bool = False) -> tuple[int, int]:
+        """The position of ``path`` (of its key when ``key``), or of its nearest ancestor."""
+        table = self.keys if key else self.values
+        probe = tuple(path)
+        while probe:
+            if probe in table:
+                return table[probe]
+            if probe in self.values:
+                return self.values[probe]
+            probe = probe[:-1]
+        return self.values.get((), (1, 1))
+
+    def issue(
+        self,
+        path: PathKey,
+        message: str,
+        *,
+        key: bool = False,
+        hints: Sequence[str] = (),
+        severity: str = "error",
+    ) -> ConfigIssue:
+        line, col = self.at(path, key=key)
+        return ConfigIssue(
+            self.file,
+            line,
+            col,
+            format_path(path),
+            message,
+            tuple(hints),
+            "warning" if severity == "warning" else "error",
+        )
+
+
+def format_path(path: PathKey) -> str:
+    """``("nodes", 1, "inputs", "frames")`` -> ``nodes[1].inputs.frames``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+class _Builder:
+    """Turns a composed YAML node tree into Python values, filling ``Marks``."""
+
+    def __init__(self, marks: Marks) -> None:
+        self.marks = marks
+        self.issues: list[ConfigIssue] = []
+        self.constructor = yaml.SafeLoader("")
+
+    def build(self, node: yaml.Node, path: PathKey) -> Any:
+        self.marks.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = self.constructor.construct_object(key_node, deep=True)
+                child = (*path, key if isinstance(key, (str, int)) else str(key))
+                self.marks.keys[child] = (
+                    key_node.start_mark.line + 1,
+                    key_node.start_mark.column + 1,
+                )
+                if key in out:
+                    self.issues.append(self.marks.issue(child, f"duplicate key {key!r}", key=True))
+                out[key] = self.build(value_node, child)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        return self.constructor.construct_object(node, deep=True)
+
+
+def parse_graph(
+    text: str, file: str = "<graph>"
+) -> tuple[GraphSpec | None, Marks, list[ConfigIssue]]:
+    """Phases 1 and 2: YAML syntax and the graph schema. Returns the spec (None on errors)."""
+    marks = Marks(file)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        problem = exc.problem or "invalid YAML"
+        context = f" ({exc.context})" if exc.context else ""
+        return None, marks, [ConfigIssue(file, line, col, "", f"YAML syntax: {problem}{context}")]
+    except yaml.YAMLError as exc:
+        return None, marks, [ConfigIssue(file, 1, 1, "", f"YAML syntax: {exc}")]
+    if root is None:
+        return (
+            None,
+            marks,
+            [ConfigIssue(file, 1, 1, "", "the file is empty; a graph needs 'graph:' and 'nodes:'")],
+        )
+    builder = _Builder(marks)
+    data = builder.build(root, ())
+    issues = list(builder.issues)
+    if not isinstance(data, dict):
+        issues.append(
+            marks.issue(
+                (), f"a graph file is a mapping with 'graph' and 'nodes', got {type(data).__name__}"
+            )
+        )
+        return None, marks, issues
+    try:
+        spec = GraphSpec.model_validate(data)
+    except ValidationError as exc:
+        issues.extend(_schema_issues(exc, data, marks))
+        return None, marks, issues
+    return spec, marks, issues
+
+
+def _model_for(loc: PathKey) -> type[BaseModel] | None:
+    if len(loc) == 0:
+        return GraphSpec
+    if len(loc) == 2 and loc[0] == "nodes":
+        return NodeSpec
+    if len(loc) == 4 and loc[0] == "nodes" and loc[2] == "inputs":
+        return InputSpec
+    return None
+
+
+def _schema_issues(exc: ValidationError, data: Any, marks: Marks) -> list[ConfigIssue]:
+    issues = []
+    for err in exc.errors():
+        loc: PathKey = tuple(p for p in err["loc"] if isinstance(p, (str, int)))
+        kind = err["type"]
+        where = _describe(loc, data)
+        if kind == "missing":
+            parent, name = loc[:-1], loc[-1]
+            issues.append(marks.issue(parent, f"missing key {name!r}{where}"))
+        elif kind == "extra_forbidden":
+            parent, name = loc[:-1], str(loc[-1])
+            model = _model_for(parent)
+            hints = []
+            if model is not None:
+                fields = [f.alias or n for n, f in model.model_fields.items()]
+                match = suggest(name, fields)
+                if match:
+                    hints.append(f"hint: did you mean {match!r}?")
+                hints.append(f"allowed keys: {', '.join(fields)}")
+            issues.append(marks.issue(loc, f"unknown key {name!r}{where}", key=True, hints=hints))
+        else:
+            got = err.get("input")
+            message = err["msg"][0].lower() + err["msg"][1:]
+            if kind == "string_pattern_mismatch" and loc[-1] == "from":
+                message = "an input must name an output as 'node/port'"
+            elif kind == "string_pattern_mismatch" and loc[-1] == "id":
+                message = (
+                    "a node id must start with a letter or '_' and hold only letters, "
+                    "digits, '_' and '-'"
+                )
+            issues.append(
+                marks.issue(loc, f"{format_path(loc) or 'document'}{where}: {message}, got {got!r}")
+            )
+    return issues
+
+
+def _describe(loc: PathKey, data: Any) -> str:
+    """`` of node 'camera'`` when the location is inside a node that has an id."""
+    if len(loc) >= 2 and loc[0] == "nodes" and isinstance(loc[1], int):
+        nodes = data.get("nodes") if isinstance(data, dict) else None
+        if isinstance(nodes, list) and loc[1] < len(nodes) and isinstance(nodes[loc[1]], dict):
+            node_id = nodes[loc[1]].get("id")
+            if isinstance(node_id, str):
+                return f" in node {node_id!r}"
+    return ""
+
+
+def check_graph(path: str | Path) -> tuple[ValidatedGraph | None, list[ConfigIssue]]:
+    """Run every check on a graph file; returns the graph (None on errors) and all issues."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        return None, [ConfigIssue(file, 0, 0, "", f"cannot read the graph file: {exc.strerror}")]
+    except UnicodeDecodeError:
+        return None, [ConfigIssue(file, 0, 0, "", "the graph file is not UTF-8 text")]
+    spec, marks, issues = parse_graph(text, file)
+    if spec is None:
+        return None, _sorted(issues)
+    graph, more = validate_spec(spec, marks)
+    issues.extend(more)
+    if any(i.severity == "error" for i in issues):
+        return None, _sorted(issues)
+    return graph, _sorted(issues)
+
+
+def load_graph(path: str | Path) -> ValidatedGraph:
+    """A validated graph from a file.
+
+    Raises:
+        ConfigError: with every issue found, when there is any error.
+    """
+    graph, issues = check_graph(path)
+    if graph is None:
+        raise ConfigError(issues)
+    graph.warnings = [i for i in issues if i.severity == "warning"]
+    return graph
+
+
+def _sorted(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    return sorted(issues, key=lambda i: (i.line, i.col))

@@ -1,0 +1,104 @@
+"""The typed model of a graph file (``GraphSpec``), and the JSON Schema generated from it.
+
+An input is written in short form ``node/port`` or long form
+``{from: node/port, queue: 2, when_full: drop_oldest, transport: shm}``; both parse to an
+``InputSpec``. Node params stay a plain mapping here: each node type validates its own
+``Params`` model in ``pipeline.graph.validate``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["GraphSpec", "InputSpec", "NodeSpec", "WhenFull", "graph_json_schema"]
+
+ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+REF_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*/[A-Za-z_][A-Za-z0-9_]*$"
+
+WhenFull = Literal["block", "drop_oldest", "drop_newest"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class InputSpec(_Strict):
+    """One edge into a node's input port."""
+
+    from_: str = Field(
+        alias="from",
+        pattern=REF_PATTERN,
+        description="The producing output as node/port, e.g. camera/frames.",
+    )
+    queue: int = Field(
+        4, ge=1, le=1024, description="Messages in flight on this edge before when_full applies."
+    )
+    when_full: WhenFull = Field(
+        "block",
+        description="block: lossless back-pressure to the producer; drop_oldest: the consumer "
+        "sees the freshest messages; drop_newest: new messages are dropped. Drops are counted.",
+    )
+    transport: Literal["shm", "tcp"] = Field(
+        "shm",
+        description="shm: shared-memory slots with descriptors over ZeroMQ (one host); tcp: the "
+        "buffers travel as ZeroMQ frames (as between hosts).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"from": value}
+        return value
+
+    @property
+    def node(self) -> str:
+        return self.from_.split("/", 1)[0]
+
+    @property
+    def port(self) -> str:
+        return self.from_.split("/", 1)[1]
+
+
+class NodeSpec(_Strict):
+    """One node of the graph."""
+
+    id: str = Field(pattern=ID_PATTERN, description="Unique id of this node in the graph.")
+    node: str = Field(
+        min_length=1,
+        description="Node type: a registered name (see `pipeline nodes`) or package.module:Class.",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Parameters, checked against the node type's Params."
+    )
+    inputs: dict[str, InputSpec] = Field(
+        default_factory=dict,
+        description="Input port -> producing output, short form node/port or long form.",
+    )
+
+
+class GraphSpec(_Strict):
+    """A graph file."""
+
+    graph: str = Field(min_length=1, description="Name of the graph.")
+    description: str = Field("", description="What the graph does.")
+    nodes: list[NodeSpec] = Field(min_length=1, description="The nodes, in any order.")
+
+
+def graph_json_schema() -> str:
+    """The JSON Schema of a graph file, as committed in ``pipeline/graph/schema.json``."""
+    schema = GraphSpec.model_json_schema(by_alias=True)
+    # An input may also be written in short form, "node/port".
+    inputs = schema["$defs"]["NodeSpec"]["properties"]["inputs"]
+    inputs["additionalProperties"] = {
+        "anyOf": [
+            {"type": "string", "pattern": REF_PATTERN, "description": "Short form: node/port."},
+            {"$ref": "#/$defs/InputSpec"},
+        ]
+    }
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "pipeline graph"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,277 @@
+"""Whole-graph checks on a parsed ``GraphSpec``: node types, params, wiring, types, cycles.
+
+Every problem is collected (never stop at the first) and located through the YAML marks:
+duplicate ids, unknown node types, each node's params against its ``Params`` model, unknown
+nodes or ports in input references, port type mismatches, required inputs left unconnected,
+cycles, and outputs that nobody reads (a warning).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import networkx as nx
+from pydantic import ValidationError
+
+from pipeline.errors import ConfigIssue, RegistryError
+from pipeline.graph.spec import GraphSpec, InputSpec, NodeSpec
+from pipeline.node import Node
+from pipeline.params import NodeParams
+from pipeline.registry import load_node_class, suggest
+
+if TYPE_CHECKING:
+    from pipeline.graph.load import Marks
+
+__all__ = ["Edge", "ValidatedGraph", "validate_spec"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Edge:
+    """One connection: ``producer/output -> consumer.input``."""
+
+    producer: str
+    output: str
+    consumer: str
+    input: str
+    spec: InputSpec
+
+    @property
+    def name(self) -> str:
+        return f"{self.producer}/{self.output}->{self.consumer}.{self.input}"
+
+
+@dataclasses.dataclass
+class ValidatedGraph:
+    """A graph that passed every check: spec, node classes, params, edges, topology."""
+
+    spec: GraphSpec
+    file: str
+    classes: dict[str, type[Node]]
+    params: dict[str, NodeParams]
+    edges: list[Edge]
+    digraph: Any  # networkx.DiGraph of node ids
+    warnings: list[ConfigIssue] = dataclasses.field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.graph
+
+    def node(self, node_id: str) -> NodeSpec:
+        for node in self.spec.nodes:
+            if node.id == node_id:
+                return node
+        raise KeyError(node_id)
+
+    def sources(self) -> list[str]:
+        return [n.id for n in self.spec.nodes if self.classes[n.id].is_source()]
+
+    def sinks(self) -> list[str]:
+        return [n.id for n in self.spec.nodes if not any(e.producer == n.id for e in self.edges)]
+
+    def edges_from(self, node_id: str) -> list[Edge]:
+        return [e for e in self.edges if e.producer == node_id]
+
+    def edges_into(self, node_id: str) -> list[Edge]:
+        return [e for e in self.edges if e.consumer == node_id]
+
+
+def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None, list[ConfigIssue]]:
+    """Phases 3 and 4. Returns the validated graph (None if any error) and every issue."""
+    issues: list[ConfigIssue] = []
+    index: dict[str, int] = {}
+    for i, node in enumerate(spec.nodes):
+        if node.id in index:
+            first_line = marks.at(("nodes", index[node.id], "id"))[0]
+            issues.append(
+                marks.issue(
+                    ("nodes", i, "id"),
+                    f"duplicate node id {node.id!r}",
+                    hints=[f"first defined at line {first_line}"],
+                )
+            )
+        else:
+            index[node.id] = i
+
+    classes: dict[str, type[Node]] = {}
+    params: dict[str, NodeParams] = {}
+    for i, node in enumerate(spec.nodes):
+        if node.id in classes:
+            continue
+        try:
+            cls = load_node_class(node.node)
+        except RegistryError as exc:
+            issues.append(
+                marks.issue(
+                    ("nodes", i, "node"),
+                    f"node {node.id!r}: {exc}",
+                    hints=["`pipeline nodes` lists the available node types"],
+                )
+            )
+            continue
+        classes[node.id] = cls
+        try:
+            params[node.id] = cls.Params.model_validate(node.params)
+        except ValidationError as exc:
+            issues.extend(_param_issues(exc, cls, node, i, marks))
+
+    edges: list[Edge] = []
+    for i, node in enumerate(spec.nodes):
+        node_cls = classes.get(node.id)
+        if node_cls is None or index.get(node.id) != i:
+            continue
+        for port, ref in node.inputs.items():
+            path = ("nodes", i, "inputs", port)
+            if port not in node_cls.inputs:
+                known = ", ".join(node_cls.inputs) or "none (it is a source)"
+                hints = [f"node type {node.node!r} has inputs: {known}"]
+                match = suggest(port, list(node_cls.inputs))
+                if match:
+                    hints.append(f"hint: did you mean {match!r}?")
+                issues.append(
+                    marks.issue(
+                        path, f"node {node.id!r} has no input {port!r}", key=True, hints=hints
+                    )
+                )
+                continue
+            ref_path = (*path, "from") if (*path, "from") in marks.values else path
+            producer = ref.node
+            if producer not in index:
+                match = suggest(producer, list(index))
+                hints = [f"hint: did you mean '{match}/{ref.port}'?"] if match else []
+                hints.append(f"nodes: {', '.join(index)}")
+                issues.append(
+                    marks.issue(
+                        ref_path,
+                        f"input {port!r} of node {node.id!r} refers to unknown node {producer!r}",
+                        hints=hints,
+                    )
+                )
+                continue
+            pcls = classes.get(producer)
+            if pcls is None:
+                continue  # its type is already reported
+            if ref.port not in pcls.outputs:
+                outs = ", ".join(pcls.outputs) or "none (it is a sink)"
+                hints = [f"node {producer!r} has outputs: {outs}"]
+                match = suggest(ref.port, list(pcls.outputs))
+                if match:
+                    hints.append(f"hint: did you mean '{producer}/{match}'?")
+                issues.append(
+                    marks.issue(
+                        ref_path,
+                        f"input {port!r} of node {node.id!r} refers "
+                        f"to unknown output {ref.from_!r}",
+                        hints=hints,
+                    )
+                )
+                continue
+            out_type = pcls.outputs[ref.port].type
+            in_type = node_cls.inputs[port].type
+            if not issubclass(out_type, in_type):
+                issues.append(
+                    marks.issue(
+                        ref_path,
+                        f"type mismatch: {ref.from_!r} sends {out_type.__name__} but input "
+                        f"{port!r} of node {node.id!r} takes {in_type.__name__}",
+                    )
+                )
+                continue
+            if producer == node.id:
+                issues.append(
+                    marks.issue(
+                        ref_path,
+                        f"node {node.id!r} reads its own output "
+                        f"{ref.from_!r}: a graph must not have cycles",
+                    )
+                )
+                continue
+            edges.append(Edge(producer, ref.port, node.id, port, ref))
+        for port, spec_in in node_cls.inputs.items():
+            if spec_in.required and port not in node.inputs:
+                issues.append(
+                    marks.issue(
+                        ("nodes", i),
+                        f"required input {port!r} of node {node.id!r} is not connected",
+                        hints=[f"add under 'inputs:' a line '{port}: <node>/<port>'"],
+                    )
+                )
+
+    digraph = nx.DiGraph()
+    digraph.add_nodes_from(index)
+    digraph.add_edges_from((e.producer, e.consumer) for e in edges)
+    for cycle in nx.simple_cycles(digraph):
+        first = min(cycle, key=lambda n: index[n])
+        loop = " -> ".join([*cycle, cycle[0]])
+        issues.append(
+            marks.issue(
+                ("nodes", index[first]),
+                f"cycle in the graph: {loop}",
+                hints=["a graph must be acyclic; remove one of these inputs"],
+            )
+        )
+
+    read = {(e.producer, e.output) for e in edges}
+    for i, node in enumerate(spec.nodes):
+        node_cls = classes.get(node.id)
+        if node_cls is None or index.get(node.id) != i:
+            continue
+        for out in node_cls.outputs:
+            if (node.id, out) not in read:
+                issues.append(
+                    marks.issue(
+                        ("nodes", i, "id"),
+                        f"output '{node.id}/{out}' is not read by any node",
+                        severity="warning",
+                    )
+                )
+
+    if any(i.severity == "error" for i in issues):
+        return None, issues
+    graph = ValidatedGraph(spec, marks.file, classes, params, edges, digraph)
+    return graph, issues
+
+
+def _param_issues(
+    exc: ValidationError, cls: type[Node], node: NodeSpec, index: int, marks: Marks
+) -> list[ConfigIssue]:
+    issues = []
+    fields = list(cls.Params.model_fields)
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if isinstance(p, (str, int)))
+        path = ("nodes", index, "params", *loc)
+        name = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            hints = []
+            match = suggest(str(loc[-1]), fields)
+            if match:
+                hints.append(f"hint: did you mean {match!r}?")
+            hints.append(f"params of {node.node!r}: {', '.join(fields) or 'none'}")
+            issues.append(
+                marks.issue(
+                    path, f"unknown param {name!r} of node {node.id!r}", key=True, hints=hints
+                )
+            )
+        elif err["type"] == "missing":
+            issues.append(
+                marks.issue(
+                    ("nodes", index, "params") if node.params else ("nodes", index),
+                    f"missing param {name!r} of node {node.id!r}",
+                    hints=[_describe_field(cls, str(loc[0]))],
+                )
+            )
+        else:
+            msg = err["msg"][0].lower() + err["msg"][1:]
+            issues.append(
+                marks.issue(
+                    path, f"params.{name} of node {node.id!r}: {msg}, got {err.get('input')!r}"
+                )
+            )
+    return issues
+
+
+def _describe_field(cls: type[Node], name: str) -> str:
+    field = cls.Params.model_fields.get(name)
+    if field is None or not field.description:
+        return f"see `pipeline nodes {name}`"
+    return f"{name}: {field.description}"

@@ -1,0 +1,285 @@
+"""The node contract: ports, params and the lifecycle the runtime guarantees.
+
+A node is a class with typed ports and a nested ``Params`` model::
+
+    class ScoreFilter(Node):
+        '''Keep detections at or above a confidence.'''
+
+        class Params(NodeParams):
+            min_confidence: float = Field(0.5, ge=0, le=1, description="Lowest kept.")
+
+        detections = Input(Detections)
+        kept = Output(Detections)
+
+        def process(self, detections: Detections) -> None:
+            keep = detections.confidence >= self.params.min_confidence
+            self.kept.send(detections.where(keep))
+
+Lifecycle guarantees (the runtime, and ``pipeline.testing.run_node``, keep every one):
+
+============  ======================================================  =============================
+method        when                                                    guarantee
+============  ======================================================  =============================
+``open()``    once, before anything else (load a model, open a        if it raises, nothing else
+              device)                                                 is called, not even close()
+``process``   once per input set, in seq order. A source (a node      never concurrent; inputs are
+              with no inputs) is called repeatedly until it raises    read-only views valid only
+              ``EndOfStream``                                         until process() returns
+``flush()``   once, when every input has ended (a source: after it    may still send()
+              raised ``EndOfStream``, or was stopped)
+``close()``   once, after a successful open(): on a normal end and    release resources here;
+              also after an error or a forced stop                    must not raise for cleanup
+============  ======================================================  =============================
+
+Inputs. ``process`` takes one keyword parameter per input port, with the same name (checked
+when the class is defined). A node with several inputs receives them **joined on seq**: it is
+called once for each seq that arrived on every input; a message whose seq can no longer be
+matched (its partner was dropped or filtered upstream) is dropped and counted. So a node that
+feeds a join should send one message per input seq, even an empty one.
+
+Outputs. ``self.<port>.send(message)`` sends zero, one or many messages per call.
+``self.<port>.allocate(shape, dtype)`` returns a writable array in the port's shared memory:
+fill it and send it in the same ``process`` call and no byte is copied on the way to the
+consumers (a buffer allocated and not sent is reclaimed when ``process`` returns). Any other
+array is copied into shared memory once, by ``send``.
+
+End of stream travels in-band after the last message. An input ends when its upstream ended;
+a node whose inputs all ended is flushed and closed, and the end is forwarded on every
+output. A source ends by raising ``EndOfStream`` from ``process`` (a file at its end), or when
+the graph is stopped (Ctrl-C); a live camera ends only then.
+
+Errors. A node never has to catch its own exceptions: the runtime reports the node id, the
+method, the input seq and the traceback, and the graph's policy applies (stop, exit code 1).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, overload
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.errors import NodeDefinitionError
+from pipeline.messages import Message
+from pipeline.params import NodeParams
+
+if TYPE_CHECKING:
+    from pipeline.runtime.stats import NodeStats
+
+__all__ = ["EndOfStream", "Input", "Node", "Output", "OutputPort"]
+
+M = TypeVar("M", bound=Message)
+
+
+class EndOfStream(Exception):
+    """Raised by a source's ``process()`` when it has no more messages."""
+
+
+class OutputPort(Protocol):
+    """What ``self.<output>`` is on a running node."""
+
+    def send(self, message: Message) -> None:
+        """Send a message to every consumer of this port."""
+
+    def allocate(self, shape: tuple[int, ...], dtype: npt.DTypeLike = np.uint8) -> np.ndarray:
+        """A writable array in this port's shared memory, to fill and send without a copy."""
+
+
+class _NodeServices(Protocol):
+    """What the runtime gives a node besides its ports (statistics, counters)."""
+
+    def statistics(self) -> NodeStats: ...
+
+    def count(self, name: str, n: int = 1) -> None: ...
+
+
+class Input(Generic[M]):
+    """An input port: a class attribute of a Node whose name is the port name.
+
+    Args:
+        type: the message type accepted (``Message`` accepts any).
+        required: a required input must be connected in the graph.
+        description: shown by ``pipeline nodes``.
+    """
+
+    def __init__(
+        self,
+        type: type[M] = Message,  # type: ignore[assignment]
+        *,
+        required: bool = True,
+        description: str = "",
+    ) -> None:
+        self.type = type
+        self.required = required
+        self.description = description
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Input({self.type.__name__}, name={self.name!r})"
+
+
+class Output(Generic[M]):
+    """An output port: a class attribute of a Node; on an instance it is an ``OutputPort``.
+
+    Args:
+        type: the message type sent.
+        description: shown by ``pipeline nodes``.
+    """
+
+    def __init__(
+        self,
+        type: type[M] = Message,  # type: ignore[assignment]
+        *,
+        description: str = "",
+    ) -> None:
+        self.type = type
+        self.description = description
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> Output[M]: ...
+
+    @overload
+    def __get__(self, instance: Node, owner: type) -> OutputPort: ...
+
+    def __get__(self, instance: Node | None, owner: type) -> Output[M] | OutputPort:
+        if instance is None:
+            return self
+        try:
+            return instance._ports[self.name]
+        except KeyError:
+            raise AttributeError(
+                f"output {self.name!r} of {type(instance).__name__} is not connected to a runtime; "
+                "run the node with pipeline.testing.run_node or in a graph"
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"Output({self.type.__name__}, name={self.name!r})"
+
+
+class Node:
+    """Base class of every node. See the module docstring for the lifecycle guarantees.
+
+    Attributes:
+        id: the node's id in the graph.
+        params: the validated ``Params`` instance.
+        log: a logger whose records carry the node id.
+    """
+
+    Params: ClassVar[type[NodeParams]] = NodeParams
+    inputs: ClassVar[dict[str, Input[Any]]] = {}
+    outputs: ClassVar[dict[str, Output[Any]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        inputs: dict[str, Input[Any]] = {}
+        outputs: dict[str, Output[Any]] = {}
+        for klass in reversed(cls.__mro__):
+            for name, value in vars(klass).items():
+                if isinstance(value, Input):
+                    inputs[name] = value
+                    outputs.pop(name, None)
+                elif isinstance(value, Output):
+                    outputs[name] = value
+                    inputs.pop(name, None)
+        cls.inputs = inputs
+        cls.outputs = outputs
+        if not (isinstance(cls.Params, type) and issubclass(cls.Params, NodeParams)):
+            raise NodeDefinitionError(
+                f"{_where(cls)}: {cls.__name__}.Params must subclass NodeParams"
+            )
+        _check_process_signature(cls)
+
+    def __init__(
+        self,
+        params: NodeParams | None = None,
+        *,
+        node_id: str = "",
+        ports: Mapping[str, OutputPort] | None = None,
+        services: _NodeServices | None = None,
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+    ) -> None:
+        self.id = node_id or type(self).__name__
+        self.params: Any = params if params is not None else self.Params()
+        self._ports: dict[str, OutputPort] = dict(ports or {})
+        self._services = services
+        self.log = log or logging.getLogger(f"pipeline.node.{self.id}")
+
+    @classmethod
+    def is_source(cls) -> bool:
+        """True for a node with no inputs."""
+        return not cls.inputs
+
+    def open(self) -> None:
+        """Acquire resources (devices, models). If it raises, nothing else is called."""
+
+    def process(self, **inputs: Message) -> None:
+        """Handle one joined input set (a source: produce one message or raise EndOfStream)."""
+        raise NotImplementedError(f"{type(self).__name__}.process() is not implemented")
+
+    def flush(self) -> None:
+        """Every input has ended; send anything still pending."""
+
+    def close(self) -> None:
+        """Release resources. Called once after a successful open(), also after errors."""
+
+    def statistics(self) -> NodeStats:
+        """This node's statistics so far (received, sent, dropped, timings)."""
+        if self._services is None:
+            raise RuntimeError("statistics() needs a runtime: run the node in a graph or run_node")
+        return self._services.statistics()
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to a node-specific counter shown in the statistics (e.g. reconnects)."""
+        if self._services is not None:
+            self._services.count(name, n)
+
+
+def _where(cls: type) -> str:
+    try:
+        file = inspect.getsourcefile(cls) or "?"
+        line = inspect.getsourcelines(cls)[1]
+    except (OSError, TypeError):
+        return f"{cls.__module__}.{cls.__qualname__}"
+    return f"{file}:{line}: {cls.__qualname__}"
+
+
+def _check_process_signature(cls: type[Node]) -> None:
+    process = cls.__dict__.get("process")
+    if process is None:
+        return  # inherited; checked on the class that defines it
+    sig = inspect.signature(process)
+    params = list(sig.parameters.values())[1:]  # drop self
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    names = {p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL}
+    ports = set(cls.inputs)
+    missing = sorted(ports - names)
+    extra = sorted(
+        p.name
+        for p in params
+        if p.name not in ports
+        and p.default is inspect.Parameter.empty
+        and p.kind is not inspect.Parameter.VAR_POSITIONAL
+    )
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"input ports without a process() parameter: {', '.join(missing)}")
+        if extra:
+            parts.append(f"process() parameters without an input port: {', '.join(extra)}")
+        declared = ", ".join(sorted(ports)) or "none (a source's process() takes no arguments)"
+        raise NodeDefinitionError(
+            f"{_where(cls)}: process() must take one keyword parameter per input port; "
+            + "; ".join(parts)
+            + f" (declared inputs: {declared})"
+        )

@@ -1,0 +1,356 @@
+"""The supervisor: spawns one process per node, wires them, watches them, and cleans up.
+
+``run_graph(graph)`` starts every node (``spawn`` start method: nothing inherited by
+accident), waits until each has opened, then starts them. It ends when every node has
+finished (end of stream reached every sink). It also:
+
+- stops the sources on the first SIGINT/SIGTERM and lets end of stream drain the graph,
+  force-stopping after ``grace_s`` or at once on a second SIGINT;
+- on a node's error, prints one line naming node, method and input seq, then the node's
+  traceback, and stops the graph (exit code 1);
+- notices a node that died (SIGKILL, segfault) within a poll interval (0.1 s) through the
+  process sentinels, reports it, and stops the graph (exit code 1);
+- removes every shared-memory segment and socket file of the run when it ends, whatever
+  happened, and sweeps those of dead runs before it starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import multiprocessing
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import msgpack
+import zmq
+
+from pipeline.graph.validate import ValidatedGraph
+from pipeline.runtime.table import render_table
+from pipeline.runtime.worker import InputPlan, OutputPlan, WorkerConfig, worker_main
+from pipeline.transport.shm import remove_run_segments, sweep_stale
+
+__all__ = ["RunResult", "run_graph"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a run ended with: exit code, each node's last statistics, the failure if any."""
+
+    exit_code: int
+    stats: dict[str, dict[str, Any]]
+    error: str | None
+    duration_s: float
+    stopped: bool = False
+
+
+def _run_dir_root() -> Path:
+    return Path(tempfile.gettempdir())
+
+
+def _sweep_run_dirs() -> None:
+    for path in _run_dir_root().glob("pipeline-*-*"):
+        parts = path.name.split("-")
+        if len(parts) == 3 and parts[1].isdigit() and path.is_dir():
+            try:
+                os.kill(int(parts[1]), 0)
+            except ProcessLookupError:
+                shutil.rmtree(path, ignore_errors=True)
+            except PermissionError:
+                pass
+
+
+@dataclasses.dataclass
+class _Proc:
+    node_id: str
+    process: Any  # multiprocessing.Process (spawn context)
+    is_source: bool
+    state: str = "starting"
+    stats: dict[str, Any] | None = None
+    exited: bool = False
+
+
+class _Supervisor:
+    def __init__(
+        self,
+        graph: ValidatedGraph,
+        log_level: str,
+        live: bool,
+        out: IO[str],
+        grace_s: float,
+    ) -> None:
+        self.graph = graph
+        self.log_level = log_level
+        self.live = live
+        self.out = out
+        self.grace_s = grace_s
+        self.run_id = secrets.token_hex(3)
+        self.prefix = f"pipeline-{os.getpid()}-{self.run_id}"
+        self.run_dir = _run_dir_root() / self.prefix
+        self.procs: dict[str, _Proc] = {}
+        self.error: str | None = None
+        self.stop_deadline: float | None = None
+        self.interrupts = 0
+        self.forced = False
+
+    # set-up ------------------------------------------------------------------------------------
+    def _configs(self, control: str) -> list[WorkerConfig]:
+        configs = []
+        for index, node in enumerate(self.graph.spec.nodes):
+            inputs = []
+            for edge in self.graph.edges_into(node.id):
+                tcp = edge.spec.transport == "tcp"
+                bind = "tcp://127.0.0.1:*" if tcp else f"ipc://{self.run_dir}/{index}-{edge.input}"
+                inputs.append(InputPlan(edge.input, f"{edge.producer}/{edge.output}", bind, tcp))
+            outputs = []
+            for port in self.graph.classes[node.id].outputs:
+                edges = [
+                    (e.name, e.spec.model_dump(by_alias=True))
+                    for e in self.graph.edges_from(node.id)
+                    if e.output == port
+                ]
+                outputs.append(OutputPlan(port, edges))
+            configs.append(
+                WorkerConfig(
+                    node_id=node.id,
+                    node_type=node.node,
+                    params=dict(node.params),
+                    index=index,
+                    control=control,
+                    shm_prefix=self.prefix,
+                    inputs=inputs,
+                    outputs=outputs,
+                    log_level=self.log_level,
+                )
+            )
+        return configs
+
+    def run(self) -> RunResult:
+        sweep_stale()
+        _sweep_run_dirs()
+        self.run_dir.mkdir(mode=0o700)
+        t0 = time.monotonic()
+        ctx: zmq.Context[Any] = zmq.Context()
+        router = ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        control = f"ipc://{self.run_dir}/control"
+        router.bind(control)
+        old_int = signal.getsignal(signal.SIGINT)
+        old_term = signal.getsignal(signal.SIGTERM)
+        try:
+            mp = multiprocessing.get_context("spawn")
+            # Children inherit "ignore SIGINT" across exec, so a Ctrl-C in the terminal reaches
+            # only the supervisor, even before a child has installed its own handlers.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            for cfg in self._configs(control):
+                proc = mp.Process(target=worker_main, args=(cfg,), name=f"pipeline:{cfg.node_id}")
+                proc.start()
+                self.procs[cfg.node_id] = _Proc(
+                    cfg.node_id, proc, self.graph.classes[cfg.node_id].is_source()
+                )
+            signal.signal(signal.SIGINT, self._on_signal)
+            signal.signal(signal.SIGTERM, self._on_signal)
+            self._supervise(router)
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+            self._terminate_all()
+            router.close(linger=0)
+            ctx.term()
+            remove_run_segments(self.prefix)
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        stats = {p.node_id: p.stats for p in self.procs.values() if p.stats is not None}
+        code = EXIT_FAILED if (self.error or self.forced) else EXIT_OK
+        return RunResult(code, stats, self.error, time.monotonic() - t0, self.interrupts > 0)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.interrupts += 1
+        if self.interrupts == 1:
+            self.stop_deadline = time.monotonic() + self.grace_s
+            self._print(
+                "stopping: sources end their streams and the graph drains (Ctrl-C again to force)"
+            )
+        else:
+            self.stop_deadline = time.monotonic()
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    # supervision -------------------------------------------------------------------------------
+    def _send(self, router: zmq.Socket[Any], node_id: str, kind: str, **fields: Any) -> None:
+        fields["t"] = kind
+        with contextlib.suppress(zmq.ZMQError):
+            router.send_multipart([node_id.encode(), msgpack.packb(fields, use_bin_type=True)])
+
+    def _supervise(self, router: zmq.Socket[Any]) -> None:
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        sentinels = {}
+        for p in self.procs.values():
+            poller.register(p.process.sentinel, zmq.POLLIN)
+            sentinels[p.process.sentinel] = p
+        endpoints: dict[str, str] = {}
+        hello: set[str] = set()
+        ready: set[str] = set()
+        phase = "starting"
+        stop_sent = False
+        next_table = time.monotonic() + 1.0
+        while True:
+            events = dict(poller.poll(100))
+            if router in events:
+                while router.poll(0):
+                    ident, payload = router.recv_multipart()
+                    node_id = ident.decode()
+                    msg = msgpack.unpackb(payload)
+                    kind = msg["t"]
+                    proc = self.procs[node_id]
+                    if kind == "hello":
+                        hello.add(node_id)
+                        endpoints.update(msg["endpoints"])
+                        if len(hello) == len(self.procs):
+                            for nid in self.procs:
+                                mine = {
+                                    e.name: endpoints[e.name] for e in self.graph.edges_from(nid)
+                                }
+                                self._send(router, nid, "wiring", endpoints=mine)
+                    elif kind == "ready":
+                        ready.add(node_id)
+                        proc.state = "ready"
+                    elif kind == "open_failed":
+                        self._fail(f"node {node_id!r} failed in open(): {msg['error']}", msg["tb"])
+                    elif kind == "stats":
+                        proc.stats = msg["stats"]
+                        proc.state = msg["stats"]["state"]
+                    elif kind == "error":
+                        proc.stats = msg.get("stats") or proc.stats
+                        seq = msg.get("seq")
+                        where = ""
+                        if seq is not None:
+                            where = f" on seq {seq}" + (
+                                f" from {msg['source']}" if msg.get("source") else ""
+                            )
+                        self._fail(
+                            f"node {node_id!r} failed in {msg['method']}(){where}: {msg['error']}",
+                            msg["tb"],
+                        )
+                    elif kind == "done":
+                        proc.stats = msg["stats"]
+                        proc.state = "done"
+            for fd, p in sentinels.items():
+                if fd in events and not p.exited:
+                    p.exited = True
+                    poller.unregister(fd)
+                    code = p.process.exitcode
+                    if p.state != "done" and not self.error and not self.forced:
+                        self._fail(
+                            f"node {p.node_id!r} {_describe_exit(code)} while {p.state}", None
+                        )
+            if self.error:
+                return
+            if phase == "starting" and len(ready) == len(self.procs):
+                phase = "running"
+                for nid in self.procs:
+                    self._send(router, nid, "start")
+            if all(p.exited for p in self.procs.values()):
+                return
+            now = time.monotonic()
+            if self.stop_deadline is not None:
+                if phase == "starting":
+                    self._print("stopped before the graph started")
+                    self.forced = True
+                    return
+                if not stop_sent:
+                    stop_sent = True
+                    for p in self.procs.values():
+                        if p.is_source:
+                            self._send(router, p.node_id, "stop")
+                if now >= self.stop_deadline:
+                    self._print("forcing stop: not every node drained in time")
+                    self.forced = True
+                    return
+            if self.live and now >= next_table and phase == "running":
+                next_table = now + 1.0
+                self._live_table()
+
+    def _fail(self, line: str, tb: str | None) -> None:
+        if self.error:
+            return
+        self.error = line
+        self._print(f"error: {line}")
+        if tb:
+            self._print(tb.rstrip())
+
+    def _live_table(self) -> None:
+        rows = {p.node_id: p.stats for p in self.procs.values() if p.stats}
+        text = render_table(rows)
+        # redraw in place on a terminal
+        self.out.write("\x1b[H\x1b[J" + text + "\n")
+        self.out.flush()
+
+    def _terminate_all(self) -> None:
+        alive = [p for p in self.procs.values() if p.process.is_alive()]
+        for p in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 3.0
+        for p in alive:
+            p.process.join(max(0.0, deadline - time.monotonic()))
+        for p in alive:
+            if p.process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.process.pid, signal.SIGKILL)
+                p.process.join(1.0)
+        for p in self.procs.values():
+            p.process.join(0.1)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "stopped responding"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    return f"exited with code {code}"
+
+
+def run_graph(
+    graph: ValidatedGraph,
+    *,
+    log_level: str = "INFO",
+    live: bool = False,
+    stats_json: str | Path | None = None,
+    out: IO[str] | None = None,
+    grace_s: float = 5.0,
+) -> RunResult:
+    """Run a validated graph to its end; returns the exit code and statistics."""
+    stream = out or sys.stderr
+    result = _Supervisor(graph, log_level, live, stream, grace_s).run()
+    if stats_json is not None:
+        payload = {
+            "graph": graph.name,
+            "file": graph.file,
+            "exit_code": result.exit_code,
+            "error": result.error,
+            "duration_s": round(result.duration_s, 3),
+            "nodes": {
+                k: {kk: vv for kk, vv in v.items() if not kk.endswith("_hist")}
+                for k, v in result.stats.items()
+            },
+        }
+        Path(stats_json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return result

@@ -1,0 +1,63 @@
+"""A plain-text table of node statistics, for ``pipeline run`` (live and at the end)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["render_table"]
+
+_COLUMNS = (
+    "node",
+    "state",
+    "recv",
+    "sent",
+    "drop",
+    "qpeak",
+    "fps",
+    "proc p50",
+    "proc p95",
+    "lat p50",
+    "lat p95",
+)
+
+
+def _fmt_ms(value: float) -> str:
+    return f"{value:.2f}ms" if value < 100 else f"{value:.0f}ms"
+
+
+def render_table(rows: Mapping[str, Mapping[str, Any] | None]) -> str:
+    """One line per node from the stats dicts that workers report."""
+    lines = [list(_COLUMNS)]
+    for node_id, s in rows.items():
+        if not s:
+            lines.append([node_id, "starting", *[""] * (len(_COLUMNS) - 2)])
+            continue
+        received = sum(i["received"] for i in s["inputs"].values())
+        dropped = sum(i["dropped"] for i in s["inputs"].values())
+        qpeak = max((i["queue_peak"] for i in s["inputs"].values()), default=0)
+        sent = sum(o["sent"] for o in s["outputs"].values())
+        lat = s["latency_ms"]
+        proc = s["process_ms"]
+        lines.append(
+            [
+                node_id,
+                s["state"],
+                str(received),
+                str(sent),
+                str(dropped),
+                str(qpeak),
+                f"{s.get('fps', 0.0):.1f}",
+                _fmt_ms(proc["p50_ms"]),
+                _fmt_ms(proc["p95_ms"]),
+                _fmt_ms(lat["p50_ms"]) if lat["p50_ms"] else "-",
+                _fmt_ms(lat["p95_ms"]) if lat["p95_ms"] else "-",
+            ]
+        )
+    widths = [max(len(row[i]) for row in lines) for i in range(len(_COLUMNS))]
+    out = []
+    for row in lines:
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        cells += [cell.rjust(widths[i + 2]) for i, cell in enumerate(row[2:])]
+        out.append("  ".join(cells).rstrip())
+    return "\n".join(out)

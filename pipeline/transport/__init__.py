@@ -1,0 +1,1 @@
+"""Moving messages between node processes: codec, shared-memory slots, ZeroMQ edges."""

@@ -1,0 +1,354 @@
+"""ZeroMQ edges with credits, and the runtime's output ports.
+
+One ZeroMQ PAIR socket per edge carries descriptors one way and releases the other way. The
+consumer binds (``ipc://`` in the run folder, or ``tcp://`` for the between-hosts form), the
+producer connects. Flow control is by credits, not by ZeroMQ's high-water marks: an edge of
+``queue: N`` has at most N messages that the consumer has not yet released, so at most N
+slots of shared memory are held for it.
+
+When an edge has no credit, its ``when_full`` policy decides:
+
+- ``block``: the producer waits for a release (lossless back-pressure);
+- ``drop_newest``: the new message is not sent to this edge, and counted;
+- ``drop_oldest``: the new message waits at the producer in a mailbox of N; when it is full
+  its oldest waiting message is dropped and counted. A release sends the oldest waiting one,
+  so a slow consumer always gets the freshest messages.
+
+Drops travel in the next envelope, so the consumer's input statistics count them.
+End of stream bypasses credits and policies: it is sent after every waiting message, in
+order, and never dropped.
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import zmq
+
+from pipeline.errors import TransportError
+from pipeline.graph.spec import InputSpec
+from pipeline.messages import Message
+from pipeline.transport import codec
+from pipeline.transport.shm import ShmReader, Slot, SlotPool
+
+__all__ = ["EdgeSender", "InputEdge", "RuntimeOutput"]
+
+_REL = struct.Struct("<q")
+
+
+class _Pending:
+    __slots__ = ("body_b", "body_s", "buffers", "slots")
+
+    def __init__(self, body_s: bytes, body_b: bytes | None, buffers: list[Any], slots: list[Slot]):
+        self.body_s = body_s
+        self.body_b = body_b
+        self.buffers = buffers
+        self.slots = slots
+
+
+class EdgeSender:
+    """The producer's end of one edge."""
+
+    def __init__(self, ctx: zmq.Context[Any], endpoint: str, spec: InputSpec, name: str) -> None:
+        self.name = name
+        self.endpoint = endpoint
+        self.queue = spec.queue
+        self.policy = spec.when_full
+        self.tcp = spec.transport == "tcp"
+        self.sock = ctx.socket(zmq.PAIR)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.connect(endpoint)
+        self.inflight: collections.deque[tuple[int, list[Slot]]] = collections.deque()
+        self.waiting: collections.deque[_Pending] = collections.deque()
+        self.n = 0
+        self.unreported_drops = 0
+        self.dropped = 0
+        self.sent = 0
+        self.peak = 0
+        self.ended = False
+
+    # credits -------------------------------------------------------------------------------
+    def collect(self) -> None:
+        """Take every release that has arrived; free the slots they held."""
+        sock = self.sock
+        while True:
+            try:
+                data = sock.recv(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            (upto,) = _REL.unpack(data)
+            inflight = self.inflight
+            while inflight and inflight[0][0] <= upto:
+                for slot in inflight.popleft()[1]:
+                    slot.refs -= 1
+        if self.waiting:
+            self._flush_waiting()
+
+    def wait_release(self, timeout_ms: int) -> bool:
+        """Block up to ``timeout_ms`` for a release; True if one came."""
+        if self.sock.poll(timeout_ms, zmq.POLLIN):
+            self.collect()
+            return True
+        return False
+
+    @property
+    def credits(self) -> int:
+        return self.queue - len(self.inflight)
+
+    # sending -------------------------------------------------------------------------------
+    def offer(self, item: _Pending) -> None:
+        self.collect()
+        if self.policy == "block":
+            while len(self.inflight) >= self.queue:
+                self.wait_release(100)
+            self._send(item)
+        elif self.policy == "drop_newest":
+            if len(self.inflight) >= self.queue:
+                self._drop()
+                return
+            self._send(item)
+        else:  # drop_oldest
+            for slot in item.slots:
+                slot.refs += 1
+            self.waiting.append(item)
+            if len(self.waiting) > self.queue:
+                old = self.waiting.popleft()
+                for slot in old.slots:
+                    slot.refs -= 1
+                self._drop()
+            self._flush_waiting()
+
+    def _drop(self) -> None:
+        self.unreported_drops += 1
+        self.dropped += 1
+
+    def _flush_waiting(self) -> None:
+        while self.waiting and len(self.inflight) < self.queue:
+            item = self.waiting.popleft()
+            for slot in item.slots:
+                slot.refs -= 1  # the mailbox's reference; _send takes the edge's own
+            self._send(item)
+
+    def _send(self, item: _Pending) -> None:
+        self.n += 1
+        for slot in item.slots:
+            slot.refs += 1
+        self.inflight.append((self.n, item.slots))
+        env = codec.envelope(codec.MSG, self.n, self.unreported_drops, time.monotonic_ns())
+        self.unreported_drops = 0
+        if self.tcp:
+            assert item.body_b is not None
+            self.sock.send_multipart([env, item.body_b, *item.buffers], copy=False)
+        else:
+            self.sock.send_multipart([env, item.body_s], copy=True)
+        self.sent += 1
+        depth = len(self.inflight)
+        if depth > self.peak:
+            self.peak = depth
+
+    def send_eos(self) -> None:
+        """Deliver every waiting message, then end of stream (never dropped)."""
+        while self.waiting:
+            self.wait_release(100)
+        env = codec.envelope(codec.EOS, self.n, self.unreported_drops, time.monotonic_ns())
+        self.unreported_drops = 0
+        self.sock.send_multipart([env, b""])
+        self.ended = True
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+class RuntimeOutput:
+    """``self.<output>`` of a node in a running graph: a slot pool and the port's edges."""
+
+    def __init__(self, name: str, pool: SlotPool, edges: list[EdgeSender]) -> None:
+        self.name = name
+        self.pool = pool
+        self.edges = edges
+        self._allocated: list[Slot] = []
+        self.sent = 0
+        self.has_tcp = any(e.tcp for e in edges)
+        self.has_shm = any(not e.tcp for e in edges)
+        self.wait_s = 0.0
+
+    def _acquire(self, nbytes: int) -> Slot:
+        slot = self.pool.acquire(nbytes)
+        if slot is not None:
+            return slot
+        t0 = time.monotonic()
+        warned = False
+        while slot is None:
+            if not self.edges:
+                raise TransportError(f"output {self.name!r}: every shared-memory slot is held")
+            for edge in self.edges:
+                edge.collect()
+            slot = self.pool.acquire(nbytes)
+            if slot is None:
+                self.edges[0].wait_release(20) if len(self.edges) == 1 else time.sleep(0.0005)
+                if not warned and time.monotonic() - t0 > 5:
+                    warned = True
+                    import logging
+
+                    logging.getLogger("pipeline.transport").warning(
+                        "output %r has waited 5 s for a free slot: a consumer holds its inputs",
+                        self.name,
+                    )
+        self.wait_s += time.monotonic() - t0
+        return slot
+
+    def allocate(self, shape: tuple[int, ...], dtype: npt.DTypeLike = np.uint8) -> np.ndarray:
+        dt = np.dtype(dtype)
+        shape = tuple(int(s) for s in shape)
+        nbytes = int(np.prod(shape)) * dt.itemsize if shape else dt.itemsize
+        slot = self._acquire(max(nbytes, 1))
+        self._allocated.append(slot)
+        return slot.view(shape, dt)
+
+    def send(self, message: Message) -> None:
+        if not isinstance(message, Message):
+            raise TypeError(
+                f"output {self.name!r} sends Message objects, got {type(message).__name__}"
+            )
+        held: list[Slot] = []  # slots this message lives in; this port holds one ref on each
+        arrays_s: list[tuple[str, np.ndarray, str, Any]] = []
+        arrays_b: list[tuple[str, np.ndarray, str, Any]] = []
+        buffers: list[Any] = []
+        for name, arr in message._arrays().items():
+            arr = np.asarray(arr)
+            if arr.nbytes <= codec.INLINE_MAX:
+                raw = arr.tobytes()
+                arrays_s.append((name, arr, "i", raw))
+                arrays_b.append((name, arr, "i", raw))
+                continue
+            slot = self._slot_of(arr) if arr.flags.c_contiguous else None
+            if slot is None:
+                slot = self._acquire(arr.nbytes)
+                dst = slot.view(arr.shape, arr.dtype)
+                np.copyto(dst, arr)
+                arr = dst
+                offset = 0
+            else:
+                slot.refs += 1
+                offset = arr.__array_interface__["data"][0] - slot.array.ctypes.data
+            held.append(slot)
+            arrays_s.append((name, arr, "s", (slot.name, offset)))
+            if self.has_tcp:
+                arrays_b.append((name, arr, "b", len(buffers) + 2))
+                buffers.append(arr.reshape(-1).view(np.uint8).data)
+        try:
+            body_s = codec.pack_body(message, arrays_s) if self.has_shm or not self.edges else b""
+            body_b = codec.pack_body(message, arrays_b) if self.has_tcp else None
+        except TypeError as exc:
+            for slot in held:
+                slot.refs -= 1
+            raise TypeError(
+                f"output {self.name!r}: message meta and fields must be msgpack-serialisable "
+                f"(plain str, int, float, bool, list, dict, bytes): {exc}"
+            ) from None
+        item = _Pending(body_s, body_b, buffers, held)
+        for edge in self.edges:
+            edge.offer(item)
+        for slot in held:
+            slot.refs -= 1
+        self.sent += 1
+
+    def _slot_of(self, arr: np.ndarray) -> Slot | None:
+        for slot in self._allocated:
+            if slot.contains(arr):
+                return slot
+        return None
+
+    def end_call(self) -> None:
+        """Reclaim buffers allocated during the last process() call (sent or not)."""
+        if self._allocated:
+            for slot in self._allocated:
+                slot.refs -= 1
+            self._allocated.clear()
+
+    def poll_waiting(self) -> None:
+        for edge in self.edges:
+            if edge.waiting or edge.inflight:
+                edge.collect()
+
+    def send_eos(self) -> None:
+        for edge in self.edges:
+            if not edge.ended:
+                edge.send_eos()
+
+    def close(self) -> None:
+        for edge in self.edges:
+            edge.close()
+        self.pool.close()
+
+
+class InputEdge:
+    """The consumer's end of one edge."""
+
+    def __init__(
+        self,
+        ctx: zmq.Context[Any],
+        bind: str,
+        port: str,
+        producer: str,
+        reader: ShmReader,
+        tcp: bool = False,
+    ) -> None:
+        self.port = port
+        self.tcp = tcp
+        self.producer = producer
+        self.sock = ctx.socket(zmq.PAIR)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.bind(bind)
+        self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.reader = reader
+        self.ended = False
+        self._view: Callable[[str, int, tuple[int, ...], np.dtype], np.ndarray] = self._shm_view
+
+    def _shm_view(
+        self, name: str, offset: int, shape: tuple[int, ...], dtype: np.dtype
+    ) -> np.ndarray:
+        if offset:
+            count = int(np.prod(shape)) if shape else 1
+            flat = self.reader.view(name, (offset + count * dtype.itemsize,), np.dtype(np.uint8))
+            return flat[offset:].view(dtype).reshape(shape)
+        return self.reader.view(name, shape, dtype)
+
+    def recv_nowait(self) -> tuple[Message | None, int, int, int]:
+        """(message or None at end of stream, n, dropped, t_send_ns) of the next message.
+
+        Raises:
+            zmq.Again: nothing has arrived.
+        """
+        if self.tcp:  # big buffers follow: take them without a copy
+            frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            env, body = frames[0].bytes, frames[1].bytes
+            buffers: list[Any] = [f.buffer for f in frames]
+        else:  # two small frames: bytes are cheaper than zmq.Frame objects here
+            env, body = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            buffers = []
+        kind, n, dropped, t_send = codec.unpack_envelope(env)
+        if kind == codec.EOS:
+            self.ended = True
+            return None, n, dropped, t_send
+        message = codec.decode_body(body, self._view, buffers)
+        return message, n, dropped, t_send
+
+    def release(self, n: int) -> None:
+        try:
+            self.sock.send(_REL.pack(n), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the producer is gone; nothing waits for this credit
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
