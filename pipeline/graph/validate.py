@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 from pydantic import ValidationError
 
 from pipeline.errors import ConfigIssue, RegistryError
@@ -197,11 +196,15 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
                     )
                 )
 
+    import networkx as nx  # here, not at module level: node processes never need it
+
     digraph = nx.DiGraph()
     digraph.add_nodes_from(index)
     digraph.add_edges_from((e.producer, e.consumer) for e in edges)
     for cycle in nx.simple_cycles(digraph):
         first = min(cycle, key=lambda n: index[n])
+        at = cycle.index(first)
+        cycle = cycle[at:] + cycle[:at]  # start at the node written first: stable messages
         loop = " -> ".join([*cycle, cycle[0]])
         issues.append(
             marks.issue(

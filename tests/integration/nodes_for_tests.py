@@ -1,0 +1,135 @@
+"""Nodes that the integration tests put in graphs, by ``tests.integration.nodes_for_tests:X``."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from pipeline import Detections, Frame, Input, Node, NodeParams, Output
+
+
+class Recorder(Node):
+    """Write one JSON line per frame: seq, image checksum, latency; and a marker on close."""
+
+    class Params(NodeParams):
+        path: str
+        delay_ms: float = Field(0.0, ge=0)
+
+    frames = Input(Frame)
+
+    def open(self) -> None:
+        self._file = Path(self.params.path).open("w", encoding="utf-8")
+        Path(self.params.path + ".pid").write_text(str(os.getpid()))
+
+    def process(self, frames: Frame) -> None:
+        if self.params.delay_ms:
+            time.sleep(self.params.delay_ms / 1000)
+        record = {
+            "seq": frames.seq,
+            "sum": int(frames.image.sum(dtype=np.uint64)),
+            "shape": list(frames.image.shape),
+            "writeable": bool(frames.image.flags.writeable),
+            "latency_ms": (time.monotonic_ns() - frames.t_capture_ns) / 1e6,
+        }
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        Path(self.params.path + ".closed").write_text("closed")
+
+
+class Relay(Node):
+    """Forward each frame after ``delay_ms``; raise at seq ``fail_at``; mark close()."""
+
+    class Params(NodeParams):
+        delay_ms: float = Field(0.0, ge=0)
+        fail_at: int = -1
+        marker: str = ""
+
+    frames = Input(Frame)
+    out = Output(Frame)
+
+    def open(self) -> None:
+        if self.params.marker:
+            Path(self.params.marker + ".pid").write_text(str(os.getpid()))
+
+    def process(self, frames: Frame) -> None:
+        if frames.seq == self.params.fail_at:
+            raise ValueError(f"boom at {frames.seq}")
+        if self.params.delay_ms:
+            time.sleep(self.params.delay_ms / 1000)
+        self.out.send(frames)
+
+    def close(self) -> None:
+        if self.params.marker:
+            Path(self.params.marker + ".closed").write_text("closed")
+
+
+class Tagger(Node):
+    """One detection per frame whose confidence is derived from the frame's pixels."""
+
+    frames = Input(Frame)
+    detections = Output(Detections)
+
+    def process(self, frames: Frame) -> None:
+        h, w = frames.image.shape[:2]
+        value = float(frames.image.sum(dtype=np.uint64) % 1000) / 1000
+        self.detections.send(
+            frames.derive(
+                Detections,
+                xyxy=[[0.1, 0.2, 0.3, 0.4]],
+                confidence=[value],
+                class_id=[0],
+                class_names=["tag"],
+                image_wh=(w, h),
+            )
+        )
+
+
+class JoinCheck(Node):
+    """Receive frames and detections joined on seq; record whether they belong together."""
+
+    class Params(NodeParams):
+        path: str
+
+    frames = Input(Frame)
+    detections = Input(Detections)
+
+    def open(self) -> None:
+        self._file = Path(self.params.path).open("w", encoding="utf-8")
+
+    def process(self, frames: Frame, detections: Detections) -> None:
+        value = float(frames.image.sum(dtype=np.uint64) % 1000) / 1000
+        record = {
+            "frame_seq": frames.seq,
+            "det_seq": detections.seq,
+            "match": abs(float(detections.confidence[0]) - value) < 1e-6,
+        }
+        self._file.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class OpenFails(Node):
+    """A sink whose open() raises; close() must then never run."""
+
+    class Params(NodeParams):
+        marker: str
+
+    frames = Input(Frame)
+
+    def open(self) -> None:
+        raise RuntimeError("no such device /dev/video9")
+
+    def process(self, frames: Frame) -> None:
+        pass
+
+    def close(self) -> None:
+        Path(self.params.marker).write_text("close was called")
