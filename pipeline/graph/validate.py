@@ -214,6 +214,9 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
             )
         )
 
+    if any(i.severity == "error" for i in issues):
+        return None, issues  # an unread output is often a consequence of those errors
+
     read = {(e.producer, e.output) for e in edges}
     for i, node in enumerate(spec.nodes):
         node_cls = classes.get(node.id)
@@ -229,8 +232,6 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
                     )
                 )
 
-    if any(i.severity == "error" for i in issues):
-        return None, issues
     graph = ValidatedGraph(spec, marks.file, classes, params, edges, digraph)
     return graph, issues
 

@@ -322,11 +322,8 @@ class _Worker:
                     self._poll_control()
                     continue
                 edge = by_socket[sock]
-                while not edge.ended:
-                    try:
-                        message, n, dropped, _ = edge.recv_nowait()
-                    except zmq.Again:
-                        break
+                while not edge.ended and edge.has_message():
+                    message, n, dropped, _ = edge.recv()
                     if dropped:
                         stats.dropped[edge.port] += dropped
                     if message is None:

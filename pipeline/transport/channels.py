@@ -79,12 +79,9 @@ class EdgeSender:
     def collect(self) -> None:
         """Take every release that has arrived; free the slots they held."""
         sock = self.sock
-        while True:
-            try:
-                data = sock.recv(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                break
-            (upto,) = _REL.unpack(data)
+        # EVENTS is a cheap flag read; a NOBLOCK recv that raises zmq.Again costs far more.
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            (upto,) = _REL.unpack(sock.recv(copy=True))
             inflight = self.inflight
             while inflight and inflight[0][0] <= upto:
                 for slot in inflight.popleft()[1]:
@@ -146,9 +143,9 @@ class EdgeSender:
         self.unreported_drops = 0
         if self.tcp:
             assert item.body_b is not None
-            self.sock.send_multipart([env, item.body_b, *item.buffers], copy=False)
+            self.sock.send_multipart([env + item.body_b, *item.buffers], copy=False)
         else:
-            self.sock.send_multipart([env, item.body_s], copy=True)
+            self.sock.send(env + item.body_s, copy=True)
         self.sent += 1
         depth = len(self.inflight)
         if depth > self.peak:
@@ -160,7 +157,7 @@ class EdgeSender:
             self.wait_release(100)
         env = codec.envelope(codec.EOS, self.n, self.unreported_drops, time.monotonic_ns())
         self.unreported_drops = 0
-        self.sock.send_multipart([env, b""])
+        self.sock.send(env)
         self.ended = True
 
     def close(self) -> None:
@@ -242,7 +239,7 @@ class RuntimeOutput:
             held.append(slot)
             arrays_s.append((name, arr, "s", (slot.name, offset)))
             if self.has_tcp:
-                arrays_b.append((name, arr, "b", len(buffers) + 2))
+                arrays_b.append((name, arr, "b", len(buffers) + 1))
                 buffers.append(arr.reshape(-1).view(np.uint8).data)
         try:
             body_s = codec.pack_body(message, arrays_s) if self.has_shm or not self.edges else b""
@@ -324,23 +321,23 @@ class InputEdge:
             return flat[offset:].view(dtype).reshape(shape)
         return self.reader.view(name, shape, dtype)
 
-    def recv_nowait(self) -> tuple[Message | None, int, int, int]:
-        """(message or None at end of stream, n, dropped, t_send_ns) of the next message.
+    def has_message(self) -> bool:
+        return bool(self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
 
-        Raises:
-            zmq.Again: nothing has arrived.
-        """
+    def recv(self) -> tuple[Message | None, int, int, int]:
+        """(message or None at end of stream, n, dropped, t_send_ns) of the next message."""
         if self.tcp:  # big buffers follow: take them without a copy
-            frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            env, body = frames[0].bytes, frames[1].bytes
+            frames = self.sock.recv_multipart(copy=False)
+            head = frames[0].bytes
             buffers: list[Any] = [f.buffer for f in frames]
-        else:  # two small frames: bytes are cheaper than zmq.Frame objects here
-            env, body = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
+        else:  # one small frame: bytes are cheaper than a zmq.Frame here
+            head = self.sock.recv(copy=True)
             buffers = []
-        kind, n, dropped, t_send = codec.unpack_envelope(env)
+        kind, n, dropped, t_send = codec.unpack_envelope(head)
         if kind == codec.EOS:
             self.ended = True
             return None, n, dropped, t_send
+        body = memoryview(head)[codec.ENVELOPE_SIZE :]
         message = codec.decode_body(body, self._view, buffers)
         return message, n, dropped, t_send
 

@@ -1,8 +1,10 @@
-"""The wire format: a message as ``[envelope, body, *buffers]``.
+"""The wire format: a message is ``[envelope + body, *buffers]``.
 
-- ``envelope`` (msgpack, per edge): ``[kind, n, dropped, t_send_ns]`` where kind is ``M``
-  (a message), ``E`` (end of stream); ``n`` numbers the edge's messages so releases can be
-  matched, ``dropped`` counts messages the edge's policy dropped since the last one sent.
+- ``envelope`` (21 bytes, per edge, struct ``<cqiq``): kind ``M`` (a message) or ``E`` (end
+  of stream); ``n``, which numbers the edge's messages so releases can be matched;
+  ``dropped``, the messages the edge's policy dropped since the last one sent; and the send
+  time (``time.monotonic_ns()``). A fixed struct, not msgpack: it is packed per edge and
+  per message, on the hot path.
 - ``body`` (msgpack, per message, shared by every edge of one transport kind):
   ``{"k": kind, "q": seq, "c": t_capture_ns, "s": source, "m": meta, "f": fields,
   "a": [[name, dtype, shape, where, ref], ...]}`` where an array is ``where`` = ``i``
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import struct
 
 import msgpack
 import numpy as np
@@ -34,14 +38,19 @@ _unpackb = msgpack.unpackb
 _DTYPES: dict[str, np.dtype] = {}
 
 
+_ENVELOPE = struct.Struct("<cqiq")
+ENVELOPE_SIZE = _ENVELOPE.size
+
+
 def envelope(kind: bytes, n: int, dropped: int, t_send_ns: int) -> bytes:
-    return kind + _packb((n, dropped, t_send_ns))
+    """The per-edge prefix of a message."""
+    return _ENVELOPE.pack(kind, n, dropped, t_send_ns)
 
 
-def unpack_envelope(data: bytes | memoryview) -> tuple[bytes, int, int, int]:
-    raw = bytes(data[:1])
-    n, dropped, t_send = _unpackb(data[1:])
-    return raw, n, dropped, t_send
+def unpack_envelope(data: bytes) -> tuple[bytes, int, int, int]:
+    """(kind, n, dropped, t_send_ns) from the start of a message's first frame."""
+    kind, n, dropped, t_send = _ENVELOPE.unpack_from(data)
+    return kind, n, dropped, t_send
 
 
 def pack_body(message: Message, arrays: Sequence[tuple[str, np.ndarray, str, Any]]) -> bytes:

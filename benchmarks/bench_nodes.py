@@ -1,0 +1,64 @@
+"""Nodes for the transport benchmark (``bench_nodes:FrameSource`` with benchmarks/ on the path)."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from pipeline import EndOfStream, Frame, Input, Message, Node, NodeParams, Output
+
+
+class FrameSource(Node):
+    """Send ``frames`` frames of ``width`` x ``height`` x 3 uint8, paced at ``fps`` (0: flat out).
+
+    ``mode: inplace`` allocates each frame in the port's shared memory and writes a stamp into
+    it (a camera reading straight into the slot); ``mode: copy`` sends a ready-made array that
+    the port copies into shared memory (a frame that came from elsewhere).
+    """
+
+    class Params(NodeParams):
+        width: int = Field(640, ge=1)
+        height: int = Field(480, ge=1)
+        frames: int = Field(1000, ge=1)
+        fps: float = Field(0.0, ge=0)
+        mode: Literal["inplace", "copy"] = "inplace"
+
+    frames = Output(Frame)
+
+    def open(self) -> None:
+        p = self.params
+        self._shape = (p.height, p.width, 3)
+        self._ready = np.random.default_rng(0).integers(0, 255, self._shape, dtype=np.uint8)
+        self._seq = 0
+        self._period = 1.0 / p.fps if p.fps else 0.0
+        self._next = time.perf_counter()
+
+    def process(self) -> None:
+        if self._seq >= self.params.frames:
+            raise EndOfStream
+        if self._period:
+            while time.perf_counter() < self._next:
+                pass  # spin: a sleep would add the scheduler's wake-up to every latency
+            self._next += self._period
+        if self.params.mode == "inplace":
+            image = self.frames.allocate(self._shape, np.uint8)
+            image[0, 0, 0] = self._seq & 0xFF
+        else:
+            image = self._ready
+        self.frames.send(
+            Frame(image=image, seq=self._seq, t_capture_ns=time.monotonic_ns(), source=self.id)
+        )
+        self._seq += 1
+
+
+class Touch(Node):
+    """Read one byte of each frame (so the consumer really maps the memory) and keep nothing."""
+
+    frames = Input(Message)
+
+    def process(self, frames: Message) -> None:
+        if isinstance(frames, Frame):
+            _ = frames.image[0, 0, 0]

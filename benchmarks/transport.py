@@ -1,0 +1,290 @@
+"""Transport benchmark: move frames between two processes, ours against what a user would pick.
+
+For 224x224, 640x480 and 1920x1080 uint8 BGR frames, in one run:
+
+- ours, in place: the producer node allocates each frame in its port's shared memory and
+  writes into it; a ZeroMQ descriptor goes to the consumer node, which views it with no copy;
+- ours, copy in: the producer sends a ready-made array; the port copies it into a slot once;
+- ``multiprocessing.Queue`` (pickles through a pipe);
+- pyzmq PUSH/PULL over ipc:// with copies (the frame bytes through the socket), HWM 4;
+- a numpy memcpy of the frame in one process (the physical floor of "copy the frame once").
+
+Each method runs flat out for throughput (frames/s, GB/s) and then paced for one-way latency
+(capture stamp to the consumer's receive; p50 and p99). Ours runs as a real graph through
+``pipeline.run_graph``: two node processes started by the supervisor, with back-pressure
+(``when_full: block``, queue 4). Results print as a table with ratios to ours and go to
+``benchmarks/results/transport.json``.
+
+    .venv/bin/python benchmarks/transport.py            # about 2 minutes
+    .venv/bin/python benchmarks/transport.py --quick    # about 1 minute, fewer frames
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pipeline import load_graph, run_graph  # noqa: E402
+
+SIZES = {"224x224": (224, 224), "640x480": (640, 480), "1920x1080": (1920, 1080)}
+RESULTS = Path(__file__).parent / "results" / "transport.json"
+
+
+def ours(width: int, height: int, frames: int, fps: float, mode: str) -> dict[str, Any]:
+    graph_text = f"""
+graph: transport_bench
+nodes:
+  - id: producer
+    node: bench_nodes:FrameSource
+    params: {{width: {width}, height: {height}, frames: {frames}, fps: {fps}, mode: {mode}}}
+  - id: consumer
+    node: bench_nodes:Touch
+    inputs:
+      frames: {{from: producer/frames, queue: 4, when_full: block}}
+"""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "graph.yaml"
+        path.write_text(graph_text)
+        result = run_graph(load_graph(path), log_level="WARNING")
+    if result.exit_code:
+        raise RuntimeError(f"benchmark graph failed: {result.error}")
+    consumer = result.stats["consumer"]
+    calls = consumer["calls"]
+    return {
+        "frames": calls,
+        "seconds": consumer["elapsed_s"],
+        "fps": calls / consumer["elapsed_s"] if consumer["elapsed_s"] else 0.0,
+        "p50_ms": consumer["latency_ms"]["p50_ms"],
+        "p99_ms": consumer["latency_ms"]["p99_ms"],
+    }
+
+
+# --- baselines ------------------------------------------------------------------------------
+
+
+def _spin_until(t: float) -> None:
+    while time.perf_counter() < t:
+        pass
+
+
+def _queue_producer(q: Any, shape: tuple[int, ...], frames: int, fps: float) -> None:
+    frame = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    period = 1.0 / fps if fps else 0.0
+    nxt = time.perf_counter()
+    for i in range(frames):
+        if period:
+            _spin_until(nxt)
+            nxt += period
+        frame[0, 0, 0] = i & 0xFF
+        q.put((time.monotonic_ns(), frame))
+    q.put(None)
+
+
+def _zmq_producer(endpoint: str, shape: tuple[int, ...], frames: int, fps: float) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, 4)
+    sock.connect(endpoint)
+    frame = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    period = 1.0 / fps if fps else 0.0
+    nxt = time.perf_counter()
+    for i in range(frames):
+        if period:
+            _spin_until(nxt)
+            nxt += period
+        frame[0, 0, 0] = i & 0xFF
+        sock.send_multipart([time.monotonic_ns().to_bytes(8, "little"), frame], copy=True)
+    sock.send_multipart([b"", b""])
+    sock.close(linger=-1)
+    ctx.term()
+
+
+def _summarise(latencies_ns: list[int], t0: float, t1: float, n: int) -> dict[str, Any]:
+    lat = np.array(latencies_ns, dtype=np.float64) / 1e6
+    return {
+        "frames": n,
+        "seconds": t1 - t0,
+        "fps": n / (t1 - t0) if t1 > t0 else 0.0,
+        "p50_ms": float(np.percentile(lat, 50)) if n else 0.0,
+        "p99_ms": float(np.percentile(lat, 99)) if n else 0.0,
+    }
+
+
+def mp_queue(width: int, height: int, frames: int, fps: float) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue(maxsize=4)
+    proc = ctx.Process(target=_queue_producer, args=(q, (height, width, 3), frames, fps))
+    proc.start()
+    lat: list[int] = []
+    item = q.get()
+    t0 = time.perf_counter()
+    while item is not None:
+        t_send, frame = item
+        _ = frame[0, 0, 0]
+        lat.append(time.monotonic_ns() - t_send)
+        item = q.get()
+    t1 = time.perf_counter()
+    proc.join()
+    return _summarise(lat[1:], t0, t1, len(lat) - 1)
+
+
+def pyzmq_copy(width: int, height: int, frames: int, fps: float) -> dict[str, Any]:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.RCVHWM, 4)
+    with tempfile.TemporaryDirectory() as tmp:
+        endpoint = f"ipc://{tmp}/bench"
+        sock.bind(endpoint)
+        proc = mp.get_context("spawn").Process(
+            target=_zmq_producer, args=(endpoint, (height, width, 3), frames, fps)
+        )
+        proc.start()
+        lat: list[int] = []
+        stamp, data = sock.recv_multipart(copy=True)
+        t0 = time.perf_counter()
+        while stamp:
+            frame = np.frombuffer(data, np.uint8).reshape(height, width, 3)
+            _ = frame[0, 0, 0]
+            lat.append(time.monotonic_ns() - int.from_bytes(stamp, "little"))
+            stamp, data = sock.recv_multipart(copy=True)
+        t1 = time.perf_counter()
+        proc.join()
+    sock.close(linger=0)
+    ctx.term()
+    return _summarise(lat[1:], t0, t1, len(lat) - 1)
+
+
+def memcpy(width: int, height: int, frames: int) -> dict[str, Any]:
+    src = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    # A ring of destinations larger than the caches, like frames arriving one after another.
+    ring = max(2, (64 << 20) // src.nbytes)
+    dsts = [np.empty_like(src) for _ in range(ring)]
+    for d in dsts:
+        np.copyto(d, src)
+    times = []
+    t0 = time.perf_counter()
+    for i in range(frames):
+        a = time.perf_counter_ns()
+        np.copyto(dsts[i % ring], src)
+        times.append(time.perf_counter_ns() - a)
+    t1 = time.perf_counter()
+    lat = np.array(times, np.float64) / 1e6
+    return {
+        "frames": frames,
+        "seconds": t1 - t0,
+        "fps": frames / (t1 - t0),
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer frames per method")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    scale = 0.4 if args.quick else 1.0
+
+    def n(base: int) -> int:
+        return max(50, int(base * scale))
+
+    plan = {  # (flat-out frames, paced frames, paced fps) per size
+        "224x224": (n(20000), n(600), 200.0),
+        "640x480": (n(15000), n(600), 200.0),
+        "1920x1080": (n(10000), n(400), 100.0),
+    }
+    slow_plan = {"224x224": n(4000), "640x480": n(1500), "1920x1080": n(300)}
+    results: dict[str, dict[str, Any]] = {}
+    for size, (w, h) in SIZES.items():
+        flat, paced, rate = plan[size]
+        slow = slow_plan[size]
+        frame_bytes = w * h * 3
+        row: dict[str, Any] = {}
+        for label, fn in (
+            ("ours_inplace", lambda f, r: ours(w, h, f, r, "inplace")),
+            ("ours_copy_in", lambda f, r: ours(w, h, f, r, "copy")),
+        ):
+            thr = fn(flat, 0.0)
+            lat = fn(paced, rate)
+            row[label] = {"fps": thr["fps"], "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"]}
+            print(
+                f"{size:>9} {label:<13} {thr['fps']:>9.0f} frames/s   p50 {lat['p50_ms']:.3f} ms",
+                flush=True,
+            )
+        for label, base in (("mp_queue", mp_queue), ("pyzmq_copy", pyzmq_copy)):
+            thr = base(w, h, slow, 0.0)
+            lat = base(w, h, min(paced, slow), min(rate, 50.0) if label == "mp_queue" else rate)
+            row[label] = {"fps": thr["fps"], "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"]}
+            print(
+                f"{size:>9} {label:<13} {thr['fps']:>9.0f} frames/s   p50 {lat['p50_ms']:.3f} ms",
+                flush=True,
+            )
+        mc = memcpy(w, h, n(2000))
+        row["numpy_memcpy"] = {"fps": mc["fps"], "p50_ms": mc["p50_ms"], "p99_ms": mc["p99_ms"]}
+        for r in row.values():
+            r["gb_s"] = r["fps"] * frame_bytes / 1e9
+        results[size] = row
+
+    print()
+    header = (
+        f"{'size':>9}  {'method':<13} {'frames/s':>10} {'GB/s':>7} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'ours_inplace/x':>15}"
+    )
+    print(header)
+    print("-" * len(header))
+    for size, row in results.items():
+        ref = row["ours_inplace"]["fps"]
+        for label, r in row.items():
+            ratio = ref / r["fps"] if r["fps"] else float("inf")
+            print(
+                f"{size:>9}  {label:<13} {r['fps']:>10.0f} {r['gb_s']:>7.2f} "
+                f"{r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {ratio:>14.2f}x"
+            )
+    big, small = results["1920x1080"]["ours_inplace"], results["224x224"]["ours_inplace"]
+    targets = {
+        "inplace_1080p_fps>=10000": big["fps"] >= 10000,
+        "inplace_1080p_p50<=0.4ms": big["p50_ms"] <= 0.4,
+        "inplace_1080p_p50_within_1.5x_of_224": big["p50_ms"] <= 1.5 * small["p50_ms"],
+    }
+    print()
+    for name, ok in targets.items():
+        print(f"target {name}: {'met' if ok else 'NOT met'}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "benchmark": "transport",
+                "machine": {
+                    "cpu_count": os.cpu_count(),
+                    "platform": platform.platform(),
+                    "python": platform.python_version(),
+                },
+                "results": results,
+                "targets": targets,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
