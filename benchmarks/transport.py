@@ -37,7 +37,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pipeline import load_graph, run_graph  # noqa: E402
+from pipeline import load_graph, run_graph
 
 SIZES = {"224x224": (224, 224), "640x480": (640, 480), "1920x1080": (1920, 1080)}
 RESULTS = Path(__file__).parent / "results" / "transport.json"
@@ -217,8 +217,8 @@ def main() -> int:
         frame_bytes = w * h * 3
         row: dict[str, Any] = {}
         for label, fn in (
-            ("ours_inplace", lambda f, r: ours(w, h, f, r, "inplace")),
-            ("ours_copy_in", lambda f, r: ours(w, h, f, r, "copy")),
+            ("ours_inplace", lambda f, r, w=w, h=h: ours(w, h, f, r, "inplace")),
+            ("ours_copy_in", lambda f, r, w=w, h=h: ours(w, h, f, r, "copy")),
         ):
             thr = fn(flat, 0.0)
             lat = fn(paced, rate)

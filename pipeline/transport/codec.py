@@ -16,10 +16,9 @@ Never pickle: a message from another host can only describe arrays, never run co
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any
-
-import struct
 
 import msgpack
 import numpy as np

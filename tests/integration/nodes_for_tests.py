@@ -23,7 +23,7 @@ class Recorder(Node):
     frames = Input(Frame)
 
     def open(self) -> None:
-        self._file = Path(self.params.path).open("w", encoding="utf-8")
+        self._file = Path(self.params.path).open("w", encoding="utf-8")  # noqa: SIM115 - closed in close()
         Path(self.params.path + ".pid").write_text(str(os.getpid()))
 
     def process(self, frames: Frame) -> None:
@@ -102,7 +102,7 @@ class JoinCheck(Node):
     detections = Input(Detections)
 
     def open(self) -> None:
-        self._file = Path(self.params.path).open("w", encoding="utf-8")
+        self._file = Path(self.params.path).open("w", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def process(self, frames: Frame, detections: Detections) -> None:
         value = float(frames.image.sum(dtype=np.uint64) % 1000) / 1000
