@@ -95,6 +95,8 @@ class _NodeServices(Protocol):
 
     def count(self, name: str, n: int = 1) -> None: ...
 
+    def graph_statistics(self) -> dict[str, dict[str, Any]]: ...
+
 
 class Input(Generic[M]):
     """An input port: a class attribute of a Node whose name is the port name.
@@ -242,6 +244,16 @@ class Node:
         """Add ``n`` to a node-specific counter shown in the statistics (e.g. reconnects)."""
         if self._services is not None:
             self._services.count(name, n)
+
+    def graph_statistics(self) -> dict[str, dict[str, Any]]:
+        """The latest statistics of every node of the graph, by node id (about 1 s old).
+
+        Each value is ``NodeStats.to_dict()`` of that node (plus ``fps``); empty when the
+        node runs outside a graph. A preview page or a health endpoint reads this.
+        """
+        if self._services is None:
+            return {}
+        return self._services.graph_statistics()
 
 
 def _where(cls: type) -> str:

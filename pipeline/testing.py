@@ -73,6 +73,9 @@ class _Services:
     def count(self, name: str, n: int = 1) -> None:
         self.collector.count(name, n)
 
+    def graph_statistics(self) -> dict[str, dict[str, Any]]:
+        return {self.collector.node_id: self.collector.snapshot(time.monotonic()).to_dict()}
+
 
 def read_only(message: Message) -> Message:
     """The same message with read-only views of its arrays, as a consumer receives it."""

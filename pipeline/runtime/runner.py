@@ -132,6 +132,7 @@ class _Supervisor:
                     inputs=inputs,
                     outputs=outputs,
                     log_level=self.log_level,
+                    stats_path=str(self.run_dir / "stats.json"),
                 )
             )
         return configs
@@ -280,9 +281,11 @@ class _Supervisor:
                     self._print("forcing stop: not every node drained in time")
                     self.forced = True
                     return
-            if self.live and now >= next_table and phase == "running":
+            if now >= next_table and phase == "running":
                 next_table = now + 1.0
-                self._live_table()
+                self._publish_stats()
+                if self.live:
+                    self._live_table()
 
     def _fail(self, line: str, tb: str | None) -> None:
         if self.error:
@@ -291,6 +294,18 @@ class _Supervisor:
         self._print(f"error: {line}")
         if tb:
             self._print(tb.rstrip())
+
+    def _publish_stats(self) -> None:
+        """Every node's latest statistics, for nodes that show them (a preview page)."""
+        rows = {
+            p.node_id: {k: v for k, v in p.stats.items() if not k.endswith("_hist")}
+            for p in self.procs.values()
+            if p.stats
+        }
+        tmp = self.run_dir / "stats.json.tmp"
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(rows))
+            tmp.replace(self.run_dir / "stats.json")
 
     def _live_table(self) -> None:
         rows = {p.node_id: p.stats for p in self.procs.values() if p.stats}

@@ -20,6 +20,7 @@ Statistics go to the supervisor every half second.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ import sys
 import time
 import traceback
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -71,6 +73,7 @@ class WorkerConfig:
     inputs: list[InputPlan]
     outputs: list[OutputPlan]
     log_level: str = "INFO"
+    stats_path: str = ""  # where the supervisor publishes every node's statistics
 
 
 class _Terminated(BaseException):
@@ -164,6 +167,15 @@ class _Worker:
 
     def count(self, name: str, n: int = 1) -> None:
         self.stats.count(name, n)
+
+    def graph_statistics(self) -> dict[str, dict[str, Any]]:
+        if not self.cfg.stats_path:
+            return {}
+        try:
+            data: dict[str, dict[str, Any]] = json.loads(Path(self.cfg.stats_path).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data
 
     # set-up ------------------------------------------------------------------------------------
     def _wire(self, endpoints: dict[str, str]) -> None:
