@@ -224,8 +224,11 @@ class Node:
     def open(self) -> None:
         """Acquire resources (devices, models). If it raises, nothing else is called."""
 
-    def process(self, **inputs: Message) -> None:
-        """Handle one joined input set (a source: produce one message or raise EndOfStream)."""
+    def process(self, *args: Any, **inputs: Any) -> None:
+        """Handle one joined input set (a source: produce one message or raise EndOfStream).
+
+        Subclasses take one keyword parameter per input port (none for a source).
+        """
         raise NotImplementedError(f"{type(self).__name__}.process() is not implemented")
 
     def flush(self) -> None:
