@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
+import sys
 from functools import lru_cache
 from importlib.metadata import EntryPoint, entry_points
 
@@ -47,6 +49,10 @@ def load_node_class(type_id: str) -> type[Node]:
     """
     if ":" in type_id:
         module_name, _, attr = type_id.partition(":")
+        # Like `python -m`, a module path is looked up from the current folder too, so a
+        # node in ./my_nodes.py works from a graph file without installing anything.
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:

@@ -9,7 +9,7 @@ finished (end of stream reached every sink). It also:
 - on a node's error, prints one line naming node, method and input seq, then the node's
   traceback, and stops the graph (exit code 1);
 - notices a node that died (SIGKILL, segfault) within a poll interval (0.1 s) through the
-  process sentinels, reports it, and stops the graph (exit code 1);
+  process's pidfd, reports it, and stops the graph (exit code 1);
 - removes every shared-memory segment and socket file of the run when it ends, whatever
   happened, and sweeps those of dead runs before it starts.
 """
@@ -19,11 +19,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import multiprocessing
 import os
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +35,7 @@ import zmq
 
 from pipeline.graph.validate import ValidatedGraph
 from pipeline.runtime.table import render_table
-from pipeline.runtime.worker import InputPlan, OutputPlan, WorkerConfig, worker_main
+from pipeline.runtime.worker import InputPlan, OutputPlan, WorkerConfig
 from pipeline.transport.shm import remove_run_segments, sweep_stale
 
 __all__ = ["RunResult", "run_graph"]
@@ -71,10 +71,54 @@ def _sweep_run_dirs() -> None:
                 pass
 
 
+class _Child:
+    """A node process: a fresh interpreter (the ``spawn`` model) started with subprocess.
+
+    Not ``multiprocessing``: its spawn re-imports the caller's ``__main__`` in every child, so
+    a script calling ``run_graph`` without an ``if __name__ == "__main__"`` guard would start
+    itself again. The config goes to the child as JSON on stdin.
+    """
+
+    def __init__(self, cfg: WorkerConfig) -> None:
+        payload = json.dumps({"config": dataclasses.asdict(cfg), "sys_path": sys.path})
+        self.popen = subprocess.Popen(
+            [sys.executable, "-c", "from pipeline.runtime.worker import main; main()"],
+            stdin=subprocess.PIPE,
+            text=True,
+        )
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(payload)
+        self.popen.stdin.close()
+        self.pid = self.popen.pid
+        # A pidfd becomes readable when the process exits: death is seen by the same poll
+        # that reads the control socket. Where there is none, the poll's timeout catches it.
+        self.sentinel: int | None = None
+        if hasattr(os, "pidfd_open"):
+            with contextlib.suppress(OSError):
+                self.sentinel = os.pidfd_open(self.pid)
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.popen.poll()
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def join(self, timeout: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout)
+
+    def close(self) -> None:
+        if self.sentinel is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.sentinel)
+            self.sentinel = None
+
+
 @dataclasses.dataclass
 class _Proc:
     node_id: str
-    process: Any  # multiprocessing.Process (spawn context)
+    process: _Child
     is_source: bool
     state: str = "starting"
     stats: dict[str, Any] | None = None
@@ -151,13 +195,11 @@ class _Supervisor:
         old_int = signal.getsignal(signal.SIGINT)
         old_term = signal.getsignal(signal.SIGTERM)
         try:
-            mp = multiprocessing.get_context("spawn")
             # Children inherit "ignore SIGINT" across exec, so a Ctrl-C in the terminal reaches
             # only the supervisor, even before a child has installed its own handlers.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             for cfg in self._configs(control):
-                proc = mp.Process(target=worker_main, args=(cfg,), name=f"pipeline:{cfg.node_id}")
-                proc.start()
+                proc = _Child(cfg)
                 self.procs[cfg.node_id] = _Proc(
                     cfg.node_id, proc, self.graph.classes[cfg.node_id].is_source()
                 )
@@ -168,6 +210,8 @@ class _Supervisor:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
             self._terminate_all()
+            for p in self.procs.values():
+                p.process.close()
             router.close(linger=0)
             ctx.term()
             remove_run_segments(self.prefix)
@@ -198,10 +242,11 @@ class _Supervisor:
     def _supervise(self, router: zmq.Socket[Any]) -> None:
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
-        sentinels = {}
+        sentinels: dict[int, _Proc] = {}
         for p in self.procs.values():
-            poller.register(p.process.sentinel, zmq.POLLIN)
-            sentinels[p.process.sentinel] = p
+            if p.process.sentinel is not None:
+                poller.register(p.process.sentinel, zmq.POLLIN)
+                sentinels[p.process.sentinel] = p
         endpoints: dict[str, str] = {}
         hello: set[str] = set()
         ready: set[str] = set()
@@ -249,15 +294,21 @@ class _Supervisor:
                     elif kind == "done":
                         proc.stats = msg["stats"]
                         proc.state = "done"
-            for fd, p in sentinels.items():
-                if fd in events and not p.exited:
-                    p.exited = True
+            for p in self.procs.values():
+                if p.exited:
+                    continue
+                fd = p.process.sentinel
+                if fd is not None:
+                    if fd not in events:
+                        continue
                     poller.unregister(fd)
-                    code = p.process.exitcode
-                    if p.state != "done" and not self.error and not self.forced:
-                        self._fail(
-                            f"node {p.node_id!r} {_describe_exit(code)} while {p.state}", None
-                        )
+                    p.process.join(1.0)  # reap it: its exit code is unknown until then
+                elif p.process.is_alive():
+                    continue
+                p.exited = True
+                code = p.process.exitcode
+                if p.state != "done" and not self.error and not self.forced:
+                    self._fail(f"node {p.node_id!r} {_describe_exit(code)} while {p.state}", None)
             if self.error:
                 return
             if phase == "starting" and len(ready) == len(self.procs):

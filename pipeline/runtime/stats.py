@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import resource
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["Histogram", "InputStats", "NodeStats", "OutputStats", "StatsCollector"]
 
+_RSS_DIVISOR = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes vs KiB
 _PER_DECADE = 48
 _MIN_EXP = -6  # 1 us
 _BUCKETS = _PER_DECADE * 9  # up to 1000 s
@@ -124,6 +127,8 @@ class NodeStats:
     busy_s: float
     elapsed_s: float
     counters: Mapping[str, int]
+    cpu_s: float = 0.0
+    max_rss_mb: float = 0.0
 
     @property
     def received(self) -> int:
@@ -170,6 +175,7 @@ class StatsCollector:
         self.counters[name] = self.counters.get(name, 0) + n
 
     def snapshot(self, now: float) -> NodeStats:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         start = self.t_start if self.t_start is not None else now
         end = self.t_end if self.t_end is not None else now
         return NodeStats(
@@ -186,6 +192,8 @@ class StatsCollector:
             busy_s=round(self.busy_s, 6),
             elapsed_s=round(max(end - start, 0.0), 6),
             counters=dict(self.counters),
+            cpu_s=round(usage.ru_utime + usage.ru_stime, 4),
+            max_rss_mb=round(usage.ru_maxrss / _RSS_DIVISOR, 2),
         )
 
     def to_wire(self, now: float) -> dict[str, Any]:
@@ -209,4 +217,6 @@ def stats_from_dict(d: Mapping[str, Any]) -> NodeStats:
         busy_s=d["busy_s"],
         elapsed_s=d["elapsed_s"],
         counters=d["counters"],
+        cpu_s=d.get("cpu_s", 0.0),
+        max_rss_mb=d.get("max_rss_mb", 0.0),
     )

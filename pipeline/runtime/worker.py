@@ -20,11 +20,13 @@ Statistics go to the supervisor every half second.
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterable
@@ -42,7 +44,7 @@ from pipeline.runtime.stats import NodeStats, StatsCollector
 from pipeline.transport.channels import EdgeSender, InputEdge, RuntimeOutput
 from pipeline.transport.shm import ShmReader, SlotPool
 
-__all__ = ["InputPlan", "OutputPlan", "WorkerConfig", "worker_main"]
+__all__ = ["InputPlan", "OutputPlan", "WorkerConfig", "main", "worker_main"]
 
 STATS_INTERVAL_S = 0.5
 EXIT_TERMINATED = 3
@@ -84,10 +86,23 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 
+def main() -> None:
+    """Entry point of a node process: the config arrives as JSON on stdin."""
+    data = json.loads(sys.stdin.read())
+    sys.path[:] = data["sys_path"]
+    raw = data["config"]
+    raw["inputs"] = [InputPlan(**i) for i in raw["inputs"]]
+    raw["outputs"] = [
+        OutputPlan(o["port"], [(n, s) for n, s in o["edges"]]) for o in raw["outputs"]
+    ]
+    worker_main(WorkerConfig(**raw))
+
+
 def worker_main(cfg: WorkerConfig) -> None:
-    """Entry point of a node process (started with the ``spawn`` method)."""
+    """Run one node in this process until its stream ends; exits the process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints where a node is stuck
     logging.basicConfig(
         level=getattr(logging, cfg.log_level.upper(), logging.INFO),
         format=f"%(asctime)s %(levelname)-7s [{cfg.node_id}] %(message)s",
@@ -95,9 +110,22 @@ def worker_main(cfg: WorkerConfig) -> None:
         stream=sys.stderr,
         force=True,
     )
+    _watch_parent()
     code = _Worker(cfg).run()
     sys.stderr.flush()
     os._exit(code)  # skip interpreter teardown: nothing is left to flush, and it is slow
+
+
+def _watch_parent() -> None:
+    """If the supervisor dies (SIGKILL), stop as if it had sent SIGTERM: no orphan nodes."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class _Worker:
@@ -278,6 +306,8 @@ class _Worker:
         self._close_node()
         for out in self.outputs.values():
             out.send_eos()
+        for out in self.outputs.values():
+            out.wait_released()
         self.stats.t_end = time.monotonic()
         self.stats.state = "closed"
         self.tell("done", stats=self._wire_stats(time.monotonic()))
@@ -317,23 +347,20 @@ class _Worker:
         joiner: Joiner[tuple[InputEdge, int]] = Joiner([i.port for i in self.inputs])
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
-        by_socket = {}
         for edge in self.inputs:
             poller.register(edge.sock, zmq.POLLIN)
-            by_socket[edge.sock] = edge
+        inputs = self.inputs
         outputs = list(self.outputs.values())
-        connected = {i.port for i in self.inputs}
+        connected = {i.port for i in inputs}
         unconnected = {p: None for p in type(node).inputs if p not in connected}
         perf = time.perf_counter
         mono_ns = time.monotonic_ns
+        next_check = 0.0
         while not joiner.all_ended:
-            waiting = any(e.waiting for o in outputs for e in o.edges)
-            events = poller.poll(5 if waiting else 200)
-            for sock, _ in events:
-                if sock is self.control:
-                    self._poll_control()
-                    continue
-                edge = by_socket[sock]
+            # Take whatever has arrived on every input without blocking; only an idle node
+            # polls (one system call per burst instead of one per message).
+            got = 0
+            for edge in inputs:
                 while not edge.ended and edge.has_message():
                     message, n, dropped, _ = edge.recv()
                     if dropped:
@@ -341,10 +368,12 @@ class _Worker:
                     if message is None:
                         joiner.end(edge.port)
                         break
+                    got += 1
                     stats.received[edge.port] += 1
                     depth = joiner.push(edge.port, message, (edge, n))
                     if depth > stats.queue_peak[edge.port]:
                         stats.queue_peak[edge.port] = depth
+            processed = 0
             while True:
                 ready, lost = joiner.pop()
                 for port, (edge, n) in lost:
@@ -361,24 +390,33 @@ class _Worker:
                 first = next(iter(ready.values()))[0]
                 self.current_seq = first.seq
                 self.current_source = first.source
+                del first
                 t0 = perf()
                 node.process(**kwargs)
                 dt = perf() - t0
                 kwargs.clear()
-                del first
                 self._end_call()
                 for _, (edge, n) in ready.values():
                     edge.release(n)
                 ready = None
+                processed += 1
                 stats.calls += 1
                 stats.busy_s += dt
                 stats.process.add(dt)
                 if t_capture:
                     stats.latency.add((mono_ns() - t_capture) * 1e-9)
-            if waiting:
-                for out in outputs:
+            waiting = False
+            for out in outputs:
+                if out.has_waiting():
                     out.poll_waiting()
-            self.report()
+                    waiting = True
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + 0.01
+                self._poll_control()
+                self.report()
+            if not got and not processed and not joiner.all_ended:
+                poller.poll(5 if waiting else 200)
 
     def _close_node(self) -> None:
         if self.opened and self.node is not None:
@@ -393,8 +431,11 @@ class _Worker:
             self._close_node()
         except _Terminated:
             pass
+        # After a normal end, queued messages (the end of stream itself) must still reach the
+        # consumers: a socket closed with linger 0 would drop them. After a failure, go now.
+        linger = 10_000 if self.stats.state == "closed" else 0
         for out in self.outputs.values():
-            out.close()
+            out.close(linger)
         for edge in self.inputs:
             edge.close()
         self.reader.close()

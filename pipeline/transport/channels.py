@@ -160,8 +160,9 @@ class EdgeSender:
         self.sock.send(env)
         self.ended = True
 
-    def close(self) -> None:
-        self.sock.close(linger=0)
+    def close(self, linger_ms: int = 0) -> None:
+        """Close; ``linger_ms`` lets queued messages (end of stream) still go out."""
+        self.sock.close(linger=linger_ms)
 
 
 class RuntimeOutput:
@@ -235,7 +236,7 @@ class RuntimeOutput:
                 offset = 0
             else:
                 slot.refs += 1
-                offset = arr.__array_interface__["data"][0] - slot.array.ctypes.data
+                offset = arr.__array_interface__["data"][0] - slot.address
             held.append(slot)
             arrays_s.append((name, arr, "s", (slot.name, offset)))
             if self.has_tcp:
@@ -259,8 +260,9 @@ class RuntimeOutput:
         self.sent += 1
 
     def _slot_of(self, arr: np.ndarray) -> Slot | None:
+        base = arr.base
         for slot in self._allocated:
-            if slot.contains(arr):
+            if base is slot.array or slot.contains(arr):
                 return slot
         return None
 
@@ -270,6 +272,9 @@ class RuntimeOutput:
             for slot in self._allocated:
                 slot.refs -= 1
             self._allocated.clear()
+
+    def has_waiting(self) -> bool:
+        return any(edge.waiting for edge in self.edges)
 
     def poll_waiting(self) -> None:
         for edge in self.edges:
@@ -281,9 +286,16 @@ class RuntimeOutput:
             if not edge.ended:
                 edge.send_eos()
 
-    def close(self) -> None:
+    def wait_released(self) -> None:
+        """Block until consumers released every message: only then may the slots go away
+        (a consumer maps a slot when it first sees it, which can be after we ended)."""
         for edge in self.edges:
-            edge.close()
+            while edge.inflight:
+                edge.wait_release(100)
+
+    def close(self, linger_ms: int = 0) -> None:
+        for edge in self.edges:
+            edge.close(linger_ms)
         self.pool.close()
 
 

@@ -46,7 +46,7 @@ _NAME = re.compile(r"^pipeline-(\d+)-")
 class Slot:
     """One shared-memory segment of a pool, with its consumer reference count."""
 
-    __slots__ = ("array", "index", "mm", "name", "refs", "size")
+    __slots__ = ("address", "array", "index", "mm", "name", "refs", "size")
 
     def __init__(self, index: int, name: str, size: int) -> None:
         self.index = index
@@ -68,6 +68,7 @@ class Slot:
         os.close(fd)
         self.array = np.frombuffer(self.mm, dtype=np.uint8)
         self.array.fill(0)  # pre-fault every page now, not on the first frame
+        self.address: int = self.array.__array_interface__["data"][0]
         self.refs = 0
 
     def view(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -75,9 +76,8 @@ class Slot:
         return self.array[: count * dtype.itemsize].view(dtype).reshape(shape)
 
     def contains(self, arr: np.ndarray) -> bool:
-        base = self.array.ctypes.data
         start: int = arr.__array_interface__["data"][0]
-        return bool(base <= start < base + self.size)
+        return self.address <= start < self.address + self.size
 
     def unlink(self) -> None:
         with contextlib.suppress(FileNotFoundError):

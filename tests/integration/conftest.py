@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,9 @@ T = "tests.integration.nodes_for_tests"
 
 
 def segments() -> set[str]:
-    return {p.name for p in SHM_DIR.glob("pipeline-*")} if SHM_DIR.is_dir() else set()
+    """Segments of graphs this test process runs in-process (named after its pid); tests
+    that run `pipeline run` as a subprocess check that process's own segments."""
+    return {p.name for p in SHM_DIR.glob(f"pipeline-{os.getpid()}-*")}
 
 
 @pytest.fixture(autouse=True)
