@@ -83,6 +83,8 @@ def _type_name(schema: dict[str, Any]) -> str:
     if "const" in schema:
         return repr(schema["const"])
     if schema.get("type") == "array":
+        if "prefixItems" in schema:
+            return f"[{', '.join(_type_name(s) for s in schema['prefixItems'])}]"
         return f"list[{_type_name(schema.get('items', {}))}]"
     return str(schema.get("type", "any"))
 
@@ -228,6 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:  # `pipeline nodes | head`: the reader left; not an error
+        sys.stderr.close()
+        return EXIT_OK
     return code
 
 

@@ -244,7 +244,8 @@ class Model(abc.ABC):
 
 
 def parse_labels(text: str) -> tuple[str, ...]:
-    """Labels from text: a JSON list of strings, or one label per line.
+    """Labels from text: a JSON list of strings, one label per line, or (one line only)
+    comma-separated labels, as some exporters write them into model metadata.
 
     Blank lines inside the list are kept as empty labels, because a label's line number is
     its class index; trailing blank lines are dropped.
@@ -261,6 +262,8 @@ def parse_labels(text: str) -> tuple[str, ...]:
         if not isinstance(parsed, list) or not all(isinstance(item, str) for item in parsed):
             raise ValueError("labels in JSON must be a list of strings")
         return tuple(parsed)
+    if "\n" not in stripped and "," in stripped:
+        return tuple(label.strip() for label in stripped.split(","))
     lines = [line.strip() for line in text.splitlines()]
     while lines and not lines[-1]:
         lines.pop()

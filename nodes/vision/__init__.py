@@ -1,0 +1,1 @@
+"""Vision nodes that need no model."""
