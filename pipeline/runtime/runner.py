@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal, Protocol
 
 import msgpack
 import zmq
@@ -38,7 +38,23 @@ from pipeline.runtime.table import render_table
 from pipeline.runtime.worker import InputPlan, OutputPlan, WorkerConfig
 from pipeline.transport.shm import remove_run_segments, sweep_stale
 
-__all__ = ["RunResult", "run_graph"]
+__all__ = ["RunMonitor", "RunResult", "run_graph"]
+
+
+class RunMonitor(Protocol):
+    """Watches a running graph (the bench's progress bar, warm-up and stop rules).
+
+    ``on_stats`` is called about twice a second once every node has started, with the
+    latest statistics of each node (``NodeStats.to_dict()`` plus raw histograms) and the
+    seconds since the start. It may answer ``"reset"`` (every node starts its statistics
+    afresh: the end of a warm-up), ``"stop"`` (stop the sources and drain, as Ctrl-C does)
+    or ``None``.
+    """
+
+    def on_stats(
+        self, stats: dict[str, dict[str, Any]], elapsed_s: float
+    ) -> Literal["reset", "stop"] | None: ...
+
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -133,7 +149,9 @@ class _Supervisor:
         live: bool,
         out: IO[str],
         grace_s: float,
+        monitor: RunMonitor | None = None,
     ) -> None:
+        self.monitor = monitor
         self.graph = graph
         self.log_level = log_level
         self.live = live
@@ -253,6 +271,8 @@ class _Supervisor:
         phase = "starting"
         stop_sent = False
         next_table = time.monotonic() + 1.0
+        next_monitor = 0.0
+        started_at = 0.0
         while True:
             events = dict(poller.poll(100))
             if router in events:
@@ -313,11 +333,22 @@ class _Supervisor:
                 return
             if phase == "starting" and len(ready) == len(self.procs):
                 phase = "running"
+                started_at = time.monotonic()
+                next_monitor = started_at + 0.5
                 for nid in self.procs:
                     self._send(router, nid, "start")
             if all(p.exited for p in self.procs.values()):
                 return
             now = time.monotonic()
+            if self.monitor is not None and phase == "running" and now >= next_monitor:
+                next_monitor = now + 0.5
+                rows = {p.node_id: p.stats for p in self.procs.values() if p.stats}
+                verdict = self.monitor.on_stats(rows, now - started_at)
+                if verdict == "reset":
+                    for nid in self.procs:
+                        self._send(router, nid, "reset")
+                elif verdict == "stop" and self.stop_deadline is None:
+                    self.stop_deadline = now + self.grace_s
             if self.stop_deadline is not None:
                 if phase == "starting":
                     self._print("stopped before the graph started")
@@ -402,10 +433,21 @@ def run_graph(
     stats_json: str | Path | None = None,
     out: IO[str] | None = None,
     grace_s: float = 5.0,
+    monitor: RunMonitor | None = None,
 ) -> RunResult:
-    """Run a validated graph to its end; returns the exit code and statistics."""
+    """Run a validated graph to its end; returns the exit code and statistics.
+
+    Args:
+        graph: from ``load_graph``.
+        log_level: of the node processes.
+        live: redraw a statistics table on ``out`` every second.
+        stats_json: write every node's final statistics there.
+        out: where errors and the table go (default stderr).
+        grace_s: after a stop, how long the graph may drain before it is forced.
+        monitor: called with statistics twice a second; may reset them or stop the graph.
+    """
     stream = out or sys.stderr
-    result = _Supervisor(graph, log_level, live, stream, grace_s).run()
+    result = _Supervisor(graph, log_level, live, stream, grace_s, monitor).run()
     if stats_json is not None:
         payload = {
             "graph": graph.name,

@@ -174,6 +174,24 @@ class StatsCollector:
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
 
+    def reset(self, now: float) -> None:
+        """Start afresh (the end of a warm-up): counts and timings from ``now`` on."""
+        for table in (
+            self.received,
+            self.dropped,
+            self.queue_peak,
+            self.out_sent,
+            self.out_dropped,
+        ):
+            for key in table:
+                table[key] = 0
+        self.calls = 0
+        self.process = Histogram()
+        self.latency = Histogram()
+        self.busy_s = 0.0
+        self.t_start = now
+        self.counters.clear()
+
     def snapshot(self, now: float) -> NodeStats:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         start = self.t_start if self.t_start is not None else now

@@ -159,6 +159,13 @@ class _Worker:
         kind = str(msg.get("t"))
         if kind == "stop":
             self.stop_requested = True
+        elif kind == "reset":
+            self.stats.reset(time.monotonic())
+            for out in self.outputs.values():
+                out.sent = 0
+                for edge in out.edges:
+                    edge.dropped = 0
+                    edge.peak = 0
         elif kind == "wiring":
             self._wire(msg["endpoints"])
         return kind

@@ -222,3 +222,36 @@ def test_open_failure_reports_and_never_calls_close(write_graph, tmp_path):
         "error: node 'cam_sink' failed in open(): RuntimeError: no such device /dev/video9"
     )
     assert not (tmp_path / "closed").exists()
+
+
+def test_a_monitor_resets_statistics_and_stops_the_graph(write_graph, tmp_path):
+    graph = write_graph("""
+        graph: monitored
+        nodes:
+          - {id: camera, node: synthetic, params: {width: 64, height: 48, fps: 200, frames: 0}}
+          - {id: rec, node: {T}:Recorder, params: {path: {tmp}/rec.jsonl}, inputs: {frames: camera/frames}}
+    """)
+
+    class Monitor:
+        def __init__(self):
+            self.calls = 0
+            self.reset_at = None
+
+        def on_stats(self, stats, elapsed_s):
+            self.calls += 1
+            received = stats.get("rec", {}).get("inputs", {}).get("frames", {}).get("received", 0)
+            if self.reset_at is None and received >= 20:
+                self.reset_at = elapsed_s
+                return "reset"
+            if self.reset_at is not None and elapsed_s >= self.reset_at + 1.5:
+                return "stop"
+            return None
+
+    monitor = Monitor()
+    result = run_graph(load_graph(graph), monitor=monitor)
+    assert result.exit_code == 0
+    assert monitor.calls >= 3 and monitor.reset_at is not None
+    written = len((tmp_path / "rec.jsonl").read_text().splitlines())
+    counted = result.stats["rec"]["inputs"]["frames"]["received"]
+    assert 0 < counted < written  # frames before the reset are not counted
+    assert result.stats["rec"]["calls"] == counted
