@@ -174,7 +174,10 @@ class _Supervisor:
             for edge in self.graph.edges_into(node.id):
                 tcp = edge.spec.transport == "tcp"
                 bind = "tcp://127.0.0.1:*" if tcp else f"ipc://{self.run_dir}/{index}-{edge.input}"
-                inputs.append(InputPlan(edge.input, f"{edge.producer}/{edge.output}", bind, tcp))
+                batch = max(1, edge.spec.queue // 2) if edge.spec.when_full == "block" else 1
+                inputs.append(
+                    InputPlan(edge.input, f"{edge.producer}/{edge.output}", bind, tcp, batch)
+                )
             outputs = []
             for port in self.graph.classes[node.id].outputs:
                 edges = [

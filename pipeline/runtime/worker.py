@@ -56,6 +56,7 @@ class InputPlan:
     producer: str  # "node/port"
     bind: str
     tcp: bool
+    release_every: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,7 +237,15 @@ class _Worker:
             self.outputs[plan.port] = RuntimeOutput(plan.port, pool, [])
         for inp in cfg.inputs:
             self.inputs.append(
-                InputEdge(self.ctx, inp.bind, inp.port, inp.producer, self.reader, inp.tcp)
+                InputEdge(
+                    self.ctx,
+                    inp.bind,
+                    inp.port,
+                    inp.producer,
+                    self.reader,
+                    inp.tcp,
+                    inp.release_every,
+                )
             )
         self.node = cls(
             params, node_id=cfg.node_id, ports=dict(self.outputs), services=self, log=self.log
@@ -423,7 +432,11 @@ class _Worker:
                 self._poll_control()
                 self.report()
             if not got and not processed and not joiner.all_ended:
+                for edge in inputs:
+                    edge.flush_releases()
                 poller.poll(5 if waiting else 200)
+        for edge in inputs:
+            edge.flush_releases()
 
     def _close_node(self) -> None:
         if self.opened and self.node is not None:

@@ -22,6 +22,7 @@ order, and never dropped.
 from __future__ import annotations
 
 import collections
+import math
 import struct
 import time
 from collections.abc import Callable
@@ -40,6 +41,8 @@ from pipeline.transport.shm import ShmReader, Slot, SlotPool
 __all__ = ["EdgeSender", "InputEdge", "RuntimeOutput"]
 
 _REL = struct.Struct("<q")
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)  # plain ints: enum arithmetic costs a microsecond per message
 
 
 class _Pending:
@@ -80,7 +83,7 @@ class EdgeSender:
         """Take every release that has arrived; free the slots they held."""
         sock = self.sock
         # EVENTS is a cheap flag read; a NOBLOCK recv that raises zmq.Again costs far more.
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while sock.getsockopt(_EVENTS) & _POLLIN:
             (upto,) = _REL.unpack(sock.recv(copy=True))
             inflight = self.inflight
             while inflight and inflight[0][0] <= upto:
@@ -206,7 +209,7 @@ class RuntimeOutput:
     def allocate(self, shape: tuple[int, ...], dtype: npt.DTypeLike = np.uint8) -> np.ndarray:
         dt = np.dtype(dtype)
         shape = tuple(int(s) for s in shape)
-        nbytes = int(np.prod(shape)) * dt.itemsize if shape else dt.itemsize
+        nbytes = math.prod(shape) * dt.itemsize
         slot = self._acquire(max(nbytes, 1))
         self._allocated.append(slot)
         return slot.view(shape, dt)
@@ -310,9 +313,16 @@ class InputEdge:
         producer: str,
         reader: ShmReader,
         tcp: bool = False,
+        release_every: int = 1,
     ) -> None:
         self.port = port
         self.tcp = tcp
+        # Releases are credits back to the producer. On a lossless edge of queue N they can
+        # go back in batches of up to N/2 (one message instead of N/2, and the producer still
+        # has credits in hand); on a drop edge every one goes at once, for freshness.
+        self.release_every = release_every
+        self._unreleased = 0
+        self._release_upto = 0
         self.producer = producer
         self.sock = ctx.socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -328,13 +338,13 @@ class InputEdge:
         self, name: str, offset: int, shape: tuple[int, ...], dtype: np.dtype
     ) -> np.ndarray:
         if offset:
-            count = int(np.prod(shape)) if shape else 1
+            count = math.prod(shape)
             flat = self.reader.view(name, (offset + count * dtype.itemsize,), np.dtype(np.uint8))
             return flat[offset:].view(dtype).reshape(shape)
         return self.reader.view(name, shape, dtype)
 
     def has_message(self) -> bool:
-        return bool(self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+        return bool(self.sock.getsockopt(_EVENTS) & _POLLIN)
 
     def recv(self) -> tuple[Message | None, int, int, int]:
         """(message or None at end of stream, n, dropped, t_send_ns) of the next message."""
@@ -354,8 +364,19 @@ class InputEdge:
         return message, n, dropped, t_send
 
     def release(self, n: int) -> None:
+        """Give message ``n`` (and every one before it) back to the producer."""
+        self._release_upto = n
+        self._unreleased += 1
+        if self._unreleased >= self.release_every:
+            self.flush_releases()
+
+    def flush_releases(self) -> None:
+        """Send the releases held back for batching (before the node waits for input)."""
+        if not self._unreleased:
+            return
+        self._unreleased = 0
         try:
-            self.sock.send(_REL.pack(n), zmq.NOBLOCK)
+            self.sock.send(_REL.pack(self._release_upto), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the producer is gone; nothing waits for this credit
 

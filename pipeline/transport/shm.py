@@ -23,6 +23,7 @@ Ownership here is explicit instead:
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 import os
 import re
@@ -72,7 +73,7 @@ class Slot:
         self.refs = 0
 
     def view(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        count = int(np.prod(shape)) if shape else 1
+        count = math.prod(shape)
         return self.array[: count * dtype.itemsize].view(dtype).reshape(shape)
 
     def contains(self, arr: np.ndarray) -> bool:
@@ -154,7 +155,7 @@ class ShmReader:
         if entry is None:
             entry = self._map(name)
         flat = entry[1]
-        count = int(np.prod(shape)) if shape else 1
+        count = math.prod(shape)
         return flat[: count * dtype.itemsize].view(dtype).reshape(shape)
 
     def _map(self, name: str) -> tuple[mmap.mmap, np.ndarray]:
