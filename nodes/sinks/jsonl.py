@@ -1,8 +1,18 @@
-"""A sink that writes one JSON line per message."""
+"""A sink that writes one JSON line per message, with size-based rotation.
+
+:func:`message_record` turns any message into a JSON-ready dict: Detections and
+Classifications as lists of objects (label, confidence, boxes as normalised
+``[x_min, y_min, x_max, y_max]`` plus pixels when the image size is known), other messages as
+their fields and small arrays. The file helpers :func:`writable_folder` and
+:func:`writable_file` check at ``open()`` that a sink can write where it was told to, and are
+shared by the other file sinks (snapshot, video writer).
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -10,42 +20,161 @@ from typing import IO, Any
 import numpy as np
 from pydantic import Field
 
-from pipeline import Input, Message, Node, NodeParams
+from pipeline import Classifications, Detections, Input, Message, Node, NodeParams
 
 _MAX_LISTED = 4096  # arrays larger than this are summarised, not listed
 
 
+def writable_folder(folder: str | Path, *, node_id: str, param: str) -> Path:
+    """Create ``folder`` if needed and check that a file can be written in it.
+
+    The check writes and removes a temporary file: permission bits alone do not tell (root
+    ignores them, and a read-only mount ignores root).
+
+    Raises:
+        OSError: naming the node, the folder and the param to change.
+    """
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise OSError(
+            exc.errno,
+            f"node {node_id!r} cannot write in the folder {str(path)!r} ({reason}); "
+            f"set {param!r} to a folder it may create and write",
+        ) from None
+    return path
+
+
+def writable_file(file: str | Path, *, node_id: str, param: str) -> Path:
+    """Check that ``file`` can be written: its folder is writable and it is not a folder."""
+    path = Path(file)
+    writable_folder(path.parent, node_id=node_id, param=param)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"node {node_id!r}: {param} {str(path)!r} is a folder; give a file path"
+        )
+    return path
+
+
+def _rounded(arr: np.ndarray, digits: int) -> list[Any]:
+    values: list[Any] = np.round(np.asarray(arr, np.float64), digits).tolist()
+    return values
+
+
+def detections_records(detections: Detections) -> list[dict[str, Any]]:
+    """One dict per detection: label, class_id, confidence, xyxy (normalised), xyxy_px (when
+    ``image_wh`` is known) and keypoints (normalised ``[[x, y], ...]``) when present."""
+    w, h = detections.image_wh
+    boxes = _rounded(detections.xyxy, 6)
+    pixels = _rounded(detections.pixels(), 2) if w and h else None
+    keypoints = None if detections.keypoints is None else _rounded(detections.keypoints, 6)
+    records = []
+    for i, (label, class_id, confidence) in enumerate(
+        zip(detections.class_names, detections.class_id.tolist(), detections.confidence.tolist())
+    ):
+        record: dict[str, Any] = {
+            "label": label,
+            "class_id": class_id,
+            "confidence": round(confidence, 6),
+            "xyxy": boxes[i],
+        }
+        if pixels is not None:
+            record["xyxy_px"] = pixels[i]
+        if keypoints is not None:
+            record["keypoints"] = keypoints[i]
+        records.append(record)
+    return records
+
+
+def classifications_records(classifications: Classifications) -> list[dict[str, Any]]:
+    """One dict per label, best first: label, class_id, confidence."""
+    return [
+        {"label": label, "class_id": class_id, "confidence": round(confidence, 6)}
+        for label, class_id, confidence in zip(
+            classifications.class_names,
+            classifications.class_id.tolist(),
+            classifications.confidence.tolist(),
+        )
+    ]
+
+
 def message_record(message: Message) -> dict[str, Any]:
-    """A JSON-ready dict of a message: identity, fields and small arrays as lists."""
+    """A JSON-ready dict of a message: identity, then its content.
+
+    Detections become ``image_wh`` and ``detections`` (see :func:`detections_records`),
+    Classifications become ``classifications``; other messages list their fields and small
+    arrays (larger ones, such as images, are summarised by shape and dtype).
+    """
     record: dict[str, Any] = {
         "kind": message.kind,
         "seq": message.seq,
         "source": message.source,
         "t_capture_ns": message.t_capture_ns,
     }
-    record.update(message._fields())
-    for name, arr in message._arrays().items():
-        arr = np.asarray(arr)
-        if arr.size <= _MAX_LISTED:
-            record[name] = np.round(arr, 6).tolist() if arr.dtype.kind == "f" else arr.tolist()
-        else:
-            record[name] = {"shape": list(arr.shape), "dtype": arr.dtype.str}
+    if isinstance(message, Detections):
+        record["image_wh"] = list(message.image_wh)
+        record["detections"] = detections_records(message)
+    elif isinstance(message, Classifications):
+        record["classifications"] = classifications_records(message)
+    else:
+        record.update(message._fields())
+        for name, arr in message._arrays().items():
+            arr = np.asarray(arr)
+            if arr.size <= _MAX_LISTED:
+                record[name] = _rounded(arr, 6) if arr.dtype.kind == "f" else arr.tolist()
+            else:
+                record[name] = {"shape": list(arr.shape), "dtype": arr.dtype.str}
     if message.meta:
         record["meta"] = dict(message.meta)
     return record
 
 
-class JsonlSink(Node):
-    """Write one JSON line per message: seq, timestamps, fields, metadata and small arrays.
+def _json_default(value: Any) -> Any:
+    # meta is msgpack-serialisable: bytes and numpy scalars are what JSON lacks
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
-    Large arrays (images) are summarised by shape and dtype. Each line also carries
-    ``t_written_ns`` and ``latency_ms`` (capture to write). Lines are flushed every
-    ``flush_every`` messages and at the end. Ends when its input ends.
+
+def rotate(path: Path, backups: int) -> None:
+    """Shift ``path.1`` .. ``path.{backups-1}`` up by one and move ``path`` to ``path.1``.
+
+    The oldest backup falls off; with ``backups == 0`` the file is simply removed.
+    """
+    if backups == 0:
+        path.unlink(missing_ok=True)
+        return
+    for i in range(backups - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{i}")
+        if older.exists():
+            os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
+    if path.exists():
+        os.replace(path, path.with_name(f"{path.name}.1"))
+
+
+class JsonlSink(Node):
+    """Write one JSON line per message: seq, timestamps, content and metadata.
+
+    Detections are written as ``detections: [{label, class_id, confidence, xyxy, xyxy_px,
+    keypoints}]`` with ``xyxy`` normalised ``[x_min, y_min, x_max, y_max]`` (``xyxy_px`` only
+    when ``image_wh`` is known); Classifications as ``classifications: [{label, class_id,
+    confidence}]``; other messages as their fields and small arrays (images are summarised by
+    shape and dtype). Each line also carries ``t_written_ns`` and ``latency_ms`` (capture to
+    write). With ``max_bytes`` the file is rotated like a log (``path.1`` is the newest backup,
+    ``backups`` are kept). Lines are flushed every ``flush_every`` messages and at the end.
+    A folder it cannot write fails ``open()``. Ends when its input ends; it writes as fast as
+    messages come, and a full input edge waits or drops as its ``when_full`` says.
 
     Example:
         - id: log
           node: jsonl
-          params: {path: out/detections.jsonl}
+          params: {path: out/detections.jsonl, max_bytes: 10000000, backups: 3}
           inputs: {messages: detector/detections}
     """
 
@@ -53,29 +182,39 @@ class JsonlSink(Node):
         path: str = Field(description="The file to write (its folder is created).")
         append: bool = Field(False, description="Append instead of truncating.")
         flush_every: int = Field(1, ge=1, description="Flush the file every N lines.")
+        max_bytes: int = Field(
+            0, ge=0, description="Rotate before the file would exceed this size; 0: never."
+        )
+        backups: int = Field(
+            3, ge=0, le=1000, description="Rotated files kept (path.1 newest); 0: none kept."
+        )
 
     messages = Input(Message, description="Any message.")
 
     def open(self) -> None:
-        path = Path(self.params.path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file: IO[str] = path.open("a" if self.params.append else "w", encoding="utf-8")
-        except OSError as exc:
-            raise OSError(
-                f"cannot write {str(path)!r}: {exc.strerror}; choose a writable 'path'"
-            ) from None
+        self._path = writable_file(self.params.path, node_id=self.id, param="path")
+        self._file: IO[str] = self._path.open("a" if self.params.append else "w", encoding="utf-8")
+        self._size = self._file.tell()
         self._lines = 0
 
     def process(self, messages: Message) -> None:
+        p = self.params
         record = message_record(messages)
         now = time.monotonic_ns()
         record["t_written_ns"] = now
         if messages.t_capture_ns:
             record["latency_ms"] = round((now - messages.t_capture_ns) / 1e6, 3)
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        # ASCII-only JSON: the line's length is its size in bytes
+        line = json.dumps(record, separators=(",", ":"), default=_json_default) + "\n"
+        if p.max_bytes and self._size and self._size + len(line) > p.max_bytes:
+            self._file.close()
+            rotate(self._path, p.backups)
+            self._file = self._path.open("w", encoding="utf-8")
+            self._size = 0
+        self._file.write(line)
+        self._size += len(line)
         self._lines += 1
-        if self._lines % self.params.flush_every == 0:
+        if self._lines % p.flush_every == 0:
             self._file.flush()
 
     def close(self) -> None:

@@ -1,0 +1,301 @@
+"""A live preview page over HTTP: an MJPEG stream, a snapshot and every node's statistics.
+
+The node and its viewers meet in :class:`LatestFrame`: ``process()`` encodes a JPEG (at most
+``max_fps`` a second, and about once a second while nobody watches the stream) and swaps the
+newest-frame reference under a condition variable; that is all it does, so viewers never slow
+the graph. Each viewer is a thread of a ``ThreadingHTTPServer`` that waits for a frame newer
+than the one it sent last and writes it; a slow socket delays only that viewer, which then
+skips to the newest frame. The socket's send buffer is kept small for the same reason: the
+kernel would otherwise queue seconds of stale video for a slow viewer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import socket
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import Field
+
+from nodes.sinks.preview_page import render_page
+from nodes.transforms.color import to_bgr
+from pipeline import Frame, Input, MissingDependencyError, Node, NodeParams
+
+BOUNDARY = "frame"
+IDLE_INTERVAL_S = 1.0  # encoding rate while no one watches the stream (snapshot freshness)
+SEND_BUFFER_BYTES = 128 * 1024  # a few frames (Linux doubles it): bounds a slow viewer's lag
+VIEWER_TIMEOUT_S = 30.0  # a viewer whose socket takes no frame for this long is dropped
+
+
+class LatestFrame:
+    """The newest JPEG, handed from the node's thread to any number of viewer threads."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._jpeg = b""
+        self._seq = -1
+        self._version = 0
+        self._closed = False
+
+    def publish(self, jpeg: bytes, seq: int) -> None:
+        """Make ``jpeg`` (of frame ``seq``) the newest frame and wake every waiting viewer."""
+        with self._cond:
+            self._jpeg, self._seq = jpeg, seq
+            self._version += 1
+            self._cond.notify_all()
+
+    def latest(self) -> tuple[int, int, bytes] | None:
+        """``(version, seq, jpeg)`` of the newest frame, or ``None`` before the first."""
+        with self._cond:
+            return (self._version, self._seq, self._jpeg) if self._version else None
+
+    def wait_newer(self, version: int, timeout: float) -> tuple[int, int, bytes] | None:
+        """The newest frame once its version is above ``version``; ``None`` on timeout or close."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or self._version > version, timeout)
+            if self._closed or self._version <= version:
+                return None
+            return self._version, self._seq, self._jpeg
+
+    def close(self) -> None:
+        """Wake every viewer for good: the stream is over."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+def part_header(length: int, seq: int) -> bytes:
+    """The header of one part of the ``multipart/x-mixed-replace`` stream."""
+    return (
+        f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {length}\r\n"
+        f"X-Seq: {seq}\r\n\r\n"
+    ).encode("ascii")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # close() must not wait for a viewer stuck in a write
+
+    def __init__(self, address: tuple[str, int], preview: Preview) -> None:
+        self.preview = preview
+        self.lock = threading.Lock()
+        self.connections: set[socket.socket] = set()
+        self.viewers = 0
+        super().__init__(address, _Handler)
+
+    def drop_connections(self) -> None:
+        """Shut every open connection, so writes blocked on slow viewers return at once."""
+        with self.lock:
+            connections = list(self.connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = VIEWER_TIMEOUT_S
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        with self.server.lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.lock:
+            self.server.connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        self.server.preview.log.debug("%s " + format, self.client_address[0], *args)
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        try:
+            if path in ("/", "/index.html"):
+                self._reply(render_page(self.server.preview.id), "text/html; charset=utf-8")
+            elif path == "/stream.mjpg":
+                self._stream()
+            elif path == "/snapshot.jpg":
+                self._snapshot()
+            elif path == "/stats.json":
+                body = json.dumps(self.server.preview.page_statistics()).encode("utf-8")
+                self._reply(body, "application/json")
+            else:
+                self.send_error(HTTPStatus.NOT_FOUND, "try /, /stream.mjpg, /snapshot.jpg")
+        except (ConnectionError, TimeoutError):
+            pass  # the viewer went away or stalled: only its own thread ends
+
+    def _reply(self, body: bytes, content_type: str) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _snapshot(self) -> None:
+        latest = self.server.preview.frames_latest.latest()
+        if latest is None:
+            self.send_response(HTTPStatus.SERVICE_UNAVAILABLE, "no frame yet")
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self._reply(latest[2], "image/jpeg")
+
+    def _stream(self) -> None:
+        frames = self.server.preview.frames_latest
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        with self.server.lock:
+            self.server.viewers += 1
+        try:
+            version = 0
+            while not frames.closed:
+                newer = frames.wait_newer(version, 1.0)
+                if newer is None:
+                    continue
+                version, seq, jpeg = newer
+                self.wfile.write(part_header(len(jpeg), seq) + jpeg + b"\r\n")
+        except OSError:
+            pass  # a reset, a timeout, or close() shutting the socket
+        finally:
+            with self.server.lock:
+                self.server.viewers -= 1
+
+
+class Preview(Node):
+    """Serve a live page of the frames over HTTP: MJPEG stream, snapshot, graph statistics.
+
+    ``/`` is a small page with the stream and a table of every node's statistics (refreshed
+    every second from ``/stats.json``), ``/stream.mjpg`` a multipart MJPEG stream,
+    ``/snapshot.jpg`` the newest frame (503 before the first). The server starts in
+    ``open()``; a ``host``/``port`` it cannot listen on (the port is in use) fails ``open()``.
+    ``process()`` only encodes a JPEG, at most ``max_fps`` a second (about once a second
+    while no one watches the stream) and hands it to the viewers; any number of viewers may
+    watch, each gets the newest frame, and a slow one never slows the graph or the others.
+    The input is read-only. Ends when its input ends; the server stops in ``close()``. Feed it
+    through a ``when_full: drop_oldest`` edge so a busy machine shows fresh frames.
+
+    Attributes:
+        url: the page's address, once open (with the actual port when ``port`` is 0).
+        frames_encoded: JPEG frames handed to viewers so far.
+
+    Example:
+        - id: preview
+          node: preview
+          params: {port: 8080, max_fps: 15, jpeg_quality: 80}
+          inputs:
+            frames: {from: overlay/annotated, queue: 2, when_full: drop_oldest}
+    """
+
+    class Params(NodeParams):
+        host: str = Field(
+            "127.0.0.1",
+            min_length=1,
+            description="Address to listen on; 0.0.0.0 lets other machines watch.",
+        )
+        port: int = Field(8080, ge=0, le=65535, description="TCP port; 0 picks a free one.")
+        jpeg_quality: int = Field(80, ge=1, le=100, description="JPEG quality, 1..100.")
+        max_fps: float = Field(
+            15.0, ge=0, le=1000, description="Most frames encoded per second; 0: every frame."
+        )
+
+    frames = Input(Frame, description="(H, W[, C]) uint8 frames in meta['color'].")
+
+    def open(self) -> None:
+        try:
+            import cv2
+        except ImportError as exc:
+            raise MissingDependencyError(
+                "opencv-python-headless", "vision", f"the preview node {self.id!r}"
+            ) from exc
+        p = self.params
+        self._imencode = cv2.imencode
+        self._encode_params = [int(cv2.IMWRITE_JPEG_QUALITY), p.jpeg_quality]
+        self._interval = 1.0 / p.max_fps if p.max_fps else 0.0
+        self._last_encode = -float("inf")
+        self.frames_encoded = 0
+        self.frames_latest = LatestFrame()
+        server_class = _Server6 if ":" in p.host else _Server
+        try:
+            self._server = server_class((p.host, p.port), self)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise OSError(
+                    exc.errno,
+                    f"node {self.id!r}: port {p.port} on {p.host} is already in use; stop "
+                    "the program using it or set 'port' to a free one (0 picks one)",
+                ) from None
+            raise OSError(
+                exc.errno,
+                f"node {self.id!r} cannot listen on {p.host}:{p.port} "
+                f"({exc.strerror or exc}); set 'host' to an address of this machine "
+                "(127.0.0.1, or 0.0.0.0 for every interface)",
+            ) from None
+        port = self._server.server_address[1]
+        shown = "127.0.0.1" if p.host in ("0.0.0.0", "::") else p.host
+        self.url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name=f"preview-{self.id}",
+            daemon=True,
+        )
+        self._thread.start()
+        self.log.info("preview %r: open %s in a browser", self.id, self.url)
+
+    def process(self, frames: Frame) -> None:
+        now = time.monotonic()
+        interval = self._interval if self._server.viewers else max(self._interval, IDLE_INTERVAL_S)
+        if now - self._last_encode < interval:
+            self.count("not_encoded")
+            return
+        self._last_encode = now
+        ok, jpeg = self._imencode(".jpg", to_bgr(frames), self._encode_params)
+        if not ok:
+            raise RuntimeError(f"node {self.id!r}: JPEG encoding of seq {frames.seq} failed")
+        self.frames_latest.publish(jpeg.tobytes(), frames.seq)
+        self.frames_encoded += 1
+
+    def page_statistics(self) -> dict[str, Any]:
+        """What ``/stats.json`` returns: this node's id, viewers, and every node's statistics."""
+        try:
+            nodes = self.graph_statistics()
+        except Exception as exc:  # a statistics hiccup must not break the page
+            self.log.debug("graph_statistics() failed: %s", exc)
+            nodes = {}
+        return {
+            "node": self.id,
+            "viewers": self._server.viewers,
+            "frames_encoded": self.frames_encoded,
+            "nodes": nodes,
+        }
+
+    def close(self) -> None:
+        self.frames_latest.close()  # viewers waiting for a frame leave their loops
+        self._server.shutdown()
+        self._server.drop_connections()  # viewers blocked in a write leave too
+        self._server.server_close()
+        self._thread.join(timeout=2.0)

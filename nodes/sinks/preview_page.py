@@ -1,0 +1,102 @@
+"""The HTML page that the ``preview`` sink serves at ``/``: the stream and a statistics table.
+
+It is a Python string rather than an ``.html`` file so that it ships with the module in any
+install (the package has no data-file list for ``nodes``). The page shows
+``<img src="/stream.mjpg">`` (reconnecting if the stream drops) and a table of every node's
+statistics, fetched from ``/stats.json`` every second. ``{{node_id}}`` is replaced, escaped,
+by the preview node's id.
+"""
+
+from __future__ import annotations
+
+import html
+
+__all__ = ["PAGE", "render_page"]
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>preview: {{node_id}}</title>
+<style>
+  body { margin: 0; font: 14px system-ui, sans-serif; background: #111; color: #ddd; }
+  main { display: flex; flex-wrap: wrap; gap: 16px; padding: 16px; align-items: flex-start; }
+  #stream { max-width: 100%; min-width: 320px; min-height: 240px; background: #000; }
+  h1 { font-size: 16px; margin: 0 0 8px; }
+  table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+  th, td { padding: 3px 10px; text-align: right; border-bottom: 1px solid #333; }
+  th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
+  #status { color: #888; }
+</style>
+</head>
+<body>
+<main>
+  <img id="stream" src="/stream.mjpg" alt="live stream of {{node_id}}">
+  <section>
+    <h1>{{node_id}}</h1>
+    <table id="stats" data-refreshes="0">
+      <thead><tr>
+        <th>node</th><th>state</th><th>fps</th><th>in</th><th>out</th><th>dropped</th>
+        <th>process p50 ms</th><th>latency p95 ms</th>
+      </tr></thead>
+      <tbody></tbody>
+    </table>
+    <p id="status">waiting for statistics</p>
+  </section>
+</main>
+<script>
+"use strict";
+const table = document.getElementById("stats");
+const statusLine = document.getElementById("status");
+const stream = document.getElementById("stream");
+
+function total(ports, key) {
+  return Object.values(ports || {}).reduce((sum, port) => sum + (port[key] || 0), 0);
+}
+
+function row(id, s) {
+  const tr = document.createElement("tr");
+  tr.dataset.node = id;
+  const cells = [
+    id, s.state, (s.fps || 0).toFixed(1), total(s.inputs, "received"),
+    total(s.outputs, "sent"), total(s.inputs, "dropped"),
+    ((s.process_ms || {}).p50_ms || 0).toFixed(2), ((s.latency_ms || {}).p95_ms || 0).toFixed(1),
+  ];
+  for (const value of cells) {
+    const td = document.createElement("td");
+    td.textContent = String(value);
+    tr.appendChild(td);
+  }
+  return tr;
+}
+
+async function refresh() {
+  try {
+    const response = await fetch("/stats.json", {cache: "no-store"});
+    const data = await response.json();
+    const rows = Object.entries(data.nodes).map(([id, s]) => row(id, s));
+    table.tBodies[0].replaceChildren(...rows);
+    table.dataset.refreshes = String(Number(table.dataset.refreshes) + 1);
+    statusLine.textContent = "updated " + new Date().toLocaleTimeString() + ", " +
+      data.viewers + " viewer(s), " + data.frames_encoded + " frames encoded";
+  } catch (error) {
+    statusLine.textContent = "statistics unavailable: " + error;
+  }
+}
+
+// The stream ends when the graph stops; try again, so a restarted graph shows up by itself.
+stream.addEventListener("error", () => {
+  setTimeout(() => { stream.src = "/stream.mjpg?t=" + Date.now(); }, 1000);
+});
+refresh();
+setInterval(refresh, 1000);
+</script>
+</body>
+</html>
+"""
+
+
+def render_page(node_id: str) -> bytes:
+    """The page for a preview node, UTF-8 encoded."""
+    return PAGE.replace("{{node_id}}", html.escape(node_id)).encode("utf-8")

@@ -1,0 +1,148 @@
+"""Tests of the JSONL sink: records of detections and classifications, and rotation by size."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nodes.sinks.jsonl import JsonlSink, message_record, rotate, writable_folder
+from pipeline import Classifications, Detections, Tensors
+from pipeline.testing import make_frame, run_node
+
+
+def two_people(image_wh=(640, 480)) -> Detections:
+    return Detections(
+        xyxy=[[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 1.0, 1.0]],
+        confidence=[0.9, 0.42],
+        class_id=[0, 0],
+        class_names=["person", "person"],
+        keypoints=np.array([[[0.15, 0.25]], [[0.75, 0.75]]], np.float32),
+        image_wh=image_wh,
+        seq=7,
+        source="cam",
+        t_capture_ns=123,
+    )
+
+
+def test_detections_record_has_labelled_boxes_normalised_and_in_pixels():
+    record = message_record(two_people())
+    assert (record["kind"], record["seq"], record["source"]) == ("detections", 7, "cam")
+    assert record["image_wh"] == [640, 480]
+    first, second = record["detections"]
+    assert first == {
+        "label": "person",
+        "class_id": 0,
+        "confidence": pytest.approx(0.9),
+        "xyxy": pytest.approx([0.1, 0.2, 0.3, 0.4]),
+        "xyxy_px": pytest.approx([64.0, 96.0, 192.0, 192.0]),
+        "keypoints": [[0.15, 0.25]],  # rounded to 6 digits: float32 noise is gone
+    }
+    assert second["xyxy_px"] == pytest.approx([320.0, 240.0, 640.0, 480.0])
+    assert "xyxy" not in record  # no raw arrays besides the structured list
+    json.dumps(record)
+
+
+def test_detections_record_has_no_pixels_when_the_image_size_is_unknown():
+    dets = Detections(xyxy=[[0, 0, 1, 1]], confidence=[1.0], class_id=[3], seq=1)
+    (only,) = message_record(dets)["detections"]
+    assert only == {"label": "3", "class_id": 3, "confidence": 1.0, "xyxy": [0, 0, 1, 1]}
+
+
+def test_classifications_record_lists_labels_best_first():
+    c = Classifications(class_names=["cat", "dog"], confidence=[0.8, 0.1], class_id=[5, 2])
+    assert message_record(c)["classifications"] == [
+        {"label": "cat", "class_id": 5, "confidence": pytest.approx(0.8)},
+        {"label": "dog", "class_id": 2, "confidence": pytest.approx(0.1)},
+    ]
+
+
+def test_other_messages_keep_fields_and_summarise_big_arrays():
+    t = Tensors(tensors={"small": np.arange(3, dtype=np.float32), "big": np.zeros((100, 100))})
+    record = message_record(t)
+    assert record["small"] == [0.0, 1.0, 2.0]
+    assert record["big"] == {"shape": [100, 100], "dtype": "<f8"}
+    assert record["order"] == ["small", "big"]
+    frame = message_record(make_frame(64, 48))
+    assert frame["image"] == {"shape": [48, 64, 3], "dtype": "|u1"}
+
+
+def test_sink_writes_one_line_per_message_with_latency(tmp_path):
+    path = tmp_path / "logs" / "out.jsonl"
+    dets = [two_people().replace(seq=i, meta={"note": b"\x01"}) for i in range(3)]
+    run_node(JsonlSink, {"path": str(path)}, inputs={"messages": dets})
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["seq"] for line in lines] == [0, 1, 2]
+    assert all(len(line["detections"]) == 2 for line in lines)
+    assert all(line["latency_ms"] > 0 for line in lines)
+    assert lines[0]["meta"] == {"note": "01"}  # bytes in meta are written as hex
+
+
+def test_rotate_shifts_backups_and_drops_the_oldest(tmp_path):
+    path = tmp_path / "log.jsonl"
+    for name, text in [("log.jsonl", "new"), ("log.jsonl.1", "old"), ("log.jsonl.2", "older")]:
+        (tmp_path / name).write_text(text)
+    rotate(path, backups=2)
+    assert not path.exists()
+    assert (tmp_path / "log.jsonl.1").read_text() == "new"
+    assert (tmp_path / "log.jsonl.2").read_text() == "old"
+    assert not (tmp_path / "log.jsonl.3").exists()  # "older" fell off
+
+
+def test_rotate_without_backups_removes_the_file(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text("x")
+    rotate(path, backups=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sink_rotates_by_size_and_keeps_the_newest_lines(tmp_path):
+    path = tmp_path / "log.jsonl"
+    messages = [two_people().replace(seq=i) for i in range(40)]
+    run_node(
+        JsonlSink,
+        {"path": str(path), "max_bytes": 2000, "backups": 2},
+        inputs={"messages": messages},
+    )
+    files = [path, path.with_name("log.jsonl.1"), path.with_name("log.jsonl.2")]
+    assert not path.with_name("log.jsonl.3").exists()
+    seqs = []
+    for file in reversed(files):  # oldest backup first
+        assert 0 < file.stat().st_size <= 2000
+        seqs += [json.loads(line)["seq"] for line in file.read_text().splitlines()]
+    line_size = len(path.read_text().splitlines()[0]) + 1
+    assert seqs == list(range(40 - len(seqs), 40))  # the newest lines, in order, none torn
+    assert len(seqs) >= 3 * (2000 // line_size) - 3
+
+
+def test_append_continues_the_size_count(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text("x" * 1990 + "\n")
+    run_node(
+        JsonlSink,
+        {"path": str(path), "append": True, "max_bytes": 2000, "backups": 1},
+        inputs={"messages": [two_people()]},
+    )
+    assert path.with_name("log.jsonl.1").read_text() == "x" * 1990 + "\n"
+    assert json.loads(path.read_text())["seq"] == 7
+
+
+def test_unwritable_folder_fails_open_naming_node_and_folder(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    run = run_node(
+        JsonlSink,
+        {"path": str(tmp_path / "a_file" / "log.jsonl")},
+        inputs={"messages": []},
+        node_id="log",
+        raise_errors=False,
+    )
+    assert run.failed_in == "open"
+    assert "'log'" in str(run.error)
+    assert "set 'path'" in str(run.error)
+
+
+def test_writable_folder_is_created(tmp_path):
+    folder = writable_folder(tmp_path / "a" / "b", node_id="n", param="folder")
+    assert folder.is_dir()
+    assert list(folder.iterdir()) == []  # the probe file is gone
