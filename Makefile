@@ -13,20 +13,26 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[vision,onnx,tflite,convert,dev]'
 	touch $(STAMP)
 
+# The default job: face detection (BlazeFace on LiteRT) on the shipped sample video.
 run: $(STAMP)
-	$(BIN)/pipeline run graphs/synthetic.yaml
+	$(BIN)/pipeline models fetch
+	$(BIN)/pipeline run graphs/detect_faces.yaml --stats-json out/detect_faces.stats.json
+	@echo "annotated video: out/detect_faces.mp4"
+	@echo "detections:      out/detect_faces.jsonl (one line per frame)"
+	@echo "statistics:      out/detect_faces.stats.json"
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy
+	$(BIN)/mypy pipeline nodes
 
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck $(STAMP)
+	$(BIN)/pipeline models fetch
 	$(BIN)/pipeline schema --check
 	$(BIN)/pipeline check graphs/*.yaml
 	$(BIN)/pytest -q

@@ -219,3 +219,4 @@ class JsonlSink(Node):
 
     def close(self) -> None:
         self._file.close()
+        self.log.info("wrote %d lines to %s", self._lines, self.params.path)

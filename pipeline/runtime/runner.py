@@ -260,17 +260,56 @@ class _Supervisor:
         with contextlib.suppress(zmq.ZMQError):
             router.send_multipart([node_id.encode(), msgpack.packb(fields, use_bin_type=True)])
 
+    def _handle(self, router: zmq.Socket[Any], payload: list[bytes]) -> None:
+        """One message from a node."""
+        ident, raw = payload
+        node_id = ident.decode()
+        msg = msgpack.unpackb(raw)
+        kind = msg["t"]
+        proc = self.procs[node_id]
+        if kind == "hello":
+            self.hello.add(node_id)
+            self.endpoints.update(msg["endpoints"])
+            if len(self.hello) == len(self.procs):
+                for nid in self.procs:
+                    mine = {e.name: self.endpoints[e.name] for e in self.graph.edges_from(nid)}
+                    self._send(router, nid, "wiring", endpoints=mine)
+        elif kind == "ready":
+            self.ready.add(node_id)
+            proc.state = "ready"
+        elif kind == "open_failed":
+            # Usually a user's mistake (a missing file, a busy port): the message says what;
+            # the traceback is for --log-level DEBUG.
+            tb = msg["tb"] if self.log_level == "DEBUG" else None
+            self._fail(f"node {node_id!r} failed in open(): {msg['error']}", tb)
+            if tb is None:
+                self._print("(run with --log-level DEBUG to see the traceback)")
+        elif kind == "stats":
+            proc.stats = msg["stats"]
+            proc.state = msg["stats"]["state"]
+        elif kind == "error":
+            proc.stats = msg.get("stats") or proc.stats
+            seq = msg.get("seq")
+            where = ""
+            if seq is not None:
+                where = f" on seq {seq}" + (f" from {msg['source']}" if msg.get("source") else "")
+            self._fail(
+                f"node {node_id!r} failed in {msg['method']}(){where}: {msg['error']}", msg["tb"]
+            )
+        elif kind == "done":
+            proc.stats = msg["stats"]
+            proc.state = "done"
+
     def _supervise(self, router: zmq.Socket[Any]) -> None:
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
-        sentinels: dict[int, _Proc] = {}
         for p in self.procs.values():
             if p.process.sentinel is not None:
                 poller.register(p.process.sentinel, zmq.POLLIN)
-                sentinels[p.process.sentinel] = p
-        endpoints: dict[str, str] = {}
-        hello: set[str] = set()
-        ready: set[str] = set()
+        self.endpoints: dict[str, str] = {}
+        self.hello: set[str] = set()
+        self.ready: set[str] = set()
+        ready = self.ready
         phase = "starting"
         stop_sent = False
         next_table = time.monotonic() + 1.0
@@ -278,45 +317,8 @@ class _Supervisor:
         started_at = 0.0
         while True:
             events = dict(poller.poll(100))
-            if router in events:
-                while router.poll(0):
-                    ident, payload = router.recv_multipart()
-                    node_id = ident.decode()
-                    msg = msgpack.unpackb(payload)
-                    kind = msg["t"]
-                    proc = self.procs[node_id]
-                    if kind == "hello":
-                        hello.add(node_id)
-                        endpoints.update(msg["endpoints"])
-                        if len(hello) == len(self.procs):
-                            for nid in self.procs:
-                                mine = {
-                                    e.name: endpoints[e.name] for e in self.graph.edges_from(nid)
-                                }
-                                self._send(router, nid, "wiring", endpoints=mine)
-                    elif kind == "ready":
-                        ready.add(node_id)
-                        proc.state = "ready"
-                    elif kind == "open_failed":
-                        self._fail(f"node {node_id!r} failed in open(): {msg['error']}", msg["tb"])
-                    elif kind == "stats":
-                        proc.stats = msg["stats"]
-                        proc.state = msg["stats"]["state"]
-                    elif kind == "error":
-                        proc.stats = msg.get("stats") or proc.stats
-                        seq = msg.get("seq")
-                        where = ""
-                        if seq is not None:
-                            where = f" on seq {seq}" + (
-                                f" from {msg['source']}" if msg.get("source") else ""
-                            )
-                        self._fail(
-                            f"node {node_id!r} failed in {msg['method']}(){where}: {msg['error']}",
-                            msg["tb"],
-                        )
-                    elif kind == "done":
-                        proc.stats = msg["stats"]
-                        proc.state = "done"
+            while router.poll(0):
+                self._handle(router, router.recv_multipart())
             for p in self.procs.values():
                 if p.exited:
                     continue
@@ -330,6 +332,11 @@ class _Supervisor:
                     continue
                 p.exited = True
                 code = p.process.exitcode
+                # Its last words ("done", "error") may still be on their way through ZeroMQ:
+                # read them before judging the exit.
+                last_words = time.monotonic() + (1.0 if code == 0 else 0.2)
+                while p.state != "done" and time.monotonic() < last_words and router.poll(50):
+                    self._handle(router, router.recv_multipart())
                 if p.state != "done" and not self.error and not self.forced:
                     self._fail(f"node {p.node_id!r} {_describe_exit(code)} while {p.state}", None)
             if self.error:

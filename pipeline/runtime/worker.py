@@ -447,6 +447,8 @@ class _Worker:
                 self.log.exception("close() raised")
 
     def _teardown(self) -> None:
+        # A second SIGTERM must not interrupt the clean-up it asked for.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             self._close_node()
         except _Terminated:
