@@ -54,7 +54,7 @@ def unpack_envelope(data: bytes) -> tuple[bytes, int, int, int]:
 
 def pack_body(message: Message, arrays: Sequence[tuple[str, np.ndarray, str, Any]]) -> bytes:
     """``arrays``: (name, array, where, ref) with where in i/s/b."""
-    return _packb(
+    body: bytes = _packb(
         {
             "k": message.kind,
             "q": message.seq,
@@ -68,6 +68,7 @@ def pack_body(message: Message, arrays: Sequence[tuple[str, np.ndarray, str, Any
             ],
         }
     )
+    return body
 
 
 def _dtype(code: str) -> np.dtype:
