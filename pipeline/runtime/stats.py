@@ -103,10 +103,12 @@ class InputStats:
 
 @dataclasses.dataclass(frozen=True)
 class OutputStats:
-    """One output port: messages sent, and messages dropped per consumer edge."""
+    """One output port: messages sent, messages dropped by its edges' policies, and the
+    seconds the node was held back waiting for a consumer (back-pressure or slots)."""
 
     sent: int
     dropped: int
+    blocked_s: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +165,7 @@ class StatsCollector:
         self.queue_peak = dict.fromkeys(inputs, 0)
         self.out_sent = dict.fromkeys(outputs, 0)
         self.out_dropped = dict.fromkeys(outputs, 0)
+        self.out_blocked: dict[str, float] = dict.fromkeys(outputs, 0.0)
         self.calls = 0
         self.process = Histogram()
         self.latency = Histogram()
@@ -185,6 +188,7 @@ class StatsCollector:
         ):
             for key in table:
                 table[key] = 0
+        self.out_blocked = dict.fromkeys(self.out_blocked, 0.0)
         self.calls = 0
         self.process = Histogram()
         self.latency = Histogram()
@@ -203,7 +207,10 @@ class StatsCollector:
                 k: InputStats(self.received[k], self.dropped[k], self.queue_peak[k])
                 for k in self.received
             },
-            outputs={k: OutputStats(self.out_sent[k], self.out_dropped[k]) for k in self.out_sent},
+            outputs={
+                k: OutputStats(self.out_sent[k], self.out_dropped[k], round(self.out_blocked[k], 6))
+                for k in self.out_sent
+            },
             calls=self.calls,
             process_ms=self.process.summary_ms(),
             latency_ms=self.latency.summary_ms(),

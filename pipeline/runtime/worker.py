@@ -164,9 +164,11 @@ class _Worker:
             self.stats.reset(time.monotonic())
             for out in self.outputs.values():
                 out.sent = 0
+                out.wait_s = 0.0
                 for edge in out.edges:
                     edge.dropped = 0
                     edge.peak = 0
+                    edge.blocked_s = 0.0
         elif kind == "wiring":
             self._wire(msg["endpoints"])
         return kind
@@ -194,6 +196,7 @@ class _Worker:
         for name, out in self.outputs.items():
             self.stats.out_sent[name] = out.sent
             self.stats.out_dropped[name] = sum(e.dropped for e in out.edges)
+            self.stats.out_blocked[name] = out.wait_s + sum(e.blocked_s for e in out.edges)
         return self.stats.to_wire(now)
 
     # services for the node -------------------------------------------------------------------

@@ -76,6 +76,7 @@ class EdgeSender:
         self.dropped = 0
         self.sent = 0
         self.peak = 0
+        self.blocked_s = 0.0  # time the producer waited for this consumer (back-pressure)
         self.ended = False
 
     # credits -------------------------------------------------------------------------------
@@ -107,8 +108,11 @@ class EdgeSender:
     def offer(self, item: _Pending) -> None:
         self.collect()
         if self.policy == "block":
-            while len(self.inflight) >= self.queue:
-                self.wait_release(100)
+            if len(self.inflight) >= self.queue:
+                t0 = time.perf_counter()
+                while len(self.inflight) >= self.queue:
+                    self.wait_release(100)
+                self.blocked_s += time.perf_counter() - t0
             self._send(item)
         elif self.policy == "drop_newest":
             if len(self.inflight) >= self.queue:

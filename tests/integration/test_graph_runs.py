@@ -49,6 +49,8 @@ def test_block_delivers_every_frame_in_order_with_the_right_pixels(write_graph, 
     assert stats["relay"]["inputs"]["frames"]["queue_peak"] <= 2
     assert stats["rec"]["inputs"]["frames"]["received"] == 150
     assert stats["camera"]["outputs"]["frames"]["sent"] == 150
+    # the camera runs flat out into a 1 ms relay: back-pressure held it back, and says so
+    assert stats["camera"]["outputs"]["frames"]["blocked_s"] > 0.05
     assert (tmp_path / "rec.jsonl.closed").exists()
 
 

@@ -1,0 +1,7 @@
+"""``python -m pipeline.bench ARGS`` is ``pipeline bench ARGS`` (until the command is wired in)."""
+
+import sys
+
+from pipeline.bench.cli import main
+
+sys.exit(main(["bench", *sys.argv[1:]]))
