@@ -167,7 +167,6 @@ class _Worker:
                 out.wait_s = 0.0
                 for edge in out.edges:
                     edge.dropped = 0
-                    edge.peak = 0
                     edge.blocked_s = 0.0
         elif kind == "wiring":
             self._wire(msg["endpoints"])

@@ -74,8 +74,6 @@ class EdgeSender:
         self.n = 0
         self.unreported_drops = 0
         self.dropped = 0
-        self.sent = 0
-        self.peak = 0
         self.blocked_s = 0.0  # time the producer waited for this consumer (back-pressure)
         self.ended = False
 
@@ -99,10 +97,6 @@ class EdgeSender:
             self.collect()
             return True
         return False
-
-    @property
-    def credits(self) -> int:
-        return self.queue - len(self.inflight)
 
     # sending -------------------------------------------------------------------------------
     def offer(self, item: _Pending) -> None:
@@ -153,10 +147,6 @@ class EdgeSender:
             self.sock.send_multipart([env + item.body_b, *item.buffers], copy=False)
         else:
             self.sock.send(env + item.body_s, copy=True)
-        self.sent += 1
-        depth = len(self.inflight)
-        if depth > self.peak:
-            self.peak = depth
 
     def send_eos(self) -> None:
         """Deliver every waiting message, then end of stream (never dropped)."""
@@ -250,7 +240,7 @@ class RuntimeOutput:
                 arrays_b.append((name, arr, "b", len(buffers) + 1))
                 buffers.append(arr.reshape(-1).view(np.uint8).data)
         try:
-            body_s = codec.pack_body(message, arrays_s) if self.has_shm or not self.edges else b""
+            body_s = codec.pack_body(message, arrays_s) if self.has_shm else b""
             body_b = codec.pack_body(message, arrays_b) if self.has_tcp else None
         except TypeError as exc:
             for slot in held:
