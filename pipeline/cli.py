@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--write", action="store_true", help="rewrite the committed schema")
     p.set_defaults(func=cmd_schema)
 
+    from pipeline.bench.cli import register as register_bench
+
+    register_bench(sub)
     for ep in entry_points(group="pipeline.commands"):
         register: Callable[[Any], None] = ep.load()
         register(sub)

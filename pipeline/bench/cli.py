@@ -21,17 +21,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 from pipeline.bench.compare import CompareError, compare_files, render_compare, write_chart
+from pipeline.bench.monitor import BenchSettings, Progress
 from pipeline.bench.prepare import ParamSet, PreparedGraph, parse_set, prepare_graph
 from pipeline.bench.report import render_run
-from pipeline.bench.run import (
-    BenchError,
-    BenchRun,
-    BenchSettings,
-    Progress,
-    check_cpus,
-    run_prepared,
-    write_json,
-)
+from pipeline.bench.run import BenchError, BenchRun, check_cpus, run_prepared, write_json
 from pipeline.bench.sweep import (
     grid_points,
     parse_grid,
@@ -222,9 +215,11 @@ def _bench(args: argparse.Namespace, graph: str) -> int:
         return EXIT_USAGE
     bench = _runner(args)(prepared, _settings(args))
     print(render_run(bench.result))
-    if args.out:
+    if args.out and bench.result["nodes"]:
         write_json(bench.result, args.out)
         print(f"result written to {args.out}", file=sys.stderr)
+    elif args.out:
+        print(f"nothing written to {args.out}: the graph measured nothing", file=sys.stderr)
     return bench.exit_code
 
 

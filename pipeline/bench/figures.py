@@ -302,7 +302,8 @@ def summarise(
     """
     baselines = baselines or {}
     nodes = {n: node_figures(stats[n], topo[n], baselines.get(n)) for n in topo if n in stats}
-    sinks = [n for n in topo if topo[n].get("role") == "sink" and n in stats]
+    # a node nobody reads from (a lone source is its own sink)
+    sinks = [n for n in topo if n in stats and not _consumers(topo, n)]
     sources = [n for n in topo if topo[n].get("role") == "source" and n in stats]
     merged = Histogram()
     per_sink = {}

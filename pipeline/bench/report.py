@@ -160,6 +160,9 @@ def render_run(result: Mapping[str, Any]) -> str:
     if settings.get("sets"):
         window += "; " + " ".join(f"{k}={v!r}" for k, v in settings["sets"].items())
     lines.append(window)
+    if not result.get("nodes"):
+        lines.append(f"error: {run.get('error') or 'no node reported statistics'}")
+        return "\n".join(lines)
     rows = [
         [
             "node",

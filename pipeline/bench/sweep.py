@@ -18,11 +18,20 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from pipeline import __version__
+from pipeline.bench.monitor import BenchSettings
 from pipeline.bench.prepare import ParamSet, PreparedGraph, parse_set
 from pipeline.bench.report import format_table
-from pipeline.bench.run import SCHEMA, SCHEMA_VERSION, BenchRun, BenchSettings
+from pipeline.bench.run import SCHEMA, SCHEMA_VERSION, BenchRun
 
-__all__ = ["Axis", "grid_points", "parse_grid", "render_sweep", "run_sweep", "sweep_document"]
+__all__ = [
+    "Axis",
+    "grid_points",
+    "parse_grid",
+    "point_label",
+    "render_sweep",
+    "run_sweep",
+    "sweep_document",
+]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -96,6 +96,7 @@ def test_public_api_is_exactly_all():
         "transport",
         "testing",
         "cli",
+        "bench",
     }
     assert public == set(pipeline.__all__) - {"__version__"}
 
