@@ -29,8 +29,8 @@ as a table and go to ``benchmarks/results/pipeline.json``. The machine must be o
 the result records how busy its cores were and says so when other processes competed.
 
     .venv/bin/pipeline models fetch                 # once: the models
-    .venv/bin/python benchmarks/pipeline.py         # about 1.5 minutes
-    .venv/bin/python benchmarks/pipeline.py --quick --models
+    .venv/bin/python benchmarks/pipeline_stages.py         # about 1.5 minutes
+    .venv/bin/python benchmarks/pipeline_stages.py --quick --models
 """
 
 from __future__ import annotations
