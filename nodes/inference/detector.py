@@ -86,15 +86,12 @@ class _ModelNode(Node):
 
         p = self.params
         self._catalog = _catalog_info(p.model)
-        labels: Any = p.labels
-        if labels is None and self._catalog.get("labels"):
-            labels = list(self._catalog["labels"])
         self.model = load_model(
             p.model,
             backend=p.backend,
             providers=p.providers,
             num_threads=p.num_threads,
-            labels=labels,
+            labels=p.labels,
         )
         meta = self.model.metadata()
         inputs = {t.name: t for t in meta.inputs}
@@ -115,7 +112,8 @@ class _ModelNode(Node):
                 "layout": p.layout,
             },
         )
-        self.labels = list(meta.labels)
+        # The model's own labels, else the catalog's (a file that carries none).
+        self.labels = list(meta.labels) or list(self._catalog.get("labels") or [])
         self.log.info(
             "model %s (%s, %s): input %s %s %s",
             p.model,
