@@ -29,7 +29,7 @@ from typing import Any, Literal
 import yaml
 
 from pipeline.errors import ConfigIssue, RegistryError
-from pipeline.graph.load import parse_graph
+from pipeline.graph.load import parse_graph, read_graph_file, sort_issues
 from pipeline.graph.spec import GraphSpec
 from pipeline.graph.validate import ValidatedGraph, validate_spec
 from pipeline.registry import load_node_class, suggest
@@ -261,15 +261,12 @@ def prepare_graph(
         line, compiler-style (``pipeline check`` prints the same).
     """
     file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        return None, [ConfigIssue(file, 0, 0, "", f"cannot read the graph file: {exc.strerror}")]
-    except UnicodeDecodeError:
-        return None, [ConfigIssue(file, 0, 0, "", "the graph file is not UTF-8 text")]
+    text, unreadable = read_graph_file(path)
+    if text is None:
+        return None, unreadable
     spec, marks, issues = parse_graph(text, file)
     if spec is None:
-        return None, _sorted(issues)
+        return None, sort_issues(issues)
     base, base_issues = validate_spec(spec, marks)
     changes = [*(_pace_sets(spec, pace) if pace else []), *sets]
     if changes:
@@ -280,7 +277,7 @@ def prepare_graph(
         graph, more = base, base_issues
     issues.extend(more)
     if graph is None or any(i.severity == "error" for i in issues):
-        return None, _sorted(issues)
+        return None, sort_issues(issues)
     warnings = [i for i in issues if i.severity == "warning"]
     graph.warnings = warnings
     applied = {c.key: c.value for c in changes}
@@ -292,11 +289,7 @@ def prepare_graph(
         base_hash=graph_hash(base) if base is not None else graph_hash(graph),
         warnings=warnings,
     )
-    return prepared, _sorted(issues)
-
-
-def _sorted(issues: list[ConfigIssue]) -> list[ConfigIssue]:
-    return sorted(issues, key=lambda i: (i.line, i.col))
+    return prepared, sort_issues(issues)
 
 
 def describe_sets(sets: Mapping[str, Any]) -> str:

@@ -19,7 +19,15 @@ from pipeline.graph.spec import GraphSpec, InputSpec, NodeSpec
 from pipeline.graph.validate import ValidatedGraph, validate_spec
 from pipeline.registry import suggest
 
-__all__ = ["Marks", "check_graph", "format_path", "load_graph", "parse_graph"]
+__all__ = [
+    "Marks",
+    "check_graph",
+    "format_path",
+    "load_graph",
+    "parse_graph",
+    "read_graph_file",
+    "sort_issues",
+]
 
 PathKey = tuple[str | int, ...]
 
@@ -200,23 +208,30 @@ def _describe(loc: PathKey, data: Any) -> str:
     return ""
 
 
-def check_graph(path: str | Path) -> tuple[ValidatedGraph | None, list[ConfigIssue]]:
-    """Run every check on a graph file; returns the graph (None on errors) and all issues."""
+def read_graph_file(path: str | Path) -> tuple[str | None, list[ConfigIssue]]:
+    """A graph file's text, or None and the issue saying why it cannot be read."""
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8"), []
     except OSError as exc:
         return None, [ConfigIssue(file, 0, 0, "", f"cannot read the graph file: {exc.strerror}")]
     except UnicodeDecodeError:
         return None, [ConfigIssue(file, 0, 0, "", "the graph file is not UTF-8 text")]
-    spec, marks, issues = parse_graph(text, file)
+
+
+def check_graph(path: str | Path) -> tuple[ValidatedGraph | None, list[ConfigIssue]]:
+    """Run every check on a graph file; returns the graph (None on errors) and all issues."""
+    text, unreadable = read_graph_file(path)
+    if text is None:
+        return None, unreadable
+    spec, marks, issues = parse_graph(text, str(path))
     if spec is None:
-        return None, _sorted(issues)
+        return None, sort_issues(issues)
     graph, more = validate_spec(spec, marks)
     issues.extend(more)
     if any(i.severity == "error" for i in issues):
-        return None, _sorted(issues)
-    return graph, _sorted(issues)
+        return None, sort_issues(issues)
+    return graph, sort_issues(issues)
 
 
 def load_graph(path: str | Path) -> ValidatedGraph:
@@ -232,5 +247,6 @@ def load_graph(path: str | Path) -> ValidatedGraph:
     return graph
 
 
-def _sorted(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+def sort_issues(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    """Issues in file order, as a compiler prints them."""
     return sorted(issues, key=lambda i: (i.line, i.col))
