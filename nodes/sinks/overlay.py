@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from nodes.dependencies import import_cv2
 from nodes.transforms.color import to_bgr
 from nodes.transforms.geometry import map_boxes_forward, map_points_forward
 from pipeline import (
@@ -27,7 +28,6 @@ from pipeline import (
     Detections,
     Frame,
     Input,
-    MissingDependencyError,
     Node,
     NodeParams,
     Output,
@@ -314,12 +314,7 @@ class Overlay(Node):
     annotated = Output(Frame, description="(H, W, 3) uint8 BGR frames with the drawing.")
 
     def open(self) -> None:
-        try:
-            import cv2  # noqa: F401
-        except ImportError as exc:
-            raise MissingDependencyError(
-                "opencv-python-headless", "vision", f"the overlay node {self.id!r}"
-            ) from exc
+        import_cv2(f"the overlay node {self.id!r}")
         self._rate = RateMeter()
 
     def _current_fps(self) -> float:

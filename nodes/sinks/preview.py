@@ -24,9 +24,10 @@ from urllib.parse import urlsplit
 
 from pydantic import Field
 
+from nodes.dependencies import import_cv2
 from nodes.sinks.preview_page import render_page
 from nodes.transforms.color import to_bgr
-from pipeline import Frame, Input, MissingDependencyError, Node, NodeParams
+from pipeline import Frame, Input, Node, NodeParams
 
 BOUNDARY = "frame"
 IDLE_INTERVAL_S = 1.0  # encoding rate while no one watches the stream (snapshot freshness)
@@ -225,12 +226,7 @@ class Preview(Node):
     frames = Input(Frame, description="(H, W[, C]) uint8 frames in meta['color'].")
 
     def open(self) -> None:
-        try:
-            import cv2
-        except ImportError as exc:
-            raise MissingDependencyError(
-                "opencv-python-headless", "vision", f"the preview node {self.id!r}"
-            ) from exc
+        cv2 = import_cv2(f"the preview node {self.id!r}")
         p = self.params
         self._imencode = cv2.imencode
         self._encode_params = [int(cv2.IMWRITE_JPEG_QUALITY), p.jpeg_quality]

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from nodes.dependencies import import_cv2
 from nodes.sinks.jsonl import writable_folder
 from nodes.transforms.color import frame_color, to_bgr
-from pipeline import Detections, Frame, Input, MissingDependencyError, Node, NodeParams
+from pipeline import Detections, Frame, Input, Node, NodeParams
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -102,12 +103,7 @@ class SnapshotSink(Node):
     )
 
     def open(self) -> None:
-        try:
-            import cv2
-        except ImportError as exc:
-            raise MissingDependencyError(
-                "opencv-python-headless", "vision", f"the snapshot node {self.id!r}"
-            ) from exc
+        cv2 = import_cv2(f"the snapshot node {self.id!r}")
         self._imencode = cv2.imencode
         p = self.params
         self._folder = writable_folder(p.folder, node_id=self.id, param="folder")

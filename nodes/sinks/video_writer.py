@@ -16,9 +16,10 @@ from typing import Any
 
 from pydantic import Field
 
+from nodes.dependencies import import_cv2
 from nodes.sinks.jsonl import writable_file
 from nodes.transforms.color import to_bgr
-from pipeline import Frame, Input, MissingDependencyError, Node, NodeParams
+from pipeline import Frame, Input, Node, NodeParams
 
 FOURCC_BY_EXTENSION = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
 _PROBE_WH = (64, 48)
@@ -91,12 +92,7 @@ class VideoWriterSink(Node):
     frames = Input(Frame, description="(H, W[, C]) uint8 frames in meta['color'].")
 
     def open(self) -> None:
-        try:
-            import cv2
-        except ImportError as exc:
-            raise MissingDependencyError(
-                "opencv-python-headless", "vision", f"the video_writer node {self.id!r}"
-            ) from exc
+        cv2 = import_cv2(f"the video_writer node {self.id!r}")
         self._cv2 = cv2
         p = self.params
         self._path = writable_file(p.path, node_id=self.id, param="path")

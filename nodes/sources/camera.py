@@ -30,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
-from nodes.sources.video_file import import_cv2
+from nodes.dependencies import import_cv2
 from pipeline import Frame, Node, NodeParams, Output
 
 __all__ = ["CameraSource"]

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
-from nodes.sources.video_file import FramePacer, import_cv2
+from nodes.dependencies import import_cv2
+from nodes.sources.video_file import FramePacer
 from pipeline import EndOfStream, Frame, Node, NodeParams, Output
 
 __all__ = ["IMAGE_SUFFIXES", "ImageFolderSource", "natural_key"]

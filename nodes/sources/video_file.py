@@ -22,7 +22,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
-from pipeline import EndOfStream, Frame, MissingDependencyError, Node, NodeParams, Output
+from nodes.dependencies import import_cv2
+from pipeline import EndOfStream, Frame, Node, NodeParams, Output
 
 __all__ = ["FramePacer", "VideoFileSource"]
 
@@ -78,15 +79,6 @@ class FramePacer:
             return
         if due > now:
             self._sleep(due - now)
-
-
-def import_cv2(purpose: str) -> Any:
-    """OpenCV, or a ``MissingDependencyError`` that says what to install."""
-    try:
-        import cv2
-    except ImportError as exc:
-        raise MissingDependencyError("opencv-python-headless", "vision", purpose) from exc
-    return cv2
 
 
 class VideoFileSource(Node):

@@ -16,7 +16,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from pipeline import Frame, Input, MissingDependencyError, Node, NodeParams, Output
+from nodes.dependencies import import_cv2
+from pipeline import Frame, Input, Node, NodeParams, Output
 
 Color = Literal["bgr", "rgb", "gray", "bgra", "rgba"]
 TargetColor = Literal["bgr", "rgb", "gray"]
@@ -168,12 +169,7 @@ class ColorConvert(Node):
     converted = Output(Frame, description="(H, W, 3) bgr/rgb or (H, W) gray uint8 frames.")
 
     def open(self) -> None:
-        try:
-            import cv2  # noqa: F401
-        except ImportError as exc:
-            raise MissingDependencyError(
-                "opencv-python-headless", "vision", f"the color node {self.id!r}"
-            ) from exc
+        import_cv2(f"the color node {self.id!r}")
 
     def process(self, frames: Frame) -> None:
         target = self.params.to

@@ -13,8 +13,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from nodes.dependencies import import_cv2
 from nodes.transforms.geometry import letterbox_params, record_letterbox, record_resize
-from pipeline import Frame, Input, MissingDependencyError, Node, NodeParams, Output
+from pipeline import Frame, Input, Node, NodeParams, Output
 
 Interpolation = Literal["nearest", "linear", "cubic", "area", "lanczos"]
 
@@ -112,12 +113,7 @@ class Resize(Node):
     resized = Output(Frame, description="(height, width[, C]) uint8 frames.")
 
     def open(self) -> None:
-        try:
-            import cv2  # noqa: F401
-        except ImportError as exc:
-            raise MissingDependencyError(
-                "opencv-python-headless", "vision", f"the resize node {self.id!r}"
-            ) from exc
+        import_cv2(f"the resize node {self.id!r}")
 
     def process(self, frames: Frame) -> None:
         p = self.params

@@ -7,7 +7,8 @@ import re
 import numpy as np
 from pydantic import Field, field_validator
 
-from pipeline import Detections, Frame, Input, MissingDependencyError, Node, NodeParams, Output
+from nodes.dependencies import import_cv2
+from pipeline import Detections, Frame, Input, Node, NodeParams, Output
 
 __all__ = ["ColorDetector", "color_mask", "detect_color", "hex_to_hsv"]
 
@@ -112,12 +113,7 @@ class ColorDetector(Node):
     detections = Output(Detections, description="Regions of the colour, normalised boxes.")
 
     def open(self) -> None:
-        try:
-            import cv2  # noqa: F401
-        except ImportError as exc:
-            raise MissingDependencyError(
-                "opencv-python-headless", "vision", "color_detector"
-            ) from exc
+        import_cv2(f"the color_detector node {self.id!r}")
 
     def process(self, frames: Frame) -> None:
         p = self.params
