@@ -14,7 +14,9 @@ An exception in ``process``/``flush`` is reported (``error``: method, input seq,
 ``close()`` still runs, and the process exits 1. SIGTERM (the supervisor's forced stop)
 unwinds the same way, so ``close()`` runs (a video file is finalised). SIGINT is ignored:
 Ctrl-C belongs to the supervisor, which stops the sources and lets the graph drain.
-Statistics go to the supervisor every half second.
+Statistics go to the supervisor every half second. ``kill -USR1 <pid>`` makes a node print
+where each of its threads is (for a graph that seems stuck); a node whose supervisor died
+stops by itself.
 """
 
 from __future__ import annotations
