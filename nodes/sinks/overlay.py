@@ -316,9 +316,17 @@ class Overlay(Node):
     def open(self) -> None:
         import_cv2(f"the overlay node {self.id!r}")
         self._rate = RateMeter()
+        self._frames = 0
+        self._first: float | None = None
 
     def _current_fps(self) -> float:
         now = time.monotonic()
+        self._frames += 1
+        if self._first is None:
+            self._first = now
+        if now - self._first < self._rate.window_s:
+            # no full window yet: the average since the first frame, not a stale 0
+            return (self._frames - 1) / (now - self._first) if now > self._first else 0.0
         if self._rate.due(now):
             try:
                 stats = self.statistics()
