@@ -179,3 +179,14 @@ def test_unknown_params_and_models_are_errors_before_anything_runs():
         load_detector("face_shortrange")
     with pytest.raises(ValueError, match="decoder"):
         load_detector(default_models_dir() / "face_classifier.onnx")
+
+
+@pytest.mark.parametrize(
+    ("load", "model"),
+    [(load_detector, "person_ssdlite"), (load_classifier, "face_classifier")],
+)
+def test_catalog_models_load_without_a_labels_warning(load, model, caplog):
+    # Their files carry the catalog's labels; repeating them is not worth a warning.
+    with load(model) as loaded:
+        assert loaded.labels
+    assert "labels argument is ignored" not in caplog.text
