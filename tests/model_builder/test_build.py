@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from model_builder.build import ModelBuildError, ModelBuilder
+from model_builder.build import ModelBuilder, ModelBuildError
 from nodes.inference.models.catalog import CATALOG
 
 

@@ -14,7 +14,7 @@ Building (and its heavy packages: ``onnx``, ``ai_edge_litert``, ``skimage``) is 
 when a model is built, so resolving names stays cheap.
 """
 
-from nodes.inference.models.catalog import CATALOG, InputSpec, ModelSpec, WheelSource
+from nodes.inference.models.catalog import CATALOG, CatalogInput, ModelSpec, WheelSource
 from nodes.inference.models.fetch import ModelFetchError, fetch_models, model_status
 from nodes.inference.models.store import (
     ModelNotFoundError,
@@ -26,7 +26,7 @@ from nodes.inference.models.store import (
 
 __all__ = [
     "CATALOG",
-    "InputSpec",
+    "CatalogInput",
     "ModelFetchError",
     "ModelNotFoundError",
     "ModelSpec",
