@@ -35,6 +35,7 @@ BACKEND_BY_SUFFIX: Mapping[str, Literal["onnxruntime", "tflite"]] = {
 }
 """The backend ``backend="auto"`` picks for each model file suffix (compared in lower case)."""
 
+
 def load_model(
     path_or_name: str | Path,
     backend: Backend = "auto",

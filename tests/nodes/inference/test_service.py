@@ -76,7 +76,7 @@ def test_missing_runtime_through_load_model(onnx_path, monkeypatch):
 
 
 def test_a_missing_file_is_neither_a_file_nor_a_catalog_name(tmp_path):
-    with pytest.raises(LookupError, match="'.*absent.onnx': not a file, a catalog name"):
+    with pytest.raises(LookupError, match=r"'.*absent\.onnx': not a file, a catalog name"):
         load_model(tmp_path / "absent.onnx")
 
 

@@ -1,51 +1,23 @@
-"""detector / classifier / tensors nodes on real models and real photos (scikit-image)."""
+"""The detector node on real models and real photos (scikit-image)."""
 
 from __future__ import annotations
-
-import time
 
 import cv2
 import numpy as np
 import pytest
+from photos import ASTRONAUT_FACE, ASTRONAUT_PERSON, CAMERA_PERSON, iou, photo
 from skimage import data
 
-from nodes.inference.classifier import ClassifierNode
 from nodes.inference.detector import DetectorNode
 from nodes.inference.models.fetch import fetch_models
 from nodes.inference.models.store import default_models_dir
-from nodes.inference.tensors import TensorsNode
 from pipeline import Frame
 from pipeline.testing import run_node
 
-# Reference boxes in pixels of the 512x512 photo (the two face models frame a face
-# differently: CenterFace includes the forehead).
-ASTRONAUT_FACE = {
-    "face_short_range": np.array([180, 82, 274, 176], np.float32),
-    "centerface": np.array([181, 58, 269, 177], np.float32),
-}
-ASTRONAUT_PERSON = np.array([3, 32, 373, 508], np.float32)
-CAMERA_PERSON = np.array([0, 67, 301, 513], np.float32)
 
-
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def models() -> None:
     fetch_models(default_models_dir(), log=lambda *_: None)  # nothing to do when present
-
-
-def photo(name: str, seq: int = 0) -> Frame:
-    image = getattr(data, name)()
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    else:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    return Frame(image=image, seq=seq, t_capture_ns=time.monotonic_ns(), source="photos")
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
 
 
 @pytest.mark.parametrize(
@@ -119,30 +91,6 @@ def test_per_label_and_default_thresholds_filter():
     assert len(loose.sent["detections"][0]) >= 1
 
 
-def test_classifier_accuracy_on_faces_it_was_not_trained_on():
-    from model_builder.build_classifier import load_lfw_subset, stratified_split
-
-    images, labels = load_lfw_subset()
-    _, test_idx = stratified_split(labels)
-    frames = []
-    for i, idx in enumerate(test_idx):
-        grey = np.clip(images[idx], 0, 255).astype(np.uint8)
-        frames.append(Frame(image=cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR), seq=i))
-    run = run_node(ClassifierNode, {"model": "face_classifier", "top_k": 1}, {"frames": frames})
-    predicted = [c.class_names[0] for c in run.sent["classifications"]]
-    truth = ["face" if labels[idx] == 1 else "not_face" for idx in test_idx]
-    accuracy = np.mean([p == t for p, t in zip(predicted, truth)])
-    assert accuracy >= 0.9
-
-
-def test_tensors_node_sends_raw_outputs_by_name():
-    run = run_node(TensorsNode, {"model": "face_short_range"}, {"frames": [photo("astronaut")]})
-    tensors = run.sent["tensors"][0]
-    assert set(tensors.tensors) == {"regressors", "classificators"}
-    assert tensors["regressors"].shape == (1, 896, 16)
-    assert tensors.seq == 0
-
-
 def test_unknown_model_fails_open_with_the_known_names():
     run = run_node(DetectorNode, {"model": "face_shortrange"}, {"frames": []}, raise_errors=False)
     assert run.calls == ["open"]
@@ -173,3 +121,26 @@ def test_face_detector_recall_and_false_positives_on_labelled_faces(model, param
     false_positive_rate = np.mean(found[100:])
     assert recall >= 0.95, recall
     assert false_positive_rate <= 0.05, false_positive_rate
+
+
+def test_a_default_minimum_confidence_of_zero_keeps_everything_the_decoder_finds():
+    # `0 or 1.0` used to turn a threshold of 0 into 1.0: nothing was ever detected.
+    frames = [photo("coffee")]
+    plain = run_node(DetectorNode, {"model": "face_short_range"}, {"frames": frames})
+    zero = run_node(
+        DetectorNode,
+        {"model": "face_short_range", "default_minimum_confidence": 0.0},
+        {"frames": frames},
+    )
+    assert len(plain.sent["detections"][0]) == 0
+    found = zero.sent["detections"][0]
+    assert len(found) > 0 and float(found.confidence.min()) < 0.5
+
+
+def test_detections_carry_the_frames_seq_capture_time_and_source():
+    frame = photo("astronaut", seq=41)
+    (found,) = run_node(DetectorNode, {"model": "face_short_range"}, {"frames": [frame]}).sent[
+        "detections"
+    ]
+    assert (found.seq, found.t_capture_ns, found.source) == (41, frame.t_capture_ns, "photos")
+    assert found.meta["model"] == "face_short_range"
