@@ -4,7 +4,9 @@ release batching and the port's type check, without spawning a graph."""
 from __future__ import annotations
 
 import secrets
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -75,6 +77,19 @@ def make(links: list[Link], when_full: WhenFull, queue: int, batch: int | None =
     return link
 
 
+def wait_until_in(thread: threading.Thread, function: str, timeout: float = 10.0) -> None:
+    """Wait until ``thread`` is executing ``function`` (somewhere on its stack)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = sys._current_frames().get(thread.ident or 0)
+        while frame is not None:
+            if frame.f_code.co_name == function:
+                return
+            frame = frame.f_back
+        assert time.monotonic() < deadline, f"{thread.name} never reached {function}()"
+        time.sleep(0.001)
+
+
 def test_the_consumer_sees_the_frame_the_producer_wrote(links):
     link = make(links, "block", 4)
     link.send(7)
@@ -90,6 +105,7 @@ def test_block_holds_the_producer_until_a_release(links):
     link.send(1)  # no credit left now
     third = threading.Thread(target=link.send, args=(2,))
     third.start()
+    wait_until_in(third, "wait_release")  # the producer waits for a credit
     first, n1, _ = link.recv()
     second, _, _ = link.recv()
     assert (first and first.seq, second and second.seq) == (0, 1)
