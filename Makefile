@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy pipeline nodes
+	$(BIN)/mypy pipeline nodes model_builder
 
 unit: $(STAMP)
 	$(BIN)/pytest -q

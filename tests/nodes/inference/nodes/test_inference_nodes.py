@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from skimage import data
 
-from nodes.inference.detector import ClassifierNode, DetectorNode, TensorsNode
+from nodes.inference.classifier import ClassifierNode
+from nodes.inference.detector import DetectorNode
 from nodes.inference.models.fetch import fetch_models
 from nodes.inference.models.store import default_models_dir
+from nodes.inference.tensors import TensorsNode
 from pipeline import Frame
 from pipeline.testing import run_node
 
@@ -118,7 +120,7 @@ def test_per_label_and_default_thresholds_filter():
 
 
 def test_classifier_accuracy_on_faces_it_was_not_trained_on():
-    from nodes.inference.models.build_classifier import load_lfw_subset, stratified_split
+    from model_builder.build_classifier import load_lfw_subset, stratified_split
 
     images, labels = load_lfw_subset()
     _, test_idx = stratified_split(labels)
