@@ -163,7 +163,7 @@ async def _serve(request: dict[str, Any]) -> None:
     from pipeline.graph.load import load_graph
     from pipeline.rpc.server import RpcServer
     from pipeline.rpc.tls import server_ssl_context
-    from pipeline.serve.machine import Machine, handlers
+    from pipeline.serve.machine import RAW_DECODERS, Machine, handlers
     from pipeline.serve.taps import TapReceiver
 
     config = ServeConfig.model_validate(request["config"])
@@ -186,6 +186,7 @@ async def _serve(request: dict[str, Any]) -> None:
             handlers(machine),
             api_keys=_api_keys(config),
             max_message_size=int(config.max_message_mb * 1024 * 1024),
+            raw_decoders=RAW_DECODERS,
         )
         try:
             endpoints = []

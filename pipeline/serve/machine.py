@@ -37,13 +37,19 @@ from viam.gen.service.mlmodel.v1 import mlmodel_grpc, mlmodel_pb2
 from viam.gen.service.vision.v1 import vision_grpc, vision_pb2
 
 from pipeline.messages import Classifications, Detections, Frame, Message
-from pipeline.rpc.flat_tensors import from_flat_tensors, to_flat_tensors
+from pipeline.rpc.flat_tensors import (
+    InferRequestView,
+    encode_infer_response,
+    from_flat_tensors,
+    parse_infer_request,
+)
+from pipeline.rpc.server import PreEncoded
 from pipeline.serve.config import ServeConfig
 from pipeline.serve.contract import ModelInfo, NodeService
 from pipeline.serve.images import JPEG, PNG, VIAM_RGBA, ImageError, decode_image, encode_image
 from pipeline.serve.resources import Resources, ServedNode
 
-__all__ = ["GraphView", "Machine", "handlers"]
+__all__ = ["RAW_DECODERS", "GraphView", "Machine", "handlers"]
 
 log = logging.getLogger("pipeline.serve")
 T = TypeVar("T")
@@ -609,23 +615,28 @@ class MLModelHandler(mlmodel_grpc.MLModelServiceBase):
 
     @_guard
     async def Infer(self, stream: Stream[Any, Any]) -> None:
-        request = await _recv(stream)
+        request = await _recv(stream)  # an InferRequestView on our server (the fast path)
         node = self.m.mlmodel(request.name)
         service = node.service
         assert service is not None
-        try:
-            inputs = from_flat_tensors(request.input_tensors)
-        except ValueError as exc:
-            raise GRPCError(Status.INVALID_ARGUMENT, f"{node.id!r}: {exc}") from None
+        if isinstance(request, InferRequestView):
+            inputs = request.tensors
+        else:
+            try:
+                inputs = from_flat_tensors(request.input_tensors)
+            except ValueError as exc:
+                raise GRPCError(Status.INVALID_ARGUMENT, f"{node.id!r}: {exc}") from None
         try:
             outputs = await self.m.run(node, "infer", lambda: service.infer(inputs))
         except ValueError as exc:
             raise GRPCError(
                 Status.INVALID_ARGUMENT, f"model of {node.id!r} cannot take these inputs: {exc}"
             ) from None
-        await stream.send_message(
-            mlmodel_pb2.InferResponse(output_tensors=to_flat_tensors(outputs))
-        )
+        try:
+            reply = encode_infer_response(outputs)
+        except ValueError as exc:
+            raise GRPCError(Status.INTERNAL, f"model of {node.id!r} returned {exc}") from None
+        await stream.send_message(cast("Any", PreEncoded(reply)))
 
     @_guard
     async def Metadata(self, stream: Stream[Any, Any]) -> None:
@@ -706,6 +717,10 @@ class CameraHandler(camera_grpc.CameraServiceBase):
         request = await _recv(stream)
         self.m.camera(request.name)
         await stream.send_message(common_pb2.GetStatusResponse(result=struct_pb2.Struct()))
+
+
+#: Request types the machine's server reads straight from their bytes (RpcServer raw_decoders).
+RAW_DECODERS: dict[type, Callable[[bytes], Any]] = {mlmodel_pb2.InferRequest: parse_infer_request}
 
 
 def handlers(machine: Machine) -> list[Any]:

@@ -23,7 +23,7 @@ from pipeline.rpc.flat_tensors import VIAM_DTYPES, to_flat_tensors
 from pipeline.rpc.server import RpcServer
 from pipeline.serve.config import ServeConfig
 from pipeline.serve.contract import ModelInfo, NodeService, TensorSpec
-from pipeline.serve.machine import Machine, handlers
+from pipeline.serve.machine import RAW_DECODERS, Machine, handlers
 from pipeline.serve.resources import Resources, ServedNode
 from pipeline.serve.taps import decode_tapped, encode_tapped
 from tests.pipeline.rpc.conftest import ServerThread, robot_options, run_sdk
@@ -62,10 +62,11 @@ class NoView:
         return 0.0
 
 
-def _serve(services: dict[str, NodeService], **config) -> ServerThread:
+def _serve(services: dict[str, NodeService], fast: bool = True, **config) -> ServerThread:
     resources = Resources({k: ServedNode(id=k, type="t", service=s) for k, s in services.items()})
     machine = Machine(resources, NoView(), ServeConfig(**config))
-    return ServerThread(lambda: RpcServer(handlers(machine)), "127.0.0.1:0")
+    raw = RAW_DECODERS if fast else {}
+    return ServerThread(lambda: RpcServer(handlers(machine), raw_decoders=raw), "127.0.0.1:0")
 
 
 def _values(dtype: str) -> np.ndarray:
@@ -76,7 +77,8 @@ def _values(dtype: str) -> np.ndarray:
     return np.array([[info.min, info.max, 0, 1], [2, 3, info.max - 1, info.min + 1]], dtype)
 
 
-def test_every_viam_dtype_round_trips_bit_exact_through_the_sdk_client():
+@pytest.mark.parametrize("fast", [True, False], ids=["raw-bytes-path", "protobuf-path"])
+def test_every_viam_dtype_round_trips_bit_exact_through_the_sdk_client(fast):
     tensors = {f"t_{d}": _values(d) for d in VIAM_DTYPES}
 
     async def scenario(address):
@@ -87,7 +89,7 @@ def test_every_viam_dtype_round_trips_bit_exact_through_the_sdk_client():
         finally:
             await robot.close()
 
-    with _serve({"echo": Echo()}) as running:
+    with _serve({"echo": Echo()}, fast=fast) as running:
         outputs, metadata = run_sdk(scenario(str(running.endpoint)))
     for name, value in tensors.items():
         assert outputs[name].dtype == value.dtype, name
