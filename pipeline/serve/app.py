@@ -11,7 +11,8 @@
 3. returns the graph with its taps added (see ``pipeline.serve.taps``) and the running server.
 
 The server is a separate process so that a flood of requests, a crash or a slow model in it
-cannot touch the graph's processes; the graph keeps running if the server dies. Ctrl-C belongs
+cannot touch the graph's processes; the graph keeps running if the server dies. It runs at
+nice 10 (``serve.nice``): when the CPU is short, the graph's nodes get it first. Ctrl-C belongs
 to ``pipeline run``: the server ignores SIGINT and is stopped (SIGTERM: in-flight calls get up
 to 2 s) after the graph ends.
 """
@@ -167,6 +168,10 @@ async def _serve(request: dict[str, Any]) -> None:
     from pipeline.serve.taps import TapReceiver
 
     config = ServeConfig.model_validate(request["config"])
+    if config.nice:
+        # under CPU contention the graph's nodes go first: a flood of requests slows the
+        # answers, not the graph (the server's model threads inherit this)
+        os.nice(config.nice)
     graph = load_graph(request["graph_file"])
     resources = build_resources(graph)
     opened = []

@@ -59,3 +59,9 @@ class ServeConfig(_Strict):
         8, ge=1, le=1024, description="Requests waiting per node before RESOURCE_EXHAUSTED."
     )
     threads_per_node: int = Field(2, ge=1, le=64, description="Requests run at once per node.")
+    nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="CPU niceness of the server process: requests yield to the graph's nodes.",
+    )
