@@ -135,3 +135,33 @@ def test_tapped_messages_survive_the_trip_to_the_server():
     assert back.seq == 7
     assert back.source == "cam"
     np.testing.assert_array_equal(back.image, frame.image)
+
+
+def test_sessions_start_beat_and_expire_as_the_sdk_expects():
+    from viam.gen.robot.v1 import robot_grpc, robot_pb2
+
+    async def scenario(port):
+        channel = Channel("127.0.0.1", port)
+        robot = robot_grpc.RobotServiceStub(channel)
+        try:
+            started = await robot.StartSession(robot_pb2.StartSessionRequest())
+            await robot.SendSessionHeartbeat(robot_pb2.SendSessionHeartbeatRequest(id=started.id))
+            listed = await robot.GetSessions(robot_pb2.GetSessionsRequest())
+            resumed = await robot.StartSession(robot_pb2.StartSessionRequest(resume=started.id))
+            with pytest.raises(GRPCError) as expired:
+                await robot.SendSessionHeartbeat(
+                    robot_pb2.SendSessionHeartbeatRequest(id="not-a-session")
+                )
+            return started, listed, resumed, expired.value
+        finally:
+            channel.close()
+
+    with _serve({"echo": Echo()}) as running:
+        started, listed, resumed, expired = asyncio.run(scenario(running.endpoint.port))
+    assert started.id
+    assert started.heartbeat_window.ToTimedelta().total_seconds() == 2.0
+    assert [s.id for s in listed.sessions] == [started.id]
+    assert resumed.id == started.id
+    # the SDK resets its session on exactly this status and message
+    assert expired.status == Status.INVALID_ARGUMENT
+    assert expired.message == "SESSION_EXPIRED"
