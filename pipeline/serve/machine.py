@@ -45,7 +45,7 @@ from pipeline.rpc.flat_tensors import (
 )
 from pipeline.rpc.server import PreEncoded
 from pipeline.serve.config import ServeConfig
-from pipeline.serve.contract import ModelInfo, NodeService
+from pipeline.serve.contract import ModelInfo
 from pipeline.serve.images import JPEG, PNG, VIAM_RGBA, ImageError, decode_image, encode_image
 from pipeline.serve.resources import Resources, ServedNode
 
@@ -74,9 +74,8 @@ class GraphView(Protocol):
 class NodeRunner:
     """Runs one node's service calls: ``threads`` at once, ``queue`` more waiting, then no."""
 
-    def __init__(self, node_id: str, service: NodeService, threads: int, queue: int) -> None:
+    def __init__(self, node_id: str, threads: int, queue: int) -> None:
         self.node_id = node_id
-        self.service = service
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix=f"serve-{node_id}")
         self._limit = threads + queue
         self._queue = queue
@@ -152,11 +151,8 @@ class Machine:
         self.config = config
         self.started = time.time()
         self.runners = {
-            node.id: NodeRunner(
-                node.id, node.service, config.threads_per_node, config.queue_per_node
-            )
+            node.id: NodeRunner(node.id, config.threads_per_node, config.queue_per_node)
             for node in resources.nodes.values()
-            if node.service is not None
         }
         self.sessions: dict[str, float] = {}  # session id -> expiry (time.monotonic)
 
@@ -490,12 +486,16 @@ class VisionHandler(vision_grpc.VisionServiceBase):
         assert service is not None
         if not service.detects:
             raise _unimplemented(f"vision service {node.id!r} does not detect objects")
-        image = decode_image(request.image, request.mime_type, request.width, request.height)
-        found = await self.m.run(node, "detect", lambda: service.detect(image))
+
+        def detect() -> tuple[Detections, tuple[int, int]]:
+            # decoding runs on the node's threads too: a 640x480 JPEG takes milliseconds,
+            # which the event loop must not spend
+            image = decode_image(request.image, request.mime_type, request.width, request.height)
+            return service.detect(image), (image.shape[1], image.shape[0])
+
+        found, image_wh = await self.m.run(node, "detect", detect)
         await stream.send_message(
-            vision_pb2.GetDetectionsResponse(
-                detections=detections_to_proto(found, (image.shape[1], image.shape[0]))
-            )
+            vision_pb2.GetDetectionsResponse(detections=detections_to_proto(found, image_wh))
         )
 
     @_guard
@@ -518,8 +518,12 @@ class VisionHandler(vision_grpc.VisionServiceBase):
         assert service is not None
         if not service.classifies:
             raise _unimplemented(f"vision service {node.id!r} does not classify images")
-        image = decode_image(request.image, request.mime_type, request.width, request.height)
-        found = await self.m.run(node, "classify", lambda: service.classify(image))
+
+        def classify() -> Classifications:
+            image = decode_image(request.image, request.mime_type, request.width, request.height)
+            return service.classify(image)
+
+        found = await self.m.run(node, "classify", classify)
         await stream.send_message(
             vision_pb2.GetClassificationsResponse(
                 classifications=classifications_to_proto(found, request.n)
@@ -561,7 +565,12 @@ class VisionHandler(vision_grpc.VisionServiceBase):
             response.detections.extend(detections_to_proto(anchor, (frame.width, frame.height)))
         if request.return_image:
             frame = frame or self.m.newest_frame(camera)
-            response.image.CopyFrom(_image_proto(camera, frame, _mime_from(request.extra)))
+            mime = _mime_from(request.extra)
+            shown = frame
+            image_proto = await self.m.run(
+                self.m.camera(camera), "encode", lambda: _image_proto(camera, shown, mime)
+            )
+            response.image.CopyFrom(image_proto)
         if request.return_object_point_clouds or request.return_detections_3d:
             raise _unimplemented(
                 "a graph has no point clouds: ask CaptureAllFromCamera without "
@@ -673,9 +682,7 @@ class CameraHandler(camera_grpc.CameraServiceBase):
             )
         frame = self.m.newest_frame(camera.id)
         mime = _mime_from(request.extra)
-        image = await asyncio.get_running_loop().run_in_executor(
-            None, _image_proto, camera.id, frame, mime
-        )
+        image = await self.m.run(camera, "encode", lambda: _image_proto(camera.id, frame, mime))
         captured = timestamp_pb2.Timestamp()
         captured.FromNanoseconds(time.time_ns() - (time.monotonic_ns() - frame.t_capture_ns))
         await stream.send_message(
