@@ -111,3 +111,31 @@ def test_call_classifications_on_an_image(from_file, tmp_path):
     )
     assert len(out) == 1
     assert out[0]["class_name"] in ("face", "not_face")
+
+
+def test_keys_in_the_file_without_a_certificate_serve_tls_with_a_local_pair(tmp_path):
+    key_id, key = "0d9c4b1a-7e2f-4a3b-9c8d-112233445566", "inline-secret-key"
+    address = f"127.0.0.1:{free_port()}"
+    graph = tmp_path / "keys.yaml"
+    graph.write_text(
+        f"serve:\n  address: {address}\n  api_keys: [{{id: {key_id}, key: {key}}}]\n"
+        + served_graph_text(tmp_path)
+    )
+    (tmp_path / "keys.txt").write_text(f"{key_id} {key}\n")
+    served = ServedGraph(graph)
+    try:
+        assert f"serving on https://{address}" in served.output
+        listed = _pipeline(
+            "call",
+            f"https://{address}",
+            "-",
+            "resources",
+            "--api-key-file",
+            str(tmp_path / "keys.txt"),
+        ).stdout
+        assert "rdk:service:mlmodel/faces" in listed
+        refused = _pipeline("call", f"https://{address}", "-", "resources", check=False)
+        assert refused.returncode == 1
+        assert "UNAUTHENTICATED" in refused.stderr
+    finally:
+        assert served.stop() == 0, served.output
