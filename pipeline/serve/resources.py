@@ -16,7 +16,7 @@ import dataclasses
 from typing import Any
 
 from pipeline.graph.load import Marks
-from pipeline.graph.spec import GraphSpec, InputSpec, NodeSpec
+from pipeline.graph.spec import EdgeSpec, GraphSpec, NodeSpec
 from pipeline.graph.validate import ValidatedGraph, validate_spec
 from pipeline.messages import Classifications, Detections, Frame
 from pipeline.serve.contract import NodeService, service_factory
@@ -146,7 +146,7 @@ def with_taps(graph: ValidatedGraph, resources: Resources, endpoint: str) -> Val
             node=TAP_NODE_TYPE,
             params={"endpoint": endpoint, "node": node, "port": port},
             inputs={
-                "messages": InputSpec.model_validate(
+                "messages": EdgeSpec.model_validate(
                     {"from": f"{node}/{port}", "queue": 1, "when_full": "drop_oldest"}
                 )
             },
