@@ -16,7 +16,7 @@ import dataclasses
 from typing import Any
 
 from pipeline.graph.load import Marks
-from pipeline.graph.spec import EdgeSpec, GraphSpec, NodeSpec
+from pipeline.graph.spec import GraphSpec, NodeSpec
 from pipeline.graph.validate import ValidatedGraph, validate_spec
 from pipeline.messages import Classifications, Detections, Frame
 from pipeline.serve.contract import NodeService, service_factory
@@ -141,15 +141,15 @@ def tap_id(node: str, port: str) -> str:
 def with_taps(graph: ValidatedGraph, resources: Resources, endpoint: str) -> ValidatedGraph:
     """The graph plus a hidden tap per output the server reads (drop_oldest, queue 1)."""
     extra = [
-        NodeSpec(
-            id=tap_id(node, port),
-            node=TAP_NODE_TYPE,
-            params={"endpoint": endpoint, "node": node, "port": port},
-            inputs={
-                "messages": EdgeSpec.model_validate(
-                    {"from": f"{node}/{port}", "queue": 1, "when_full": "drop_oldest"}
-                )
-            },
+        NodeSpec.model_validate(
+            {
+                "id": tap_id(node, port),
+                "node": TAP_NODE_TYPE,
+                "params": {"endpoint": endpoint, "node": node, "port": port},
+                "inputs": {
+                    "messages": {"from": f"{node}/{port}", "queue": 1, "when_full": "drop_oldest"}
+                },
+            }
         )
         for node, port in resources.taps()
     ]

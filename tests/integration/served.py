@@ -28,7 +28,8 @@ graph: served
 nodes:
   - id: camera
     node: video_file
-    params: {{path: {VIDEO}, pace: realtime, loop: true}}
+    params: {{path: {VIDEO}, loop: true}}
+    pace: realtime
   - id: faces
     node: detector
     params: {{model: face_short_range, num_threads: 1, default_minimum_confidence: 0.5}}
