@@ -312,3 +312,22 @@ def test_oversized_and_garbled_requests_get_a_status_and_stop_is_graceful():
 def test_client_ssl_context_without_verification_still_speaks_h2():
     context = client_ssl_context(verify=False)
     assert context.verify_mode == ssl.CERT_NONE
+
+
+def test_the_server_lets_clients_send_large_http2_frames():
+    from pipeline.rpc.server import MAX_FRAME_SIZE
+
+    async def scenario() -> int:
+        server = RpcServer([TinyRobot()])
+        bound = await server.start("127.0.0.1:0")
+        channel = Channel("127.0.0.1", bound.port)
+        try:
+            await robot_grpc.RobotServiceStub(channel).ResourceNames(
+                robot_pb2.ResourceNamesRequest()
+            )
+            return int(channel._protocol.connection._connection.max_outbound_frame_size)
+        finally:
+            channel.close()
+            await server.stop()
+
+    assert asyncio.run(scenario()) == MAX_FRAME_SIZE
