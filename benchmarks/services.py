@@ -7,9 +7,12 @@ detector -> JSONL), served with ``pipeline run --serve``:
   a 640x480 JPEG, over gRPC (grpclib clients, the request encoded once, 1 and 8 concurrent
   clients each on its own HTTP/2 connection), and the same model (``load_model`` /
   ``load_detector`` with the node's params; for detections, JPEG decoding included) called
-  in-process by 1 and 8 threads: requests/s, p50 and p99 latency;
+  in-process by 1 and 8 threads: requests/s, p50 and p99 latency; ``Infer`` also over the
+  Unix socket (local callers);
 - the graph's output rate (lines its JSONL sink writes per second) while idle and while 8
-  clients call ``Infer`` flat out.
+  clients call ``Infer`` flat out;
+- CPU per request: the in-process calls' process time, and the server process's CPU (from
+  /proc) per request served, which a busy machine distorts far less than latency.
 
 Priorities: the server runs at nice 10 (its default, so that the graph gets the CPU first); the
 benchmark's in-process calls and its client processes run at that same niceness, so the
@@ -99,13 +102,15 @@ def in_process(fn: Callable[[], Any], threads: int, duration_s: float) -> dict[s
         with lock:
             latencies.extend(mine)
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     workers = [threading.Thread(target=loop) for _ in range(threads)]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    return _summary(latencies, time.perf_counter() - t0)
+    summary = _summary(latencies, time.perf_counter() - t0)
+    summary["cpu_ms_per_request"] = round((time.process_time() - c0) / len(latencies) * 1e3, 3)
+    return summary
 
 
 def _client_process(
@@ -133,7 +138,6 @@ def _client_process(
         if method == "infer"
         else "/viam.service.vision.v1.VisionService/GetDetections"
     )
-    host, port = address.rsplit(":", 1)
 
     async def call(channel: Any) -> None:
         async with channel.request(path, Cardinality.UNARY_UNARY, bytes, bytes, timeout=30) as s:
@@ -145,7 +149,11 @@ def _client_process(
             vision_pb2.GetDetectionsResponse.FromString(reply)
 
     async def one(stop_at: float) -> list[float]:
-        channel = Channel(host, int(port), codec=Raw())
+        if address.startswith("unix:"):
+            channel = Channel(path=address[len("unix:") :], codec=Raw())
+        else:
+            host, port = address.rsplit(":", 1)
+            channel = Channel(host, int(port), codec=Raw())
         try:
             await call(channel)  # warm up: connect
             latencies = []
@@ -167,17 +175,43 @@ def _client_process(
 
 
 def over_grpc(
-    address: str, method: str, payload: bytes, clients: int, duration_s: float
+    address: str, method: str, payload: bytes, clients: int, duration_s: float, server_pid: int
 ) -> dict[str, float]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(
         target=_client_process, args=(address, method, payload, clients, duration_s, queue)
     )
+    cpu0 = _cpu_s(server_pid)
     proc.start()
     latencies, elapsed = queue.get(timeout=duration_s + 120)
+    cpu1 = _cpu_s(server_pid)
     proc.join(30)
-    return _summary(latencies, elapsed)
+    summary = _summary(latencies, elapsed)
+    # the server's CPU per request (the clients' own work not counted): load-independent
+    summary["server_cpu_ms_per_request"] = round((cpu1 - cpu0) / len(latencies) * 1e3, 3)
+    return summary
+
+
+def _server_pid(parent: int) -> int | None:
+    """The pid of ``python -m pipeline.serve.app`` started by ``pipeline run`` (``parent``)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"pipeline.serve.app" in cmdline:
+            return int(proc.name)
+    return None
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _lines_between(log: Path, t0_ns: int, t1_ns: int) -> int:
@@ -231,6 +265,8 @@ def main() -> int:
             "-q",
             "--serve",
             address,
+            "--unix-socket",
+            str(tmp / "serve.sock"),
         ],
         cwd=ROOT,
         stderr=subprocess.PIPE,
@@ -265,6 +301,9 @@ def main() -> int:
                 channel.close()
 
         jpeg = asyncio.run(first_image())
+        server_pid = _server_pid(run.pid)
+        if server_pid is None:
+            raise SystemExit("cannot find the server process")
         assert decode_image(jpeg).shape == (480, 640, 3)
         tensor = np.random.default_rng(0).random((1, 192, 192, 3), dtype=np.float32)
         infer_payload = mlmodel_pb2.InferRequest(
@@ -282,13 +321,16 @@ def main() -> int:
                 lambda: model.infer({"input": tensor}), clients, duration
             )
             results[f"infer_service_{clients}"] = over_grpc(
-                address, "infer", infer_payload, clients, duration
+                address, "infer", infer_payload, clients, duration, server_pid
+            )
+            results[f"infer_service_unix_{clients}"] = over_grpc(
+                f"unix:{tmp / 'serve.sock'}", "infer", infer_payload, clients, duration, server_pid
             )
             results[f"detect_in_process_{clients}"] = in_process(
                 lambda: detector.detect(decode_image(jpeg)), clients, duration
             )
             results[f"detect_service_{clients}"] = over_grpc(
-                address, "detect", detect_payload, clients, duration
+                address, "detect", detect_payload, clients, duration, server_pid
             )
         # the graph while 8 clients call Infer flat out
         ctx = mp.get_context("spawn")
@@ -315,6 +357,9 @@ def main() -> int:
     svc1, svc8 = results["infer_service_1"], results["infer_service_8"]
     results["verdict"] = {
         "infer_added_p50_ms": round(svc1["p50_ms"] - inf1["p50_ms"], 3),
+        "infer_added_server_cpu_ms": round(
+            svc1["server_cpu_ms_per_request"] - inf1["cpu_ms_per_request"], 3
+        ),
         "infer_rate_ratio_8_clients": round(svc8["rate_per_s"] / max(inf8["rate_per_s"], 1e-9), 3),
         "graph_fps_ratio_under_load": round(
             results["graph_fps_loaded"] / max(results["graph_fps_idle"], 1e-9), 3
@@ -331,10 +376,14 @@ def main() -> int:
         "model": MODEL,
         "duration_s": duration,
     }
-    print(f"{'measurement':<28} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9}")
+    print(f"{'measurement':<34} {'req/s':>8} {'p50 ms':>9} {'p99 ms':>9} {'cpu ms/req':>10}")
     for key, value in results.items():
         if isinstance(value, dict) and "rate_per_s" in value:
-            print(f"{key:<28} {value['rate_per_s']:>9} {value['p50_ms']:>9} {value['p99_ms']:>9}")
+            cpu = value.get("cpu_ms_per_request", value.get("server_cpu_ms_per_request", ""))
+            print(
+                f"{key:<34} {value['rate_per_s']:>8} {value['p50_ms']:>9} "
+                f"{value['p99_ms']:>9} {cpu:>10}"
+            )
     print(f"graph fps idle {results['graph_fps_idle']}, under load {results['graph_fps_loaded']}")
     print(json.dumps(results["verdict"], indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

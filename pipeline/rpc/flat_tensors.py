@@ -89,13 +89,13 @@ def _delimited(field: int, payload: bytes) -> bytes:
 def encode_flat_tensors(arrays: Mapping[str, np.ndarray]) -> bytes:
     """Name -> array to the wire bytes of a ``FlatTensors`` message, bit-exact.
 
-    Built with byte joins (memcpy speed): protobuf's own encoder writes packed floats one by
-    one, about 1 ms for a 1x192x192x3 tensor.
+    Each tensor's bytes are copied once, into one join: protobuf's own encoder writes packed
+    floats one by one (about 1 ms for a 1x192x192x3 tensor).
 
     Raises:
         ValueError: as ``to_flat_tensors``.
     """
-    entries = []
+    parts: list[bytes] = []
     for name, value in arrays.items():
         if not isinstance(name, str) or not name:
             raise ValueError(f"tensor names must be non-empty strings, got {name!r}")
@@ -111,12 +111,20 @@ def encode_flat_tensors(arrays: Mapping[str, np.ndarray]) -> bytes:
             payload = array.astype("<i4" if dtype_name == "int16" else "<u4").tobytes()
         else:
             payload = array.astype(wire, copy=False).tobytes()
-        shape = np.array(array.shape, "<u8").tobytes()  # shape is fixed64 on the wire
-        data = _delimited(1, payload) if payload else b""
-        tensor = _delimited(1, shape) if shape else b""
-        tensor += _delimited(_FIELD_NUMBER[field], data)
-        entries.append(_delimited(1, _delimited(1, name.encode()) + _delimited(2, tensor)))
-    return b"".join(entries)
+        # FlatTensor = shape (field 1, packed fixed64) + the typed field holding {1: payload}
+        shape = np.array(array.shape, "<u8").tobytes()
+        data_head = b"\x0a" + _varint(len(payload)) if payload else b""
+        data_size = len(data_head) + len(payload)
+        typed_head = _varint(_FIELD_NUMBER[field] << 3 | 2) + _varint(data_size)
+        shape_part = b"\x0a" + _varint(len(shape)) + shape if shape else b""
+        tensor_size = len(shape_part) + len(typed_head) + data_size
+        key = name.encode()
+        key_part = b"\x0a" + _varint(len(key)) + key
+        value_head = b"\x12" + _varint(tensor_size)
+        entry_size = len(key_part) + len(value_head) + tensor_size
+        parts += [b"\x0a" + _varint(entry_size), key_part, value_head, shape_part]
+        parts += [typed_head, data_head, payload]
+    return b"".join(parts)
 
 
 def encode_infer_response(arrays: Mapping[str, np.ndarray]) -> bytes:

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import binascii
 import contextlib
 import ipaddress
 import os
@@ -303,6 +304,31 @@ class RpcServer:
 
 
 MAX_FRAME_SIZE = 1 << 20
+
+
+def _cheap_frame_repr() -> None:
+    """h2 logs ``repr(frame)`` of every received frame eagerly (``logger.trace("Received
+    frame: %s", repr(frame))``, even with its no-op logger), and hyperframe's repr hex-encodes
+    the *whole* payload before keeping its first 20 digits: ~1 ms of CPU per 442 KB tensor
+    received, measured with cProfile on the server. This gives the same text from the first
+    10 bytes."""
+    try:
+        from hyperframe import frame as hyperframe_frame
+    except ImportError:  # pragma: no cover - grpclib depends on h2, which depends on it
+        return
+    if not hasattr(hyperframe_frame, "_raw_data_repr"):  # pragma: no cover - a future version
+        return
+
+    def raw_data_repr(data: bytes | None) -> str:
+        if not data:
+            return "None"
+        digits = binascii.hexlify(data[:10]).decode("ascii")
+        return "<hex:" + digits + ("..." if len(data) > 10 else "") + ">"
+
+    hyperframe_frame._raw_data_repr = raw_data_repr
+
+
+_cheap_frame_repr()
 
 
 def _allow_large_frames(server: Server) -> None:

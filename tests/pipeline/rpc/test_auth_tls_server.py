@@ -331,3 +331,22 @@ def test_the_server_lets_clients_send_large_http2_frames():
             await server.stop()
 
     assert asyncio.run(scenario()) == MAX_FRAME_SIZE
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"abc", b"0123456789", b"0123456789a", bytes(range(256)) * 4]
+)
+def test_frame_reprs_read_ten_bytes_and_say_what_hyperframe_said(data):
+    import binascii
+
+    from hyperframe import frame
+
+    import pipeline.rpc.server  # noqa: F401 - installs the cheap repr
+
+    def hyperframes_own(data):
+        if not data:
+            return "None"
+        r = binascii.hexlify(data).decode("ascii")
+        return "<hex:" + (r[:20] + "..." if len(r) > 20 else r) + ">"
+
+    assert frame._raw_data_repr(data) == hyperframes_own(data)
