@@ -54,7 +54,7 @@ def encode_tapped(node: str, port: str, message: Message) -> list[bytes]:
     return parts
 
 
-def decode_tapped(parts: list[bytes]) -> tuple[str, str, Message]:
+def decode_tapped(parts: list[Any]) -> tuple[str, str, Message]:
     """The inverse of ``encode_tapped``: (node id, port, message)."""
     header = msgpack.unpackb(parts[0], raw=False)
     arrays: dict[str, np.ndarray] = {}
@@ -132,7 +132,9 @@ class TapReceiver:
             if not poller.poll(100):
                 continue
             try:
-                node, port, message = decode_tapped(self._socket.recv_multipart())
+                # no copy out of ZeroMQ: the arrays view the received frames' buffers
+                frames = self._socket.recv_multipart(copy=False)
+                node, port, message = decode_tapped([f.buffer for f in frames])
             except (ValueError, KeyError, TypeError, msgpack.ExtraData):  # pragma: no cover
                 continue
             self.put(node, port, message)
