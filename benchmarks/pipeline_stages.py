@@ -165,28 +165,26 @@ def stages_in_one_process(
 
 
 class BareModel:
-    """A catalog model run the way the detector node runs it, without the node: the same
-    input spec, preprocessing and decoder (``nodes.inference.detector`` ``open``/``run``)."""
+    """A catalog model run the way the model nodes run it, without the node: the same
+    ``nodes.inference.vision`` object (input preparation, model, decoder), stage by stage."""
 
     def __init__(self, name: str, threads: int | None) -> None:
-        from nodes.inference.decoders import make_decoder
         from nodes.inference.models.store import model_info
-        from nodes.inference.preprocess import input_spec
-        from nodes.inference.service import load_model
+        from nodes.inference.params import ClassifierParams, DetectorParams
+        from nodes.inference.vision import Classifier, Detector
 
-        info = model_info(name)
-        labels = list(info["labels"]) if info.get("labels") else None
-        self.model = load_model(name, num_threads=threads, labels=labels)
-        meta = self.model.metadata()
-        tensors = {t.name: t for t in meta.inputs}
-        input_name = info.get("input", {}).get("name") or meta.inputs[0].name
-        self.spec = input_spec(tensors[input_name], info.get("input"), {})
-        options = dict(info.get("decoder_params", {}))
-        kind = info["decoder"]
-        if kind in ("ssd", "yolo") and "labels" not in options and meta.labels:
-            options["labels"] = tuple(meta.labels)
-        self.decoder = make_decoder(kind, **options)
-        self.task = info.get("task")
+        self.task = model_info(name).get("task")
+        self.vision: Detector | Classifier
+        self._whole: Callable[[np.ndarray], Any]
+        if self.task == "classification":
+            self.vision = Classifier(ClassifierParams(model=name, num_threads=threads))
+            self._whole = self.vision.classify
+        else:
+            self.vision = Detector(DetectorParams(model=name, num_threads=threads))
+            self._whole = self.vision.detect
+        self.model = self.vision.model
+        self.spec = self.vision.input
+        self.decoder = self.vision.decoder
 
     def tensor(self, image: np.ndarray) -> np.ndarray:
         from nodes.inference.preprocess import prepare
@@ -197,14 +195,10 @@ class BareModel:
         return self.model.infer({self.spec.name: tensor})
 
     def frame(self, image: np.ndarray) -> Any:
-        tensor = self.tensor(image)
-        outputs = self.infer(tensor)
-        nchw = self.spec.layout == "NCHW"
-        wh = (tensor.shape[3], tensor.shape[2]) if nchw else (tensor.shape[2], tensor.shape[1])
-        return self.decoder.decode(outputs, (int(wh[0]), int(wh[1])))
+        return self._whole(image)
 
     def close(self) -> None:
-        self.model.close()
+        self.vision.close()
 
 
 def synthetic_image(width: int = 640, height: int = 480) -> np.ndarray:

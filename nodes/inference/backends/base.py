@@ -297,11 +297,12 @@ def choose_labels(
     """The labels a model reports: those embedded in the file, else those the caller gave.
 
     A model file that carries its own labels knows its class order best, so the ``labels``
-    argument only fills in for files without any; when both exist the argument is ignored
-    and a warning is logged.
+    argument only fills in for files without any; when both exist and differ the argument
+    is ignored and a warning is logged (a catalog's labels repeat the file's: no warning).
     """
     if embedded:
-        if given is not None:
+        same = not isinstance(given, (str, Path)) and tuple(given or ()) == tuple(embedded)
+        if given is not None and not same:
             logger.warning(
                 "model %r carries %d labels of its own; the labels argument is ignored",
                 model_name,

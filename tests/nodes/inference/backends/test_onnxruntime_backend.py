@@ -182,6 +182,14 @@ def test_embedded_labels_win_over_argument(tmp_path, caplog):
     assert "the labels argument is ignored" in caplog.text
 
 
+def test_the_same_labels_as_the_files_are_no_warning(tmp_path, caplog):
+    # A catalog model's labels repeat the file's: loading it says nothing about them.
+    path = build_onnx_model(tmp_path, metadata_props={"labels": "face"})
+    with OnnxRuntimeModel.load(path, labels=["face"]) as model:
+        assert model.metadata().labels == ("face",)
+    assert "labels" not in caplog.text
+
+
 def test_missing_model_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="model file not found"):
         OnnxRuntimeModel.load(tmp_path / "absent.onnx")

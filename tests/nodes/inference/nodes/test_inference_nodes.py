@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from skimage import data
 
-from nodes.inference.detector import ClassifierNode, DetectorNode, TensorsNode
+from nodes.inference.classifier import ClassifierNode
+from nodes.inference.detector import DetectorNode
 from nodes.inference.models.fetch import fetch_models
 from nodes.inference.models.store import default_models_dir
+from nodes.inference.tensors import TensorsNode
 from pipeline import Frame
 from pipeline.testing import run_node
 
