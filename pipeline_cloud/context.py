@@ -18,9 +18,9 @@ from typing import Any, ParamSpec, TypeVar
 
 from grpclib import GRPCError, Status
 from grpclib.server import Stream
+from pipeline.rpc.auth import subject_of
 from sqlalchemy import select
 
-from pipeline.rpc.auth import subject_of
 from pipeline_cloud.blobs import BlobStore
 from pipeline_cloud.db import ApiKey, open_database
 from pipeline_cloud.errors import CloudError, Unauthenticated

@@ -27,10 +27,15 @@ from pipeline_cloud.context import Cloud, handled, run_blocking
 from pipeline_cloud.errors import InvalidArgument
 from pipeline_cloud.store import BinaryFilter, BinaryRecord, BoxRecord, UploadMeta
 
-__all__ = ["DataService", "DataSyncService", "IDEMPOTENCY_HEADER"]
+__all__ = ["IDEMPOTENCY_HEADER", "DataService", "DataSyncService"]
 
 IDEMPOTENCY_HEADER = "idempotency-key"
-_MIME_BY_EXT = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".pcd": "pointcloud/pcd"}
+_MIME_BY_EXT = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".pcd": "pointcloud/pcd",
+}
 _MIME_BY_ENUM = {
     data_sync_pb2.MIME_TYPE_IMAGE_JPEG: "image/jpeg",
     data_sync_pb2.MIME_TYPE_IMAGE_PNG: "image/png",
@@ -56,8 +61,14 @@ def _idempotency_key(stream: Stream[Any, Any], md: data_sync_pb2.UploadMetadata)
     return None
 
 
-def _meta(md: data_sync_pb2.UploadMetadata, sensor: data_sync_pb2.SensorMetadata | None) -> UploadMeta:
-    ext = md.file_extension if not md.file_extension or md.file_extension[0] == "." else "." + md.file_extension
+def _meta(
+    md: data_sync_pb2.UploadMetadata, sensor: data_sync_pb2.SensorMetadata | None
+) -> UploadMeta:
+    ext = (
+        md.file_extension
+        if not md.file_extension or md.file_extension[0] == "."
+        else "." + md.file_extension
+    )
     mime = md.mime_type or (_MIME_BY_ENUM.get(sensor.mime_type, "") if sensor else "")
     mime = mime or _MIME_BY_EXT.get(ext.lower(), "application/octet-stream")
     boxes: tuple[BoxRecord, ...] = ()
@@ -89,8 +100,12 @@ def _meta(md: data_sync_pb2.UploadMetadata, sensor: data_sync_pb2.SensorMetadata
         mime_type=mime,
         tags=tuple(md.tags),
         dataset_ids=tuple(md.dataset_ids),
-        time_requested=_time(sensor.time_requested, sensor.HasField("time_requested")) if sensor else None,
-        time_received=_time(sensor.time_received, sensor.HasField("time_received")) if sensor else None,
+        time_requested=_time(sensor.time_requested, sensor.HasField("time_requested"))
+        if sensor
+        else None,
+        time_received=_time(sensor.time_received, sensor.HasField("time_received"))
+        if sensor
+        else None,
         boxes=boxes,
         classifications=classes,
     )

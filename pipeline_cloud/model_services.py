@@ -23,11 +23,11 @@ from google.protobuf import json_format, struct_pb2, wrappers_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpclib.const import Cardinality, Handler
 from grpclib.server import Stream
+from pipeline.rpc.flat_tensors import to_flat_tensors
 from viam.gen.app.data.v1 import data_pb2
 from viam.gen.app.mlinference.v1 import ml_inference_grpc, ml_inference_pb2
 from viam.gen.app.packages.v1 import packages_grpc, packages_pb2
 
-from pipeline.rpc.flat_tensors import to_flat_tensors
 from pipeline_cloud.context import Cloud, handled, run_blocking
 from pipeline_cloud.errors import InvalidArgument
 from pipeline_cloud.inference import Job
@@ -101,7 +101,10 @@ class PackageService(packages_grpc.UnimplementedPackageServiceBase):
         if info is None:
             raise InvalidArgument("CreatePackage must start with the package info")
         await run_blocking(self.cloud.store.check_org, org, info.organization_id)
-        if info.type not in (packages_pb2.PACKAGE_TYPE_ML_MODEL, packages_pb2.PACKAGE_TYPE_UNSPECIFIED):
+        if info.type not in (
+            packages_pb2.PACKAGE_TYPE_ML_MODEL,
+            packages_pb2.PACKAGE_TYPE_UNSPECIFIED,
+        ):
             raise InvalidArgument("this registry keeps ML models only (type ML_MODEL)")
         meta = json_format.MessageToDict(info.metadata) if info.HasField("metadata") else {}
         file_name = str(meta.get("file_name") or (info.files[0].name if info.files else ""))

@@ -325,7 +325,9 @@ class Registry:
         shared = select(ModelShare.model_id).where(ModelShare.org_id == caller_org)
         return or_(Model.org_id == caller_org, Model.visibility == "public", Model.id.in_(shared))
 
-    def resolve(self, caller_org: str, item_org: str, name: str, version: str = "") -> VersionRecord:
+    def resolve(
+        self, caller_org: str, item_org: str, name: str, version: str = ""
+    ) -> VersionRecord:
         """The version (newest when ``version`` is empty) of ``item_org``'s model ``name``."""
         with self.sessions() as s:
             org = s.get(Organization, item_org) or s.scalar(

@@ -268,7 +268,9 @@ class Store:
                     after = int(last)
                 except ValueError as exc:
                     raise InvalidArgument(f"bad page token {last!r}") from exc
-                query = query.where(BinaryItem.seq < after if newest_first else BinaryItem.seq > after)
+                query = query.where(
+                    BinaryItem.seq < after if newest_first else BinaryItem.seq > after
+                )
             order = BinaryItem.seq.desc() if newest_first else BinaryItem.seq.asc()
             rows = list(s.scalars(query.order_by(order).limit(max(1, min(limit or 50, 10_000)))))
             records = self._records(s, rows)
@@ -445,9 +447,7 @@ class Store:
         with self.sessions.begin() as s:
             seq = self._seqs(s, org_id, [binary_id])[binary_id]
             result = s.execute(
-                delete(BoundingBox).where(
-                    BoundingBox.binary_seq == seq, BoundingBox.id == bbox_id
-                )
+                delete(BoundingBox).where(BoundingBox.binary_seq == seq, BoundingBox.id == bbox_id)
             )
             if not getattr(result, "rowcount", 0):
                 raise NotFound(f"image {binary_id!r} has no bounding box {bbox_id!r}")
