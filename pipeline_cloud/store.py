@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -371,13 +371,14 @@ class Store:
     def _seqs(self, s: Session, org_id: str, ids: Sequence[str]) -> dict[str, int]:
         if not ids:
             raise InvalidArgument("give at least one binary data id")
-        found = dict(
-            s.execute(
+        found = {
+            row[0]: row[1]
+            for row in s.execute(
                 select(BinaryItem.id, BinaryItem.seq).where(
                     BinaryItem.org_id == org_id, BinaryItem.id.in_(ids)
                 )
-            ).tuples()
-        )
+            )
+        }
         missing = [i for i in ids if i not in found]
         if missing:
             raise NotFound(f"no binary data with id {missing[0]!r} in this organisation")
@@ -389,13 +390,14 @@ class Store:
             raise InvalidArgument("give at least one tag")
         with self.sessions.begin() as s:
             seqs = list(self._seqs(s, org_id, ids).values())
-            have = set(
-                s.execute(
+            have = {
+                (row[0], row[1])
+                for row in s.execute(
                     select(BinaryTag.binary_seq, BinaryTag.tag).where(
                         BinaryTag.binary_seq.in_(seqs), BinaryTag.tag.in_(tags)
                     )
-                ).tuples()
-            )
+                )
+            }
             s.add_all(
                 BinaryTag(binary_seq=q, tag=t) for q in seqs for t in tags if (q, t) not in have
             )
@@ -454,13 +456,10 @@ class Store:
 
     def org_names(self, ids: Iterable[str]) -> dict[str, str]:
         with self.sessions() as s:
-            return dict(
-                s.execute(
-                    select(Organization.id, Organization.name).where(
-                        or_(Organization.id.in_(list(ids)))
-                    )
-                ).tuples()
+            rows = s.execute(
+                select(Organization.id, Organization.name).where(Organization.id.in_(list(ids)))
             )
+            return {row[0]: row[1] for row in rows}
 
 
 def _check_box(box: BoxRecord) -> None:
