@@ -1,9 +1,10 @@
 """Turn a camera frame into a model's input tensor, recording the geometry it changed.
 
-``InputSpec`` says what a model wants: tensor name, size, layout (NHWC/NCHW), colour
-(RGB/BGR/GRAY), resize mode (letterbox/stretch), mean/std and dtype. It is built from the
-catalog's metadata for a named model, then from the loaded model's own tensor shapes, then
-overridden by a node's params. ``prepare(image, spec)`` returns the tensor and the transform
+``ModelInput`` says what a model wants: tensor name, size, layout (NHWC/NCHW), colour
+(RGB/BGR/GRAY), resize mode (letterbox/stretch), mean/std and dtype. ``model_input()`` builds
+it from the loaded model's own tensor shape, then the catalog's entry for a named model, then
+a node's params. Sizes are ``(width, height)`` everywhere (the tensor's own shape is ``(H,
+W)``, read by layout). ``prepare(image, spec)`` returns the tensor and the transform
 records (``nodes.transforms.geometry``) that map boxes on the model input back to the image.
 """
 
@@ -18,14 +19,14 @@ import numpy as np
 from nodes.inference.backends.base import TensorInfo
 from nodes.transforms import geometry
 
-__all__ = ["InputSpec", "input_spec", "prepare"]
+__all__ = ["ModelInput", "model_input", "prepare"]
 
 Layout = Literal["NHWC", "NCHW"]
 Color = Literal["RGB", "BGR", "GRAY"]
 
 
 @dataclasses.dataclass(frozen=True)
-class InputSpec:
+class ModelInput:
     """How to build one model input from a BGR frame.
 
     Attributes:
@@ -57,11 +58,11 @@ def _floats(value: float | Sequence[float]) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
 
-def input_spec(
+def model_input(
     tensor: TensorInfo,
     catalog: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
-) -> InputSpec:
+) -> ModelInput:
     """Merge what is known about a model input: catalog entry, tensor shape, node params.
 
     Without a catalog entry the layout is read off the shape (channels first when dimension
@@ -99,10 +100,10 @@ def input_spec(
         elif key == "size":
             value = (int(value[0]), int(value[1]))
         values[key] = value
-    return InputSpec(**values)
+    return ModelInput(**values)
 
 
-def model_size(spec: InputSpec, frame_wh: tuple[int, int]) -> tuple[int, int]:
+def model_size(spec: ModelInput, frame_wh: tuple[int, int]) -> tuple[int, int]:
     """The (width, height) the model runs at for a frame of ``frame_wh``."""
     if spec.size is not None:
         return spec.size
@@ -110,7 +111,7 @@ def model_size(spec: InputSpec, frame_wh: tuple[int, int]) -> tuple[int, int]:
     return max(m, frame_wh[0] // m * m), max(m, frame_wh[1] // m * m)
 
 
-def prepare(image: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def prepare(image: np.ndarray, spec: ModelInput) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """The input tensor for ``image`` ((H, W, 3) BGR or (H, W) grey uint8) and the geometry
     records of the resize it applied (empty when the size already matched)."""
     import cv2

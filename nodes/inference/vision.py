@@ -32,9 +32,9 @@ import numpy as np
 
 from nodes.inference.backends.base import Model
 from nodes.inference.decoders import Decoder, make_decoder
-from nodes.inference.decoders.tensors import thresholds_for
+from nodes.inference.decoders.base import thresholds_for
 from nodes.inference.params import ClassifierParams, DetectorParams, ModelParams
-from nodes.inference.preprocess import InputSpec, input_spec, prepare
+from nodes.inference.preprocess import ModelInput, model_input, prepare
 from nodes.inference.service import load_model
 from pipeline.messages import Classifications, Detections
 
@@ -134,7 +134,7 @@ class VisionModel:
                 raise ValueError(
                     f"model {params.model!r} has no input {name!r}; its inputs: {', '.join(inputs)}"
                 )
-            self.input: InputSpec = input_spec(
+            self.input: ModelInput = model_input(
                 inputs[name],
                 catalog_input or None,
                 {

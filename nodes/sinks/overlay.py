@@ -20,8 +20,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from nodes.colors import to_bgr
 from nodes.dependencies import import_cv2
-from nodes.transforms.color import to_bgr
 from nodes.transforms.geometry import map_boxes_forward, map_points_forward
 from pipeline import (
     Classifications,

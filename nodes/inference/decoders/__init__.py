@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any, Literal, overload
 
 from .anchors import BLAZEFACE_ANCHORS, SsdAnchorOptions, generate_ssd_anchors
+from .base import DecodedBoxes, Decoder, DecoderError, to_detections
 from .blazeface import BLAZEFACE_KEYPOINTS, BlazeFaceConfig, BlazeFaceDecoder, decode_blazeface
 from .centerface import (
     CENTERFACE_KEYPOINTS,
@@ -32,7 +33,6 @@ from .classification import (
 )
 from .nms import iou_matrix, nms, weighted_nms
 from .ssd import SSDConfig, SSDDecoder, box_order_indices, decode_ssd
-from .tensors import DecodedBoxes, Decoder, DecoderError, to_detections
 from .yolo import YOLOConfig, YOLODecoder, decode_yolo
 
 __all__ = [

@@ -23,8 +23,7 @@ import numpy as np
 from pipeline.messages import Detections
 
 from .anchors import BLAZEFACE_ANCHORS, SsdAnchorOptions, generate_ssd_anchors
-from .nms import nms, weighted_nms
-from .tensors import (
+from .base import (
     DecodedBoxes,
     DecoderError,
     drop_batch,
@@ -33,6 +32,7 @@ from .tensors import (
     sigmoid,
     to_detections,
 )
+from .nms import nms, weighted_nms
 
 __all__ = [
     "BLAZEFACE_ALIASES",

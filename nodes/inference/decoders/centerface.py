@@ -22,8 +22,7 @@ import numpy as np
 
 from pipeline.messages import Detections
 
-from .nms import nms
-from .tensors import (
+from .base import (
     DecodedBoxes,
     DecoderError,
     drop_batch,
@@ -31,6 +30,7 @@ from .tensors import (
     select_outputs,
     to_detections,
 )
+from .nms import nms
 
 __all__ = [
     "CENTERFACE_ALIASES",

@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.messages import Classifications
 
-from .tensors import DecoderError, class_names_for, select_outputs, sigmoid, softmax
+from .base import DecoderError, class_names_for, select_outputs, sigmoid, softmax
 
 __all__ = [
     "CLASSIFICATION_ALIASES",

@@ -21,8 +21,7 @@ import numpy as np
 
 from pipeline.messages import Detections
 
-from .nms import nms
-from .tensors import (
+from .base import (
     DecodedBoxes,
     DecoderError,
     class_names_for,
@@ -31,6 +30,7 @@ from .tensors import (
     thresholds_for,
     to_detections,
 )
+from .nms import nms
 
 __all__ = [
     "BOX_ORDERS",

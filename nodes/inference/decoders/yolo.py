@@ -22,8 +22,7 @@ import numpy as np
 
 from pipeline.messages import Detections
 
-from .nms import nms
-from .tensors import (
+from .base import (
     DecodedBoxes,
     DecoderError,
     class_names_for,
@@ -33,6 +32,7 @@ from .tensors import (
     thresholds_for,
     to_detections,
 )
+from .nms import nms
 
 __all__ = ["YOLO_ALIASES", "YOLOConfig", "YOLODecoder", "decode_yolo", "yolo_rows"]
 

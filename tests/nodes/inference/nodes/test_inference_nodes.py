@@ -120,7 +120,7 @@ def test_per_label_and_default_thresholds_filter():
 
 
 def test_classifier_accuracy_on_faces_it_was_not_trained_on():
-    from nodes.inference.models.build_classifier import load_lfw_subset, stratified_split
+    from model_builder.build_classifier import load_lfw_subset, stratified_split
 
     images, labels = load_lfw_subset()
     _, test_idx = stratified_split(labels)

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from source_graph_nodes import read_number
 from source_harness import LiveSource, sent_frames
 
-from nodes.sources.camera import CameraSource, redact_url
+from nodes.sources.camera import CameraSource
 from pipeline.testing import run_node
 
 
@@ -176,10 +176,3 @@ def test_camera_params_accept_an_index_string_and_check_the_backoff_range() -> N
         params({"device": " "})
     with pytest.raises(ValidationError):
         params({"device": -1})
-
-
-def test_redact_url_hides_the_password_in_messages() -> None:
-    assert (
-        redact_url("rtsp://admin:s3cret@10.0.0.5:554/live") == "rtsp://admin:***@10.0.0.5:554/live"
-    )
-    assert redact_url("http://10.0.0.5/video.mjpg") == "http://10.0.0.5/video.mjpg"

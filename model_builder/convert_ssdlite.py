@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nodes.inference.models._tf_graphdef import NodeDef, parse_graph_def
+from model_builder.tf_graphdef import NodeDef, parse_graph_def
 
 if TYPE_CHECKING:
     import onnx
@@ -367,6 +367,8 @@ def convert_ssdlite(pb_bytes: bytes) -> onnx.ModelProto:
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", _OPSET)],
+        # The builder's first home: kept, so the file (and its sha256) stays the one the
+        # catalog's reference hash was measured on.
         producer_name="nodes.inference.models.convert_ssdlite",
         producer_version="1",
         doc_string=(
@@ -396,7 +398,7 @@ def convert_ssdlite_tflite(pb_bytes: bytes) -> bytes:
     Raises:
         ValueError: as :func:`convert_ssdlite`, or an op has no TFLite translation.
     """
-    from nodes.inference.models._ssdlite_tflite import onnx_to_tflite
+    from model_builder.ssdlite_tflite import onnx_to_tflite
 
     return onnx_to_tflite(convert_ssdlite(pb_bytes))
 
@@ -419,7 +421,7 @@ def convert_ssdlite_file(source: Path, destination: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Convert a frozen SSDLite graph from the command line.
 
-    ``python -m nodes.inference.models.convert_ssdlite SOURCE.pb DESTINATION.onnx``; the
+    ``python -m model_builder.convert_ssdlite SOURCE.pb DESTINATION.onnx``; the
     usual way is ``pipeline models fetch person_ssdlite``, which also verifies the source.
 
     Args:
@@ -429,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         The exit code: 0, or 1 when the conversion fails.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m nodes.inference.models.convert_ssdlite",
+        prog="python -m model_builder.convert_ssdlite",
         description="Convert the SSDLite-MobileNetV2 TF1 frozen graph to ONNX (no TensorFlow).",
     )
     parser.add_argument("source", type=Path, help="frozen_inference_graph.pb")

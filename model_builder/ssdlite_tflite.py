@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from nodes.inference.models._tflite_writer import TFLiteWriter
+from model_builder.tflite_writer import TFLiteWriter
 
 __all__ = ["onnx_to_tflite"]
 

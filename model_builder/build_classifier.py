@@ -20,7 +20,7 @@ with constant buffers 16-byte aligned. A ``face_classifier.split.json`` file rec
 the train/test indices into ``lfw_subset()`` and the accuracies, so tests can re-measure the
 exported models on images that were not trained on.
 
-Run ``python -m nodes.inference.models.build_classifier [DIR]`` to train, print the
+Run ``python -m model_builder.build_classifier [DIR]`` to train, print the
 accuracies and write the three files into ``DIR`` (default: the models directory). The usual
 way is ``pipeline models fetch face_classifier face_classifier_tflite``, which builds them
 when missing and records them in the manifest.
@@ -217,6 +217,8 @@ def export_onnx(model: TrainedClassifier, path: Path) -> None:
     onnx_model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", 13)],
+        # The builder's first home: kept, so the file (and its sha256) stays the one the
+        # catalog's reference hash was measured on.
         producer_name="nodes.inference.models.build_classifier",
         producer_version="1",
         doc_string=_DOC,
@@ -237,7 +239,7 @@ def export_tflite(model: TrainedClassifier, path: Path) -> None:
         model: the trained classifier.
         path: the ``.tflite`` file to write.
     """
-    from nodes.inference.models._tflite_writer import TFLiteWriter
+    from model_builder.tflite_writer import TFLiteWriter
 
     pixels = IMAGE_SIZE * IMAGE_SIZE
     w = TFLiteWriter()
@@ -307,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     from nodes.inference.models.store import default_models_dir
 
     parser = argparse.ArgumentParser(
-        prog="python -m nodes.inference.models.build_classifier", description=__doc__.split("\n")[0]
+        prog="python -m model_builder.build_classifier", description=__doc__.split("\n")[0]
     )
     parser.add_argument("dir", nargs="?", type=Path, help="output folder (default: models dir)")
     args = parser.parse_args(argv)
