@@ -107,6 +107,10 @@ def _version_row(p: Any) -> dict[str, Any]:
     from google.protobuf import json_format
 
     meta = json_format.MessageToDict(p.info.metadata)
+    # A Struct holds numbers as floats: tensor shapes back to ints.
+    for key in ("inputs", "outputs"):
+        for tensor in meta.get(key, []):
+            tensor["shape"] = [int(d) for d in tensor.get("shape", [])]
     return {
         "id": p.id,
         "organization_id": p.info.organization_id,

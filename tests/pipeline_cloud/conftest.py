@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import selectors
 import signal
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,30 +66,37 @@ class CloudServer:
             cmd += ["--database", self.database]
         if not self.tls:
             cmd.append("--insecure")
-        self.proc = subprocess.Popen(
+        proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        assert self.proc.stdout is not None
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not sel.select(timeout=deadline - time.monotonic()):
-                break
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            self.output.append(line)
-            if line.startswith("serving on "):
-                self.port = int(line.split()[2].rsplit(":", 1)[1])
-                os.set_blocking(self.proc.stdout.fileno(), False)
-                return
-        self.kill()
-        raise RuntimeError("cloud server did not start:\n" + "".join(self.output))
+        self.proc = proc
+        ready = threading.Event()
+
+        def read() -> None:  # drain the pipe for the server's whole life
+            assert proc.stdout is not None
+            with proc.stdout:
+                for line in proc.stdout:
+                    self.output.append(line)
+                    if line.startswith("serving on "):
+                        self.port = int(line.split()[2].rsplit(":", 1)[1])
+                        ready.set()
+            ready.set()
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+        if not ready.wait(timeout_s) or proc.poll() is not None:
+            self.kill()
+            raise RuntimeError("cloud server did not start:\n" + "".join(self.output))
+
+    def _reap(self) -> None:
+        if self.proc is not None:
+            self.proc.wait()
+            self._reader.join(10)
+        self.proc = None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -99,14 +105,12 @@ class CloudServer:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+        self._reap()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
-        self.proc = None
+        self._reap()
 
     def store(self):  # type: ignore[no-untyped-def]
         from pipeline_cloud.blobs import BlobStore
@@ -143,7 +147,7 @@ def sqlite_cloud() -> Iterator[CloudServer]:
 
 
 @pytest.fixture(scope="session")
-def postgres_cloud(postgres: PostgresServer) -> Iterator[CloudServer]:
+def postgresql_cloud(postgres: PostgresServer) -> Iterator[CloudServer]:
     with running_cloud(postgres.new_database()) as server:
         yield server
 
