@@ -264,9 +264,11 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     tensors = from_flat_tensors(reply.output_tensors)
     annotations = reply.annotations if reply.HasField("annotations") else None
     if args.json:
-        print(json.dumps(response_json(tensors, annotations, args.max_values), indent=2))
+        limit = -1 if args.max_values is None else args.max_values
+        print(json.dumps(response_json(tensors, annotations, limit), indent=2))
     else:
-        print(format_response(tensors, annotations, args.max_values))
+        limit = 64 if args.max_values is None else args.max_values
+        print(format_response(tensors, annotations, limit))
     return 0
 
 
@@ -286,9 +288,8 @@ def register_infer(subparsers: Subparsers) -> None:
     p.add_argument(
         "--max-values",
         type=int,
-        default=64,
         metavar="N",
-        help="values printed per tensor before `, ...` (default 64)",
+        help="values printed per tensor before `, ...` (default 64; with --json all)",
     )
     p.add_argument("--json", action="store_true", help="print JSON for machines")
     add_client_options(p)

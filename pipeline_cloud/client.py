@@ -15,6 +15,8 @@ Where credentials come from (first found wins): arguments, the environment
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -135,10 +137,30 @@ class CloudClient:
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
-        self.close()
+        await self.aclose()
 
     def close(self) -> None:
+        """Close the connection without waiting (see :meth:`aclose`)."""
         self.channel.close()
+
+    async def aclose(self, timeout_s: float = 2.0) -> None:
+        """Close the connection and wait until its socket is closed (a TLS connection needs
+        the event loop for its shutdown; leaving early leaks the socket)."""
+        protocol: Any = getattr(self.channel, "_protocol", None)
+        if protocol is None:
+            self.channel.close()
+            return
+        lost = asyncio.Event()
+        original = protocol.connection_lost
+
+        def connection_lost(exc: BaseException | None) -> None:
+            original(exc)
+            lost.set()
+
+        protocol.connection_lost = connection_lost
+        self.channel.close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(lost.wait(), timeout_s)
 
     async def authenticate(self) -> None:
         from viam.gen.proto.rpc.v1 import auth_grpc, auth_pb2

@@ -178,11 +178,11 @@ class MLInferenceService(ml_inference_grpc.MLInferenceServiceBase):
         binary_id = request.binary_data_id or request.binary_id.file_id
         if not binary_id:
             raise InvalidArgument("say which image to run on: binary_data_id")
+        (image,) = await run_blocking(self.cloud.store.by_ids, org, [binary_id])
         item_org, name = split_item_id(request.registry_item_id)
         rec = await run_blocking(
             self.cloud.registry.resolve, org, item_org, name, request.registry_item_version
         )
-        (image,) = await run_blocking(self.cloud.store.by_ids, org, [binary_id])
         result = await self.cloud.pool.run(
             Job(
                 version_id=rec.id,

@@ -209,7 +209,7 @@ class UploaderSink(Node):
                         "node %r: upload failed (%s: %s); retrying in %.2f s",
                         self.id, type(exc).__name__, exc, backoff,
                     )  # fmt: skip
-                    client.close()
+                    await client.aclose(0.5)
                     client = CloudClient(self._creds, timeout_s=15.0)
                     await asyncio.to_thread(self._stop.wait, backoff * random.uniform(0.8, 1.2))
                     continue
@@ -218,7 +218,7 @@ class UploaderSink(Node):
                     self.count("backlog", -1)
                 self.count("uploaded")
         finally:
-            client.close()
+            await client.aclose(0.5)
 
     async def _upload(self, client: Any, record: Record) -> None:
         from google.protobuf.timestamp_pb2 import Timestamp
