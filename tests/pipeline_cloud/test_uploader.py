@@ -192,8 +192,7 @@ def test_server_stopped_for_10_seconds_loses_and_doubles_nothing(tmp_path):
         keys = server_keys(server, org_id)
         assert len(keys) == len(set(keys)) == 120
         stats = json.loads((tmp_path / "stats.json").read_text())
-        upload = next(n for n in stats["nodes"] if n["node_id"] == "upload") if "nodes" in stats else stats["upload"]
-        counters = upload["counters"]
+        counters = stats["nodes"]["upload"]["counters"]
         assert counters["uploaded"] == counters["spooled"] == 120
         assert counters["retried"] > 0
         assert counters["backlog"] == 0
