@@ -46,8 +46,8 @@ class Cloud:
         sessions = open_database(data_dir, database)
         blobs = BlobStore(data_dir / "blobs")
         self.store = Store(sessions, blobs)
-        self.registry = Registry(sessions, blobs)
         self.pool = InferencePool(workers)
+        self.registry = Registry(sessions, blobs, inspector=self.pool.inspect)
         self._key_orgs: dict[str, tuple[str | None, float]] = {}
 
     async def verify_key(self, key_id: str, key: str) -> bool:

@@ -139,6 +139,17 @@ class InferencePool:
             self._pool = self._new_pool()
             raise ModelFailed("the inference worker died running this model") from exc
 
+    def inspect(self, path: Path, file_name: str) -> Any:
+        """``registry.inspect_model`` in a worker (blocking; call it from a thread)."""
+        from pipeline_cloud.registry import inspect_model
+
+        try:
+            return self._pool.submit(inspect_model, path, file_name).result()
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+            raise InvalidArgument(f"{file_name}: loading the model crashed its worker") from exc
+
     def warm_up(self) -> None:
         """Start every worker now rather than on the first requests."""
         list(self._pool.map(_noop, range(self.workers)))

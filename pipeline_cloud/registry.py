@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 import uuid
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -231,9 +231,17 @@ def params_from_catalog(name: str) -> dict[str, Any]:
 class Registry:
     """Model rows and files: create versions, list, share, resolve with access checks."""
 
-    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        blobs: BlobStore,
+        inspector: Callable[[Path, str], ModelFileInfo] | None = None,
+    ) -> None:
         self.sessions = sessions
         self.blobs = blobs
+        # The server checks models in its worker pool, so TensorFlow is never loaded into
+        # the server process itself.
+        self.inspector = inspector or inspect_model
 
     def create_version(
         self,
@@ -263,7 +271,7 @@ class Registry:
         with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
             tmp.write(data)
             tmp.flush()
-            info = inspect_model(Path(tmp.name), file_name)
+            info = self.inspector(Path(tmp.name), file_name)
         params: dict[str, Any] = params_from_catalog(info.catalog) if info.catalog else {}
         params.update(run_params or {})
         if labels:
