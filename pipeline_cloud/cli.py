@@ -23,23 +23,26 @@ import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from grpclib import GRPCError
 
 from pipeline_cloud.errors import CloudError
 
 __all__ = [
+    "Subparsers",
     "add_client_options",
     "register_cloud",
     "register_data",
     "register_infer",
     "register_registry",
     "run_client",
+    "usage",
 ]
 
 T = TypeVar("T")
-Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def fail(message: str) -> int:
@@ -182,7 +185,7 @@ def _cmd_login(args: argparse.Namespace) -> int:
     return 0
 
 
-def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+def usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     def show(_: argparse.Namespace) -> int:
         parser.print_help(sys.stderr)
         return 2
@@ -193,7 +196,7 @@ def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], in
 def register_cloud(subparsers: Subparsers) -> None:
     """``pipeline cloud``: serve, org, key, login."""
     cloud = subparsers.add_parser("cloud", help="run the cloud server; organisations and keys")
-    cloud.set_defaults(func=_usage(cloud))
+    cloud.set_defaults(func=usage(cloud))
     sub = cloud.add_subparsers(dest="cloud_command", metavar="{serve,org,key,login}")
 
     p = sub.add_parser("serve", help="serve the data API, registry and inference (gRPC)")
@@ -213,7 +216,7 @@ def register_cloud(subparsers: Subparsers) -> None:
     p.set_defaults(func=_cmd_serve)
 
     org = sub.add_parser("org", help="organisations (on the server's data folder)")
-    org.set_defaults(func=_usage(org))
+    org.set_defaults(func=usage(org))
     osub = org.add_subparsers(dest="org_command", metavar="{create,ls}")
     p = osub.add_parser("create", help="create an organisation; prints its id")
     p.add_argument("name")
@@ -224,7 +227,7 @@ def register_cloud(subparsers: Subparsers) -> None:
     p.set_defaults(func=_cmd_org_ls)
 
     key = sub.add_parser("key", help="API keys (on the server's data folder)")
-    key.set_defaults(func=_usage(key))
+    key.set_defaults(func=usage(key))
     ksub = key.add_subparsers(dest="key_command", metavar="{create}")
     p = ksub.add_parser("create", help="create an API key; prints the key id and key")
     p.add_argument("--org", required=True, help="organisation name or id")
@@ -242,9 +245,9 @@ def register_cloud(subparsers: Subparsers) -> None:
 
 @guarded
 def _cmd_infer(args: argparse.Namespace) -> int:
-    from pipeline.rpc.flat_tensors import from_flat_tensors
     from viam.gen.app.mlinference.v1 import ml_inference_grpc, ml_inference_pb2
 
+    from pipeline.rpc.flat_tensors import from_flat_tensors
     from pipeline_cloud.infer_format import format_response, response_json
 
     request = ml_inference_pb2.GetInferenceRequest(

@@ -19,9 +19,12 @@ import json
 import mimetypes
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline_cloud.cli import Subparsers, add_client_options, fail, guarded, run_client
+from pipeline_cloud.cli import add_client_options, fail, guarded, run_client, usage
+
+if TYPE_CHECKING:
+    from pipeline_cloud.cli import Subparsers
 
 __all__ = ["check_org", "register"]
 
@@ -258,7 +261,7 @@ def _add_filter(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Subparsers) -> None:
     data = subparsers.add_parser("data", help="upload, list, export uploaded data (cloud)")
-    data.set_defaults(func=lambda _a: (data.print_help(), 2)[1])
+    data.set_defaults(func=usage(data))
     sub = data.add_subparsers(dest="data_command", metavar="{upload,ls,export,rm}")
 
     p = sub.add_parser("upload", help="upload files; prints each one's binary data id")

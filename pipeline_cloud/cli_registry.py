@@ -21,10 +21,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline_cloud.cli import Subparsers, add_client_options, fail, guarded, run_client
+from pipeline_cloud.cli import add_client_options, fail, guarded, run_client, usage
 from pipeline_cloud.cli_data import check_org
+
+if TYPE_CHECKING:
+    from pipeline_cloud.cli import Subparsers
 
 __all__ = ["parse_model_ref", "register"]
 
@@ -55,9 +58,10 @@ def _cmd_upload(args: argparse.Namespace) -> int:
         from nodes.inference.backends.base import read_labels
 
         labels = list(read_labels(Path(args.labels)))
-    run_params: dict[str, Any] = json.loads(args.params) if args.params else {}
-    if not isinstance(run_params, dict):
+    parsed: object = json.loads(args.params) if args.params else {}
+    if not isinstance(parsed, dict):
         return fail("--params must be a JSON object of detector/classifier node params")
+    run_params: dict[str, Any] = dict(parsed)
     if args.decoder:
         run_params["decoder"] = args.decoder
     data = path.read_bytes()
@@ -140,11 +144,12 @@ async def list_versions(
 
     stub = packages_grpc.PackageServiceStub(client.channel)
     request = packages_pb2.ListPackagesRequest(
-        organization_id=org,
-        type=packages_pb2.PACKAGE_TYPE_ML_MODEL,
-        **({"name": name} if name else {}),
-        **({"version": version} if version else {}),
+        organization_id=org, type=packages_pb2.PACKAGE_TYPE_ML_MODEL
     )
+    if name:
+        request.name = name
+    if version:
+        request.version = version
     reply = await client.call(
         lambda md: stub.ListPackages(request, timeout=client.timeout_s, metadata=md)
     )
@@ -219,7 +224,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def register(subparsers: Subparsers) -> None:
     reg = subparsers.add_parser("registry", help="the cloud's model registry")
-    reg.set_defaults(func=lambda _a: (reg.print_help(), 2)[1])
+    reg.set_defaults(func=usage(reg))
     sub = reg.add_subparsers(
         dest="registry_command", metavar="{upload,ls,share,visibility,download,convert}"
     )

@@ -12,15 +12,15 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from grpclib import GRPCError, Status
 from grpclib.server import Stream
-from pipeline.rpc.auth import subject_of
 from sqlalchemy import select
 
+from pipeline.rpc.auth import subject_of
 from pipeline_cloud.blobs import BlobStore
 from pipeline_cloud.db import ApiKey, open_database
 from pipeline_cloud.errors import CloudError, Unauthenticated
@@ -83,8 +83,8 @@ async def run_blocking(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) 
 
 
 def handled(
-    method: Callable[[Any, Stream[Any, Any]], Awaitable[None]],
-) -> Callable[[Any, Stream[Any, Any]], Awaitable[None]]:
+    method: Callable[[Any, Stream[Any, Any]], Coroutine[Any, Any, None]],
+) -> Callable[[Any, Stream[Any, Any]], Coroutine[Any, Any, None]]:
     """Map CloudError to its gRPC status; log anything else and answer INTERNAL."""
 
     @functools.wraps(method)

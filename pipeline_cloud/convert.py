@@ -49,7 +49,7 @@ def convert_saved_model(source: Path, to: str, output: Path | None = None) -> Pa
         folder = _folder(source, Path(tmp))
         if to == "onnx":
             try:
-                import tf2onnx  # noqa: F401
+                import tf2onnx  # type: ignore[import-untyped]  # noqa: F401
             except ImportError as exc:
                 raise ImportError(
                     "converting to ONNX needs tf2onnx: pip install "

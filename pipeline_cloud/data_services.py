@@ -57,7 +57,7 @@ def _idempotency_key(stream: Stream[Any, Any], md: data_sync_pb2.UploadMetadata)
     if value is not None:
         text = wrappers_pb2.StringValue()
         if value.Unpack(text) and text.value:
-            return text.value[:200]
+            return str(text.value)[:200]
     return None
 
 

@@ -23,11 +23,11 @@ from google.protobuf import json_format, struct_pb2, wrappers_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpclib.const import Cardinality, Handler
 from grpclib.server import Stream
-from pipeline.rpc.flat_tensors import to_flat_tensors
 from viam.gen.app.data.v1 import data_pb2
 from viam.gen.app.mlinference.v1 import ml_inference_grpc, ml_inference_pb2
 from viam.gen.app.packages.v1 import packages_grpc, packages_pb2
 
+from pipeline.rpc.flat_tensors import to_flat_tensors
 from pipeline_cloud.context import Cloud, handled, run_blocking
 from pipeline_cloud.errors import InvalidArgument
 from pipeline_cloud.inference import Job
@@ -238,7 +238,8 @@ class RegistryAdmin:
     async def _args(self, stream: Stream[Any, Any]) -> dict[str, Any]:
         request = await stream.recv_message()
         assert request is not None
-        return json_format.MessageToDict(request)
+        args: dict[str, Any] = json_format.MessageToDict(request)
+        return args
 
     @handled
     async def WhoAmI(self, stream: Stream[Any, Any]) -> None:

@@ -50,10 +50,10 @@ class Runner:
             self._cleanup.cleanup()
 
 
-def _recording(base: type) -> type:
+def _recording(base: type[Any]) -> type[Any]:
     """``base`` (Detector or Classifier) that keeps its last ``run()`` as ``last_run``."""
 
-    class Recording(base):  # type: ignore[valid-type,misc]
+    class Recording(base):  # type: ignore[misc]
         last_run: Any = None
 
         def run(self, image: np.ndarray, transforms: Sequence[Mapping[str, Any]] = ()) -> Any:
@@ -74,7 +74,7 @@ def load_runner(
 
     params = dict(run_params)
     params.setdefault("num_threads", 1)
-    cleanup: tempfile.TemporaryDirectory[str] | None = None
+    params_cls: type[Any]
     if model_type == "classification":
         cls, params_cls, kind = _recording(vision.Classifier), ClassifierParams, "classification"
         params.pop("decoder", None)
@@ -82,24 +82,24 @@ def load_runner(
     else:
         cls, params_cls, kind = _recording(vision.Detector), DetectorParams, "detection"
         params.pop("activation", None)
-    if framework == "tensorflow":
-        from pipeline_cloud.registry import extract_saved_model
-        from pipeline_cloud.tf_backend import TensorFlowModel
+    if framework != "tensorflow":
+        params["backend"] = "onnxruntime" if framework == "onnx" else "tflite"
+        return Runner(cls(params_cls(model=str(path), **params)), kind, None)
 
-        cleanup = tempfile.TemporaryDirectory(prefix="saved_model-")
-        folder = extract_saved_model(path, Path(cleanup.name))
-        params.pop("num_threads", None)
-        model = TensorFlowModel.load(folder, labels=params.get("labels"))
-        # The vision objects load their model with nodes.inference.service.load_model, which
-        # knows ONNX and TFLite; hand them the TensorFlow model instead (this process runs
-        # one job at a time, so swapping the loader for the construction is safe).
-        original = vision.load_model
-        vision.load_model = lambda *_a, **_k: model  # type: ignore[assignment]
-        try:
-            obj = cls(params_cls(model=str(folder), **params))
-        finally:
-            vision.load_model = original  # type: ignore[assignment]
-    else:
-        backend = "onnxruntime" if framework == "onnx" else "tflite"
-        obj = cls(params_cls(model=str(path), backend=backend, **params))
+    from pipeline_cloud.registry import extract_saved_model
+    from pipeline_cloud.tf_backend import TensorFlowModel
+
+    cleanup = tempfile.TemporaryDirectory(prefix="saved_model-")
+    folder = extract_saved_model(path, Path(cleanup.name))
+    params.pop("num_threads", None)
+    model = TensorFlowModel.load(folder, labels=params.get("labels"))
+    # The vision objects load their model with nodes.inference.service.load_model, which
+    # knows ONNX and TFLite; hand them the TensorFlow model instead (a worker runs one job at
+    # a time, so swapping the loader for the construction is safe).
+    original = vision.__dict__["load_model"]
+    setattr(vision, "load_model", lambda *_a, **_k: model)  # noqa: B010
+    try:
+        obj = cls(params_cls(model=str(folder), **params))
+    finally:
+        setattr(vision, "load_model", original)  # noqa: B010
     return Runner(obj, kind, cleanup)

@@ -257,7 +257,12 @@ class Store:
             return self._records(s, [rows[i] for i in ids])
 
     def by_filter(
-        self, org_id: str, flt: BinaryFilter, limit: int = 50, last: str = "", newest_first=False
+        self,
+        org_id: str,
+        flt: BinaryFilter,
+        limit: int = 50,
+        last: str = "",
+        newest_first: bool = False,
     ) -> tuple[list[BinaryRecord], int, str]:
         """A page of matching items, the total count, and the token of the next page."""
         with self.sessions() as s:

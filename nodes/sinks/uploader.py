@@ -22,9 +22,9 @@ from typing import Any
 
 from pydantic import Field
 
+from nodes.colors import frame_color, to_bgr
 from nodes.dependencies import import_cv2
 from nodes.sinks.spool import Record, Spool
-from nodes.transforms.color import frame_color, to_bgr
 from pipeline import Detections, Frame, Input, Node, NodeParams
 
 __all__ = ["UploaderSink", "should_take"]
@@ -129,7 +129,9 @@ class UploaderSink(Node):
         self._stop = threading.Event()
         self._wake = threading.Event()
         self.count("backlog", self.spool.backlog)
-        self._sender = threading.Thread(target=self._send_loop, name=f"{self.id}-upload", daemon=True)
+        self._sender = threading.Thread(
+            target=self._send_loop, name=f"{self.id}-upload", daemon=True
+        )
         self._sender.start()
 
     def process(self, frames: Frame, detections: Detections | None = None) -> None:
@@ -157,7 +159,9 @@ class UploaderSink(Node):
         if detections is not None:
             header["boxes"] = [
                 [str(n), *(float(v) for v in xyxy), float(c)]
-                for n, xyxy, c in zip(detections.class_names, detections.xyxy, detections.confidence)
+                for n, xyxy, c in zip(
+                    detections.class_names, detections.xyxy, detections.confidence
+                )
             ]
         _, dropped = self.spool.put(header, jpeg.tobytes())
         self.count("spooled")
@@ -231,9 +235,13 @@ class UploaderSink(Node):
         taken.FromNanoseconds(int(float(h["time"]) * 1e9))
         boxes = [
             data_pb2.BoundingBox(
-                label=label, x_min_normalized=x0, y_min_normalized=y0,
-                x_max_normalized=x1, y_max_normalized=y1, confidence=conf,
-            )  # fmt: skip
+                label=label,
+                x_min_normalized=x0,
+                y_min_normalized=y0,
+                x_max_normalized=x1,
+                y_max_normalized=y1,
+                confidence=conf,
+            )
             for label, x0, y0, x1, y1, conf in h["boxes"]
         ]
         request = data_sync_pb2.DataCaptureUploadRequest(

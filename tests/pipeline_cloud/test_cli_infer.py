@@ -138,7 +138,9 @@ def test_infer_errors_are_one_line_and_exit_1(capsys, as_org, catalog_model, ast
     assert "has no version '9'; versions: 1" in err
 
 
-def test_sharing_lets_another_organisation_run_a_model(capsys, as_org, sqlite_cloud, catalog_model, astronaut):
+def test_sharing_lets_another_organisation_run_a_model(
+    capsys, as_org, sqlite_cloud, catalog_model, astronaut
+):
     owner_id, owner = as_org("owner")
     version, _ = _upload_model_and_image(capsys, owner, catalog_model, astronaut)
     other_id, other = as_org("other")
@@ -210,7 +212,10 @@ def test_data_ls_and_export(capsys, as_org, astronaut, tmp_path):
     assert rows[0]["mime_type"] == "image/jpeg"
     code, out, _ = run(capsys, "data", "export", "--org", name, str(tmp_path / "export"))
     assert code == 0
-    index = [json.loads(line) for line in (tmp_path / "export" / "metadata.jsonl").read_text().splitlines()]
+    index = [
+        json.loads(line)
+        for line in (tmp_path / "export" / "metadata.jsonl").read_text().splitlines()
+    ]
     assert [r["binary_data_id"] for r in index] == ids
     assert (tmp_path / "export" / index[0]["path"]).read_bytes() == astronaut.read_bytes()
     code, _, err = run(capsys, "data", "ls", "--org", "somebody-else")

@@ -63,7 +63,11 @@ def test_data_client_uploads_queries_tags_boxes_and_deletes(cloud):
             assert png.binary == b""
             assert (png.metadata.file_name, png.metadata.file_ext) == ("snap", ".png")
 
-            by_tag = Filter(tags_filter=TagsFilter(type=TagsFilterType.TAGS_FILTER_TYPE_MATCH_BY_OR, tags=["yard"]))
+            by_tag = Filter(
+                tags_filter=TagsFilter(
+                    type=TagsFilterType.TAGS_FILTER_TYPE_MATCH_BY_OR, tags=["yard"]
+                )
+            )
             found, count, _ = await data.binary_data_by_filter(by_tag, include_binary_data=False)
             assert [d.metadata.binary_data_id for d in found] == [second]
             assert count == 1
@@ -73,18 +77,27 @@ def test_data_client_uploads_queries_tags_boxes_and_deletes(cloud):
             by_component = Filter(component_name="back")
             found, _, _ = await data.binary_data_by_filter(by_component)
             assert [d.binary for d in found] == [b"\x89PNG-2"]
-            interval = Filter(interval=CaptureInterval(start=_ts(t0), end=_ts(t0 + dt.timedelta(minutes=1))))
+            interval = Filter(
+                interval=CaptureInterval(start=_ts(t0), end=_ts(t0 + dt.timedelta(minutes=1)))
+            )
             found, _, _ = await data.binary_data_by_filter(interval, include_binary_data=False)
             assert [d.metadata.binary_data_id for d in found] == [first]
             page, count, last = await data.binary_data_by_filter(limit=1, include_binary_data=False)
             assert count == 2
-            page2, _, _ = await data.binary_data_by_filter(limit=1, last=last, include_binary_data=False)
-            assert [page[0].metadata.binary_data_id, page2[0].metadata.binary_data_id] == [first, second]
+            page2, _, _ = await data.binary_data_by_filter(
+                limit=1, last=last, include_binary_data=False
+            )
+            assert [page[0].metadata.binary_data_id, page2[0].metadata.binary_data_id] == [
+                first,
+                second,
+            ]
 
             await data.add_tags_to_binary_data_by_ids(["reviewed"], [first, second])
             assert sorted(await data.tags_by_filter()) == ["door", "reviewed", "yard"]
             assert await data.remove_tags_from_binary_data_by_ids(["reviewed"], [second]) == 1
-            bbox = await data.add_bounding_box_to_image_by_id(first, "person", 0.1, 0.2, 0.5, 0.9, 0.8)
+            bbox = await data.add_bounding_box_to_image_by_id(
+                first, "person", 0.1, 0.2, 0.5, 0.9, 0.8
+            )
             (item,) = await data.binary_data_by_ids([first], include_binary_data=False)
             (box,) = item.metadata.annotations.bboxes
             assert (box.id, box.label, round(box.confidence, 3)) == (bbox, "person", 0.8)
@@ -113,13 +126,15 @@ def _ts(when: dt.datetime) -> Any:
 
 def test_a_key_sees_only_its_own_organisation(cloud):
     org_a, _, key_id_a, key_a = cloud.org_with_key("a")
-    org_b, _, key_id_b, key_b = cloud.org_with_key("b")
+    _org_b, _, key_id_b, key_b = cloud.org_with_key("b")
 
     async def body() -> None:
         a = await _connect(cloud, key_id_a, key_a)
         b = await _connect(cloud, key_id_b, key_b)
         try:
-            mine = await a.data_client.file_upload(part_id="p", data=b"secret-a", file_extension=".bin")
+            mine = await a.data_client.file_upload(
+                part_id="p", data=b"secret-a", file_extension=".bin"
+            )
             with pytest.raises(GRPCError) as err:
                 await b.data_client.binary_data_by_ids([mine])
             assert err.value.status == Status.NOT_FOUND

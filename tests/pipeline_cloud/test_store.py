@@ -138,7 +138,7 @@ def test_tags_and_boxes_add_remove(stores):
     (rec,) = store.by_ids(org.id, [item])
     assert [(b.id, b.label, b.confidence) for b in rec.boxes] == [(box_id, "face", 0.9)]
     assert store.bbox_labels(org.id, BinaryFilter()) == ["face"]
-    with pytest.raises(InvalidArgument, match="0..1"):
+    with pytest.raises(InvalidArgument, match=r"0\.\.1"):
         store.add_box(org.id, item, BoxRecord("", "face", 0.1, 0.2, 1.3, 0.4))
     store.remove_box(org.id, item, box_id)
     assert store.by_ids(org.id, [item])[0].boxes == ()

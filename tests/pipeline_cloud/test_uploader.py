@@ -78,8 +78,9 @@ def test_uploader_sends_taken_frames_with_their_detections(sqlite_cloud, tmp_pat
     detections = [_faces(i, 0.9 if i % 2 else 0.2) for i in range(6)]
     run = run_node(
         UploaderSink,
-        params=_params(sqlite_cloud, key_id, key, tmp_path / "spool", min_confidence=0.5,
-                       tags=["edge"]),  # fmt: skip
+        params=_params(
+            sqlite_cloud, key_id, key, tmp_path / "spool", min_confidence=0.5, tags=["edge"]
+        ),
         inputs={"frames": frames, "detections": detections},
     )
     counters = run.stats.counters

@@ -96,7 +96,11 @@ def test_spool_removes_half_written_records_and_refuses_a_second_writer(tmp_path
     assert spool.backlog == 0
     assert not list(tmp_path.glob("*.tmp"))
     other = subprocess.run(
-        [sys.executable, "-c", f"from nodes.sinks.spool import Spool; Spool(__import__('pathlib').Path({str(tmp_path)!r}), 100)"],
+        [
+            sys.executable,
+            "-c",
+            f"from nodes.sinks.spool import Spool; Spool(__import__('pathlib').Path({str(tmp_path)!r}), 100)",
+        ],
         capture_output=True,
         text=True,
         check=False,
