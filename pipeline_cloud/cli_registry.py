@@ -107,6 +107,17 @@ def _cmd_upload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ints(value: Any) -> Any:
+    """Integral floats back to ints (a Struct keeps every number as a double)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    return value
+
+
 def _version_row(p: Any) -> dict[str, Any]:
     from google.protobuf import json_format
 
@@ -130,7 +141,7 @@ def _version_row(p: Any) -> dict[str, Any]:
         "inputs": meta.get("inputs", []),
         "outputs": meta.get("outputs", []),
         "shared_with": meta.get("shared_with", []),
-        "run_params": meta.get("run_params", {}),
+        "run_params": _ints(meta.get("run_params", {})),
         "sha256": p.checksum,
         "created": p.created_on.ToDatetime().isoformat() + "Z",
     }
