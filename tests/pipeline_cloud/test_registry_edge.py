@@ -59,6 +59,6 @@ def test_detector_node_runs_a_registry_model(
     (dets,) = run.sent["detections"]
     assert list(dets.class_names) == ["face"]
     np.testing.assert_allclose(dets.xyxy, expected.xyxy, atol=1e-6)
+    monkeypatch.setenv("PIPELINE_CLOUD_ADDRESS", sqlite_cloud.address)
     with pytest.raises(LookupError, match="not found"):
-        monkeypatch.setenv("PIPELINE_CLOUD_ADDRESS", sqlite_cloud.address)
         load_detector(f"{org}:nothing")
