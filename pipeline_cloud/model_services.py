@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -164,10 +165,30 @@ class PackageService(packages_grpc.UnimplementedPackageServiceBase):
 
 
 class MLInferenceService(ml_inference_grpc.MLInferenceServiceBase):
-    """``GetInference``: a registry model on a stored image, in the worker pool."""
+    """``GetInference``: a registry model on a stored image, in the worker pool.
+
+    Which version a request means is looked up once and kept for ``RESOLVE_CACHE_S``: versions
+    never change once uploaded, so the cache only delays a new "newest version", a revoked
+    share or a deletion by that long.
+    """
+
+    RESOLVE_CACHE_S = 2.0
 
     def __init__(self, cloud: Cloud) -> None:
         self.cloud = cloud
+        self._resolved: dict[tuple[str, str, str, str], tuple[VersionRecord, float]] = {}
+
+    async def _resolve(self, org: str, item_org: str, name: str, version: str) -> VersionRecord:
+        key = (org, item_org, name, version)
+        hit = self._resolved.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        rec = await run_blocking(self.cloud.registry.resolve, org, item_org, name, version)
+        if len(self._resolved) > 10_000:
+            self._resolved.clear()
+        self._resolved[key] = (rec, now + self.RESOLVE_CACHE_S)
+        return rec
 
     @handled
     async def GetInference(self, stream: Stream[Any, Any]) -> None:
@@ -178,11 +199,9 @@ class MLInferenceService(ml_inference_grpc.MLInferenceServiceBase):
         binary_id = request.binary_data_id or request.binary_id.file_id
         if not binary_id:
             raise InvalidArgument("say which image to run on: binary_data_id")
-        (image,) = await run_blocking(self.cloud.store.by_ids, org, [binary_id])
+        image_path = await run_blocking(self.cloud.store.blob_path, org, binary_id)
         item_org, name = split_item_id(request.registry_item_id)
-        rec = await run_blocking(
-            self.cloud.registry.resolve, org, item_org, name, request.registry_item_version
-        )
+        rec = await self._resolve(org, item_org, name, request.registry_item_version)
         result = await self.cloud.pool.run(
             Job(
                 version_id=rec.id,
@@ -190,7 +209,7 @@ class MLInferenceService(ml_inference_grpc.MLInferenceServiceBase):
                 framework=rec.framework,
                 model_path=str(rec.path),
                 run_params=rec.run_params,
-                image_path=str(image.blob_path),
+                image_path=str(image_path),
                 binary_data_id=binary_id,
             )
         )

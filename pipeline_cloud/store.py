@@ -256,6 +256,18 @@ class Store:
                 raise NotFound(f"no binary data with id {missing[0]!r} in this organisation")
             return self._records(s, [rows[i] for i in ids])
 
+    def blob_path(self, org_id: str, binary_id: str) -> Path:
+        """Where item ``binary_id`` of this organisation keeps its bytes (one query)."""
+        with self.sessions() as s:
+            key = s.scalar(
+                select(BinaryItem.blob_key).where(
+                    BinaryItem.org_id == org_id, BinaryItem.id == binary_id
+                )
+            )
+        if key is None:
+            raise NotFound(f"no binary data with id {binary_id!r} in this organisation")
+        return self.blobs.path(key)
+
     def by_filter(
         self,
         org_id: str,
