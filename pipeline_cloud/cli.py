@@ -165,6 +165,11 @@ def _cmd_key_create(args: argparse.Namespace) -> int:
     print(f"key id: {key_id}")
     print(f"key:    {key}")
     print("keep the key secret: only a hash is stored, it cannot be shown again", file=sys.stderr)
+    if args.login:
+        from pipeline_cloud.client import Credentials, save_credentials
+
+        path = save_credentials(Credentials(args.login, key_id, key))
+        print(f"later commands use this key on {args.login} (saved in {path})")
     return 0
 
 
@@ -232,6 +237,11 @@ def register_cloud(subparsers: Subparsers) -> None:
     p = ksub.add_parser("create", help="create an API key; prints the key id and key")
     p.add_argument("--org", required=True, help="organisation name or id")
     p.add_argument("--name", default="", help="a note on what the key is for")
+    p.add_argument(
+        "--login",
+        metavar="ADDRESS",
+        help="also save the key for this machine's commands, as `pipeline cloud login` does",
+    )
     _add_data_dir(p)
     p.set_defaults(func=_cmd_key_create)
 

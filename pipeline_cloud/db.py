@@ -239,11 +239,10 @@ def migrate(engine: Engine) -> None:
     """Bring the schema up to the newest Alembic revision."""
     import logging
 
-    from alembic import command
-    from alembic.config import Config
-
     # Alembic logs every plugin and step at INFO; a migration is worth a line only if it fails.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    from alembic import command
+    from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
