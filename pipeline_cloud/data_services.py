@@ -2,7 +2,8 @@
 
 Served as Viam's ``DataClient`` sends them: ``DataCaptureUpload`` (binary sensor data, one
 item per request), client-streamed ``FileUpload`` and ``StreamingDataCaptureUpload``, and the
-binary-data calls of ``DataService`` (by ids, by filter, delete, tags, bounding boxes). The
+binary-data calls of ``DataService`` (by ids, by filter, delete, tags by ids and by filter,
+bounding boxes: add, update, remove, labels). The
 organisation is always the caller's key's; a filter naming another organisation is
 PERMISSION_DENIED and another organisation's ids are NOT_FOUND. Tabular data, datasets, data
 pipelines and the rest of ``DataService`` answer UNIMPLEMENTED.
@@ -339,6 +340,59 @@ class DataService(data_grpc.UnimplementedDataServiceBase):
         org = self.cloud.caller_org(stream)
         await run_blocking(self.cloud.store.add_tags, org, _ids(request), list(request.tags))
         await stream.send_message(data_pb2.AddTagsToBinaryDataByIDsResponse())
+
+    async def _all_ids(self, org: str, flt: BinaryFilter) -> list[str]:
+        ids: list[str] = []
+        last = ""
+        while True:
+            page, _, last = await run_blocking(self.cloud.store.by_filter, org, flt, 1000, last)
+            ids.extend(r.id for r in page)
+            if not page:
+                return ids
+
+    @handled
+    async def AddTagsToBinaryDataByFilter(self, stream: Stream[Any, Any]) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        org = self.cloud.caller_org(stream)
+        ids = await self._all_ids(org, self._filter(org, request.filter))
+        if ids:
+            await run_blocking(self.cloud.store.add_tags, org, ids, list(request.tags))
+        await stream.send_message(data_pb2.AddTagsToBinaryDataByFilterResponse())
+
+    @handled
+    async def RemoveTagsFromBinaryDataByFilter(self, stream: Stream[Any, Any]) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        org = self.cloud.caller_org(stream)
+        ids = await self._all_ids(org, self._filter(org, request.filter))
+        n = 0
+        if ids:
+            n = await run_blocking(self.cloud.store.remove_tags, org, ids, list(request.tags))
+        await stream.send_message(
+            data_pb2.RemoveTagsFromBinaryDataByFilterResponse(deleted_count=n)
+        )
+
+    @handled
+    async def UpdateBoundingBox(self, stream: Stream[Any, Any]) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        org = self.cloud.caller_org(stream)
+        binary_id = request.binary_data_id or request.binary_id.file_id
+        changes = {
+            name: getattr(request, field)
+            for name, field in (
+                ("label", "label"),
+                ("x_min", "x_min_normalized"),
+                ("y_min", "y_min_normalized"),
+                ("x_max", "x_max_normalized"),
+                ("y_max", "y_max_normalized"),
+                ("confidence", "confidence"),
+            )
+            if request.HasField(field)
+        }
+        await run_blocking(self.cloud.store.update_box, org, binary_id, request.bbox_id, changes)
+        await stream.send_message(data_pb2.UpdateBoundingBoxResponse())
 
     @handled
     async def RemoveTagsFromBinaryDataByIDs(self, stream: Stream[Any, Any]) -> None:

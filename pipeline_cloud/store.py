@@ -462,6 +462,25 @@ class Store:
             s.add(_box_row(seq, box))
         return box.id
 
+    def update_box(
+        self, org_id: str, binary_id: str, bbox_id: str, changes: dict[str, Any]
+    ) -> None:
+        """Change a box's label, corners or confidence (keys of :class:`BoxRecord`)."""
+        with self.sessions.begin() as s:
+            seq = self._seqs(s, org_id, [binary_id])[binary_id]
+            row = s.scalar(
+                select(BoundingBox).where(BoundingBox.binary_seq == seq, BoundingBox.id == bbox_id)
+            )
+            if row is None:
+                raise NotFound(f"image {binary_id!r} has no bounding box {bbox_id!r}")
+            box = BoxRecord(
+                row.id, row.label, row.x_min, row.y_min, row.x_max, row.y_max, row.confidence
+            )
+            box = dataclasses.replace(box, **changes)
+            _check_box(box)
+            for key, value in dataclasses.asdict(box).items():
+                setattr(row, key, value)
+
     def remove_box(self, org_id: str, binary_id: str, bbox_id: str) -> None:
         with self.sessions.begin() as s:
             seq = self._seqs(s, org_id, [binary_id])[binary_id]

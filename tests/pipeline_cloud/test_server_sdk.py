@@ -105,6 +105,16 @@ def test_data_client_uploads_queries_tags_boxes_and_deletes(cloud):
             with pytest.raises(GRPCError) as bad:
                 await data.add_bounding_box_to_image_by_id(first, "person", 0.1, 0.2, 1.5, 0.9)
             assert bad.value.status == Status.INVALID_ARGUMENT
+            await data.update_bounding_box(first, bbox, "face", 0.2, 0.2, 0.4, 0.4, 0.7)
+            (item,) = await data.binary_data_by_ids([first], include_binary_data=False)
+            (box,) = item.metadata.annotations.bboxes
+            assert (box.label, round(box.x_min_normalized, 3), round(box.confidence, 3)) == (
+                "face",
+                0.2,
+                0.7,
+            )
+            await data.add_tags_to_binary_data_by_filter(["all"], Filter(component_name="back"))
+            assert await data.remove_tags_from_binary_data_by_filter(["all"]) == 1
             await data.remove_bounding_box_from_image_by_id(bbox, first)
             assert await data.delete_binary_data_by_ids([first]) == 1
             with pytest.raises(GRPCError) as gone:
