@@ -57,7 +57,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, Protocol, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -69,7 +69,7 @@ from pipeline.params import NodeParams
 if TYPE_CHECKING:
     from pipeline.runtime.stats import NodeStats
 
-__all__ = ["EndOfStream", "Input", "Node", "Output", "OutputPort"]
+__all__ = ["EndOfStream", "Input", "Node", "Output", "OutputPort", "refuse_message"]
 
 M = TypeVar("M", bound=Message)
 
@@ -96,6 +96,18 @@ class _NodeServices(Protocol):
     def count(self, name: str, n: int = 1) -> None: ...
 
     def graph_statistics(self) -> dict[str, dict[str, Any]]: ...
+
+
+def refuse_message(port: str, expected: type[Message], message: object) -> NoReturn:
+    """Raise the error for a message that is not of its output port's declared type.
+
+    Every ``send()`` (the runtime's ports, ``run_node``'s) checks
+    ``isinstance(message, port.type)`` and calls this when it fails.
+    """
+    raise TypeError(
+        f"output {port!r} sends {expected.__name__}, got {type(message).__name__}: "
+        f"send a {expected.__name__} or declare the port as Output({type(message).__name__})"
+    )
 
 
 class Input(Generic[M]):
@@ -230,6 +242,16 @@ class Node:
         Subclasses take one keyword parameter per input port (none for a source).
         """
         raise NotImplementedError(f"{type(self).__name__}.process() is not implemented")
+
+    def frame_rate(self) -> float | None:
+        """A source's own rate in frames per second, asked once after ``open()``.
+
+        ``pace: realtime`` (the default pace of a source in a graph) holds ``process()`` to
+        it; None (the default) means the source has no rate of its own (a camera, which its
+        device paces) and is not held. A video file answers its frame rate. Raise here when
+        the rate is needed but unknown: the node then fails in ``open()``.
+        """
+        return None
 
     def flush(self) -> None:
         """Every input has ended; send anything still pending."""

@@ -4,15 +4,14 @@
 ``pipeline infer`` and the inference nodes): it finds the file, picks the backend from the
 suffix, and returns a ``Model`` whose ``infer()`` takes and returns ``{name: numpy array}``
 dicts. A name that is not an existing path is looked up in the model catalog
-(``nodes.inference.models.store``), imported only then, so loading files works without it.
+(``nodes.inference.models.store``).
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Literal, get_args
 
 from nodes.inference.backends.base import InvalidTensorError, Model, ModelMetadata, TensorInfo
 from nodes.inference.backends.onnxruntime import OnnxRuntimeModel
@@ -35,8 +34,6 @@ BACKEND_BY_SUFFIX: Mapping[str, Literal["onnxruntime", "tflite"]] = {
     ".tflite": "tflite",
 }
 """The backend ``backend="auto"`` picks for each model file suffix (compared in lower case)."""
-
-_STORE_MODULE = "nodes.inference.models.store"
 
 
 def load_model(
@@ -64,8 +61,8 @@ def load_model(
         The loaded model; close it (or use it as a context manager) to free the runtime.
 
     Raises:
-        FileNotFoundError: no such file, and no catalog to look the name up in.
-        LookupError: the catalog has no model of that name (``ModelNotFoundError``).
+        LookupError: no such file, and the catalog has no model of that name
+            (``ModelNotFoundError``, listing the known names).
         ValueError: an unknown backend or suffix, providers given for tflite, an unknown
             provider, or a ``num_threads`` below 1.
         MissingDependencyError: the backend's runtime package is not installed.
@@ -108,24 +105,14 @@ def _locate(path_or_name: str | Path, want_labels: bool) -> tuple[Path, Sequence
     path = Path(path_or_name).expanduser()
     if path.exists():
         return path, None
-    try:
-        store = importlib.import_module(_STORE_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not _STORE_MODULE.startswith(exc.name):
-            raise
-        raise FileNotFoundError(
-            f"model file not found: {path} (and no model catalog is installed to look up "
-            f"{str(path_or_name)!r} as a name)"
-        ) from exc
-    resolve_model = cast("Callable[[str | Path], Path]", store.resolve_model)
-    resolved = Path(resolve_model(path_or_name))
+    from nodes.inference.models.store import model_info, resolve_model
+
+    resolved = resolve_model(path_or_name)
     if not want_labels:
         return resolved, None
-    model_info = cast("Callable[[str], Mapping[str, Any]]", store.model_info)
     try:
         info = model_info(str(path_or_name))
     except LookupError:
         # Resolved as a path inside the models folder rather than as a catalog name.
         return resolved, None
-    catalog_labels = info.get("labels")
-    return resolved, catalog_labels or None
+    return resolved, info.get("labels") or None

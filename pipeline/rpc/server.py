@@ -24,7 +24,7 @@ import ipaddress
 import os
 import socket
 import ssl as ssl_module
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,14 @@ from grpclib.server import Server
 
 from pipeline.rpc.auth import AuthService, KeyVerifier, TokenIssuer, install_auth_check
 
-__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "Endpoint", "RpcServer", "is_loopback", "parse_endpoint"]
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "Endpoint",
+    "PreEncoded",
+    "RpcServer",
+    "is_loopback",
+    "parse_endpoint",
+]
 
 DEFAULT_MAX_MESSAGE_SIZE = 32 * 1024 * 1024
 
@@ -97,11 +104,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class _LimitedProtoCodec(ProtoCodec):
-    """Protobuf, refusing oversized and undecodable requests with a clear status."""
+@dataclass(frozen=True)
+class PreEncoded:
+    """A reply already in wire bytes: a handler sends it instead of the message object (for
+    replies whose protobuf encoding is slow, like large packed tensors)."""
 
-    def __init__(self, max_message_size: int) -> None:
+    data: bytes
+
+
+class _LimitedProtoCodec(ProtoCodec):
+    """Protobuf, refusing oversized and undecodable requests with a clear status; requests
+    of a type in ``raw_decoders`` are read by that function from their bytes instead."""
+
+    def __init__(
+        self, max_message_size: int, raw_decoders: Mapping[type, Callable[[bytes], Any]]
+    ) -> None:
         self.max_message_size = max_message_size
+        self.raw_decoders = dict(raw_decoders)
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        if isinstance(message, PreEncoded):
+            return message.data
+        return super().encode(message, message_type)
 
     def decode(self, data: bytes, message_type: Any) -> Any:
         if len(data) > self.max_message_size:
@@ -111,7 +135,12 @@ class _LimitedProtoCodec(ProtoCodec):
                 f"{self.max_message_size / 1e6:.1f} MB per message",
             )
         try:
+            raw = self.raw_decoders.get(message_type)
+            if raw is not None:
+                return raw(data)
             return super().decode(data, message_type)
+        except ValueError as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         except DecodeError as exc:
             raise GRPCError(
                 Status.INVALID_ARGUMENT,
@@ -129,6 +158,8 @@ class RpcServer:
             call needs a bearer token from it.
         issuer: the token issuer (a fresh random-secret one when omitted).
         max_message_size: the largest request message accepted, in bytes.
+        raw_decoders: request type -> a function reading its bytes (a fast path; it raises
+            ``ValueError`` for bad input, which becomes INVALID_ARGUMENT).
     """
 
     def __init__(
@@ -138,7 +169,9 @@ class RpcServer:
         api_keys: KeyVerifier | None = None,
         issuer: TokenIssuer | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        raw_decoders: Mapping[type, Callable[[bytes], Any]] | None = None,
     ) -> None:
+        self._raw_decoders = dict(raw_decoders or {})
         if max_message_size < 1:
             raise ValueError(f"max_message_size must be >= 1, got {max_message_size}")
         self.issuer = issuer if issuer is not None else TokenIssuer()
@@ -165,7 +198,9 @@ class RpcServer:
         return self._in_flight
 
     def _new_server(self, *, check_tokens: bool) -> Server:
-        server = Server(self._handlers, codec=_LimitedProtoCodec(self._max_message_size))
+        server = Server(
+            self._handlers, codec=_LimitedProtoCodec(self._max_message_size, self._raw_decoders)
+        )
 
         async def track(event: RecvRequest) -> None:
             if self._stopping:

@@ -6,6 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -133,3 +134,38 @@ class OpenFails(Node):
 
     def close(self) -> None:
         Path(self.params.marker).write_text("close was called")
+
+
+class SendsWrongType(Node):
+    """Declares a Frame output and sends Detections on it."""
+
+    frames = Input(Frame)
+    out = Output(Frame)
+
+    def process(self, frames: Frame) -> None:
+        self.out.send(Detections(seq=frames.seq))
+
+
+class CloseFails(Node):
+    """A sink whose close() raises after a clean run."""
+
+    frames = Input(Frame)
+
+    def process(self, frames: Frame) -> None:
+        pass
+
+    def close(self) -> None:
+        raise OSError("could not finalise the file")
+
+
+class SaysNonsense(Node):
+    """A sink that sends its supervisor a control message of a kind nobody knows."""
+
+    frames = Input(Frame)
+
+    def process(self, frames: Frame) -> None:
+        if frames.seq == 2:
+            import msgpack
+
+            worker: Any = self._services
+            worker.control.send(msgpack.packb({"t": "bogus"}))

@@ -204,12 +204,6 @@ class BlazeFaceDecoder:
         self.config = config or BlazeFaceConfig()
         self._anchors: dict[tuple[int, int], np.ndarray] = {}
 
-    @property
-    def keypoint_names(self) -> tuple[str, ...]:
-        """Names of the keypoints, for the face models (numbers otherwise)."""
-        k = self.config.num_keypoints
-        return BLAZEFACE_KEYPOINTS if k == 6 else tuple(str(i) for i in range(k))
-
     def anchors(self, input_wh: tuple[int, int]) -> np.ndarray:
         """``(N, 4)`` float32 anchors for an input of ``input_wh`` (cached)."""
         key = (int(input_wh[0]), int(input_wh[1]))

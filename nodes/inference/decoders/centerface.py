@@ -166,7 +166,6 @@ class CenterFaceDecoder:
     """
 
     kind = "centerface"
-    keypoint_names = CENTERFACE_KEYPOINTS
 
     def __init__(self, config: CenterFaceConfig | None = None) -> None:
         self.config = config or CenterFaceConfig()

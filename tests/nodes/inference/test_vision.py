@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pydantic
 import pytest
-from skimage import data
+from photos import ASTRONAUT_FACE as FACES
+from photos import bgr, iou, lfw_frames
 
 from nodes.inference import Classifier, Detector, load_classifier, load_detector
 from nodes.inference.classifier import ClassifierNode
@@ -16,25 +17,12 @@ from nodes.inference.models.store import default_models_dir
 from pipeline import Frame
 from pipeline.testing import run_node
 
-ASTRONAUT_FACE = np.array([180, 82, 274, 176], np.float32)  # pixels of the 512x512 photo
+ASTRONAUT_FACE = FACES["face_short_range"]  # pixels of the 512x512 photo
 
 
 @pytest.fixture(scope="module", autouse=True)
 def models() -> None:
     fetch_models(default_models_dir(), log=lambda *_: None)  # nothing to do when present
-
-
-def bgr(name: str) -> np.ndarray:
-    image = getattr(data, name)()
-    code = cv2.COLOR_GRAY2BGR if image.ndim == 2 else cv2.COLOR_RGB2BGR
-    return cv2.cvtColor(image, code)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
 
 
 def same_detections(a, b) -> None:
@@ -127,14 +115,8 @@ def test_unlisted_labels_keep_the_decoders_default_threshold():
 
 
 def test_classify_gives_exactly_what_the_classifier_node_sends():
-    from model_builder.build_classifier import load_lfw_subset
-
-    images, _ = load_lfw_subset()
-    crops = [
-        cv2.cvtColor(np.clip(images[i], 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
-        for i in (0, 1, 150, 151)
-    ]
-    frames = [Frame(image=c, seq=i) for i, c in enumerate(crops)]
+    frames = lfw_frames([0, 1, 150, 151])
+    crops = [f.image for f in frames]
     sent = run_node(ClassifierNode, {"model": "face_classifier"}, {"frames": frames}).sent
     with load_classifier("face_classifier", label_confidences={"face": 0.0}) as classifier:
         assert isinstance(classifier, Classifier)

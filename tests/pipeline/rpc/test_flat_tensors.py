@@ -102,3 +102,47 @@ def test_a_tensor_without_data_is_refused():
     empty = mlmodel_pb2.FlatTensors(tensors={"x": mlmodel_pb2.FlatTensor(shape=[1])})
     with pytest.raises(ValueError, match="'x' carries no data"):
         from_flat_tensors(empty)
+
+
+@pytest.mark.parametrize("dtype", VIAM_DTYPES)
+def test_the_fast_wire_encoder_writes_what_protobuf_writes(dtype):
+    from pipeline.rpc.flat_tensors import _to_flat_tensors_slow, encode_flat_tensors
+
+    arrays = {"a": _extremes(dtype), "b": _extremes(dtype)[:1, :3]}
+    fast = mlmodel_pb2.FlatTensors.FromString(encode_flat_tensors(arrays))
+    assert fast == _to_flat_tensors_slow(arrays)  # (map order on the wire may differ)
+
+
+@pytest.mark.parametrize("dtype", VIAM_DTYPES)
+def test_infer_requests_are_read_straight_from_their_bytes(dtype):
+    from pipeline.rpc.flat_tensors import parse_infer_request
+
+    array = _extremes(dtype)
+    data = mlmodel_pb2.InferRequest(
+        name="m", input_tensors=ndarrays_to_flat_tensors({"x": array})
+    ).SerializeToString()
+    view = parse_infer_request(data)
+    assert view.name == "m"
+    assert view.tensors["x"].dtype == array.dtype
+    assert view.tensors["x"].tobytes() == array.tobytes()
+    view.tensors["x"][0, 0] = 0  # writable
+
+
+def test_fast_reading_reports_the_same_problems():
+    from pipeline.rpc.flat_tensors import (
+        decode_flat_tensors,
+        encode_infer_response,
+        parse_infer_response,
+    )
+
+    flat = to_flat_tensors({"image": np.zeros((2, 3), np.float32)})
+    flat.tensors["image"].shape[:] = [2, 4]
+    with pytest.raises(ValueError, match=r"'image': shape \[2, 4\] needs 8 values"):
+        decode_flat_tensors(flat.SerializeToString())
+    empty = mlmodel_pb2.FlatTensors(tensors={"x": mlmodel_pb2.FlatTensor(shape=[1])})
+    with pytest.raises(ValueError, match="'x' carries no data"):
+        decode_flat_tensors(empty.SerializeToString())
+    data = encode_infer_response({"y": np.ones(3, np.int8)})
+    reply = mlmodel_pb2.InferResponse.FromString(data)
+    np.testing.assert_array_equal(from_flat_tensors(reply.output_tensors)["y"], np.ones(3))
+    np.testing.assert_array_equal(parse_infer_response(data)["y"], np.ones(3))

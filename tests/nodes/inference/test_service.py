@@ -75,9 +75,8 @@ def test_missing_runtime_through_load_model(onnx_path, monkeypatch):
         load_model(onnx_path)
 
 
-def test_missing_file_without_catalog_is_file_not_found(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, STORE, None)  # as before the catalog module exists
-    with pytest.raises(FileNotFoundError, match="model file not found"):
+def test_a_missing_file_is_neither_a_file_nor_a_catalog_name(tmp_path):
+    with pytest.raises(LookupError, match=r"'.*absent\.onnx': not a file, a catalog name"):
         load_model(tmp_path / "absent.onnx")
 
 

@@ -1,51 +1,27 @@
-"""detector / classifier / tensors nodes on real models and real photos (scikit-image)."""
+"""The detector node on real models and real photos (scikit-image)."""
 
 from __future__ import annotations
 
-import time
+import io
+import json
+import textwrap
 
 import cv2
 import numpy as np
 import pytest
+from photos import ASTRONAUT_FACE, ASTRONAUT_PERSON, CAMERA_PERSON, iou, photo
 from skimage import data
 
-from nodes.inference.classifier import ClassifierNode
 from nodes.inference.detector import DetectorNode
 from nodes.inference.models.fetch import fetch_models
 from nodes.inference.models.store import default_models_dir
-from nodes.inference.tensors import TensorsNode
-from pipeline import Frame
+from pipeline import Frame, load_graph, run_graph
 from pipeline.testing import run_node
 
-# Reference boxes in pixels of the 512x512 photo (the two face models frame a face
-# differently: CenterFace includes the forehead).
-ASTRONAUT_FACE = {
-    "face_short_range": np.array([180, 82, 274, 176], np.float32),
-    "centerface": np.array([181, 58, 269, 177], np.float32),
-}
-ASTRONAUT_PERSON = np.array([3, 32, 373, 508], np.float32)
-CAMERA_PERSON = np.array([0, 67, 301, 513], np.float32)
 
-
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def models() -> None:
     fetch_models(default_models_dir(), log=lambda *_: None)  # nothing to do when present
-
-
-def photo(name: str, seq: int = 0) -> Frame:
-    image = getattr(data, name)()
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    else:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    return Frame(image=image, seq=seq, t_capture_ns=time.monotonic_ns(), source="photos")
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
 
 
 @pytest.mark.parametrize(
@@ -119,30 +95,6 @@ def test_per_label_and_default_thresholds_filter():
     assert len(loose.sent["detections"][0]) >= 1
 
 
-def test_classifier_accuracy_on_faces_it_was_not_trained_on():
-    from model_builder.build_classifier import load_lfw_subset, stratified_split
-
-    images, labels = load_lfw_subset()
-    _, test_idx = stratified_split(labels)
-    frames = []
-    for i, idx in enumerate(test_idx):
-        grey = np.clip(images[idx], 0, 255).astype(np.uint8)
-        frames.append(Frame(image=cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR), seq=i))
-    run = run_node(ClassifierNode, {"model": "face_classifier", "top_k": 1}, {"frames": frames})
-    predicted = [c.class_names[0] for c in run.sent["classifications"]]
-    truth = ["face" if labels[idx] == 1 else "not_face" for idx in test_idx]
-    accuracy = np.mean([p == t for p, t in zip(predicted, truth)])
-    assert accuracy >= 0.9
-
-
-def test_tensors_node_sends_raw_outputs_by_name():
-    run = run_node(TensorsNode, {"model": "face_short_range"}, {"frames": [photo("astronaut")]})
-    tensors = run.sent["tensors"][0]
-    assert set(tensors.tensors) == {"regressors", "classificators"}
-    assert tensors["regressors"].shape == (1, 896, 16)
-    assert tensors.seq == 0
-
-
 def test_unknown_model_fails_open_with_the_known_names():
     run = run_node(DetectorNode, {"model": "face_shortrange"}, {"frames": []}, raise_errors=False)
     assert run.calls == ["open"]
@@ -173,3 +125,82 @@ def test_face_detector_recall_and_false_positives_on_labelled_faces(model, param
     false_positive_rate = np.mean(found[100:])
     assert recall >= 0.95, recall
     assert false_positive_rate <= 0.05, false_positive_rate
+
+
+def test_a_default_minimum_confidence_of_zero_keeps_everything_the_decoder_finds():
+    # `0 or 1.0` used to turn a threshold of 0 into 1.0: nothing was ever detected.
+    frames = [photo("coffee")]
+    plain = run_node(DetectorNode, {"model": "face_short_range"}, {"frames": frames})
+    zero = run_node(
+        DetectorNode,
+        {"model": "face_short_range", "default_minimum_confidence": 0.0},
+        {"frames": frames},
+    )
+    assert len(plain.sent["detections"][0]) == 0
+    found = zero.sent["detections"][0]
+    assert len(found) > 0 and float(found.confidence.min()) < 0.5
+
+
+def test_detections_carry_the_frames_seq_capture_time_and_source():
+    frame = photo("astronaut", seq=41)
+    (found,) = run_node(DetectorNode, {"model": "face_short_range"}, {"frames": [frame]}).sent[
+        "detections"
+    ]
+    assert (found.seq, found.t_capture_ns, found.source) == (41, frame.t_capture_ns, "photos")
+    assert found.meta["model"] == "face_short_range"
+
+
+def test_detections_keep_which_image_they_are_for_but_not_its_geometry():
+    frame = photo("astronaut").replace(
+        meta={"file": "astronaut.png", "index": 7, "color": "bgr", "transforms": []}
+    )
+    (found,) = run_node(DetectorNode, {"model": "face_short_range"}, {"frames": [frame]}).sent[
+        "detections"
+    ]
+    assert found.meta["file"] == "astronaut.png" and found.meta["index"] == 7
+    assert found.meta["model"] == "face_short_range" and "inference_ms" in found.meta
+    assert "transforms" not in found.meta and "color" not in found.meta
+
+
+@pytest.mark.integration
+def test_a_jsonl_of_detections_over_a_folder_says_which_image_each_line_is_for(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("astronaut", "coffee", "camera"):
+        cv2.imwrite(str(folder / f"{name}.png"), photo(name).image)
+    graph = tmp_path / "graph.yaml"
+    graph.write_text(
+        textwrap.dedent(f"""
+        graph: faces_in_photos
+        nodes:
+          - id: photos
+            node: image_folder
+            params: {{path: {folder}, pattern: "*.png"}}
+          - id: faces
+            node: detector
+            params: {{model: face_short_range}}
+            inputs: {{frames: photos/frames}}
+          - id: log
+            node: jsonl
+            params: {{path: {tmp_path}/faces.jsonl}}
+            inputs: {{messages: faces/detections}}
+        """)
+    )
+    result = run_graph(load_graph(graph), out=io.StringIO())
+    assert result.exit_code == 0, result.error
+    lines = [json.loads(line) for line in (tmp_path / "faces.jsonl").read_text().splitlines()]
+    by_file = {line["meta"]["file"]: line for line in lines}
+    assert sorted(by_file) == ["astronaut.png", "camera.png", "coffee.png"]
+    assert [by_file[f]["meta"]["index"] for f in sorted(by_file)] == [0, 1, 2]
+    assert [d["label"] for d in by_file["astronaut.png"]["detections"]] == ["face"]
+    assert by_file["coffee.png"]["detections"] == []
+
+
+def test_the_threshold_param_says_each_catalog_models_default():
+    from nodes.inference import load_detector
+
+    description = DetectorNode.Params.model_fields["default_minimum_confidence"].description
+    assert "face_short_range" in description and "person_ssdlite" in description
+    assert "yolo 0.25" in description
+    with load_detector("centerface") as centerface:
+        assert f"centerface {centerface.default_minimum_confidence:g}," in description

@@ -1,4 +1,4 @@
-"""Fixtures for the backend tests: tiny models written to a temporary directory."""
+"""Fixtures for the inference tests: tiny models written to a temporary directory."""
 
 from __future__ import annotations
 
