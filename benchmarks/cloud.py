@@ -183,6 +183,7 @@ def main() -> int:
     from pipeline_cloud.store import Store, UploadMeta
 
     workers = args.workers or default_workers()
+    load_at_start = os.getloadavg()
     cv2.setNumThreads(1)
     frame = cv2.resize(cv2.cvtColor(skdata.chelsea(), cv2.COLOR_RGB2BGR), (640, 480))
     frame_jpeg = jpeg(frame)
@@ -276,6 +277,7 @@ def main() -> int:
             "centerface": "CenterFace at 512x512, ONNX Runtime",
         },
         **results,
+        "load_average_at_start": load_at_start,
         "load_average_at_end": os.getloadavg(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
