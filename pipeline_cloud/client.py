@@ -4,8 +4,8 @@ It speaks the same wire as Viam's SDK (the generated stubs of ``viam-sdk`` on a 
 channel): ``AuthService.Authenticate`` with the API key, then ``authorization: Bearer`` on
 every call, authenticating again when the server says the token is no longer valid (expired,
 or the server restarted with another secret). TLS is verified against the system's CAs or
-``ca_file``, except for local hosts, where, as in Viam's SDK, a self-signed certificate is
-accepted; ``insecure`` dials plain HTTP/2.
+``ca_file``; for local hosts without a ``ca_file``, as in Viam's SDK, a self-signed certificate
+is accepted unchecked; ``insecure`` dials plain HTTP/2.
 
 Where credentials come from (first found wins): arguments, the environment
 (``PIPELINE_CLOUD_ADDRESS``, ``PIPELINE_CLOUD_KEY_ID``, ``PIPELINE_CLOUD_KEY``; Viam's
@@ -111,7 +111,9 @@ def _split(address: str) -> tuple[str, int]:
 
 
 def _ssl_context(host: str, ca_file: str | None) -> ssl.SSLContext:
-    if host in ("localhost", "::1") or host.startswith("127."):
+    if ca_file:  # a given CA is always checked, also for local hosts
+        context = ssl.create_default_context(cafile=ca_file)
+    elif host in ("localhost", "::1") or host.startswith("127."):
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

@@ -44,7 +44,15 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
 class CloudServer:
     """``pipeline cloud serve`` in a subprocess, with admin access to its database."""
 
-    def __init__(self, data: Path, database: str | None, tls: bool = True, workers: int = 2):
+    def __init__(
+        self,
+        data: Path,
+        database: str | None,
+        tls: bool = True,
+        workers: int = 2,
+        extra_args: tuple[str, ...] = (),
+    ):
+        self.extra_args = extra_args
         self.data = data
         self.database = database
         self.tls = tls
@@ -66,6 +74,7 @@ class CloudServer:
             cmd += ["--database", self.database]
         if not self.tls:
             cmd.append("--insecure")
+        cmd += self.extra_args
         proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
