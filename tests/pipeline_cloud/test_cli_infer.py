@@ -221,3 +221,32 @@ def test_data_ls_and_export(capsys, as_org, astronaut, tmp_path):
     code, _, err = run(capsys, "data", "ls", "--org", "somebody-else")
     assert code == 1
     assert "belongs to organization" in err
+
+
+def test_infer_with_an_onnx_classifier_prints_its_classes(capsys, as_org, astronaut):
+    from nodes.inference import load_classifier
+    from nodes.inference.models.store import resolve_model
+
+    org_id, _ = as_org()
+    model = resolve_model("face_classifier")  # ONNX, a catalog model uploaded as it is
+    code, _, err = run(capsys, "registry", "upload", str(model), "--name", "is-face",
+                       "--version", "1", "--type", "classification")  # fmt: skip
+    assert code == 0, err
+    _, out, _ = run(capsys, "data", "upload", str(astronaut))
+    image_id = out.split()[0]
+    code, out, err = run(
+        capsys, "infer", "--binary-data-id", image_id, "--model-name", "is-face",
+        "--model-org-id", org_id, "--model-version", "1", "--org-id", org_id,
+    )  # fmt: skip
+    assert code == 0, err
+    with load_classifier("face_classifier") as local:
+        expected = local.classify(cv2.imread(str(astronaut)))
+    lines = out.splitlines()
+    i = lines.index("Bounding Box Format: [x_min, y_min, x_max, y_max]")
+    printed = lines[i + 1 :]
+    assert printed == [
+        line
+        for name, conf in zip(expected.class_names, expected.confidence)
+        for line in (f"  Classification Label: {name}", f"    Confidence: {conf:.4f}")
+    ]
+    assert printed[0] == "  Classification Label: face"
