@@ -19,7 +19,7 @@ def _folder(source: Path, tmp: Path) -> Path:
         if not (source / "saved_model.pb").exists():
             raise ValueError(f"{source} has no saved_model.pb: give the SavedModel folder")
         return source
-    from pipeline_cloud.registry import extract_saved_model
+    from pipeline_cloud.model_files import extract_saved_model
 
     return extract_saved_model(source, tmp)
 

@@ -141,7 +141,7 @@ class InferencePool:
 
     def inspect(self, path: Path, file_name: str) -> Any:
         """``registry.inspect_model`` in a worker (blocking; call it from a thread)."""
-        from pipeline_cloud.registry import inspect_model
+        from pipeline_cloud.model_files import inspect_model
 
         try:
             return self._pool.submit(inspect_model, path, file_name).result()

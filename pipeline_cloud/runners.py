@@ -86,7 +86,7 @@ def load_runner(
         params["backend"] = "onnxruntime" if framework == "onnx" else "tflite"
         return Runner(cls(params_cls(model=str(path), **params)), kind, None)
 
-    from pipeline_cloud.registry import extract_saved_model
+    from pipeline_cloud.model_files import extract_saved_model
     from pipeline_cloud.tf_backend import TensorFlowModel
 
     cleanup = tempfile.TemporaryDirectory(prefix="saved_model-")

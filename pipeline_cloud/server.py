@@ -24,10 +24,10 @@ from pathlib import Path
 from pipeline.rpc.auth import TokenIssuer
 from pipeline.rpc.server import RpcServer, is_loopback, parse_endpoint
 from pipeline.rpc.tls import make_self_signed, server_ssl_context
-
 from pipeline_cloud.context import Cloud
-from pipeline_cloud.data_services import DataService, DataSyncService
+from pipeline_cloud.data_services import DataService
 from pipeline_cloud.model_services import MLInferenceService, PackageService, RegistryAdmin
+from pipeline_cloud.sync_service import DataSyncService
 
 __all__ = ["serve", "start_server", "tls_context", "token_issuer"]
 

@@ -10,7 +10,6 @@ are blocking (the server runs them in threads).
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import hashlib
 import hmac
 import secrets
@@ -33,6 +32,14 @@ from pipeline_cloud.db import (
     Organization,
 )
 from pipeline_cloud.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+from pipeline_cloud.records import (
+    BinaryFilter,
+    BinaryRecord,
+    BoxRecord,
+    UploadMeta,
+    box_row,
+    check_box,
+)
 
 __all__ = ["BinaryFilter", "BinaryRecord", "BoxRecord", "Store", "UploadMeta"]
 
@@ -42,69 +49,6 @@ _KEY_HASH = "sha256"
 def hash_key(key: str) -> str:
     """The stored form of an API key secret (the secret is 32 random bytes: no salt needed)."""
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-@dataclasses.dataclass(frozen=True)
-class BoxRecord:
-    id: str
-    label: str
-    x_min: float
-    y_min: float
-    x_max: float
-    y_max: float
-    confidence: float | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class UploadMeta:
-    """What an upload says about its file (Viam's ``UploadMetadata`` and sensor times)."""
-
-    part_id: str = ""
-    component_type: str = ""
-    component_name: str = ""
-    method_name: str = ""
-    file_name: str = ""
-    file_ext: str = ""
-    mime_type: str = ""
-    tags: tuple[str, ...] = ()
-    dataset_ids: tuple[str, ...] = ()
-    time_requested: dt.datetime | None = None
-    time_received: dt.datetime | None = None
-    boxes: tuple[BoxRecord, ...] = ()
-    classifications: tuple[tuple[str, float | None], ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class BinaryRecord:
-    """One stored item as a query returns it."""
-
-    id: str
-    seq: int
-    org_id: str
-    meta: UploadMeta
-    uploaded_at: dt.datetime
-    size: int
-    sha256: str
-    blob_path: Path
-    boxes: tuple[BoxRecord, ...]
-    classifications: tuple[tuple[str, str, float | None], ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class BinaryFilter:
-    """The part of Viam's ``Filter`` this cloud applies (empty fields match everything)."""
-
-    component_name: str = ""
-    component_type: str = ""
-    method: str = ""
-    part_id: str = ""
-    mime_types: tuple[str, ...] = ()
-    start: dt.datetime | None = None
-    end: dt.datetime | None = None
-    tags: tuple[str, ...] = ()  # any of these tags (Viam's TAGS_FILTER_TYPE_MATCH_BY_OR)
-    tagged: bool | None = None  # True: only tagged items, False: only untagged
-    bbox_labels: tuple[str, ...] = ()
-    dataset_id: str = ""
 
 
 class Store:
@@ -212,7 +156,7 @@ class Store:
                 for tag in dict.fromkeys(meta.tags):
                     s.add(BinaryTag(binary_seq=item.seq, tag=tag))
                 for box in meta.boxes:
-                    s.add(_box_row(item.seq, box))
+                    s.add(box_row(item.seq, box))
                 for label, confidence in meta.classifications:
                     s.add(
                         ClassificationLabel(
@@ -455,11 +399,11 @@ class Store:
             )
 
     def add_box(self, org_id: str, binary_id: str, box: BoxRecord) -> str:
-        _check_box(box)
+        check_box(box)
         box = dataclasses.replace(box, id=str(uuid.uuid4()))
         with self.sessions.begin() as s:
             seq = self._seqs(s, org_id, [binary_id])[binary_id]
-            s.add(_box_row(seq, box))
+            s.add(box_row(seq, box))
         return box.id
 
     def update_box(
@@ -477,7 +421,7 @@ class Store:
                 row.id, row.label, row.x_min, row.y_min, row.x_max, row.y_max, row.confidence
             )
             box = dataclasses.replace(box, **changes)
-            _check_box(box)
+            check_box(box)
             for key, value in dataclasses.asdict(box).items():
                 setattr(row, key, value)
 
@@ -496,26 +440,3 @@ class Store:
                 select(Organization.id, Organization.name).where(Organization.id.in_(list(ids)))
             )
             return {row[0]: row[1] for row in rows}
-
-
-def _check_box(box: BoxRecord) -> None:
-    corners = (box.x_min, box.y_min, box.x_max, box.y_max)
-    if not all(0.0 <= c <= 1.0 for c in corners):
-        raise InvalidArgument(f"box corners must be normalised to 0..1, got {list(corners)}")
-    if box.x_min > box.x_max or box.y_min > box.y_max:
-        raise InvalidArgument(f"box corners must be [x_min, y_min, x_max, y_max], got {corners}")
-    if not box.label:
-        raise InvalidArgument("a bounding box needs a label")
-
-
-def _box_row(seq: int, box: BoxRecord) -> BoundingBox:
-    return BoundingBox(
-        id=box.id or str(uuid.uuid4()),
-        binary_seq=seq,
-        label=box.label,
-        x_min=box.x_min,
-        y_min=box.y_min,
-        x_max=box.x_max,
-        y_max=box.y_max,
-        confidence=box.confidence,
-    )
