@@ -126,10 +126,7 @@ class Store:
         With an ``idempotency_key``, a repeat of an upload that already succeeded returns the
         first one's id and stores nothing (``created`` is False).
         """
-        if idempotency_key:
-            found = self._by_idempotency_key(org_id, idempotency_key)
-            if found is not None:
-                return found, False
+        # No lookup first: a repeat is rare, and the unique (org, key) constraint catches it.
         blob_key = self.blobs.put(data)
         item = BinaryItem(
             id=str(uuid.uuid4()),
@@ -167,7 +164,7 @@ class Store:
                         )
                     )
         except IntegrityError:
-            # A concurrent retry of the same upload won the race: keep its copy only.
+            # A retry of an upload that was stored already: keep the first copy only.
             self.blobs.delete(blob_key)
             found = self._by_idempotency_key(org_id, idempotency_key) if idempotency_key else None
             if found is None:

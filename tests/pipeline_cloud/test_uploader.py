@@ -116,7 +116,7 @@ def test_full_spool_drops_the_oldest_and_delivers_the_rest_exactly_once(tmp_path
     key_id, key = store.create_key(org.id)
     store.sessions.kw["bind"].dispose()
     frames = [make_frame(seq=i, width=320, height=240) for i in range(30)]
-    params = _params(server, key_id, key, spool, max_spool_mb=0.05, drain_timeout_s=0.0)
+    params = _params(server, key_id, key, spool, max_spool_mb=0.05, drain_timeout_s=0.5)
     first = run_node(UploaderSink, params=params, inputs={"frames": frames})
     c = first.stats.counters
     assert c["spooled"] == 30
