@@ -43,8 +43,6 @@ from pipeline_cloud.records import (
 
 __all__ = ["BinaryFilter", "BinaryRecord", "BoxRecord", "Store", "UploadMeta"]
 
-_KEY_HASH = "sha256"
-
 
 def hash_key(key: str) -> str:
     """The stored form of an API key secret (the secret is 32 random bytes: no salt needed)."""
