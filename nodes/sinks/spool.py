@@ -67,6 +67,7 @@ class Spool:
         self._sizes: dict[Path, int] = {p: p.stat().st_size for p in self._files()}
         self._next = 1 + max((self._seq_of(p) for p in self._sizes), default=0)
         self.dropped = 0
+        self.unreadable = 0  # of the dropped: records that could not be read back
         self._in_flight: Path | None = None  # being sent: never dropped to make room
 
     def _files(self) -> list[Path]:
@@ -154,9 +155,18 @@ class Spool:
                 with self._lock:
                     self._sizes.pop(path, None)
                 continue
-            (n,) = struct.unpack(">I", blob[:4])
-            header = json.loads(blob[4 : 4 + n])
-            return Record(path, str(header["id"]), header, blob[4 + n :])
+            try:
+                (n,) = struct.unpack(">I", blob[:4])
+                header = json.loads(blob[4 : 4 + n])
+                return Record(path, str(header["id"]), header, blob[4 + n :])
+            except (struct.error, ValueError, KeyError, TypeError):
+                # Unreadable (a disk error; put() never leaves half a record): drop, counted.
+                with self._lock:
+                    self._sizes.pop(path, None)
+                    self._in_flight = None
+                    self.dropped += 1
+                    self.unreadable += 1
+                path.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Release the spool's lock (records stay for the next run)."""

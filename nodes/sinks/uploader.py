@@ -196,10 +196,16 @@ class UploaderSink(Node):
         from pipeline_cloud.client import CloudClient
 
         backoff = 0.0
+        unreadable = 0
         client = CloudClient(self._creds, timeout_s=15.0)
         try:
             while not self._stop.is_set():
                 record = self.spool.oldest()
+                if self.spool.unreadable != unreadable:
+                    lost = self.spool.unreadable - unreadable
+                    unreadable = self.spool.unreadable
+                    self.count("dropped", lost)
+                    self.count("backlog", -lost)
                 if record is None:
                     await asyncio.to_thread(self._wake.wait, 0.5)
                     self._wake.clear()

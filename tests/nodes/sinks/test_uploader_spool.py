@@ -108,3 +108,17 @@ def test_spool_removes_half_written_records_and_refuses_a_second_writer(tmp_path
     assert other.returncode != 0
     assert "is in use by process" in other.stderr
     spool.close()
+
+
+def test_an_unreadable_record_is_dropped_and_counted(tmp_path):
+    spool = Spool(tmp_path, 1 << 20)
+    spool.put({"n": 0}, b"a")
+    good, _ = spool.put({"n": 1}, b"b")
+    first = sorted(tmp_path.glob("*.rec"))[0]
+    first.write_bytes(b"\x00\x00\x00\x05{bad")
+    record = spool.oldest()
+    assert record is not None
+    assert record.id == good
+    assert (spool.dropped, spool.unreadable) == (1, 1)
+    assert not first.exists()
+    spool.close()
