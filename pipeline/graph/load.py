@@ -7,6 +7,7 @@ Issues point at ``file:line:col`` through a table of YAML marks keyed by documen
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import ConfigError, ConfigIssue
+from pipeline.graph import limits
 from pipeline.graph.spec import GraphSpec, InputSpec, NodeSpec
 from pipeline.graph.validate import ValidatedGraph, validate_spec
 from pipeline.registry import suggest
@@ -117,6 +119,9 @@ def parse_graph(
 ) -> tuple[GraphSpec | None, Marks, list[ConfigIssue]]:
     """Phases 1 and 2: YAML syntax and the graph schema. Returns the spec (None on errors)."""
     marks = Marks(file)
+    too_big = limits.check_text(text, file)
+    if too_big:
+        return None, marks, too_big
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -133,6 +138,9 @@ def parse_graph(
             marks,
             [ConfigIssue(file, 1, 1, "", "the file is empty; a graph needs 'graph:' and 'nodes:'")],
         )
+    too_many = limits.check_composed(root, file)
+    if too_many:
+        return None, marks, too_many
     builder = _Builder(marks)
     data = builder.build(root, ())
     issues = list(builder.issues)
@@ -212,7 +220,12 @@ def read_graph_file(path: str | Path) -> tuple[str | None, list[ConfigIssue]]:
     """A graph file's text, or None and the issue saying why it cannot be read."""
     file = str(path)
     try:
-        return Path(path).read_text(encoding="utf-8"), []
+        with open(path, "rb") as stream:  # at most one byte past the limit: never a huge read
+            data = stream.read(limits.MAX_FILE_BYTES + 1)
+            if len(data) > limits.MAX_FILE_BYTES:
+                size = max(os.fstat(stream.fileno()).st_size, len(data))
+                return None, [limits.file_too_large(size, file)]
+        return data.decode("utf-8"), []
     except OSError as exc:
         return None, [ConfigIssue(file, 0, 0, "", f"cannot read the graph file: {exc.strerror}")]
     except UnicodeDecodeError:
