@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from nodes.dependencies import import_cv2
-from nodes.sinks.jsonl import writable_folder
+from nodes.files import writable_folder
 from nodes.transforms.color import frame_color, to_bgr
 from pipeline import Detections, Frame, Input, Node, NodeParams
 

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import Field
 
 from nodes.dependencies import import_cv2
-from nodes.sinks.jsonl import writable_file
+from nodes.files import writable_file
 from nodes.transforms.color import to_bgr
 from pipeline import Frame, Input, Node, NodeParams
 
