@@ -125,6 +125,15 @@ class Frame(Message):
 
     image: np.ndarray
 
+    def __post_init__(self) -> None:
+        # every consumer reads shape[0] and shape[1]: refuse anything else at the door
+        ndim = getattr(self.image, "ndim", None)
+        if ndim not in (2, 3):
+            raise ValueError(
+                f"Frame.image must be an (H, W) or (H, W, C) array, got "
+                f"{type(self.image).__name__} of {ndim} dimensions"
+            )
+
     @property
     def width(self) -> int:
         return int(self.image.shape[1])
