@@ -100,6 +100,14 @@ class _Builder:
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
                 key = self.constructor.construct_object(key_node, deep=True)
+                if isinstance(key, (list, dict)):  # YAML allows them; a graph file does not
+                    line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                    self.issues.append(
+                        ConfigIssue(
+                            self.marks.file, line, col, format_path(path), "a key must be a word"
+                        )
+                    )
+                    continue
                 child = (*path, key if isinstance(key, (str, int)) else str(key))
                 self.marks.keys[child] = (
                     key_node.start_mark.line + 1,
@@ -142,7 +150,13 @@ def parse_graph(
     if too_many:
         return None, marks, too_many
     builder = _Builder(marks)
-    data = builder.build(root, ())
+    try:
+        data = builder.build(root, ())
+    except yaml.MarkedYAMLError as exc:  # a tag no safe constructor knows ('=', !!python/...)
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = exc.problem or "invalid value"
+        return None, marks, [ConfigIssue(file, line, col, "", f"YAML value: {problem}")]
     issues = list(builder.issues)
     if not isinstance(data, dict):
         issues.append(
