@@ -62,13 +62,12 @@ nodes:
     if result.exit_code:
         raise RuntimeError(f"benchmark graph failed: {result.error}")
     consumer = result.stats["consumer"]
-    calls = consumer["calls"]
     return {
-        "frames": calls,
-        "seconds": consumer["elapsed_s"],
-        "fps": calls / consumer["elapsed_s"] if consumer["elapsed_s"] else 0.0,
-        "p50_ms": consumer["latency_ms"]["p50_ms"],
-        "p99_ms": consumer["latency_ms"]["p99_ms"],
+        "frames": consumer.calls,
+        "seconds": consumer.elapsed_s,
+        "fps": consumer.fps,
+        "p50_ms": consumer.latency_ms["p50_ms"],
+        "p99_ms": consumer.latency_ms["p99_ms"],
     }
 
 

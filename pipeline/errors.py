@@ -6,7 +6,8 @@
     ├── ConfigError               a graph file is wrong; carries every ConfigIssue found
     ├── NodeError                 a node failed at run time (node id, method, seq, cause)
     │   ├── NodeOpenError
-    │   └── NodeProcessError
+    │   ├── NodeProcessError
+    │   └── NodeExitError         its process ended without a word (killed, crashed)
     ├── NodeDefinitionError       a Node subclass is malformed (ports vs process signature)
     ├── RegistryError             a node type cannot be found or imported
     ├── TransportError            a socket or shared-memory failure
@@ -28,6 +29,7 @@ __all__ = [
     "MissingDependencyError",
     "NodeDefinitionError",
     "NodeError",
+    "NodeExitError",
     "NodeOpenError",
     "NodeProcessError",
     "PipelineError",
@@ -134,3 +136,15 @@ class NodeOpenError(NodeError):
 
 class NodeProcessError(NodeError):
     """A node's ``process()``, ``flush()`` or ``close()`` raised."""
+
+
+class NodeExitError(NodeError):
+    """A node's process ended without reporting why: killed (SIGKILL, out of memory), crashed,
+    or exited. ``method`` is the state it was in (e.g. ``running``), ``cause`` how it ended."""
+
+    def __init__(self, node_id: str, exit: str, state: str) -> None:
+        super().__init__(node_id, state, exit)
+        self.args = (f"node {node_id!r} {exit} while {state}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -57,7 +57,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, Protocol, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -69,7 +69,7 @@ from pipeline.params import NodeParams
 if TYPE_CHECKING:
     from pipeline.runtime.stats import NodeStats
 
-__all__ = ["EndOfStream", "Input", "Node", "Output", "OutputPort"]
+__all__ = ["EndOfStream", "Input", "Node", "Output", "OutputPort", "refuse_message"]
 
 M = TypeVar("M", bound=Message)
 
@@ -96,6 +96,18 @@ class _NodeServices(Protocol):
     def count(self, name: str, n: int = 1) -> None: ...
 
     def graph_statistics(self) -> dict[str, dict[str, Any]]: ...
+
+
+def refuse_message(port: str, expected: type[Message], message: object) -> NoReturn:
+    """Raise the error for a message that is not of its output port's declared type.
+
+    Every ``send()`` (the runtime's ports, ``run_node``'s) checks
+    ``isinstance(message, port.type)`` and calls this when it fails.
+    """
+    raise TypeError(
+        f"output {port!r} sends {expected.__name__}, got {type(message).__name__}: "
+        f"send a {expected.__name__} or declare the port as Output({type(message).__name__})"
+    )
 
 
 class Input(Generic[M]):

@@ -1,10 +1,12 @@
 """Test a node in-process, with no sockets: ``run_node`` (shipped for plugin authors too).
 
-``run_node(MyNode, params={...}, inputs={"frames": [f1, f2]})`` runs the same lifecycle as
-the runtime (open, process per joined input set, flush, close; close also after an error;
-nothing after a failed open), joins several inputs on seq with the runtime's own joiner,
-hands the node read-only inputs as the runtime does, and returns what each port sent and the
-lifecycle calls made, in order.
+``run_node(MyNode, params={...}, inputs={"frames": [f1, f2]})`` runs the runtime's own
+lifecycle driver (``pipeline.runtime.lifecycle.NodeDriver``: open, process per joined input
+set, flush, close; close also after an error; nothing after a failed open), joins several
+inputs on seq with the runtime's joiner, hands the node read-only inputs as the runtime does,
+refuses a sent message of the wrong type as the runtime does, and returns what each port sent
+and the lifecycle calls made, in order. An exception from ``close()`` is the node's failure
+(``failed_in == "close"``) unless an earlier one was.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.messages import Frame, Message
-from pipeline.node import EndOfStream, Node, Output
+from pipeline.node import Node, Output, refuse_message
 from pipeline.registry import load_node_class
 from pipeline.runtime.join import Joiner
+from pipeline.runtime.lifecycle import NodeDriver
 from pipeline.runtime.stats import NodeStats, StatsCollector
 
 __all__ = ["NodeRun", "make_frame", "run_node"]
@@ -48,19 +51,20 @@ class NodeRun:
 
 class _RecordingPort:
     def __init__(self, port: Output[Any], sink: list[Message]) -> None:
-        self.port = port
+        self.name = port.name
+        self.type: type[Message] = port.type
         self.sink = sink
 
     def send(self, message: Message) -> None:
-        if not isinstance(message, self.port.type):
-            raise TypeError(
-                f"output {self.port.name!r} sends {self.port.type.__name__}, "
-                f"got {type(message).__name__}"
-            )
+        if not isinstance(message, self.type):
+            refuse_message(self.name, self.type, message)
         self.sink.append(message)
 
     def allocate(self, shape: tuple[int, ...], dtype: npt.DTypeLike = np.uint8) -> np.ndarray:
         return np.empty(tuple(shape), dtype)
+
+    def end_call(self) -> None:
+        pass
 
 
 class _Services:
@@ -130,76 +134,35 @@ def run_node(
         log=logging.getLogger(f"pipeline.node.{node_id}"),
     )
     calls: list[str] = []
-    error: BaseException | None = None
-    failed_in: str | None = None
-
-    calls.append("open")
-    try:
-        instance.open()
-    except Exception as exc:
+    driver = NodeDriver(instance, collector, list(ports.values()), inputs, trace=calls)
+    if not driver.open():
+        assert driver.exception is not None
         if raise_errors:
-            raise
-        return NodeRun(sent, calls, exc, "open", collector.snapshot(time.monotonic()))
-    collector.t_start = time.monotonic()
-    method = "process"
-    try:
+            raise driver.exception
+        return NodeRun(sent, calls, driver.exception, "open", collector.snapshot(time.monotonic()))
+
+    def feed() -> None:
         if cls.is_source():
-            while max_calls is None or collector.calls < max_calls:
-                calls.append("process")
-                try:
-                    instance.process()
-                except EndOfStream:
-                    break
-                collector.calls += 1
-        else:
-            _feed(instance, cls, inputs, calls, collector)
-        method = "flush"
-        calls.append("flush")
-        instance.flush()
-    except Exception as exc:
-        error, failed_in = exc, method
-    finally:
-        calls.append("close")
-        instance.close()
-        collector.t_end = time.monotonic()
+            driver.run_source(max_calls=max_calls)
+            return
+        joiner: Joiner[None] = Joiner([p for p in cls.inputs if p in inputs])
+        for port in joiner.queues:
+            for message in inputs[port]:
+                driver.push(joiner, port, read_only(message), None)
+            joiner.end(port)
+        driver.drain(joiner)
+
+    driver.run(feed)
+    driver.close()
+    if driver.failure is None:
+        driver.finish()
     for name, messages in sent.items():
         collector.out_sent[name] = len(messages)
+    error = driver.exception
     if error is not None and raise_errors:
         raise error
+    failed_in = driver.failure.method if driver.failure is not None else None
     return NodeRun(sent, calls, error, failed_in, collector.snapshot(time.monotonic()))
-
-
-def _feed(
-    instance: Node,
-    cls: type[Node],
-    inputs: Mapping[str, Sequence[Message]],
-    calls: list[str],
-    collector: StatsCollector,
-) -> None:
-    connected = [p for p in cls.inputs if p in inputs]
-    joiner: Joiner[None] = Joiner(connected)
-    for port in connected:
-        for message in inputs[port]:
-            collector.received[port] += 1
-            depth = joiner.push(port, read_only(message), None)
-            collector.queue_peak[port] = max(collector.queue_peak[port], depth)
-        joiner.end(port)
-    optional = {p: None for p in cls.inputs if p not in inputs}
-    while True:
-        ready, lost = joiner.pop()
-        for port, _ in lost:
-            collector.dropped[port] += 1
-        if ready is None:
-            return
-        kwargs: dict[str, Any] = {port: message for port, (message, _) in ready.items()}
-        kwargs.update(optional)
-        calls.append("process")
-        t0 = time.perf_counter()
-        instance.process(**kwargs)
-        dt = time.perf_counter() - t0
-        collector.calls += 1
-        collector.busy_s += dt
-        collector.process.add(dt)
 
 
 def make_frame(

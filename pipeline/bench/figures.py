@@ -23,7 +23,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.runtime.stats import Histogram
+from pipeline.runtime.stats import Histogram, NodeStats
 
 __all__ = ["SATURATED", "Bottleneck", "find_bottleneck", "node_figures", "summarise"]
 
@@ -31,7 +31,7 @@ SATURATED = 0.80
 """Busy fraction from which a node counts as saturated (the rest of a loaded node's time
 goes to receiving, joining and bookkeeping outside ``process()``)."""
 
-Stats = Mapping[str, Any]
+Stats = NodeStats
 Topology = Mapping[str, Mapping[str, Any]]
 
 
@@ -59,13 +59,11 @@ class Bottleneck:
 
 
 def _util(s: Stats) -> float:
-    elapsed = float(s.get("elapsed_s") or 0.0)
-    return float(s.get("busy_s") or 0.0) / elapsed if elapsed > 0 else 0.0
+    return s.busy_s / s.elapsed_s if s.elapsed_s > 0 else 0.0
 
 
 def _fps(s: Stats) -> float:
-    elapsed = float(s.get("elapsed_s") or 0.0)
-    return int(s.get("calls") or 0) / elapsed if elapsed > 0 else 0.0
+    return s.fps
 
 
 def _pct(value: float) -> str:
@@ -86,21 +84,21 @@ def node_figures(
     """One node's figures from its final statistics.
 
     Args:
-        stats: the node's stats dict as workers report it.
+        stats: the node's statistics as workers report them.
         info: the node's entry of ``prepare.topology()`` (type, role, input edges).
         baseline: ``(cpu_s, elapsed_s)`` at the start of the measured window, for CPU %;
             None when unknown (CPU % is then None).
     """
-    elapsed = float(stats.get("elapsed_s") or 0.0)
+    elapsed = stats.elapsed_s
     edges = info.get("inputs", {})
     inputs: dict[str, dict[str, Any]] = {}
-    for port, s in stats.get("inputs", {}).items():
+    for port, s in stats.inputs.items():
         edge = edges.get(port, {})
         inputs[port] = {
             "from": edge.get("from"),
-            "received": int(s["received"]),
-            "dropped": int(s["dropped"]),
-            "queue_peak": int(s["queue_peak"]),
+            "received": s.received,
+            "dropped": s.dropped,
+            "queue_peak": s.queue_peak,
             "queue": edge.get("queue"),
             "when_full": edge.get("when_full"),
         }
@@ -113,29 +111,27 @@ def node_figures(
     )
     cpu_pct = None
     if baseline is not None and elapsed - baseline[1] >= 0.1:
-        cpu_pct = round(
-            100 * (float(stats.get("cpu_s", 0.0)) - baseline[0]) / (elapsed - baseline[1]), 1
-        )
+        cpu_pct = round(100 * (stats.cpu_s - baseline[0]) / (elapsed - baseline[1]), 1)
     return {
         "type": info.get("type"),
         "role": info.get("role"),
-        "state": stats.get("state"),
-        "frames": int(stats.get("calls") or 0),
+        "state": stats.state,
+        "frames": stats.calls,
         "fps": round(_fps(stats), 3),
         "elapsed_s": round(elapsed, 3),
         "received": received,
-        "sent": sum(int(o["sent"]) for o in stats.get("outputs", {}).values()),
+        "sent": stats.sent,
         "dropped": dropped,
         "drop_pct": round(100 * dropped / (received + dropped), 2) if received + dropped else 0.0,
-        "output_dropped": sum(int(o["dropped"]) for o in stats.get("outputs", {}).values()),
+        "output_dropped": sum(o.dropped for o in stats.outputs.values()),
         "queue_peak": fullest["queue_peak"] if fullest else None,
         "queue_capacity": fullest["queue"] if fullest else None,
         "inputs": inputs,
-        "process_ms": dict(stats.get("process_ms", {})),
-        "latency_ms": dict(stats.get("latency_ms", {})),
+        "process_ms": dict(stats.process_ms),
+        "latency_ms": dict(stats.latency_ms),
         "busy_pct": round(100 * _util(stats), 1),
         "cpu_pct": cpu_pct,
-        "max_rss_mb": stats.get("max_rss_mb"),
+        "max_rss_mb": stats.max_rss_mb,
     }
 
 
@@ -156,7 +152,7 @@ def _blocked_by(stats: Mapping[str, Stats], topo: Topology, node: str) -> list[s
         s = stats.get(consumer)
         if s is None or edge.get("when_full") != "block":
             continue
-        peak = int(s.get("inputs", {}).get(port, {}).get("queue_peak", 0))
+        peak = s.inputs[port].queue_peak if port in s.inputs else 0
         if _is_full(peak, edge.get("queue")):
             out.append(consumer)
     return out
@@ -185,9 +181,9 @@ def _explain_consumer(
     parts = []
     edges = topo.get(node, {}).get("inputs", {})
     full = [
-        (port, int(i["queue_peak"]), int(edges[port]["queue"]))
-        for port, i in s.get("inputs", {}).items()
-        if port in edges and _is_full(int(i["queue_peak"]), edges[port].get("queue"))
+        (port, i.queue_peak, int(edges[port]["queue"]))
+        for port, i in s.inputs.items()
+        if port in edges and _is_full(i.queue_peak, edges[port].get("queue"))
     ]
     if full:
         port, peak, queue = full[0]
@@ -200,8 +196,8 @@ def _explain_consumer(
     ]
     if waiting:
         parts.append(f"{', '.join(dict.fromkeys(waiting))} waited on it")
-    received = sum(int(i["received"]) for i in s.get("inputs", {}).values())
-    dropped = sum(int(i["dropped"]) for i in s.get("inputs", {}).values())
+    received = s.received
+    dropped = s.dropped
     if dropped:
         parts.append(
             f"{_pct(100 * dropped / (received + dropped))} of frames were dropped before it"
@@ -227,8 +223,7 @@ def find_bottleneck(
     """Which node limits the throughput, and why (see the module docstring for the rules).
 
     Args:
-        stats: each node's stats dict as workers report it (busy_s, elapsed_s, calls,
-            inputs with queue_peak/received/dropped).
+        stats: each node's statistics as workers report them.
         topo: ``prepare.topology()`` of the graph: role and input edges of each node.
         cpu_pct: each node's CPU % over the window, when known (it tells a pacing source
             from a busy one).
@@ -293,7 +288,7 @@ def summarise(
     """Per-node figures, end-to-end figures and the bottleneck of a finished run.
 
     Args:
-        stats: each node's final stats dict (with ``latency_hist`` for the sinks).
+        stats: each node's final statistics (with ``latency_hist`` for the sinks).
         topo: ``prepare.topology()`` of the graph.
         baselines: ``node -> (cpu_s, elapsed_s)`` at the start of the measured window.
 
@@ -308,9 +303,9 @@ def summarise(
     merged = Histogram()
     per_sink = {}
     for n in sinks:
-        hist = stats[n].get("latency_hist")
-        if hist:
-            merged.merge(Histogram.from_dict(hist))
+        hist = stats[n].latency_hist
+        if hist is not None:
+            merged.merge(hist)
         per_sink[n] = {
             "frames": nodes[n]["frames"],
             "fps": nodes[n]["fps"],

@@ -22,14 +22,15 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, Any, Literal
+from typing import IO, Literal
 
 from pipeline.bench.prepare import Pace
+from pipeline.runtime.stats import NodeStats
 
 __all__ = ["DEFAULT_DURATION_S", "BenchMonitor", "BenchSettings", "Progress"]
 
 DEFAULT_DURATION_S = 10.0
-_ENDED_STATES = ("closed", "failed", "done")
+_ENDED_STATES = ("closed", "failed")
 _MAX_FRESH_WAIT_S = 3.0
 _MIN_CPU_WINDOW_S = 0.4
 
@@ -158,30 +159,30 @@ class BenchMonitor:
     def _sample(self) -> tuple[int, int] | None:
         return self._sampler() if self._sampler is not None else None
 
-    def _sink_frames(self, stats: Mapping[str, Mapping[str, Any]], fresh_only: bool) -> int:
+    def _sink_frames(self, stats: Mapping[str, NodeStats], fresh_only: bool) -> int:
         if not self.sinks:
             return 0
         counts = []
         for sink in self.sinks:
             s = stats.get(sink)
             ok = s is not None and (sink in self._fresh or not fresh_only)
-            counts.append(int(s["calls"]) if ok and s is not None else 0)
+            counts.append(s.calls if ok and s is not None else 0)
         return min(counts)
 
-    def _sink_fps(self, stats: Mapping[str, Mapping[str, Any]]) -> float:
+    def _sink_fps(self, stats: Mapping[str, NodeStats]) -> float:
         rates = [
-            int(stats[s]["calls"]) / float(stats[s]["elapsed_s"])
+            stats[s].calls / stats[s].elapsed_s
             for s in self.sinks
-            if s in self._fresh and float(stats[s]["elapsed_s"]) > 0
+            if s in self._fresh and stats[s].elapsed_s > 0
         ]
         return min(rates) if rates and len(rates) == len(self.sinks) else 0.0
 
-    def _mark_fresh(self, stats: Mapping[str, Mapping[str, Any]]) -> None:
+    def _mark_fresh(self, stats: Mapping[str, NodeStats]) -> None:
         for node, s in stats.items():
             if node in self._fresh:
                 continue
             before = self._before_reset.get(node)
-            elapsed, calls = float(s["elapsed_s"]), int(s["calls"])
+            elapsed, calls = s.elapsed_s, s.calls
             if (
                 self.reset_at_s is None
                 or before is None
@@ -189,14 +190,14 @@ class BenchMonitor:
                 or calls < before[1]
             ):
                 self._fresh.add(node)
-                self.baselines[node] = (float(s.get("cpu_s", 0.0)), elapsed)
+                self.baselines[node] = (s.cpu_s, elapsed)
 
     def _show(self, text: str) -> None:
         if self.progress is not None:
             self.progress.update(self.phase, text)
 
     def on_stats(
-        self, stats: dict[str, dict[str, Any]], elapsed_s: float
+        self, stats: Mapping[str, NodeStats], elapsed_s: float
     ) -> Literal["reset", "stop"] | None:
         """Called by the supervisor about twice a second; see the module docstring."""
         s = self.settings
@@ -208,9 +209,7 @@ class BenchMonitor:
                 self.phase = "measuring"
                 self.reset_at_s = elapsed_s
                 self.cpu_start = self._sample()
-                self._before_reset = {
-                    n: (float(v["elapsed_s"]), int(v["calls"])) for n, v in stats.items()
-                }
+                self._before_reset = {n: (v.elapsed_s, v.calls) for n, v in stats.items()}
                 return "reset"
             if elapsed_s >= s.warmup_timeout_s:
                 return self._stop("warmup_timeout")
@@ -236,11 +235,8 @@ class BenchMonitor:
         pending = [
             n
             for n, v in stats.items()
-            if v.get("state") not in _ENDED_STATES
-            and (
-                n not in self._fresh
-                or float(v["elapsed_s"]) - self.baselines[n][1] < _MIN_CPU_WINDOW_S
-            )
+            if v.state not in _ENDED_STATES
+            and (n not in self._fresh or v.elapsed_s - self.baselines[n][1] < _MIN_CPU_WINDOW_S)
         ]
         if pending and window < _MAX_FRESH_WAIT_S:
             return None

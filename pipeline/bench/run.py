@@ -153,7 +153,7 @@ def run_prepared(
     wall_s = time.monotonic() - t0
     if progress is not None:
         progress.finish()
-    error = outcome.error
+    error = str(outcome.error) if outcome.error else None
     code = outcome.exit_code
     reason = monitor.stop_reason
     if reason == "warmup_timeout":

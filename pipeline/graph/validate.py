@@ -35,10 +35,6 @@ class Edge:
     input: str
     spec: InputSpec
 
-    @property
-    def name(self) -> str:
-        return f"{self.producer}/{self.output}->{self.consumer}.{self.input}"
-
 
 @dataclasses.dataclass
 class ValidatedGraph:

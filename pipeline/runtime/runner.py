@@ -27,32 +27,35 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
-import msgpack
 import zmq
 
+from pipeline.errors import NodeError, NodeExitError, NodeOpenError, NodeProcessError
 from pipeline.graph.validate import ValidatedGraph
+from pipeline.runtime import protocol as p
+from pipeline.runtime.plan import WorkerConfig, plan_graph
+from pipeline.runtime.protocol import NodeState
+from pipeline.runtime.stats import NodeStats
 from pipeline.runtime.table import render_table
-from pipeline.runtime.worker import InputPlan, OutputPlan, WorkerConfig
 from pipeline.transport.shm import remove_run_segments, sweep_stale
 
-__all__ = ["RunMonitor", "RunResult", "run_graph"]
+__all__ = ["Launcher", "NodeProcess", "RunMonitor", "RunResult", "launch_local", "run_graph"]
 
 
 class RunMonitor(Protocol):
     """Watches a running graph (the bench's progress bar, warm-up and stop rules).
 
     ``on_stats`` is called about twice a second once every node has started, with the
-    latest statistics of each node (``NodeStats.to_dict()`` plus raw histograms) and the
-    seconds since the start. It may answer ``"reset"`` (every node starts its statistics
-    afresh: the end of a warm-up), ``"stop"`` (stop the sources and drain, as Ctrl-C does)
-    or ``None``.
+    latest statistics of each node (with their histograms) and the seconds since the
+    start. It may answer ``"reset"`` (every node starts its statistics afresh: the end of a
+    warm-up), ``"stop"`` (stop the sources and drain, as Ctrl-C does) or ``None``.
     """
 
     def on_stats(
-        self, stats: dict[str, dict[str, Any]], elapsed_s: float
+        self, stats: Mapping[str, NodeStats], elapsed_s: float
     ) -> Literal["reset", "stop"] | None: ...
 
 
@@ -62,11 +65,20 @@ EXIT_FAILED = 1
 
 @dataclasses.dataclass
 class RunResult:
-    """What a run ended with: exit code, each node's last statistics, the failure if any."""
+    """What a run ended with: exit code, each node's last statistics, the failure if any.
+
+    Attributes:
+        exit_code: 0, or 1 after a node's failure or a forced stop.
+        stats: each node's last statistics, by node id.
+        error: the first node failure (``NodeOpenError``, ``NodeProcessError`` or
+            ``NodeExitError``), None when none failed.
+        duration_s: wall time of the whole run.
+        stopped: the run was interrupted (SIGINT/SIGTERM).
+    """
 
     exit_code: int
-    stats: dict[str, dict[str, Any]]
-    error: str | None
+    stats: dict[str, NodeStats]
+    error: NodeError | None
     duration_s: float
     stopped: bool = False
 
@@ -87,7 +99,30 @@ def _sweep_run_dirs() -> None:
                 pass
 
 
-class _Child:
+class NodeProcess(Protocol):
+    """A started node process, as the supervisor watches it (one per launcher kind)."""
+
+    pid: int
+    sentinel: int | None  # a file descriptor readable when it exits (a pidfd), if any
+
+    @property
+    def exitcode(self) -> int | None: ...
+
+    def is_alive(self) -> bool: ...
+
+    def join(self, timeout: float) -> None: ...
+
+    def kill(self, sig: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+Launcher = Callable[[WorkerConfig], NodeProcess]
+"""Starts one worker for a config. ``launch_local`` runs it here; a cluster launcher would
+start ``python -m pipeline.runtime.worker`` elsewhere and give back a handle on it."""
+
+
+class _LocalProcess:
     """A node process: a fresh interpreter (the ``spawn`` model) started with subprocess.
 
     Not ``multiprocessing``: its spawn re-imports the caller's ``__main__`` in every child, so
@@ -96,7 +131,7 @@ class _Child:
     """
 
     def __init__(self, cfg: WorkerConfig) -> None:
-        payload = json.dumps({"config": dataclasses.asdict(cfg), "sys_path": sys.path})
+        payload = json.dumps({"config": cfg.to_wire(), "sys_path": sys.path})
         self.popen = subprocess.Popen(
             [sys.executable, "-c", "from pipeline.runtime.worker import main; main()"],
             stdin=subprocess.PIPE,
@@ -124,6 +159,10 @@ class _Child:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout)
 
+    def kill(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+
     def close(self) -> None:
         if self.sentinel is not None:
             with contextlib.suppress(OSError):
@@ -131,13 +170,20 @@ class _Child:
             self.sentinel = None
 
 
+def launch_local(cfg: WorkerConfig) -> NodeProcess:
+    """Start a worker as a child process of this one."""
+    return _LocalProcess(cfg)
+
+
 @dataclasses.dataclass
 class _Proc:
+    """The supervisor's view of one node."""
+
     node_id: str
-    process: _Child
+    process: NodeProcess
     is_source: bool
-    state: str = "starting"
-    stats: dict[str, Any] | None = None
+    state: NodeState = NodeState.CREATED
+    stats: NodeStats | None = None
     exited: bool = False
 
 
@@ -150,6 +196,7 @@ class _Supervisor:
         out: IO[str],
         grace_s: float,
         monitor: RunMonitor | None = None,
+        launcher: Launcher = launch_local,
     ) -> None:
         self.monitor = monitor
         self.graph = graph
@@ -157,50 +204,31 @@ class _Supervisor:
         self.live = live
         self.out = out
         self.grace_s = grace_s
+        self.launcher = launcher
         self.run_id = secrets.token_hex(3)
         self.prefix = f"pipeline-{os.getpid()}-{self.run_id}"
         self.run_dir = _run_dir_root() / self.prefix
+        self.plan = plan_graph(graph, self.run_dir)
         self.procs: dict[str, _Proc] = {}
-        self.error: str | None = None
+        self.error: NodeError | None = None
         self.stop_deadline: float | None = None
         self.interrupts = 0
         self.forced = False
+        self.endpoints: dict[str, str] = {}
+        self.hello: set[str] = set()
 
     # set-up ------------------------------------------------------------------------------------
     def _configs(self, control: str) -> list[WorkerConfig]:
-        configs = []
-        for index, node in enumerate(self.graph.spec.nodes):
-            inputs = []
-            for edge in self.graph.edges_into(node.id):
-                tcp = edge.spec.transport == "tcp"
-                bind = "tcp://127.0.0.1:*" if tcp else f"ipc://{self.run_dir}/{index}-{edge.input}"
-                batch = max(1, edge.spec.queue // 2) if edge.spec.when_full == "block" else 1
-                inputs.append(
-                    InputPlan(edge.input, f"{edge.producer}/{edge.output}", bind, tcp, batch)
-                )
-            outputs = []
-            for port in self.graph.classes[node.id].outputs:
-                edges = [
-                    (e.name, e.spec.model_dump(by_alias=True))
-                    for e in self.graph.edges_from(node.id)
-                    if e.output == port
-                ]
-                outputs.append(OutputPlan(port, edges))
-            configs.append(
-                WorkerConfig(
-                    node_id=node.id,
-                    node_type=node.node,
-                    params=dict(node.params),
-                    index=index,
-                    control=control,
-                    shm_prefix=self.prefix,
-                    inputs=inputs,
-                    outputs=outputs,
-                    log_level=self.log_level,
-                    stats_path=str(self.run_dir / "stats.json"),
-                )
+        return [
+            WorkerConfig(
+                plan=node,
+                control=control,
+                shm_prefix=self.prefix,
+                log_level=self.log_level,
+                stats_path=str(self.run_dir / "stats.json"),
             )
-        return configs
+            for node in self.plan.nodes
+        ]
 
     def run(self) -> RunResult:
         sweep_stale()
@@ -213,6 +241,7 @@ class _Supervisor:
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         control = f"ipc://{self.run_dir}/control"
         router.bind(control)
+        self.router = router
         old_int = signal.getsignal(signal.SIGINT)
         old_term = signal.getsignal(signal.SIGTERM)
         try:
@@ -220,24 +249,21 @@ class _Supervisor:
             # only the supervisor, even before a child has installed its own handlers.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             for cfg in self._configs(control):
-                proc = _Child(cfg)
-                self.procs[cfg.node_id] = _Proc(
-                    cfg.node_id, proc, self.graph.classes[cfg.node_id].is_source()
-                )
+                self.procs[cfg.node_id] = _Proc(cfg.node_id, self.launcher(cfg), cfg.plan.is_source)
             signal.signal(signal.SIGINT, self._on_signal)
             signal.signal(signal.SIGTERM, self._on_signal)
-            self._supervise(router)
+            self._supervise()
         finally:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
             self._terminate_all()
-            for p in self.procs.values():
-                p.process.close()
+            for proc in self.procs.values():
+                proc.process.close()
             router.close(linger=0)
             ctx.term()
             remove_run_segments(self.prefix)
             shutil.rmtree(self.run_dir, ignore_errors=True)
-        stats = {p.node_id: p.stats for p in self.procs.values() if p.stats is not None}
+        stats = {n: proc.stats for n, proc in self.procs.items() if proc.stats is not None}
         code = EXIT_FAILED if (self.error or self.forced) else EXIT_OK
         return RunResult(code, stats, self.error, time.monotonic() - t0, self.interrupts > 0)
 
@@ -254,173 +280,208 @@ class _Supervisor:
     def _print(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
-    # supervision -------------------------------------------------------------------------------
-    def _send(self, router: zmq.Socket[Any], node_id: str, kind: str, **fields: Any) -> None:
-        fields["t"] = kind
+    # messages ----------------------------------------------------------------------------------
+    def _send(self, node_id: str, message: p.ControlMessage) -> None:
         with contextlib.suppress(zmq.ZMQError):
-            router.send_multipart([node_id.encode(), msgpack.packb(fields, use_bin_type=True)])
+            self.router.send_multipart([node_id.encode(), p.encode(message)])
 
-    def _handle(self, router: zmq.Socket[Any], payload: list[bytes]) -> None:
-        """One message from a node."""
-        ident, raw = payload
+    def _send_all(self, message: p.ControlMessage, *, sources_only: bool = False) -> None:
+        for proc in self.procs.values():
+            if proc.is_source or not sources_only:
+                self._send(proc.node_id, message)
+
+    def _receive(self) -> None:
+        """One message from a node: decoded, its state followed, then acted on."""
+        ident, raw = self.router.recv_multipart()
         node_id = ident.decode()
-        msg = msgpack.unpackb(raw)
-        kind = msg["t"]
-        proc = self.procs[node_id]
-        if kind == "hello":
-            self.hello.add(node_id)
-            self.endpoints.update(msg["endpoints"])
-            if len(self.hello) == len(self.procs):
-                for nid in self.procs:
-                    mine = {e.name: self.endpoints[e.name] for e in self.graph.edges_from(nid)}
-                    self._send(router, nid, "wiring", endpoints=mine)
-        elif kind == "ready":
-            self.ready.add(node_id)
-            proc.state = "ready"
-        elif kind == "open_failed":
-            # Usually a user's mistake (a missing file, a busy port): the message says what;
-            # the traceback is for --log-level DEBUG.
-            tb = msg["tb"] if self.log_level == "DEBUG" else None
-            self._fail(f"node {node_id!r} failed in open(): {msg['error']}", tb)
-            if tb is None:
-                self._print("(run with --log-level DEBUG to see the traceback)")
-        elif kind == "stats":
-            proc.stats = msg["stats"]
-            proc.state = msg["stats"]["state"]
-        elif kind == "error":
-            proc.stats = msg.get("stats") or proc.stats
-            seq = msg.get("seq")
-            where = ""
-            if seq is not None:
-                where = f" on seq {seq}" + (f" from {msg['source']}" if msg.get("source") else "")
-            self._fail(
-                f"node {node_id!r} failed in {msg['method']}(){where}: {msg['error']}", msg["tb"]
-            )
-        elif kind == "done":
-            proc.stats = msg["stats"]
-            proc.state = "done"
+        proc = self.procs.get(node_id)
+        if proc is None:
+            return  # not one of ours
+        try:
+            self.on_message(proc, p.decode(raw))
+        except p.ProtocolError as exc:
+            self._fail(NodeError(node_id, "control", str(exc)), None)
 
-    def _supervise(self, router: zmq.Socket[Any]) -> None:
-        poller = zmq.Poller()
-        poller.register(router, zmq.POLLIN)
-        for p in self.procs.values():
-            if p.process.sentinel is not None:
-                poller.register(p.process.sentinel, zmq.POLLIN)
-        self.endpoints: dict[str, str] = {}
-        self.hello: set[str] = set()
-        self.ready: set[str] = set()
-        ready = self.ready
-        phase = "starting"
-        stop_sent = False
-        next_table = time.monotonic() + 1.0
-        next_monitor = 0.0
-        started_at = 0.0
-        while True:
-            events = dict(poller.poll(100))
-            while router.poll(0):
-                self._handle(router, router.recv_multipart())
-            for p in self.procs.values():
-                if p.exited:
-                    continue
-                fd = p.process.sentinel
-                if fd is not None:
-                    if fd not in events:
-                        continue
-                    poller.unregister(fd)
-                    p.process.join(1.0)  # reap it: its exit code is unknown until then
-                elif p.process.is_alive():
-                    continue
-                p.exited = True
-                code = p.process.exitcode
-                # Its last words ("done", "error") may still be on their way through ZeroMQ:
-                # read them before judging the exit.
-                last_words = time.monotonic() + (1.0 if code == 0 else 0.2)
-                while p.state != "done" and time.monotonic() < last_words and router.poll(50):
-                    self._handle(router, router.recv_multipart())
-                if p.state != "done" and not self.error and not self.forced:
-                    self._fail(f"node {p.node_id!r} {_describe_exit(code)} while {p.state}", None)
-            if self.error:
+    def on_message(self, proc: _Proc, message: p.ControlMessage) -> None:
+        """Act on one message from a worker (a new worker -> supervisor kind goes here)."""
+        node_id = proc.node_id
+        match message:
+            case p.Hello(endpoints=endpoints):
+                self._follow(proc, NodeState.OPENING)
+                self.hello.add(node_id)
+                self.endpoints.update(endpoints)
+                if len(self.hello) == len(self.procs):
+                    self._send_wiring()
+            case p.Ready():
+                self._follow(proc, NodeState.READY)
+            case p.OpenFailed(error=error, tb=tb):
+                self._follow(proc, NodeState.FAILED)
+                # Usually a user's mistake (a missing file, a busy port): the message says
+                # what; the traceback is for --log-level DEBUG.
+                debug = self.log_level == "DEBUG"
+                self._fail(NodeOpenError(node_id, "open", error), tb if debug else None)
+                if not debug:
+                    self._print("(run with --log-level DEBUG to see the traceback)")
+            case p.StatsReport(stats=stats):
+                proc.stats = NodeStats.from_wire(stats)
+                self._follow(proc, NodeState(proc.stats.state))
+            case p.Failed():
+                if message.stats:
+                    proc.stats = NodeStats.from_wire(message.stats)
+                self._follow(proc, NodeState.FAILED)
+                failure = NodeProcessError(
+                    node_id, message.method, message.error, message.seq, message.source
+                )
+                self._fail(failure, message.tb)
+            case p.Done(stats=stats):
+                proc.stats = NodeStats.from_wire(stats)
+                self._follow(proc, NodeState.CLOSED)
+            case _:
+                raise p.ProtocolError(f"a supervisor does not take {message.kind!r} messages")
+
+    @staticmethod
+    def _follow(proc: _Proc, state: NodeState) -> None:
+        """The node says it is in ``state``: a step forward along the allowed transitions."""
+        if not proc.state.reaches(state):
+            raise p.ProtocolError(
+                f"node {proc.node_id!r} reported {state.value} while {proc.state.value}"
+            )
+        proc.state = state
+
+    def _send_wiring(self) -> None:
+        for node_id in self.procs:
+            mine = {e.name: self.endpoints[e.name] for e in self.plan.edges_from(node_id)}
+            self._send(node_id, p.Wiring(mine))
+
+    # supervision -------------------------------------------------------------------------------
+    def _supervise(self) -> None:
+        """The run's phases: start every node, run until every node ended, or stop."""
+        self.poller = zmq.Poller()
+        self.poller.register(self.router, zmq.POLLIN)
+        for proc in self.procs.values():
+            if proc.process.sentinel is not None:
+                self.poller.register(proc.process.sentinel, zmq.POLLIN)
+        if not self._starting():
+            return
+        self._send_all(p.Start())
+        self._running()
+
+    def _pump(self, timeout_ms: int) -> None:
+        """Wait up to ``timeout_ms`` for anything; read every message and reap every exit."""
+        events = dict(self.poller.poll(timeout_ms))
+        while self.router.poll(0):
+            self._receive()
+        for proc in self.procs.values():
+            if not proc.exited:
+                self._check_exit(proc, events)
+
+    def _check_exit(self, proc: _Proc, events: dict[Any, int]) -> None:
+        fd = proc.process.sentinel
+        if fd is not None:
+            if fd not in events:
                 return
-            if phase == "starting" and len(ready) == len(self.procs):
-                phase = "running"
-                started_at = time.monotonic()
-                next_monitor = started_at + 0.5
-                for nid in self.procs:
-                    self._send(router, nid, "start")
-            if all(p.exited for p in self.procs.values()):
+            self.poller.unregister(fd)
+            proc.process.join(1.0)  # reap it: its exit code is unknown until then
+        elif proc.process.is_alive():
+            return
+        proc.exited = True
+        code = proc.process.exitcode
+        # Its last words (Done, Failed) may still be on their way through ZeroMQ: read them
+        # before judging the exit.
+        last_words = time.monotonic() + (1.0 if code == 0 else 0.2)
+        while not proc.state.ended and time.monotonic() < last_words and self.router.poll(50):
+            self._receive()
+        if proc.state is not NodeState.CLOSED and not self.error and not self.forced:
+            self._fail(NodeExitError(proc.node_id, _describe_exit(code), proc.state.value), None)
+
+    def _all_exited(self) -> bool:
+        return all(proc.exited for proc in self.procs.values())
+
+    def _starting(self) -> bool:
+        """Until every node has opened: True to go on, False when the run is over."""
+        while True:
+            self._pump(100)
+            if self.error or self._all_exited():
+                return False
+            if all(proc.state is NodeState.READY for proc in self.procs.values()):
+                return True
+            if self.stop_deadline is not None:
+                self._print("stopped before the graph started")
+                self.forced = True
+                return False
+
+    def _running(self) -> None:
+        """Until every node has ended, a node failed, or a stop ran out of time."""
+        started_at = time.monotonic()
+        next_monitor = started_at + 0.5
+        next_table = started_at + 1.0
+        stop_sent = False
+        while True:
+            self._pump(100)
+            if self.error or self._all_exited():
                 return
             now = time.monotonic()
-            if self.monitor is not None and phase == "running" and now >= next_monitor:
+            if self.monitor is not None and now >= next_monitor:
                 next_monitor = now + 0.5
-                rows = {p.node_id: p.stats for p in self.procs.values() if p.stats}
-                verdict = self.monitor.on_stats(rows, now - started_at)
-                if verdict == "reset":
-                    for nid in self.procs:
-                        self._send(router, nid, "reset")
-                elif verdict == "stop" and self.stop_deadline is None:
-                    self.stop_deadline = now + self.grace_s
+                self._consult_monitor(self.monitor, now, now - started_at)
             if self.stop_deadline is not None:
-                if phase == "starting":
-                    self._print("stopped before the graph started")
-                    self.forced = True
-                    return
                 if not stop_sent:
                     stop_sent = True
-                    for p in self.procs.values():
-                        if p.is_source:
-                            self._send(router, p.node_id, "stop")
+                    self._send_all(p.Stop(), sources_only=True)
                 if now >= self.stop_deadline:
                     self._print("forcing stop: not every node drained in time")
                     self.forced = True
                     return
-            if now >= next_table and phase == "running":
+            if now >= next_table:
                 next_table = now + 1.0
                 self._publish_stats()
                 if self.live:
                     self._live_table()
 
-    def _fail(self, line: str, tb: str | None) -> None:
+    def _consult_monitor(self, monitor: RunMonitor, now: float, elapsed_s: float) -> None:
+        rows = {n: proc.stats for n, proc in self.procs.items() if proc.stats}
+        verdict = monitor.on_stats(rows, elapsed_s)
+        if verdict == "reset":
+            self._send_all(p.Reset())
+        elif verdict == "stop" and self.stop_deadline is None:
+            self.stop_deadline = now + self.grace_s
+
+    def _fail(self, error: NodeError, tb: str | None) -> None:
         if self.error:
             return
-        self.error = line
-        self._print(f"error: {line}")
+        self.error = error
+        self._print(f"error: {error}")
         if tb:
             self._print(tb.rstrip())
 
     def _publish_stats(self) -> None:
         """Every node's latest statistics, for nodes that show them (a preview page)."""
-        rows = {
-            p.node_id: {k: v for k, v in p.stats.items() if not k.endswith("_hist")}
-            for p in self.procs.values()
-            if p.stats
-        }
+        rows = {n: proc.stats.to_dict() for n, proc in self.procs.items() if proc.stats}
         tmp = self.run_dir / "stats.json.tmp"
         with contextlib.suppress(OSError):
             tmp.write_text(json.dumps(rows))
             tmp.replace(self.run_dir / "stats.json")
 
     def _live_table(self) -> None:
-        rows = {p.node_id: p.stats for p in self.procs.values() if p.stats}
+        rows = {n: proc.stats for n, proc in self.procs.items()}
         text = render_table(rows)
         # redraw in place on a terminal
         self.out.write("\x1b[H\x1b[J" + text + "\n")
         self.out.flush()
 
     def _terminate_all(self) -> None:
-        alive = [p for p in self.procs.values() if p.process.is_alive()]
-        for p in alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.process.pid, signal.SIGTERM)
+        alive = [proc for proc in self.procs.values() if proc.process.is_alive()]
+        for proc in alive:
+            proc.process.kill(signal.SIGTERM)
         deadline = time.monotonic() + 3.0
-        for p in alive:
-            p.process.join(max(0.0, deadline - time.monotonic()))
-        for p in alive:
-            if p.process.is_alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.process.pid, signal.SIGKILL)
-                p.process.join(1.0)
-        for p in self.procs.values():
-            p.process.join(0.1)
+        for proc in alive:
+            proc.process.join(max(0.0, deadline - time.monotonic()))
+        for proc in alive:
+            if proc.process.is_alive():
+                proc.process.kill(signal.SIGKILL)
+                proc.process.join(1.0)
+        for proc in self.procs.values():
+            proc.process.join(0.1)
 
 
 def _describe_exit(code: int | None) -> str:
@@ -444,6 +505,7 @@ def run_graph(
     out: IO[str] | None = None,
     grace_s: float = 5.0,
     monitor: RunMonitor | None = None,
+    launcher: Launcher = launch_local,
 ) -> RunResult:
     """Run a validated graph to its end; returns the exit code and statistics.
 
@@ -455,20 +517,18 @@ def run_graph(
         out: where errors and the table go (default stderr).
         grace_s: after a stop, how long the graph may drain before it is forced.
         monitor: called with statistics twice a second; may reset them or stop the graph.
+        launcher: starts each node's worker (default: a child process of this one).
     """
     stream = out or sys.stderr
-    result = _Supervisor(graph, log_level, live, stream, grace_s, monitor).run()
+    result = _Supervisor(graph, log_level, live, stream, grace_s, monitor, launcher).run()
     if stats_json is not None:
         payload = {
             "graph": graph.name,
             "file": graph.file,
             "exit_code": result.exit_code,
-            "error": result.error,
+            "error": str(result.error) if result.error else None,
             "duration_s": round(result.duration_s, 3),
-            "nodes": {
-                k: {kk: vv for kk, vv in v.items() if not kk.endswith("_hist")}
-                for k, v in result.stats.items()
-            },
+            "nodes": {k: v.to_dict() for k, v in result.stats.items()},
         }
         Path(stats_json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return result

@@ -131,6 +131,8 @@ class NodeStats:
     counters: Mapping[str, int]
     cpu_s: float = 0.0
     max_rss_mb: float = 0.0
+    process_hist: Histogram | None = dataclasses.field(default=None, repr=False, compare=False)
+    latency_hist: Histogram | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def received(self) -> int:
@@ -149,9 +151,42 @@ class NodeStats:
         return self.calls / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        """Plain values (``--stats-json``, ``graph_statistics``), without the histograms."""
+        d = dataclasses.asdict(dataclasses.replace(self, process_hist=None, latency_hist=None))
+        del d["process_hist"], d["latency_hist"]
         d["fps"] = round(self.fps, 3)
         return d
+
+    def to_wire(self) -> dict[str, Any]:
+        """``to_dict`` plus the raw histograms (so a bench can merge or re-cut them)."""
+        d = self.to_dict()
+        if self.process_hist is not None:
+            d["process_hist"] = self.process_hist.to_dict()
+        if self.latency_hist is not None:
+            d["latency_hist"] = self.latency_hist.to_dict()
+        return d
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> NodeStats:
+        """Rebuild from ``to_wire()`` or ``to_dict()`` output."""
+        process_hist = d.get("process_hist")
+        latency_hist = d.get("latency_hist")
+        return cls(
+            node_id=d["node_id"],
+            state=d["state"],
+            inputs={k: InputStats(**v) for k, v in d["inputs"].items()},
+            outputs={k: OutputStats(**v) for k, v in d["outputs"].items()},
+            calls=d["calls"],
+            process_ms=d["process_ms"],
+            latency_ms=d["latency_ms"],
+            busy_s=d["busy_s"],
+            elapsed_s=d["elapsed_s"],
+            counters=d["counters"],
+            cpu_s=d.get("cpu_s", 0.0),
+            max_rss_mb=d.get("max_rss_mb", 0.0),
+            process_hist=Histogram.from_dict(process_hist) if process_hist else None,
+            latency_hist=Histogram.from_dict(latency_hist) if latency_hist else None,
+        )
 
 
 class StatsCollector:
@@ -222,26 +257,8 @@ class StatsCollector:
         )
 
     def to_wire(self, now: float) -> dict[str, Any]:
-        """A snapshot plus the raw histograms (so a bench can merge or re-cut them)."""
+        """A snapshot plus the raw histograms, as a worker reports it."""
         d = self.snapshot(now).to_dict()
         d["process_hist"] = self.process.to_dict()
         d["latency_hist"] = self.latency.to_dict()
         return d
-
-
-def stats_from_dict(d: Mapping[str, Any]) -> NodeStats:
-    """Rebuild a NodeStats from ``to_dict()`` output."""
-    return NodeStats(
-        node_id=d["node_id"],
-        state=d["state"],
-        inputs={k: InputStats(**v) for k, v in d["inputs"].items()},
-        outputs={k: OutputStats(**v) for k, v in d["outputs"].items()},
-        calls=d["calls"],
-        process_ms=d["process_ms"],
-        latency_ms=d["latency_ms"],
-        busy_s=d["busy_s"],
-        elapsed_s=d["elapsed_s"],
-        counters=d["counters"],
-        cpu_s=d.get("cpu_s", 0.0),
-        max_rss_mb=d.get("max_rss_mb", 0.0),
-    )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+
+from pipeline.runtime.stats import NodeStats
 
 __all__ = ["render_table"]
 
@@ -26,28 +27,25 @@ def _fmt_ms(value: float) -> str:
     return f"{value:.2f}ms" if value < 100 else f"{value:.0f}ms"
 
 
-def render_table(rows: Mapping[str, Mapping[str, Any] | None]) -> str:
-    """One line per node from the stats dicts that workers report."""
+def render_table(rows: Mapping[str, NodeStats | None]) -> str:
+    """One line per node from the statistics that workers report (None: not yet)."""
     lines = [list(_COLUMNS)]
     for node_id, s in rows.items():
         if not s:
             lines.append([node_id, "starting", *[""] * (len(_COLUMNS) - 2)])
             continue
-        received = sum(i["received"] for i in s["inputs"].values())
-        dropped = sum(i["dropped"] for i in s["inputs"].values())
-        qpeak = max((i["queue_peak"] for i in s["inputs"].values()), default=0)
-        sent = sum(o["sent"] for o in s["outputs"].values())
-        lat = s["latency_ms"]
-        proc = s["process_ms"]
+        qpeak = max((i.queue_peak for i in s.inputs.values()), default=0)
+        lat = s.latency_ms
+        proc = s.process_ms
         lines.append(
             [
                 node_id,
-                s["state"],
-                str(received),
-                str(sent),
-                str(dropped),
+                s.state,
+                str(s.received),
+                str(s.sent),
+                str(s.dropped),
                 str(qpeak),
-                f"{s.get('fps', 0.0):.1f}",
+                f"{s.fps:.1f}",
                 _fmt_ms(proc["p50_ms"]),
                 _fmt_ms(proc["p95_ms"]),
                 _fmt_ms(lat["p50_ms"]) if lat["p50_ms"] else "-",

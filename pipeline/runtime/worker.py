@@ -1,27 +1,32 @@
 """The node process: receive, join, process, send; and the lifecycle calls around it.
 
-One worker runs one node. Start-up with the supervisor (over a DEALER/ROUTER control
-socket, msgpack messages):
+One worker runs one node (``pipeline.runtime.plan.NodePlan``). Start-up with the supervisor
+(over a DEALER/ROUTER control socket; the messages are ``pipeline.runtime.protocol``):
 
-1. bind one PAIR socket per input edge and say ``hello`` with the endpoints;
-2. ``open()`` the node, then say ``ready`` (or ``open_failed``: nothing else is called);
-3. receive ``wiring`` (the endpoints of its output edges) and connect;
-4. receive ``start``; a source calls ``process()`` until ``EndOfStream`` or ``stop``; other
+1. bind one PAIR socket per input edge and say ``Hello`` with the endpoints;
+2. ``open()`` the node, then say ``Ready`` (or ``OpenFailed``: nothing else is called);
+3. receive ``Wiring`` (the endpoints of its output edges) and connect;
+4. receive ``Start``; a source calls ``process()`` until ``EndOfStream`` or ``Stop``; other
    nodes process joined input sets until every input has ended;
-5. ``flush()``, ``close()``, end of stream on every output, ``done`` with final statistics.
+5. ``flush()``, ``close()``, end of stream on every output, ``Done`` with final statistics.
 
-An exception in ``process``/``flush`` is reported (``error``: method, input seq, traceback),
+The sequence itself (and its statistics and failure capture) is
+``pipeline.runtime.lifecycle.NodeDriver``, the same one ``run_node`` uses. An exception in
+``process``/``flush``/``close`` is reported (``Failed``: method, input seq, traceback),
 ``close()`` still runs, and the process exits 1. SIGTERM (the supervisor's forced stop)
 unwinds the same way, so ``close()`` runs (a video file is finalised). SIGINT is ignored:
 Ctrl-C belongs to the supervisor, which stops the sources and lets the graph drain.
 Statistics go to the supervisor every half second. ``kill -USR1 <pid>`` makes a node print
 where each of its threads is (for a graph that seems stuck); a node whose supervisor died
 stops by itself.
+
+A new supervisor -> worker message is handled in ``Worker.on_control``; a per-node request
+lane (asking a running node for something) would be one more socket registered in
+``_run_consumer``'s poller and checked in ``_tick``, next to the control socket.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import faulthandler
 import json
 import logging
@@ -31,54 +36,27 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import zmq
 
-from pipeline.graph.spec import InputSpec
-from pipeline.node import EndOfStream, Node
+from pipeline.node import Node
 from pipeline.registry import load_node_class
+from pipeline.runtime import protocol as p
 from pipeline.runtime.join import Joiner
+from pipeline.runtime.lifecycle import NodeDriver
+from pipeline.runtime.plan import WorkerConfig
+from pipeline.runtime.protocol import NodeState
 from pipeline.runtime.stats import NodeStats, StatsCollector
 from pipeline.transport.channels import EdgeSender, InputEdge, RuntimeOutput
 from pipeline.transport.shm import ShmReader, SlotPool
 
-__all__ = ["InputPlan", "OutputPlan", "WorkerConfig", "main", "worker_main"]
+__all__ = ["Worker", "main", "worker_main"]
 
 STATS_INTERVAL_S = 0.5
 EXIT_TERMINATED = 3
-
-
-@dataclasses.dataclass(frozen=True)
-class InputPlan:
-    port: str
-    producer: str  # "node/port"
-    bind: str
-    tcp: bool
-    release_every: int = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class OutputPlan:
-    port: str
-    edges: list[tuple[str, dict[str, Any]]]  # (edge name, InputSpec as a dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerConfig:
-    node_id: str
-    node_type: str
-    params: dict[str, Any]
-    index: int
-    control: str
-    shm_prefix: str
-    inputs: list[InputPlan]
-    outputs: list[OutputPlan]
-    log_level: str = "INFO"
-    stats_path: str = ""  # where the supervisor publishes every node's statistics
 
 
 class _Terminated(BaseException):
@@ -93,12 +71,7 @@ def main() -> None:
     """Entry point of a node process: the config arrives as JSON on stdin."""
     data = json.loads(sys.stdin.read())
     sys.path[:] = data["sys_path"]
-    raw = data["config"]
-    raw["inputs"] = [InputPlan(**i) for i in raw["inputs"]]
-    raw["outputs"] = [
-        OutputPlan(o["port"], [(n, s) for n, s in o["edges"]]) for o in raw["outputs"]
-    ]
-    worker_main(WorkerConfig(**raw))
+    worker_main(WorkerConfig.from_wire(data["config"]))
 
 
 def worker_main(cfg: WorkerConfig) -> None:
@@ -114,7 +87,7 @@ def worker_main(cfg: WorkerConfig) -> None:
         force=True,
     )
     _watch_parent()
-    code = _Worker(cfg).run()
+    code = Worker(cfg).run()
     sys.stderr.flush()
     os._exit(code)  # skip interpreter teardown: nothing is left to flush, and it is slow
 
@@ -131,9 +104,12 @@ def _watch_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-class _Worker:
+class Worker:
+    """One node's process: its sockets, its ports and its ``NodeDriver``."""
+
     def __init__(self, cfg: WorkerConfig) -> None:
         self.cfg = cfg
+        self.plan = cfg.plan
         self.log = logging.getLogger(f"pipeline.node.{cfg.node_id}")
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.control = self.ctx.socket(zmq.DEALER)
@@ -141,57 +117,65 @@ class _Worker:
         self.control.setsockopt_string(zmq.IDENTITY, cfg.node_id)
         self.control.connect(cfg.control)
         self.stats = StatsCollector(
-            cfg.node_id, [i.port for i in cfg.inputs], [o.port for o in cfg.outputs]
+            cfg.node_id, [e.input for e in self.plan.inputs], [o.port for o in self.plan.outputs]
         )
-        self.node: Node | None = None
-        self.opened = False
+        self.driver: NodeDriver | None = None
         self.stop_requested = False
         self.outputs: dict[str, RuntimeOutput] = {}
         self.inputs: list[InputEdge] = []
         self.reader = ShmReader()
         self.last_report = 0.0
-        self.current_seq: int | None = None
-        self.current_source = ""
 
     # control -------------------------------------------------------------------------------
-    def tell(self, kind: str, **fields: Any) -> None:
-        fields["t"] = kind
-        self.control.send(msgpack.packb(fields, use_bin_type=True))
+    def tell(self, message: p.ControlMessage) -> None:
+        self.control.send(p.encode(message))
 
-    def _handle_control(self, msg: dict[str, Any]) -> str:
-        kind = str(msg.get("t"))
-        if kind == "stop":
-            self.stop_requested = True
-        elif kind == "reset":
-            self.stats.reset(time.monotonic())
-            for out in self.outputs.values():
-                out.sent = 0
-                out.wait_s = 0.0
-                for edge in out.edges:
-                    edge.dropped = 0
-                    edge.blocked_s = 0.0
-        elif kind == "wiring":
-            self._wire(msg["endpoints"])
-        return kind
+    def on_control(self, message: p.ControlMessage) -> None:
+        """Act on one message from the supervisor (``Start`` is awaited by ``_wait_start``)."""
+        match message:
+            case p.Stop():
+                self.stop_requested = True
+            case p.Reset():
+                self.stats.reset(time.monotonic())
+                for out in self.outputs.values():
+                    out.reset_counters()
+            case p.Wiring(endpoints=endpoints):
+                self._wire(endpoints)
+            case p.Abort():
+                raise _Terminated()
+            case p.Start():
+                pass
+            case _:
+                raise p.ProtocolError(f"a worker does not take {message.kind!r} messages")
 
-    def _wait_for(self, wanted: Iterable[str]) -> str:
-        wanted = set(wanted)
-        while True:
-            kind = self._handle_control(msgpack.unpackb(self.control.recv()))
-            if kind in wanted:
-                return kind
+    def _recv_control(self) -> p.ControlMessage:
+        message = p.decode(self.control.recv())
+        self.on_control(message)
+        return message
+
+    def _wait_start(self) -> None:
+        """Handle control messages until ``Start`` (``Abort`` unwinds)."""
+        while not isinstance(self._recv_control(), p.Start):
+            pass
 
     def _poll_control(self) -> None:
         while self.control.poll(0):
-            kind = self._handle_control(msgpack.unpackb(self.control.recv()))
-            if kind == "abort":
-                raise _Terminated()
+            self._recv_control()
+
+    def _tick(self) -> bool:
+        """Every 10 ms of a run: control messages, statistics; True when asked to stop."""
+        self._poll_control()
+        if self.stop_requested:
+            self.log.debug("stopped")
+            return True
+        self.report()
+        return False
 
     def report(self, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self.last_report >= STATS_INTERVAL_S:
             self.last_report = now
-            self.tell("stats", stats=self._wire_stats(now))
+            self.tell(p.StatsReport(self._wire_stats(now)))
 
     def _wire_stats(self, now: float) -> dict[str, Any]:
         for name, out in self.outputs.items():
@@ -218,42 +202,30 @@ class _Worker:
         return data
 
     # set-up ------------------------------------------------------------------------------------
-    def _wire(self, endpoints: dict[str, str]) -> None:
-        for plan in self.cfg.outputs:
-            out = self.outputs[plan.port]
-            for name, spec in plan.edges:
-                out.edges.append(
-                    EdgeSender(self.ctx, endpoints[name], InputSpec.model_validate(spec), name)
-                )
-            out.has_tcp = any(e.tcp for e in out.edges)
-            out.has_shm = any(not e.tcp for e in out.edges)
+    def _wire(self, endpoints: Mapping[str, str]) -> None:
+        for port in self.plan.outputs:
+            out = self.outputs[port.port]
+            for edge in port.edges:
+                out.connect(EdgeSender(self.ctx, edge, endpoints[edge.name]))
 
-    def _build(self) -> None:
-        cfg = self.cfg
-        cls = load_node_class(cfg.node_type)
-        params = cls.Params.model_validate(cfg.params)
-        for i, plan in enumerate(cfg.outputs):
-            slots = 2
-            for _, spec in plan.edges:
-                q = int(spec.get("queue", 4))
-                slots += q * (2 if spec.get("when_full") == "drop_oldest" else 1)
-            pool = SlotPool(f"{cfg.shm_prefix}-{cfg.index}-{i}", max_slots=2 * slots)
-            self.outputs[plan.port] = RuntimeOutput(plan.port, pool, [])
-        for inp in cfg.inputs:
-            self.inputs.append(
-                InputEdge(
-                    self.ctx,
-                    inp.bind,
-                    inp.port,
-                    inp.producer,
-                    self.reader,
-                    inp.tcp,
-                    inp.release_every,
-                )
+    def _build(self) -> Node:
+        plan = self.plan
+        cls = load_node_class(plan.node_type)
+        params = cls.Params.model_validate(dict(plan.params))
+        for i, port in enumerate(plan.outputs):
+            pool = SlotPool(f"{self.cfg.shm_prefix}-{plan.index}-{i}", max_slots=port.slots)
+            self.outputs[port.port] = RuntimeOutput(
+                port.port, pool, type=cls.outputs[port.port].type
             )
-        self.node = cls(
-            params, node_id=cfg.node_id, ports=dict(self.outputs), services=self, log=self.log
+        for edge in plan.inputs:
+            self.inputs.append(InputEdge(self.ctx, edge, self.reader))
+        node = cls(
+            params, node_id=plan.node_id, ports=dict(self.outputs), services=self, log=self.log
         )
+        self.driver = NodeDriver(
+            node, self.stats, list(self.outputs.values()), [e.input for e in plan.inputs]
+        )
+        return node
 
     # the run ---------------------------------------------------------------------------------
     def run(self) -> int:
@@ -267,102 +239,53 @@ class _Worker:
 
     def _run(self) -> int:
         try:
-            self._build()
+            node = self._build()
         except Exception as exc:
-            self.tell(
-                "open_failed", error=f"{type(exc).__name__}: {exc}", tb=traceback.format_exc()
-            )
+            self.tell(p.OpenFailed(f"{type(exc).__name__}: {exc}", traceback.format_exc()))
             return 1
-        me = self.cfg.node_id
-        self.tell(
-            "hello",
-            endpoints={
-                f"{p.producer}->{me}.{p.port}": e.endpoint
-                for p, e in zip(self.cfg.inputs, self.inputs)
-            },
-        )
-        node = self.node
-        assert node is not None
-        self.stats.state = "opening"
-        try:
-            node.open()
-        except Exception as exc:
-            self.tell(
-                "open_failed", error=f"{type(exc).__name__}: {exc}", tb=traceback.format_exc()
-            )
+        driver = self.driver
+        assert driver is not None
+        self.tell(p.Hello({e.name: e.endpoint for e in self.inputs}))
+        if not driver.open():
+            assert driver.failure is not None
+            self.tell(p.OpenFailed(driver.failure.cause, driver.traceback))
             return 1
-        self.opened = True
-        self.tell("ready")
-        if self._wait_for({"start", "abort"}) == "abort":
-            return EXIT_TERMINATED
-        self.stats.state = "running"
-        self.stats.t_start = time.monotonic()
-        method = "process"
-        try:
-            if node.is_source():
-                self._run_source(node)
-            else:
-                self._run_consumer(node)
-            method = "flush"
-            self.stats.state = "flushing"
-            self.current_seq = None
-            node.flush()
-            self._end_call()
-        except _Terminated:
-            raise
-        except Exception as exc:
-            self.stats.t_end = time.monotonic()
-            self.stats.state = "failed"
-            self.tell(
-                "error",
-                method=method,
-                seq=self.current_seq,
-                source=self.current_source,
-                error=f"{type(exc).__name__}: {exc}",
-                tb=traceback.format_exc(),
-                stats=self._wire_stats(time.monotonic()),
-            )
+        self.tell(p.Ready())
+        self._wait_start()
+        feed = self._run_source if node.is_source() else self._run_consumer
+        if not (driver.run(feed) and driver.close()):
+            self._tell_failure(driver)
             return 1
-        self._close_node()
         for out in self.outputs.values():
             out.send_eos()
         for out in self.outputs.values():
             out.wait_released()
         self.stats.t_end = time.monotonic()
-        self.stats.state = "closed"
-        self.tell("done", stats=self._wire_stats(time.monotonic()))
+        driver.finish()
+        self.tell(p.Done(self._wire_stats(time.monotonic())))
         return 0
 
-    def _end_call(self) -> None:
-        for out in self.outputs.values():
-            out.end_call()
+    def _tell_failure(self, driver: NodeDriver) -> None:
+        failure = driver.failure
+        assert failure is not None
+        self.tell(
+            p.Failed(
+                method=failure.method,
+                seq=failure.seq,
+                source=failure.source,
+                error=failure.cause,
+                tb=driver.traceback,
+                stats=self._wire_stats(time.monotonic()),
+            )
+        )
 
-    def _run_source(self, node: Node) -> None:
-        stats = self.stats
-        perf = time.perf_counter
-        next_check = 0.0
-        while True:
-            now = time.monotonic()
-            if now >= next_check:
-                next_check = now + 0.01
-                self._poll_control()
-                if self.stop_requested:
-                    self.log.debug("stopped")
-                    return
-                self.report()
-            t0 = perf()
-            try:
-                node.process()
-            except EndOfStream:
-                self._end_call()
-                return
-            dt = perf() - t0
-            self._end_call()
-            stats.calls += 1
-            stats.busy_s += dt
-            stats.process.add(dt)
+    def _run_source(self) -> None:
+        assert self.driver is not None
+        self.driver.run_source(self._tick)
 
-    def _run_consumer(self, node: Node) -> None:
+    def _run_consumer(self) -> None:
+        driver = self.driver
+        assert driver is not None
         stats = self.stats
         joiner: Joiner[tuple[InputEdge, int]] = Joiner([i.port for i in self.inputs])
         poller = zmq.Poller()
@@ -371,10 +294,12 @@ class _Worker:
             poller.register(edge.sock, zmq.POLLIN)
         inputs = self.inputs
         outputs = list(self.outputs.values())
-        connected = {i.port for i in inputs}
-        unconnected = {p: None for p in type(node).inputs if p not in connected}
-        perf = time.perf_counter
-        mono_ns = time.monotonic_ns
+        push = driver.push
+        drain = driver.drain
+
+        def release(token: tuple[InputEdge, int]) -> None:
+            token[0].release(token[1])
+
         next_check = 0.0
         while not joiner.all_ended:
             # Take whatever has arrived on every input without blocking; only an idle node
@@ -389,42 +314,8 @@ class _Worker:
                         joiner.end(edge.port)
                         break
                     got += 1
-                    stats.received[edge.port] += 1
-                    depth = joiner.push(edge.port, message, (edge, n))
-                    if depth > stats.queue_peak[edge.port]:
-                        stats.queue_peak[edge.port] = depth
-            processed = 0
-            while True:
-                ready, lost = joiner.pop()
-                for port, (edge, n) in lost:
-                    stats.dropped[port] += 1
-                    edge.release(n)
-                if ready is None:
-                    break
-                kwargs: dict[str, Any] = dict(unconnected)
-                t_capture = 0
-                for port, (message, _) in ready.items():
-                    kwargs[port] = message
-                    if message.t_capture_ns and (not t_capture or message.t_capture_ns < t_capture):
-                        t_capture = message.t_capture_ns
-                first = next(iter(ready.values()))[0]
-                self.current_seq = first.seq
-                self.current_source = first.source
-                del first
-                t0 = perf()
-                node.process(**kwargs)
-                dt = perf() - t0
-                kwargs.clear()
-                self._end_call()
-                for _, (edge, n) in ready.values():
-                    edge.release(n)
-                ready = None
-                processed += 1
-                stats.calls += 1
-                stats.busy_s += dt
-                stats.process.add(dt)
-                if t_capture:
-                    stats.latency.add((mono_ns() - t_capture) * 1e-9)
+                    push(joiner, edge.port, message, (edge, n))
+            processed = drain(joiner, release)
             waiting = False
             for out in outputs:
                 if out.has_waiting():
@@ -442,24 +333,17 @@ class _Worker:
         for edge in inputs:
             edge.flush_releases()
 
-    def _close_node(self) -> None:
-        if self.opened and self.node is not None:
-            self.opened = False
-            try:
-                self.node.close()
-            except Exception:
-                self.log.exception("close() raised")
-
     def _teardown(self) -> None:
         # A second SIGTERM must not interrupt the clean-up it asked for.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
-            self._close_node()
+            if self.driver is not None:
+                self.driver.close()
         except _Terminated:
             pass
         # After a normal end, queued messages (the end of stream itself) must still reach the
         # consumers: a socket closed with linger 0 would drop them. After a failure, go now.
-        linger = 10_000 if self.stats.state == "closed" else 0
+        linger = 10_000 if self.stats.state == NodeState.CLOSED.value else 0
         for out in self.outputs.values():
             out.close(linger)
         for edge in self.inputs:

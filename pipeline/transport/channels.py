@@ -33,9 +33,10 @@ import numpy.typing as npt
 import zmq
 
 from pipeline.errors import TransportError
-from pipeline.graph.spec import InputSpec
 from pipeline.messages import Message
+from pipeline.node import refuse_message
 from pipeline.transport import codec
+from pipeline.transport.plan import EdgePlan
 from pipeline.transport.shm import ShmReader, Slot, SlotPool
 
 __all__ = ["EdgeSender", "InputEdge", "RuntimeOutput"]
@@ -56,14 +57,15 @@ class _Pending:
 
 
 class EdgeSender:
-    """The producer's end of one edge."""
+    """The producer's end of one edge: connects to ``endpoint``, where the consumer bound."""
 
-    def __init__(self, ctx: zmq.Context[Any], endpoint: str, spec: InputSpec, name: str) -> None:
-        self.name = name
+    def __init__(self, ctx: zmq.Context[Any], plan: EdgePlan, endpoint: str) -> None:
+        self.plan = plan
+        self.name = plan.name
         self.endpoint = endpoint
-        self.queue = spec.queue
-        self.policy = spec.when_full
-        self.tcp = spec.transport == "tcp"
+        self.queue = plan.queue
+        self.policy = plan.when_full
+        self.tcp = plan.tcp
         self.sock = ctx.socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
@@ -163,17 +165,43 @@ class EdgeSender:
 
 
 class RuntimeOutput:
-    """``self.<output>`` of a node in a running graph: a slot pool and the port's edges."""
+    """``self.<output>`` of a node in a running graph: a slot pool and the port's edges.
 
-    def __init__(self, name: str, pool: SlotPool, edges: list[EdgeSender]) -> None:
+    ``send`` refuses a message that is not of the port's declared ``type``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        pool: SlotPool,
+        edges: list[EdgeSender] | None = None,
+        type: type[Message] = Message,
+    ) -> None:
         self.name = name
+        self.type = type
         self.pool = pool
-        self.edges = edges
+        self.edges: list[EdgeSender] = []
         self._allocated: list[Slot] = []
         self.sent = 0
-        self.has_tcp = any(e.tcp for e in edges)
-        self.has_shm = any(not e.tcp for e in edges)
+        self.has_tcp = False
+        self.has_shm = False
         self.wait_s = 0.0
+        for edge in edges or ():
+            self.connect(edge)
+
+    def connect(self, edge: EdgeSender) -> None:
+        """Add a consumer's edge (the wiring, before the first send)."""
+        self.edges.append(edge)
+        self.has_tcp = any(e.tcp for e in self.edges)
+        self.has_shm = any(not e.tcp for e in self.edges)
+
+    def reset_counters(self) -> None:
+        """Sent, dropped and waiting time from zero (statistics reset)."""
+        self.sent = 0
+        self.wait_s = 0.0
+        for edge in self.edges:
+            edge.dropped = 0
+            edge.blocked_s = 0.0
 
     def _acquire(self, nbytes: int) -> Slot:
         slot = self.pool.acquire(nbytes)
@@ -209,10 +237,8 @@ class RuntimeOutput:
         return slot.view(shape, dt)
 
     def send(self, message: Message) -> None:
-        if not isinstance(message, Message):
-            raise TypeError(
-                f"output {self.name!r} sends Message objects, got {type(message).__name__}"
-            )
+        if not isinstance(message, self.type):
+            refuse_message(self.name, self.type, message)
         held: list[Slot] = []  # slots this message lives in; this port holds one ref on each
         arrays_s: list[tuple[str, np.ndarray, str, Any]] = []
         arrays_b: list[tuple[str, np.ndarray, str, Any]] = []
@@ -297,32 +323,23 @@ class RuntimeOutput:
 
 
 class InputEdge:
-    """The consumer's end of one edge."""
+    """The consumer's end of one edge: binds ``plan.bind``; ``endpoint`` is the bound address."""
 
-    def __init__(
-        self,
-        ctx: zmq.Context[Any],
-        bind: str,
-        port: str,
-        producer: str,
-        reader: ShmReader,
-        tcp: bool = False,
-        release_every: int = 1,
-    ) -> None:
-        self.port = port
-        self.tcp = tcp
-        # Releases are credits back to the producer. On a lossless edge of queue N they can
-        # go back in batches of up to N/2 (one message instead of N/2, and the producer still
-        # has credits in hand); on a drop edge every one goes at once, for freshness.
-        self.release_every = release_every
+    def __init__(self, ctx: zmq.Context[Any], plan: EdgePlan, reader: ShmReader) -> None:
+        self.plan = plan
+        self.name = plan.name
+        self.port = plan.input
+        self.tcp = plan.tcp
+        # Releases are credits back to the producer, sent in batches of up to
+        # ``plan.release_batch`` (see ``pipeline.transport.plan.release_batch``).
+        self.release_every = plan.release_batch
         self._unreleased = 0
         self._release_upto = 0
-        self.producer = producer
         self.sock = ctx.socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.sock.bind(bind)
+        self.sock.bind(plan.bind)
         self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.reader = reader
         self.ended = False

@@ -133,3 +133,25 @@ class OpenFails(Node):
 
     def close(self) -> None:
         Path(self.params.marker).write_text("close was called")
+
+
+class SendsWrongType(Node):
+    """Declares a Frame output and sends Detections on it."""
+
+    frames = Input(Frame)
+    out = Output(Frame)
+
+    def process(self, frames: Frame) -> None:
+        self.out.send(Detections(seq=frames.seq))
+
+
+class CloseFails(Node):
+    """A sink whose close() raises after a clean run."""
+
+    frames = Input(Frame)
+
+    def process(self, frames: Frame) -> None:
+        pass
+
+    def close(self) -> None:
+        raise OSError("could not finalise the file")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nodes.sources.synthetic import SyntheticSource
-from pipeline import load_graph, run_graph
+from pipeline import NodeOpenError, NodeProcessError, load_graph, run_graph
 from pipeline.testing import run_node
 
 pytestmark = pytest.mark.integration
@@ -76,9 +76,9 @@ def test_drop_oldest_counts_drops_and_the_slow_consumer_sees_fresh_frames(write_
     assert slow == sorted(slow)
     assert len(slow) < 200
     assert slow[-1] == 399  # what waited when the stream ended is delivered, not lost
-    stats = result.stats["slow"]["inputs"]["frames"]
-    assert stats["received"] == len(slow)
-    assert stats["dropped"] == 400 - len(slow)  # every frame is delivered or counted
+    stats = result.stats["slow"].inputs["frames"]
+    assert stats.received == len(slow)
+    assert stats.dropped == 400 - len(slow)  # every frame is delivered or counted
     # fresh: the consumer skips ahead instead of working through a backlog
     gaps = np.diff(slow)
     assert np.median(gaps) >= 3
@@ -97,9 +97,9 @@ def test_drop_newest_counts_drops(write_graph, tmp_path):
     result = run_graph(load_graph(graph))
     assert result.exit_code == 0, result.error
     slow = [r["seq"] for r in read_jsonl(tmp_path / "slow.jsonl")]
-    stats = result.stats["slow"]["inputs"]["frames"]
+    stats = result.stats["slow"].inputs["frames"]
     assert 0 < len(slow) < 300
-    assert stats["dropped"] == 300 - len(slow)
+    assert stats.dropped == 300 - len(slow)
     assert slow[:2] == [0, 1]  # the first ones are kept, the new ones dropped
 
 
@@ -176,7 +176,7 @@ def test_end_of_stream_drains_a_chain(write_graph, tmp_path):
     result = run_graph(load_graph(graph))
     assert result.exit_code == 0
     assert [r["seq"] for r in read_jsonl(tmp_path / "rec.jsonl")] == list(range(40))
-    assert {s["state"] for s in result.stats.values()} == {"closed"}
+    assert {s.state for s in result.stats.values()} == {"closed"}
 
 
 def test_node_exception_stops_the_graph_and_names_node_method_and_seq(write_graph, tmp_path):
@@ -203,6 +203,50 @@ def test_node_exception_stops_the_graph_and_names_node_method_and_seq(write_grap
     assert "Traceback (most recent call last)" in text
     assert 'raise ValueError(f"boom at {frames.seq}")' in text
     assert (tmp_path / "bad.closed").exists()  # close() still ran after the error
+    error = result.error
+    assert isinstance(error, NodeProcessError)
+    assert (error.node_id, error.method, error.seq, error.source) == (
+        "bad",
+        "process",
+        10,
+        "camera",
+    )
+    assert str(error) == first.removeprefix("error: ")
+
+
+def test_a_message_of_the_wrong_type_is_refused_at_send_in_the_sender(write_graph):
+    graph = write_graph("""
+        graph: wrong_type
+        nodes:
+          - {id: camera, node: synthetic, params: {width: 64, height: 48, fps: 0, frames: 5}}
+          - {id: liar, node: "{T}:SendsWrongType", inputs: {frames: camera/frames}}
+          - {id: sink, node: discard, inputs: {messages: liar/out}}
+    """)
+    import io
+
+    result = run_graph(load_graph(graph), out=io.StringIO())
+    assert result.exit_code == 1
+    assert str(result.error).startswith(
+        "node 'liar' failed in process() on seq 0 from camera: "
+        "TypeError: output 'out' sends Frame, got Detections"
+    )
+
+
+def test_an_exception_from_close_fails_the_run(write_graph):
+    graph = write_graph("""
+        graph: close_fails
+        nodes:
+          - {id: camera, node: synthetic, params: {width: 64, height: 48, fps: 0, frames: 5}}
+          - {id: sink, node: "{T}:CloseFails", inputs: {frames: camera/frames}}
+    """)
+    import io
+
+    result = run_graph(load_graph(graph), out=io.StringIO())
+    assert result.exit_code == 1
+    assert str(result.error) == (
+        "node 'sink' failed in close(): OSError: could not finalise the file"
+    )
+    assert result.stats["sink"].calls == 5
 
 
 def test_open_failure_reports_and_never_calls_close(write_graph, tmp_path):
@@ -224,6 +268,7 @@ def test_open_failure_reports_and_never_calls_close(write_graph, tmp_path):
         "error: node 'cam_sink' failed in open(): RuntimeError: no such device /dev/video9"
     )
     assert not (tmp_path / "closed").exists()
+    assert isinstance(result.error, NodeOpenError) and result.error.node_id == "cam_sink"
 
 
 def test_a_monitor_resets_statistics_and_stops_the_graph(write_graph, tmp_path):
@@ -241,7 +286,8 @@ def test_a_monitor_resets_statistics_and_stops_the_graph(write_graph, tmp_path):
 
         def on_stats(self, stats, elapsed_s):
             self.calls += 1
-            received = stats.get("rec", {}).get("inputs", {}).get("frames", {}).get("received", 0)
+            rec = stats.get("rec")
+            received = rec.inputs["frames"].received if rec is not None else 0
             if self.reset_at is None and received >= 20:
                 self.reset_at = elapsed_s
                 return "reset"
@@ -254,6 +300,6 @@ def test_a_monitor_resets_statistics_and_stops_the_graph(write_graph, tmp_path):
     assert result.exit_code == 0
     assert monitor.calls >= 3 and monitor.reset_at is not None
     written = len((tmp_path / "rec.jsonl").read_text().splitlines())
-    counted = result.stats["rec"]["inputs"]["frames"]["received"]
+    counted = result.stats["rec"].inputs["frames"].received
     assert 0 < counted < written  # frames before the reset are not counted
-    assert result.stats["rec"]["calls"] == counted
+    assert result.stats["rec"].calls == counted

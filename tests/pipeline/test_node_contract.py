@@ -212,3 +212,20 @@ def test_node_counters_appear_in_statistics():
 def test_run_node_rejects_unknown_inputs():
     with pytest.raises(ValueError, match="has no input"):
         run_node(ScoreFilter, inputs={"frames": []})
+
+
+def test_an_exception_from_close_is_the_failure_of_close():
+    class Leaky(Node):
+        frames = Input(Frame)
+
+        def process(self, frames: Frame) -> None:
+            pass
+
+        def close(self) -> None:
+            raise OSError("disk full")
+
+    run = run_node(Leaky, inputs={"frames": [make_frame(seq=0)]}, raise_errors=False)
+    assert run.calls == ["open", "process", "flush", "close"]
+    assert isinstance(run.error, OSError) and run.failed_in == "close"
+    with pytest.raises(OSError, match="disk full"):
+        run_node(Leaky, inputs={"frames": [make_frame(seq=0)]})

@@ -87,7 +87,7 @@ def test_video_file_and_image_folder_deliver_every_frame_through_real_processes(
     assert [r["meta"]["frame_index"] for r in rows] == [*range(12), *range(13, 30)]
     # decoded into shared memory, the pixels are those OpenCV decodes in this process
     assert [r["sum"] for r in rows] == [int(f.sum(dtype=np.uint64)) for f in expected_video]
-    assert result.stats["video"]["counters"] == {"corrupt_frames": 1}
+    assert result.stats["video"].counters == {"corrupt_frames": 1}
     shots = read_jsonl(tmp_path / "shots.jsonl")
     assert [r["meta"]["file"] for r in shots] == [f"shot{i}.png" for i in range(12)]
     assert [r["sum"] for r in shots] == [int(i.sum(dtype=np.uint64)) for i in images]

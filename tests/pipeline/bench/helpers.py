@@ -6,6 +6,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from pipeline.runtime.stats import NodeStats
+
 FIXTURES = Path(__file__).parent / "fixtures"
 PROBES = "tests.pipeline.bench.probe_nodes"
 
@@ -35,27 +37,40 @@ def stats(
     inputs: dict[str, tuple[int, int, int]] | None = None,
     sent: int | None = None,
     cpu_s: float = 0.0,
-) -> dict[str, Any]:
-    """A node's stats dict as workers report it: busy fraction, and per input port
+) -> NodeStats:
+    """A node's statistics as workers report them: busy fraction, and per input port
     ``(received, dropped, queue_peak)``."""
-    return {
-        "node_id": "x",
-        "state": "closed",
-        "inputs": {
-            p: {"received": r, "dropped": d, "queue_peak": q}
-            for p, (r, d, q) in (inputs or {}).items()
-        },
-        "outputs": {"out": {"sent": calls if sent is None else sent, "dropped": 0}},
-        "calls": calls,
-        "process_ms": {"p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0, "mean_ms": 1.2, "max_ms": 4.0},
-        "latency_ms": {"p50_ms": 5.0, "p95_ms": 6.0, "p99_ms": 7.0, "mean_ms": 5.5, "max_ms": 8.0},
-        "busy_s": busy * elapsed,
-        "elapsed_s": elapsed,
-        "counters": {},
-        "cpu_s": cpu_s,
-        "max_rss_mb": 50.0,
-        "fps": calls / elapsed,
-    }
+    return NodeStats.from_wire(
+        {
+            "node_id": "x",
+            "state": "closed",
+            "inputs": {
+                p: {"received": r, "dropped": d, "queue_peak": q}
+                for p, (r, d, q) in (inputs or {}).items()
+            },
+            "outputs": {"out": {"sent": calls if sent is None else sent, "dropped": 0}},
+            "calls": calls,
+            "process_ms": {
+                "p50_ms": 1.0,
+                "p95_ms": 2.0,
+                "p99_ms": 3.0,
+                "mean_ms": 1.2,
+                "max_ms": 4.0,
+            },
+            "latency_ms": {
+                "p50_ms": 5.0,
+                "p95_ms": 6.0,
+                "p99_ms": 7.0,
+                "mean_ms": 5.5,
+                "max_ms": 8.0,
+            },
+            "busy_s": busy * elapsed,
+            "elapsed_s": elapsed,
+            "counters": {},
+            "cpu_s": cpu_s,
+            "max_rss_mb": 50.0,
+        }
+    )
 
 
 def chain(*nodes: tuple[str, str], queue: int = 4, when_full: str = "block") -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from pipeline.bench.figures import find_bottleneck, node_figures, summarise
@@ -183,14 +185,12 @@ def test_summarise_end_to_end_takes_the_slowest_sink_and_merges_latency():
         slow.add(0.030)
     node_stats = {
         "camera": stats(1.0, calls=1000, sent=1000),
-        "a": {
-            **stats(0.5, calls=900, inputs={"messages": (900, 100, 4)}),
-            "latency_hist": fast.to_dict(),
-        },
-        "b": {
-            **stats(0.2, calls=1000, inputs={"messages": (1000, 0, 1)}),
-            "latency_hist": slow.to_dict(),
-        },
+        "a": dataclasses.replace(
+            stats(0.5, calls=900, inputs={"messages": (900, 100, 4)}), latency_hist=fast
+        ),
+        "b": dataclasses.replace(
+            stats(0.2, calls=1000, inputs={"messages": (1000, 0, 1)}), latency_hist=slow
+        ),
     }
     e2e = summarise(node_stats, topo)["end_to_end"]
     assert e2e["throughput_fps"] == 90.0

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import io
-from typing import Any
 
 from pipeline.bench.monitor import BenchMonitor, BenchSettings, Progress
+from pipeline.runtime.stats import NodeStats
 
 
-def snap(calls: int, elapsed: float, cpu_s: float = 0.0) -> dict[str, Any]:
-    return {"calls": calls, "elapsed_s": elapsed, "cpu_s": cpu_s}
+def snap(calls: int, elapsed: float, cpu_s: float = 0.0, state: str = "running") -> NodeStats:
+    return NodeStats(
+        node_id="x",
+        state=state,
+        inputs={},
+        outputs={},
+        calls=calls,
+        process_ms={},
+        latency_ms={},
+        busy_s=0.0,
+        elapsed_s=elapsed,
+        counters={},
+        cpu_s=cpu_s,
+    )
 
 
 def test_warmup_waits_for_frames_and_time_then_resets():
@@ -115,21 +127,21 @@ def test_monitor_shows_a_bar_while_measuring():
 
 def test_the_window_ends_only_once_every_node_has_reported_twice_since_the_reset():
     m = BenchMonitor(["sink"], BenchSettings(warmup=10, frames=100, min_warmup_s=0.0))
-    before = {"camera": snap(5000, 1.0) | {"state": "running"}, "sink": snap(4990, 1.0)}
+    before = {"camera": snap(5000, 1.0, state="running"), "sink": snap(4990, 1.0)}
     assert m.on_stats(before, 1.0) == "reset"
     # the sink has its frames, but the camera's figures are still from before the reset
-    stale_camera = {"camera": snap(5600, 1.5) | {"state": "running"}, "sink": snap(300, 0.5)}
+    stale_camera = {"camera": snap(5600, 1.5, state="running"), "sink": snap(300, 0.5)}
     assert m.on_stats(stale_camera, 1.5) is None
-    fresh = {"camera": snap(900, 0.9) | {"state": "running"}, "sink": snap(600, 1.0)}
+    fresh = {"camera": snap(900, 0.9, state="running"), "sink": snap(600, 1.0)}
     assert m.on_stats(fresh, 2.0) is None  # the camera's CPU baseline is only now known
-    again = {"camera": snap(1400, 1.4) | {"state": "running"}, "sink": snap(1100, 1.5)}
+    again = {"camera": snap(1400, 1.4, state="running"), "sink": snap(1100, 1.5)}
     assert m.on_stats(again, 2.5) == "stop"
     assert m.baselines == {"camera": (0.0, 0.9), "sink": (0.0, 0.5)}
 
 
 def test_a_node_that_has_ended_does_not_hold_the_window_open():
     m = BenchMonitor(["sink"], BenchSettings(warmup=0, frames=10))
-    ended = {"camera": snap(50, 0.2) | {"state": "closed"}, "sink": snap(50, 0.5)}
+    ended = {"camera": snap(50, 0.2, state="closed"), "sink": snap(50, 0.5)}
     assert m.on_stats(ended, 0.5) is None  # the sink's baseline is new
     ended["sink"] = snap(80, 1.0)
     assert m.on_stats(ended, 1.0) == "stop"

@@ -1,0 +1,248 @@
+"""The one lifecycle sequence of a node, for the runtime's worker and for ``run_node``.
+
+``NodeDriver`` calls ``open``, then ``process`` (a source: until ``EndOfStream`` or a stop;
+a consumer: once per joined input set), ``flush`` and ``close`` - close also after a failure,
+never after a failed open. It keeps the statistics of every call (calls, busy time, process
+and latency histograms, received, dropped, queue peaks), moves through ``NodeState``, and
+records the first failure as a ``NodeError`` naming the method and the input seq.
+
+Where the messages come from is the caller's business: the worker reads ZeroMQ edges and
+releases each message's credit after ``process``; ``run_node`` feeds lists. Both push into a
+``Joiner`` through ``push`` and let ``drain`` call ``process`` for every ready set.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from pipeline.errors import NodeError, NodeOpenError, NodeProcessError
+from pipeline.messages import Message
+from pipeline.node import EndOfStream, Node
+from pipeline.runtime.join import Joiner
+from pipeline.runtime.protocol import NodeState
+from pipeline.runtime.stats import StatsCollector
+
+__all__ = ["CallScoped", "NodeDriver"]
+
+T = TypeVar("T")
+
+CHECK_INTERVAL_S = 0.01  # how often a source's loop looks at its control socket
+
+
+class CallScoped(Protocol):
+    """An output port that reclaims what was allocated during one ``process`` call."""
+
+    def end_call(self) -> None: ...
+
+
+class NodeDriver:
+    """Runs one node's lifecycle and keeps its statistics.
+
+    Args:
+        node: the node instance (built with its ports).
+        stats: where the counters go.
+        ports: the node's output ports (``end_call`` after every call).
+        connected: the input ports that have an edge; the others are passed as ``None``.
+        trace: when given, the name of every lifecycle call is appended (``run_node``).
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        stats: StatsCollector,
+        ports: Sequence[CallScoped] = (),
+        connected: Iterable[str] = (),
+        trace: list[str] | None = None,
+    ) -> None:
+        self.node = node
+        self.stats = stats
+        self.ports = list(ports)
+        self.trace = trace
+        linked = set(connected)
+        self.unconnected: dict[str, None] = {p: None for p in type(node).inputs if p not in linked}
+        self.state = NodeState.CREATED
+        self.opened = False
+        self.seq: int | None = None  # of the input set being processed
+        self.source = ""
+        self.failure: NodeError | None = None
+        self.exception: BaseException | None = None
+        self.traceback = ""
+
+    # states --------------------------------------------------------------------------------
+    def enter(self, state: NodeState) -> None:
+        self.state = self.state.advance(state)
+        self.stats.state = state.value
+
+    def _fail(self, method: str, exc: BaseException) -> None:
+        kind = NodeOpenError if method == "open" else NodeProcessError
+        seq = self.seq if method == "process" else None
+        source = self.source if method == "process" else ""
+        error = kind(self.node.id, method, f"{type(exc).__name__}: {exc}", seq, source)
+        error.__cause__ = exc
+        self.failure = error
+        self.exception = exc
+        self.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        self.stats.t_end = time.monotonic()
+        self.enter(NodeState.FAILED)
+
+    # the sequence ----------------------------------------------------------------------------
+    def open(self) -> bool:
+        """``open()``; False when it raised (``failure`` says why; nothing else is called)."""
+        self.enter(NodeState.OPENING)
+        if self.trace is not None:
+            self.trace.append("open")
+        try:
+            self.node.open()
+        except Exception as exc:
+            self._fail("open", exc)
+            return False
+        self.opened = True
+        self.enter(NodeState.READY)
+        return True
+
+    def run(self, feed: Callable[[], None]) -> bool:
+        """Start, let ``feed`` call ``process`` until the inputs end, then ``flush()``.
+
+        Returns False when a method raised; ``failure`` names it and the input seq.
+        """
+        self.enter(NodeState.RUNNING)
+        self.stats.t_start = time.monotonic()
+        method = "process"
+        try:
+            feed()
+            method = "flush"
+            self.enter(NodeState.FLUSHING)
+            self.seq = None
+            self.source = ""
+            if self.trace is not None:
+                self.trace.append("flush")
+            self.node.flush()
+            self._end_call()
+        except Exception as exc:
+            self._fail(method, exc)
+            return False
+        return True
+
+    def close(self) -> bool:
+        """``close()``, once, if ``open()`` succeeded; False if the node has failed.
+
+        An exception from ``close()`` is the node's failure when nothing failed before;
+        after an earlier failure it is only logged (the first error is the one reported).
+        """
+        if self.opened:
+            self.opened = False
+            if self.trace is not None:
+                self.trace.append("close")
+            try:
+                self.node.close()
+            except Exception as exc:
+                if self.failure is None:
+                    self._fail("close", exc)
+                else:
+                    self.node.log.exception("close() raised after an earlier failure")
+        if self.stats.t_end is None:
+            self.stats.t_end = time.monotonic()
+        return self.failure is None
+
+    def finish(self) -> None:
+        """The end of stream went out on every output: the node is closed."""
+        self.enter(NodeState.CLOSED)
+
+    def _end_call(self) -> None:
+        for port in self.ports:
+            port.end_call()
+
+    # sources -----------------------------------------------------------------------------------
+    def run_source(
+        self, tick: Callable[[], bool] | None = None, max_calls: int | None = None
+    ) -> None:
+        """Call a source's ``process()`` until ``EndOfStream``, ``max_calls``, or until
+        ``tick()`` (called about every 10 ms) answers True (a stop)."""
+        node = self.node
+        stats = self.stats
+        trace = self.trace
+        perf = time.perf_counter
+        next_check = 0.0
+        while True:
+            if tick is not None:
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + CHECK_INTERVAL_S
+                    if tick():
+                        return
+            if max_calls is not None and stats.calls >= max_calls:
+                return
+            if trace is not None:
+                trace.append("process")
+            t0 = perf()
+            try:
+                node.process()
+            except EndOfStream:
+                self._end_call()
+                return
+            dt = perf() - t0
+            self._end_call()
+            stats.calls += 1
+            stats.busy_s += dt
+            stats.process.add(dt)
+
+    # consumers ---------------------------------------------------------------------------------
+    def push(self, joiner: Joiner[T], port: str, message: Message, token: T) -> None:
+        """One arrival on an input: counted, queued for the join."""
+        stats = self.stats
+        stats.received[port] += 1
+        depth = joiner.push(port, message, token)
+        if depth > stats.queue_peak[port]:
+            stats.queue_peak[port] = depth
+
+    def drain(self, joiner: Joiner[T], release: Callable[[T], None] | None = None) -> int:
+        """Call ``process`` for every input set the joiner has ready; returns how many.
+
+        ``release(token)`` is called for every message once the node is done with it
+        (processed, or dropped because its partner in the join can never come).
+        """
+        stats = self.stats
+        node = self.node
+        trace = self.trace
+        unconnected = self.unconnected
+        perf = time.perf_counter
+        mono_ns = time.monotonic_ns
+        processed = 0
+        while True:
+            ready, lost = joiner.pop()
+            for port, token in lost:
+                stats.dropped[port] += 1
+                if release is not None:
+                    release(token)
+            if ready is None:
+                return processed
+            kwargs: dict[str, Any] = dict(unconnected)
+            t_capture = 0
+            for port, (message, _) in ready.items():
+                kwargs[port] = message
+                if message.t_capture_ns and (not t_capture or message.t_capture_ns < t_capture):
+                    t_capture = message.t_capture_ns
+            first = next(iter(ready.values()))[0]
+            self.seq = first.seq
+            self.source = first.source
+            del first
+            if trace is not None:
+                trace.append("process")
+            t0 = perf()
+            node.process(**kwargs)
+            dt = perf() - t0
+            kwargs.clear()
+            self._end_call()
+            if release is not None:
+                for _, token in ready.values():
+                    release(token)
+            ready = None
+            processed += 1
+            stats.calls += 1
+            stats.busy_s += dt
+            stats.process.add(dt)
+            if t_capture:
+                stats.latency.add((mono_ns() - t_capture) * 1e-9)

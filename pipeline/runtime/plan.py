@@ -1,0 +1,148 @@
+"""Plan a validated graph's processes and edges once, before anything starts.
+
+``plan_graph`` decides, for every edge, its queue, policy, transport, release batch and
+where its consumer binds (an ``EdgePlan``), and for every output port the size of its slot
+pool (a ``PortPlan``); ``NodePlan`` gathers one node's part. The supervisor sends each
+worker its ``NodePlan`` inside a ``WorkerConfig``; the transport takes only the plans.
+A launcher that starts workers elsewhere (another host) changes ``bind`` addresses here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.graph.validate import ValidatedGraph
+from pipeline.transport.plan import EdgePlan, PortPlan, release_batch, slot_pool_size
+
+__all__ = ["GraphPlan", "NodePlan", "WorkerConfig", "plan_graph"]
+
+TCP_BIND = "tcp://127.0.0.1:*"
+
+
+@dataclasses.dataclass(frozen=True)
+class NodePlan:
+    """One node: what to build and its edges (inputs it binds, outputs it connects)."""
+
+    node_id: str
+    node_type: str
+    params: Mapping[str, Any]
+    index: int
+    is_source: bool
+    inputs: tuple[EdgePlan, ...]
+    outputs: tuple[PortPlan, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "node_type": self.node_type,
+            "params": dict(self.params),
+            "index": self.index,
+            "is_source": self.is_source,
+            "inputs": [e.to_wire() for e in self.inputs],
+            "outputs": [p.to_wire() for p in self.outputs],
+        }
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> NodePlan:
+        return cls(
+            node_id=d["node_id"],
+            node_type=d["node_type"],
+            params=d["params"],
+            index=int(d["index"]),
+            is_source=bool(d["is_source"]),
+            inputs=tuple(EdgePlan.from_wire(e) for e in d["inputs"]),
+            outputs=tuple(PortPlan.from_wire(p) for p in d["outputs"]),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphPlan:
+    """Every node's plan, in the graph file's order."""
+
+    nodes: tuple[NodePlan, ...]
+
+    def edges(self) -> Iterator[EdgePlan]:
+        for node in self.nodes:
+            yield from node.inputs
+
+    def edges_from(self, node_id: str) -> list[EdgePlan]:
+        return [e for e in self.edges() if e.producer == node_id]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker process needs: its node's plan and the run it belongs to."""
+
+    plan: NodePlan
+    control: str  # the supervisor's control endpoint
+    shm_prefix: str  # names of this run's shared-memory segments start with it
+    log_level: str = "INFO"
+    stats_path: str = ""  # where the supervisor publishes every node's statistics
+
+    @property
+    def node_id(self) -> str:
+        return self.plan.node_id
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.to_wire(),
+            "control": self.control,
+            "shm_prefix": self.shm_prefix,
+            "log_level": self.log_level,
+            "stats_path": self.stats_path,
+        }
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> WorkerConfig:
+        return cls(
+            plan=NodePlan.from_wire(d["plan"]),
+            control=d["control"],
+            shm_prefix=d["shm_prefix"],
+            log_level=d.get("log_level", "INFO"),
+            stats_path=d.get("stats_path", ""),
+        )
+
+
+def plan_graph(graph: ValidatedGraph, run_dir: str | Path) -> GraphPlan:
+    """Plan every node and edge of ``graph``; ipc sockets go in ``run_dir``."""
+    index = {node.id: i for i, node in enumerate(graph.spec.nodes)}
+    edges: list[EdgePlan] = []
+    for edge in graph.edges:
+        spec = edge.spec
+        tcp = spec.transport == "tcp"
+        i = index[edge.consumer]
+        edges.append(
+            EdgePlan(
+                producer=edge.producer,
+                output=edge.output,
+                consumer=edge.consumer,
+                input=edge.input,
+                queue=spec.queue,
+                when_full=spec.when_full,
+                transport=spec.transport,
+                release_batch=release_batch(spec.queue, spec.when_full),
+                bind=TCP_BIND if tcp else f"ipc://{run_dir}/{i}-{edge.input}",
+            )
+        )
+    nodes = []
+    for i, node in enumerate(graph.spec.nodes):
+        cls = graph.classes[node.id]
+        outputs = []
+        for port in cls.outputs:
+            mine = tuple(e for e in edges if e.producer == node.id and e.output == port)
+            outputs.append(PortPlan(port, mine, slot_pool_size(mine)))
+        nodes.append(
+            NodePlan(
+                node_id=node.id,
+                node_type=node.node,
+                params=dict(node.params),
+                index=i,
+                is_source=cls.is_source(),
+                inputs=tuple(e for e in edges if e.consumer == node.id),
+                outputs=tuple(outputs),
+            )
+        )
+    return GraphPlan(tuple(nodes))

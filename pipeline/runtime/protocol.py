@@ -1,0 +1,255 @@
+"""The control protocol between the supervisor and its node workers, and a node's states.
+
+Every control message is a small frozen dataclass; ``encode`` and ``decode`` are the one
+place where one becomes bytes (msgpack: ``{"t": kind, **fields}``) and back. A message
+whose kind or fields are unknown is a ``ProtocolError``, never silently ignored.
+
+Worker -> supervisor: ``Hello`` (the endpoints it bound), ``Ready`` (opened), ``OpenFailed``,
+``StatsReport`` (twice a second), ``Failed`` (a lifecycle method raised), ``Done``.
+Supervisor -> worker: ``Wiring`` (where its outputs connect), ``Start``, ``Stop`` (a source
+ends its stream), ``Reset`` (statistics afresh), ``Abort`` (unwind now).
+
+To add a kind: write a dataclass here, decorate it with ``@control("kind")``, and handle it
+in ``Worker.on_control`` (supervisor -> worker) or ``Supervisor.on_message`` (worker ->
+supervisor); both dispatch on the class with ``match``.
+
+``NodeState`` is the one set of states. The worker moves through them (``NodeState.advance``
+refuses an impossible step) and reports them; the supervisor's view of each node follows the
+same transitions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+import msgpack
+
+from pipeline.errors import PipelineError
+
+__all__ = [
+    "Abort",
+    "ControlMessage",
+    "Done",
+    "Failed",
+    "Hello",
+    "NodeState",
+    "OpenFailed",
+    "ProtocolError",
+    "Ready",
+    "Reset",
+    "Start",
+    "StatsReport",
+    "Stop",
+    "Wiring",
+    "control",
+    "decode",
+    "encode",
+]
+
+
+class ProtocolError(PipelineError):
+    """A control message that cannot be understood (unknown kind, wrong fields, bad state)."""
+
+
+class NodeState(str, enum.Enum):
+    """Where a node is in its lifecycle (the values are what statistics show)."""
+
+    CREATED = "created"
+    OPENING = "opening"
+    READY = "ready"
+    RUNNING = "running"
+    FLUSHING = "flushing"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+    @property
+    def ended(self) -> bool:
+        return self in (NodeState.CLOSED, NodeState.FAILED)
+
+    def can_become(self, new: NodeState) -> bool:
+        """One allowed step (or staying)."""
+        return new is self or new in _TRANSITIONS[self]
+
+    def reaches(self, new: NodeState) -> bool:
+        """``new`` is this state or follows it through allowed steps (an observer that
+        samples a node's state, like the supervisor, may miss the steps in between)."""
+        seen = {self}
+        todo = [self]
+        while todo:
+            for nxt in _TRANSITIONS[todo.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return new in seen
+
+    def advance(self, new: NodeState) -> NodeState:
+        """``new`` if a node may go there from this state; raises ProtocolError otherwise."""
+        if new is not self and new not in _TRANSITIONS[self]:
+            raise ProtocolError(f"a node cannot go from {self.value} to {new.value}")
+        return new
+
+
+_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
+    NodeState.CREATED: frozenset({NodeState.OPENING, NodeState.FAILED}),
+    NodeState.OPENING: frozenset({NodeState.READY, NodeState.FAILED}),
+    # READY -> CLOSED: aborted before the start
+    NodeState.READY: frozenset({NodeState.RUNNING, NodeState.CLOSED, NodeState.FAILED}),
+    NodeState.RUNNING: frozenset({NodeState.FLUSHING, NodeState.FAILED}),
+    NodeState.FLUSHING: frozenset({NodeState.CLOSED, NodeState.FAILED}),
+    NodeState.CLOSED: frozenset(),
+    NodeState.FAILED: frozenset(),
+}
+
+
+class ControlMessage:
+    """Base of every control message; ``kind`` is its name on the wire."""
+
+    kind: ClassVar[str] = ""
+    _names: ClassVar[tuple[str, ...]] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        d = {name: getattr(self, name) for name in self._names}
+        d["t"] = self.kind
+        return d
+
+
+_KINDS: dict[str, type[ControlMessage]] = {}
+C = TypeVar("C", bound=type[ControlMessage])
+
+
+def control(kind: str) -> Callable[[C], C]:
+    """Register a frozen dataclass as the control message ``kind``."""
+
+    def register(cls: C) -> C:
+        if kind in _KINDS:
+            raise ValueError(f"control message kind {kind!r} is already {_KINDS[kind].__name__}")
+        cls.kind = kind
+        cls._names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        _KINDS[kind] = cls
+        return cls
+
+    return register
+
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def encode(message: ControlMessage) -> bytes:
+    """The message as bytes for a control socket."""
+    data: bytes = _packb(message.to_wire())
+    return data
+
+
+def decode(data: bytes) -> ControlMessage:
+    """A message from a control socket's bytes.
+
+    Raises:
+        ProtocolError: not msgpack, an unknown kind, or fields that do not fit the kind.
+    """
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise ProtocolError(f"a control message is not msgpack: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"a control message is a map, got {type(raw).__name__}")
+    kind = raw.pop("t", None)
+    cls = _KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown control message kind {kind!r}; known: {', '.join(_KINDS)}")
+    try:
+        return cls(**raw)
+    except TypeError as exc:
+        raise ProtocolError(f"control message {kind!r}: {exc}") from None
+
+
+# worker -> supervisor ------------------------------------------------------------------------
+
+
+@control("hello")
+@dataclasses.dataclass(frozen=True)
+class Hello(ControlMessage):
+    """The worker bound its inputs: edge name -> endpoint to connect to."""
+
+    endpoints: Mapping[str, str]
+
+
+@control("ready")
+@dataclasses.dataclass(frozen=True)
+class Ready(ControlMessage):
+    """``open()`` returned: the node waits for ``Start``."""
+
+
+@control("open_failed")
+@dataclasses.dataclass(frozen=True)
+class OpenFailed(ControlMessage):
+    """Building or opening the node raised: nothing else of it was called."""
+
+    error: str
+    tb: str
+
+
+@control("stats")
+@dataclasses.dataclass(frozen=True)
+class StatsReport(ControlMessage):
+    """The node's statistics (``StatsCollector.to_wire()``), twice a second."""
+
+    stats: Mapping[str, Any]
+
+
+@control("error")
+@dataclasses.dataclass(frozen=True)
+class Failed(ControlMessage):
+    """A lifecycle method raised: which one, on which input seq, and the traceback."""
+
+    method: str
+    seq: int | None
+    source: str
+    error: str
+    tb: str
+    stats: Mapping[str, Any] | None = None
+
+
+@control("done")
+@dataclasses.dataclass(frozen=True)
+class Done(ControlMessage):
+    """The node flushed, closed and sent end of stream on every output."""
+
+    stats: Mapping[str, Any]
+
+
+# supervisor -> worker ------------------------------------------------------------------------
+
+
+@control("wiring")
+@dataclasses.dataclass(frozen=True)
+class Wiring(ControlMessage):
+    """Where the node's output edges connect: edge name -> endpoint."""
+
+    endpoints: Mapping[str, str]
+
+
+@control("start")
+@dataclasses.dataclass(frozen=True)
+class Start(ControlMessage):
+    """Every node is ready: run."""
+
+
+@control("stop")
+@dataclasses.dataclass(frozen=True)
+class Stop(ControlMessage):
+    """A source ends its stream (the graph then drains)."""
+
+
+@control("reset")
+@dataclasses.dataclass(frozen=True)
+class Reset(ControlMessage):
+    """Start the statistics afresh (the end of a bench's warm-up)."""
+
+
+@control("abort")
+@dataclasses.dataclass(frozen=True)
+class Abort(ControlMessage):
+    """Unwind now: close the node and exit."""
