@@ -72,14 +72,6 @@ class Message:
         fields overrides it)."""
         return {}
 
-    def _arrays(self) -> dict[str, np.ndarray]:
-        # the former private name, kept for callers not yet moved to wire_arrays()
-        return self.wire_arrays()
-
-    def _fields(self) -> dict[str, Any]:
-        # the former private name, kept for callers not yet moved to wire_fields()
-        return self.wire_fields()
-
     @classmethod
     def _from_parts(
         cls: type[M], header: dict[str, Any], fields: dict[str, Any], arrays: dict[str, np.ndarray]

@@ -243,7 +243,7 @@ class RuntimeOutput:
         arrays_s: list[tuple[str, np.ndarray, str, Any]] = []
         arrays_b: list[tuple[str, np.ndarray, str, Any]] = []
         buffers: list[Any] = []
-        for name, arr in message._arrays().items():
+        for name, arr in message.wire_arrays().items():
             arr = np.asarray(arr)
             if arr.nbytes <= codec.INLINE_MAX:
                 raw = arr.tobytes()

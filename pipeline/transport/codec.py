@@ -119,7 +119,7 @@ def pack_body(message: Message, arrays: Sequence[tuple[str, np.ndarray, str, Any
             "c": message.t_capture_ns,
             "s": message.source,
             "m": dict(message.meta),
-            "f": message._fields(),
+            "f": message.wire_fields(),
             "a": [
                 [name, arr.dtype.str, list(arr.shape), where, ref]
                 for name, arr, where, ref in arrays
