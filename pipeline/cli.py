@@ -1,6 +1,10 @@
 """The ``pipeline`` command: check, run, nodes, schema; plugins add more.
 
-Exit codes: 0 success, 1 runtime failure, 2 invalid graph or usage. Packages add commands
+Exit codes: 0 success (a graph that ended by itself), 1 runtime failure (a node failed, or a
+stop had to be forced), 2 invalid graph or usage, and ``128 + signal`` for a run stopped by a
+signal that drained cleanly: 130 Ctrl-C (SIGINT), 143 SIGTERM (``systemctl stop``: set
+``SuccessExitStatus=143`` in the unit), 129 SIGHUP (the terminal or ssh session closed).
+Packages add commands
 through the ``pipeline.commands`` entry-point group: each entry point is a function
 ``register(subparsers)`` that adds its sub-command (``nodes.inference`` adds ``models``).
 """
@@ -8,6 +12,7 @@ through the ``pipeline.commands`` entry-point group: each entry point is a funct
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -66,12 +71,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_graph(
         graph, log_level=args.log_level, live=live, stats_json=args.stats_json, grace_s=args.grace
     )
-    if result.stats and not args.quiet:
-        print(render_table(result.stats), file=sys.stderr)
-    verdict = "failed" if result.exit_code else ("stopped" if result.stopped else "finished")
-    print(f"graph {graph.name!r} {verdict} in {result.duration_s:.1f} s", file=sys.stderr)
-    if args.stats_json:
-        print(f"statistics written to {args.stats_json}", file=sys.stderr)
+    failed = result.exit_code == EXIT_FAILED
+    verdict = "failed" if failed else ("stopped" if result.stopped else "finished")
+    with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+        if result.stats and not args.quiet:
+            print(render_table(result.stats), file=sys.stderr)
+        print(f"graph {graph.name!r} {verdict} in {result.duration_s:.1f} s", file=sys.stderr)
+        if args.stats_json:
+            print(f"statistics written to {args.stats_json}", file=sys.stderr)
     return result.exit_code
 
 

@@ -81,6 +81,7 @@ class WorkerConfig:
     shm_prefix: str  # names of this run's shared-memory segments start with it
     log_level: str = "INFO"
     stats_path: str = ""  # where the supervisor publishes every node's statistics
+    stop_grace_s: float = 5.0  # after a SIGTERM, how long the node may drain before it unwinds
 
     @property
     def node_id(self) -> str:
@@ -93,6 +94,7 @@ class WorkerConfig:
             "shm_prefix": self.shm_prefix,
             "log_level": self.log_level,
             "stats_path": self.stats_path,
+            "stop_grace_s": self.stop_grace_s,
         }
 
     @classmethod
@@ -103,6 +105,7 @@ class WorkerConfig:
             shm_prefix=d["shm_prefix"],
             log_level=d.get("log_level", "INFO"),
             stats_path=d.get("stats_path", ""),
+            stop_grace_s=float(d.get("stop_grace_s", 5.0)),
         )
 
 

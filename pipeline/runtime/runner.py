@@ -4,8 +4,12 @@
 accident), waits until each has opened, then starts them. It ends when every node has
 finished (end of stream reached every sink). It also:
 
-- stops the sources on the first SIGINT/SIGTERM and lets end of stream drain the graph,
-  force-stopping after ``grace_s`` or at once on a second SIGINT;
+- stops the sources on the first SIGINT, SIGTERM or SIGHUP (Ctrl-C, a service manager's
+  stop, a closed terminal or ssh session) and lets end of stream drain the graph,
+  force-stopping after ``grace_s`` or at once on a second one; a stop that drained is a
+  clean stop, with the exit code ``128 + signal`` (130 for SIGINT, 143 for SIGTERM, 129
+  for SIGHUP), and a forced one a failure (1). Nodes get the same SIGTERM from a service
+  manager (see ``pipeline.runtime.worker``); the forced stop sends them SIGUSR2;
 - on a node's error, prints one line naming node, method and input seq, then the node's
   traceback, and stops the graph (exit code 1);
 - notices a node that died (SIGKILL, segfault) within a poll interval (0.1 s) through the
@@ -40,6 +44,7 @@ from pipeline.runtime.plan import WorkerConfig, plan_graph
 from pipeline.runtime.protocol import NodeState
 from pipeline.runtime.stats import NodeStats
 from pipeline.runtime.table import render_table
+from pipeline.runtime.worker import FORCE_SIGNAL
 from pipeline.transport.shm import remove_run_segments, sweep_stale
 
 __all__ = ["Launcher", "NodeProcess", "RunMonitor", "RunResult", "launch_local", "run_graph"]
@@ -61,6 +66,7 @@ class RunMonitor(Protocol):
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclasses.dataclass
@@ -68,7 +74,9 @@ class RunResult:
     """What a run ended with: exit code, each node's last statistics, the failure if any.
 
     Attributes:
-        exit_code: 0, or 1 after a node's failure or a forced stop.
+        exit_code: 0 when the graph ended by itself; ``128 + signal`` when a signal stopped
+            it and it drained (130 SIGINT, 143 SIGTERM, 129 SIGHUP); 1 after a node's
+            failure or a forced stop.
         stats: each node's last statistics, by node id.
         error: the first node failure (``NodeOpenError``, ``NodeProcessError`` or
             ``NodeExitError``), None when none failed.
@@ -81,6 +89,7 @@ class RunResult:
     error: NodeError | None
     duration_s: float
     stopped: bool = False
+    stop_signal: int | None = None
 
 
 def _run_dir_root() -> Path:
@@ -213,6 +222,7 @@ class _Supervisor:
         self.error: NodeError | None = None
         self.stop_deadline: float | None = None
         self.interrupts = 0
+        self.stop_signal: int | None = None
         self.forced = False
         self.endpoints: dict[str, str] = {}
         self.hello: set[str] = set()
@@ -226,6 +236,7 @@ class _Supervisor:
                 shm_prefix=self.prefix,
                 log_level=self.log_level,
                 stats_path=str(self.run_dir / "stats.json"),
+                stop_grace_s=self.grace_s,
             )
             for node in self.plan.nodes
         ]
@@ -242,20 +253,20 @@ class _Supervisor:
         control = f"ipc://{self.run_dir}/control"
         router.bind(control)
         self.router = router
-        old_int = signal.getsignal(signal.SIGINT)
-        old_term = signal.getsignal(signal.SIGTERM)
+        old_handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         try:
-            # Children inherit "ignore SIGINT" across exec, so a Ctrl-C in the terminal reaches
+            # Children inherit "ignore" across exec, so a Ctrl-C or a closed terminal reaches
             # only the supervisor, even before a child has installed its own handlers.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             for cfg in self._configs(control):
                 self.procs[cfg.node_id] = _Proc(cfg.node_id, self.launcher(cfg), cfg.plan.is_source)
-            signal.signal(signal.SIGINT, self._on_signal)
-            signal.signal(signal.SIGTERM, self._on_signal)
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, self._on_signal)
             self._supervise()
         finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
             self._terminate_all()
             for proc in self.procs.values():
                 proc.process.close()
@@ -264,12 +275,25 @@ class _Supervisor:
             remove_run_segments(self.prefix)
             shutil.rmtree(self.run_dir, ignore_errors=True)
         stats = {n: proc.stats for n, proc in self.procs.items() if proc.stats is not None}
-        code = EXIT_FAILED if (self.error or self.forced) else EXIT_OK
-        return RunResult(code, stats, self.error, time.monotonic() - t0, self.interrupts > 0)
+        if self.error or self.forced:
+            code = EXIT_FAILED
+        elif self.stop_signal is not None:
+            code = 128 + self.stop_signal  # stopped on purpose, and drained: a clean stop
+        else:
+            code = EXIT_OK
+        return RunResult(
+            code,
+            stats,
+            self.error,
+            time.monotonic() - t0,
+            self.interrupts > 0,
+            self.stop_signal,
+        )
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.interrupts += 1
         if self.interrupts == 1:
+            self.stop_signal = signum
             self.stop_deadline = time.monotonic() + self.grace_s
             self._print(
                 "stopping: sources end their streams and the graph drains (Ctrl-C again to force)"
@@ -278,7 +302,9 @@ class _Supervisor:
             self.stop_deadline = time.monotonic()
 
     def _print(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        # after SIGHUP the terminal may be gone: the run still stops cleanly, unheard
+        with contextlib.suppress(OSError):
+            print(text, file=self.out, flush=True)
 
     # messages ----------------------------------------------------------------------------------
     def _send(self, node_id: str, message: p.ControlMessage) -> None:
@@ -466,13 +492,14 @@ class _Supervisor:
         rows = {n: proc.stats for n, proc in self.procs.items()}
         text = render_table(rows)
         # redraw in place on a terminal
-        self.out.write("\x1b[H\x1b[J" + text + "\n")
-        self.out.flush()
+        with contextlib.suppress(OSError):
+            self.out.write("\x1b[H\x1b[J" + text + "\n")
+            self.out.flush()
 
     def _terminate_all(self) -> None:
         alive = [proc for proc in self.procs.values() if proc.process.is_alive()]
         for proc in alive:
-            proc.process.kill(signal.SIGTERM)
+            proc.process.kill(FORCE_SIGNAL)  # unwind now: close() runs
         deadline = time.monotonic() + 3.0
         for proc in alive:
             proc.process.join(max(0.0, deadline - time.monotonic()))

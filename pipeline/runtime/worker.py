@@ -13,9 +13,15 @@ One worker runs one node (``pipeline.runtime.plan.NodePlan``). Start-up with the
 The sequence itself (and its statistics and failure capture) is
 ``pipeline.runtime.lifecycle.NodeDriver``, the same one ``run_node`` uses. An exception in
 ``process``/``flush``/``close`` is reported (``Failed``: method, input seq, traceback),
-``close()`` still runs, and the process exits 1. SIGTERM (the supervisor's forced stop)
-unwinds the same way, so ``close()`` runs (a video file is finalised). SIGINT is ignored:
-Ctrl-C belongs to the supervisor, which stops the sources and lets the graph drain.
+``close()`` still runs, and the process exits 1.
+
+Signals. SIGINT and SIGHUP are ignored: Ctrl-C and a closed terminal reach the whole process
+group, and belong to the supervisor, which stops the sources and lets the graph drain.
+SIGTERM asks this node to stop cleanly, as a service manager asks every process of a group
+(``systemctl stop``): a source ends its stream, any other node goes on until its inputs end
+(the drain), and one that has not ended ``stop_grace_s`` (+2 s) later unwinds as below. A second
+SIGTERM, SIGUSR2 (the supervisor's forced stop) or that deadline unwind at once: ``close()``
+runs (a video file is finalised) and the process exits 3.
 Statistics go to the supervisor every half second. ``kill -USR1 <pid>`` makes a node print
 where each of its threads is (for a graph that seems stuck); a node whose supervisor died
 stops by itself.
@@ -57,13 +63,32 @@ __all__ = ["Worker", "main", "worker_main"]
 
 STATS_INTERVAL_S = 0.5
 EXIT_TERMINATED = 3
+FORCE_SIGNAL = signal.SIGUSR2  # the supervisor's forced stop: unwind now
+SELF_STOP_MARGIN_S = 2.0
 
 
 class _Terminated(BaseException):
-    """Raised by the SIGTERM handler: unwind, close the node, exit."""
+    """Raised by the forced-stop handlers: unwind, close the node, exit."""
+
+
+class _StopSignal:
+    """What SIGTERM asked: a clean stop, then, past its deadline or on a second one, an end."""
+
+    asked = False
+    grace_s = 5.0
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    if _StopSignal.asked:
+        raise _Terminated()
+    _StopSignal.asked = True
+    # A node still running when the grace ends is unwound by SIGALRM. The supervisor, which
+    # got the same SIGTERM, forces its stop at the grace: this is the fallback for a node
+    # whose supervisor does not, so it comes a little later.
+    signal.setitimer(signal.ITIMER_REAL, _StopSignal.grace_s + SELF_STOP_MARGIN_S)
+
+
+def _on_force(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 
@@ -77,7 +102,11 @@ def main() -> None:
 def worker_main(cfg: WorkerConfig) -> None:
     """Run one node in this process until its stream ends; exits the process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _StopSignal.grace_s = cfg.stop_grace_s
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(FORCE_SIGNAL, _on_force)
+    signal.signal(signal.SIGALRM, _on_force)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints where a node is stuck
     logging.basicConfig(
         level=getattr(logging, cfg.log_level.upper(), logging.INFO),
@@ -165,7 +194,7 @@ class Worker:
     def _tick(self) -> bool:
         """Every 10 ms of a run: control messages, statistics; True when asked to stop."""
         self._poll_control()
-        if self.stop_requested:
+        if self.stop_requested or _StopSignal.asked:
             self.log.debug("stopped")
             return True
         self.report()
@@ -334,8 +363,9 @@ class Worker:
             edge.flush_releases()
 
     def _teardown(self) -> None:
-        # A second SIGTERM must not interrupt the clean-up it asked for.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # A second SIGTERM (or the deadline) must not interrupt the clean-up it asked for.
+        for sig in (signal.SIGTERM, FORCE_SIGNAL, signal.SIGALRM):
+            signal.signal(sig, signal.SIG_IGN)
         try:
             if self.driver is not None:
                 self.driver.close()
