@@ -38,6 +38,22 @@ class CallScoped(Protocol):
     def end_call(self) -> None: ...
 
 
+class ActivityLike(Protocol):
+    """Where a driver notes the call it is in (``pipeline.runtime.activity.Activity``)."""
+
+    def begin(self, method: str, seq: int | None = None) -> None: ...
+
+    def end(self) -> None: ...
+
+
+class _NoActivity:
+    def begin(self, method: str, seq: int | None = None) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
 class NodeDriver:
     """Runs one node's lifecycle and keeps its statistics.
 
@@ -47,6 +63,8 @@ class NodeDriver:
         ports: the node's output ports (``end_call`` after every call).
         connected: the input ports that have an edge; the others are passed as ``None``.
         trace: when given, the name of every lifecycle call is appended (``run_node``).
+        activity: told the method and seq of every call as it starts and ends, so that a
+            supervisor sees a node that hangs (the worker's activity board).
     """
 
     def __init__(
@@ -56,8 +74,10 @@ class NodeDriver:
         ports: Sequence[CallScoped] = (),
         connected: Iterable[str] = (),
         trace: list[str] | None = None,
+        activity: ActivityLike | None = None,
     ) -> None:
         self.node = node
+        self.activity: ActivityLike = activity or _NoActivity()
         self.stats = stats
         self.ports = list(ports)
         self.trace = trace
@@ -94,11 +114,14 @@ class NodeDriver:
         self.enter(NodeState.OPENING)
         if self.trace is not None:
             self.trace.append("open")
+        self.activity.begin("open")
         try:
             self.node.open()
         except Exception as exc:
             self._fail("open", exc)
             return False
+        finally:
+            self.activity.end()
         self.opened = True
         self.enter(NodeState.READY)
         return True
@@ -119,9 +142,12 @@ class NodeDriver:
             self.source = ""
             if self.trace is not None:
                 self.trace.append("flush")
+            self.activity.begin("flush")
             self.node.flush()
+            self.activity.end()
             self._end_call()
         except Exception as exc:
+            self.activity.end()
             self._fail(method, exc)
             return False
         return True
@@ -136,6 +162,7 @@ class NodeDriver:
             self.opened = False
             if self.trace is not None:
                 self.trace.append("close")
+            self.activity.begin("close")
             try:
                 self.node.close()
             except Exception as exc:
@@ -143,6 +170,8 @@ class NodeDriver:
                     self._fail("close", exc)
                 else:
                     self.node.log.exception("close() raised after an earlier failure")
+            finally:
+                self.activity.end()
         if self.stats.t_end is None:
             self.stats.t_end = time.monotonic()
         return self.failure is None
@@ -164,6 +193,7 @@ class NodeDriver:
         node = self.node
         stats = self.stats
         trace = self.trace
+        activity = self.activity
         perf = time.perf_counter
         next_check = 0.0
         while True:
@@ -177,13 +207,16 @@ class NodeDriver:
                 return
             if trace is not None:
                 trace.append("process")
+            activity.begin("process")
             t0 = perf()
             try:
                 node.process()
             except EndOfStream:
+                activity.end()
                 self._end_call()
                 return
             dt = perf() - t0
+            activity.end()
             self._end_call()
             stats.calls += 1
             stats.busy_s += dt
@@ -208,6 +241,7 @@ class NodeDriver:
         node = self.node
         trace = self.trace
         unconnected = self.unconnected
+        activity = self.activity
         perf = time.perf_counter
         mono_ns = time.monotonic_ns
         processed = 0
@@ -231,9 +265,11 @@ class NodeDriver:
             del first
             if trace is not None:
                 trace.append("process")
+            activity.begin("process", self.seq)
             t0 = perf()
             node.process(**kwargs)
             dt = perf() - t0
+            activity.end()
             kwargs.clear()
             self._end_call()
             if release is not None:

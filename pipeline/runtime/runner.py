@@ -14,6 +14,12 @@ finished (end of stream reached every sink). It also:
   traceback, and stops the graph (exit code 1);
 - notices a node that died (SIGKILL, segfault) within a poll interval (0.1 s) through the
   process's pidfd, reports it, and stops the graph (exit code 1);
+- notices a node that hangs: one inside the same ``process()``/``flush()`` call for its
+  ``health_timeout_s``, in ``open()`` for its ``open_timeout_s`` or in ``close()`` for its
+  ``close_timeout_s`` (read from the run's activity board, ``pipeline.runtime.activity``).
+  At half the limit it warns (the log, and ``stalled`` in the live table); at the limit it
+  reports the node by id, method and input seq, has it print its Python stack (SIGUSR1)
+  and handles it as a crash;
 - removes every shared-memory segment and socket file of the run when it ends, whatever
   happened, and sweeps those of dead runs before it starts.
 """
@@ -40,6 +46,7 @@ import zmq
 from pipeline.errors import NodeError, NodeExitError, NodeOpenError, NodeProcessError
 from pipeline.graph.validate import ValidatedGraph
 from pipeline.runtime import protocol as p
+from pipeline.runtime.activity import ActivityBoard
 from pipeline.runtime.plan import WorkerConfig, plan_graph
 from pipeline.runtime.protocol import NodeState
 from pipeline.runtime.stats import NodeStats
@@ -191,9 +198,13 @@ class _Proc:
     node_id: str
     process: NodeProcess
     is_source: bool
+    index: int = 0
+    timeouts: Mapping[str, float | None] = dataclasses.field(default_factory=dict)
     state: NodeState = NodeState.CREATED
     stats: NodeStats | None = None
     exited: bool = False
+    stalled: str = ""  # "stalled in process() 6 s", while a call lasts past half its limit
+    warned_since: int = 0  # the call (by its start) already warned about
 
 
 class _Supervisor:
@@ -237,6 +248,7 @@ class _Supervisor:
                 log_level=self.log_level,
                 stats_path=str(self.run_dir / "stats.json"),
                 stop_grace_s=self.grace_s,
+                activity_path=str(self.run_dir / "activity"),
             )
             for node in self.plan.nodes
         ]
@@ -245,6 +257,7 @@ class _Supervisor:
         sweep_stale()
         _sweep_run_dirs()
         self.run_dir.mkdir(mode=0o700)
+        self.board = ActivityBoard(self.run_dir / "activity", len(self.plan.nodes))
         t0 = time.monotonic()
         ctx: zmq.Context[Any] = zmq.Context()
         router = ctx.socket(zmq.ROUTER)
@@ -260,7 +273,19 @@ class _Supervisor:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             for cfg in self._configs(control):
-                self.procs[cfg.node_id] = _Proc(cfg.node_id, self.launcher(cfg), cfg.plan.is_source)
+                spec = self.graph.node(cfg.node_id)
+                self.procs[cfg.node_id] = _Proc(
+                    cfg.node_id,
+                    self.launcher(cfg),
+                    cfg.plan.is_source,
+                    cfg.plan.index,
+                    {
+                        "open": spec.open_timeout_s,
+                        "process": spec.health_timeout_s,
+                        "flush": spec.health_timeout_s,
+                        "close": spec.close_timeout_s,
+                    },
+                )
             for sig in STOP_SIGNALS:
                 signal.signal(sig, self._on_signal)
             self._supervise()
@@ -272,6 +297,7 @@ class _Supervisor:
                 proc.process.close()
             router.close(linger=0)
             ctx.term()
+            self.board.close()
             remove_run_segments(self.prefix)
             shutil.rmtree(self.run_dir, ignore_errors=True)
         stats = {n: proc.stats for n, proc in self.procs.items() if proc.stats is not None}
@@ -400,6 +426,51 @@ class _Supervisor:
         for proc in self.procs.values():
             if not proc.exited:
                 self._check_exit(proc, events)
+        self._watch()
+
+    def _watch(self) -> None:
+        """Warn about, then stop on, a node that has been in one call for too long."""
+        now_ns = time.monotonic_ns()
+        for proc in self.procs.values():
+            if proc.exited or proc.state.ended:
+                continue
+            method, seq, since = self.board.read(proc.index)
+            limit = proc.timeouts.get(method)
+            if method == "idle" or limit is None:
+                proc.stalled = ""
+                continue
+            elapsed = (now_ns - since) / 1e9
+            call = f"{method}()" + (f" on seq {seq}" if seq is not None else "")
+            if elapsed >= limit / 2:
+                proc.stalled = f"stalled {method}() {elapsed:.0f}s"
+                if proc.warned_since != since:
+                    proc.warned_since = since
+                    self._print(
+                        f"warning: node {proc.node_id!r} has been in {call} for "
+                        f"{elapsed:.1f} s (its limit is {limit:g} s)"
+                    )
+            else:
+                proc.stalled = ""
+            if elapsed >= limit and not self.error:
+                self._stuck(proc, method, seq, elapsed, limit)
+
+    def _stuck(
+        self, proc: _Proc, method: str, seq: int | None, elapsed: float, limit: float
+    ) -> None:
+        setting = {"open": "open_timeout_s", "close": "close_timeout_s"}.get(
+            method, "health_timeout_s"
+        )
+        cause = f"stuck: no progress for {elapsed:.1f} s ({setting}: {limit:g})"
+        error: NodeError
+        if method == "open":
+            error = NodeOpenError(proc.node_id, method, cause)
+        else:
+            error = NodeProcessError(proc.node_id, method, cause, seq)
+        self._fail(error, None)
+        self._print(f"node {proc.node_id!r} (pid {proc.process.pid}) was here:")
+        # faulthandler in the node prints every thread's stack at once, even from inside C
+        proc.process.kill(signal.SIGUSR1)
+        time.sleep(0.2)  # let the dump reach the terminal before the stop's messages
 
     def _check_exit(self, proc: _Proc, events: dict[Any, int]) -> None:
         fd = proc.process.sentinel
@@ -489,7 +560,12 @@ class _Supervisor:
             tmp.replace(self.run_dir / "stats.json")
 
     def _live_table(self) -> None:
-        rows = {n: proc.stats for n, proc in self.procs.items()}
+        rows = {
+            n: dataclasses.replace(proc.stats, state=proc.stalled)
+            if proc.stats is not None and proc.stalled
+            else proc.stats
+            for n, proc in self.procs.items()
+        }
         text = render_table(rows)
         # redraw in place on a terminal
         with contextlib.suppress(OSError):
@@ -509,6 +585,11 @@ class _Supervisor:
                 proc.process.join(1.0)
         for proc in self.procs.values():
             proc.process.join(0.1)
+        # the last words of nodes stopped here (their final statistics): the final table is
+        # where they stopped, not their report of half a second before
+        with contextlib.suppress(zmq.ZMQError):
+            while self.router.poll(50):
+                self._receive()
 
 
 def _describe_exit(code: int | None) -> str:

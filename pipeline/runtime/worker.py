@@ -51,6 +51,7 @@ import zmq
 from pipeline.node import Node
 from pipeline.registry import load_node_class
 from pipeline.runtime import protocol as p
+from pipeline.runtime.activity import Activity
 from pipeline.runtime.join import Joiner
 from pipeline.runtime.lifecycle import NodeDriver
 from pipeline.runtime.plan import WorkerConfig
@@ -251,8 +252,13 @@ class Worker:
         node = cls(
             params, node_id=plan.node_id, ports=dict(self.outputs), services=self, log=self.log
         )
+        activity = Activity(self.cfg.activity_path, plan.index) if self.cfg.activity_path else None
         self.driver = NodeDriver(
-            node, self.stats, list(self.outputs.values()), [e.input for e in plan.inputs]
+            node,
+            self.stats,
+            list(self.outputs.values()),
+            [e.input for e in plan.inputs],
+            activity=activity,
         )
         return node
 
@@ -369,7 +375,11 @@ class Worker:
         try:
             if self.driver is not None:
                 self.driver.close()
+            if self.stats.state != NodeState.CLOSED.value:
+                self.report(force=True)  # the final table shows where it stopped, not 0.5 s ago
         except _Terminated:
+            pass
+        except zmq.ZMQError:
             pass
         # After a normal end, queued messages (the end of stream itself) must still reach the
         # consumers: a socket closed with linger 0 would drop them. After a failure, go now.

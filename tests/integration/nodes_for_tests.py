@@ -155,3 +155,31 @@ class CloseFails(Node):
 
     def close(self) -> None:
         raise OSError("could not finalise the file")
+
+
+def _hang_here() -> None:
+    """Spin forever in Python (a bug's endless loop), ended only by a signal."""
+    while True:
+        time.sleep(0.05)
+
+
+class Hangs(Node):
+    """A sink that hangs in ``open``, in ``close`` or in ``process`` at seq ``at_seq``."""
+
+    class Params(NodeParams):
+        method: str = "process"
+        at_seq: int = 0
+
+    frames = Input(Frame)
+
+    def open(self) -> None:
+        if self.params.method == "open":
+            _hang_here()
+
+    def process(self, frames: Frame) -> None:
+        if self.params.method == "process" and frames.seq == self.params.at_seq:
+            _hang_here()
+
+    def close(self) -> None:
+        if self.params.method == "close":
+            _hang_here()
