@@ -52,7 +52,14 @@ from pipeline.runtime.protocol import NodeState
 from pipeline.runtime.stats import NodeStats
 from pipeline.runtime.table import render_table
 from pipeline.runtime.worker import FORCE_SIGNAL
-from pipeline.transport.shm import remove_run_segments, sweep_stale
+from pipeline.transport.shm import (
+    LOCK_SUFFIX,
+    SHM_DIR,
+    RunLock,
+    remove_run_segments,
+    run_is_alive,
+    sweep_stale,
+)
 
 __all__ = ["Launcher", "NodeProcess", "RunMonitor", "RunResult", "launch_local", "run_graph"]
 
@@ -104,15 +111,13 @@ def _run_dir_root() -> Path:
 
 
 def _sweep_run_dirs() -> None:
+    """Remove the folders of runs that no longer hold the lock inside them (see ``RunLock``:
+    a pid says nothing about a run in another PID namespace sharing /tmp)."""
     for path in _run_dir_root().glob("pipeline-*-*"):
         parts = path.name.split("-")
         if len(parts) == 3 and parts[1].isdigit() and path.is_dir():
-            try:
-                os.kill(int(parts[1]), 0)
-            except ProcessLookupError:
+            if not run_is_alive(path / "lock", int(parts[1])):
                 shutil.rmtree(path, ignore_errors=True)
-            except PermissionError:
-                pass
 
 
 class NodeProcess(Protocol):
@@ -254,9 +259,26 @@ class _Supervisor:
         ]
 
     def run(self) -> RunResult:
+        # This run's locks first: from here on, no other run's sweep takes it for dead. The
+        # folder appears with its lock already held (it is made under a hidden name).
+        shm_lock = RunLock(SHM_DIR / (self.prefix + LOCK_SUFFIX))
+        hidden = self.run_dir.with_name("." + self.run_dir.name)
+        try:
+            hidden.mkdir(mode=0o700)
+            dir_lock = RunLock(hidden / "lock")
+            try:
+                hidden.rename(self.run_dir)
+                return self._run()
+            finally:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+                shutil.rmtree(hidden, ignore_errors=True)
+                dir_lock.release(remove=False)  # removed with its folder
+        finally:
+            shm_lock.release()
+
+    def _run(self) -> RunResult:
         sweep_stale()
         _sweep_run_dirs()
-        self.run_dir.mkdir(mode=0o700)
         self.board = ActivityBoard(self.run_dir / "activity", len(self.plan.nodes))
         t0 = time.monotonic()
         ctx: zmq.Context[Any] = zmq.Context()
@@ -299,7 +321,6 @@ class _Supervisor:
             ctx.term()
             self.board.close()
             remove_run_segments(self.prefix)
-            shutil.rmtree(self.run_dir, ignore_errors=True)
         stats = {n: proc.stats for n, proc in self.procs.items() if proc.stats is not None}
         if self.error or self.forced:
             code = EXIT_FAILED

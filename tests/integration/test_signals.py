@@ -7,12 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from pipeline.transport.shm import SHM_DIR
+from pipeline.runtime.runner import _sweep_run_dirs
+from pipeline.transport.shm import SHM_DIR, sweep_stale
 
 pytestmark = pytest.mark.integration
 
@@ -200,3 +202,65 @@ def test_a_node_that_does_not_drain_after_sigterm_is_unwound_at_the_grace(write_
     assert "forcing stop" in out
     assert (tmp_path / "relay.closed").exists()  # unwound, and close() still ran
     assert run_segments(proc.pid) == []
+
+
+HOLDER = """
+import sys
+from pathlib import Path
+
+from pipeline.transport.shm import SHM_DIR, RunLock
+
+prefix, run_dir = sys.argv[1], Path(sys.argv[2])
+shm_lock = RunLock(SHM_DIR / (prefix + ".lock"))
+run_dir.mkdir()
+dir_lock = RunLock(run_dir / "lock")
+(SHM_DIR / (prefix + "-0-0-1")).write_bytes(b"\\0" * 4096)  # a frame slot of the live run
+print("ready", flush=True)
+sys.stdin.read()  # alive until the test closes stdin
+"""
+
+
+def test_a_live_run_from_another_pid_namespace_is_not_swept(write_graph, tmp_path):
+    # A run in another PID namespace (a container sharing /dev/shm and /tmp) is named after
+    # a pid that means nothing here: one that is not alive in ours stands for it.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    prefix = f"pipeline-{int(dead.stdout)}-c0ffee"
+    run_dir = Path(tempfile.gettempdir()) / prefix
+    segment = SHM_DIR / (prefix + "-0-0-1")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, prefix, str(run_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    tiny = write_graph("""
+        graph: tiny
+        nodes:
+          - {id: camera, node: synthetic, params: {width: 32, height: 32, fps: 0, frames: 3}}
+          - {id: sink, node: discard, inputs: {messages: camera/frames}}
+    """)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "ready"
+        # What every start sweeps, called here at once: other checkouts on a shared machine
+        # may run an older sweep (by pid) that would take the run for dead meanwhile.
+        swept = sweep_stale()
+        _sweep_run_dirs()
+        # the live run keeps its segment and its folder: its lock is held
+        assert not [name for name in swept if name.startswith(prefix)]
+        assert segment.exists()
+        assert (run_dir / "lock").exists()
+    finally:
+        holder.communicate(timeout=30)  # closes stdin: the holder ends, its locks go
+    # now it is dead: the next start sweeps what it left
+    proc = start(tiny)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert not segment.exists()
+    assert not (SHM_DIR / (prefix + ".lock")).exists()
+    assert not run_dir.exists()
