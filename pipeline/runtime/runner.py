@@ -115,9 +115,9 @@ def _sweep_run_dirs() -> None:
     a pid says nothing about a run in another PID namespace sharing /tmp)."""
     for path in _run_dir_root().glob("pipeline-*-*"):
         parts = path.name.split("-")
-        if len(parts) == 3 and parts[1].isdigit() and path.is_dir():
-            if not run_is_alive(path / "lock", int(parts[1])):
-                shutil.rmtree(path, ignore_errors=True)
+        is_run = len(parts) == 3 and parts[1].isdigit() and path.is_dir()
+        if is_run and not run_is_alive(path / "lock", int(parts[1])):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class NodeProcess(Protocol):
@@ -241,6 +241,7 @@ class _Supervisor:
         self.stop_signal: int | None = None
         self.forced = False
         self.endpoints: dict[str, str] = {}
+        self.keys: dict[str, str] = {}
         self.hello: set[str] = set()
 
     # set-up ------------------------------------------------------------------------------------
@@ -379,10 +380,11 @@ class _Supervisor:
         """Act on one message from a worker (a new worker -> supervisor kind goes here)."""
         node_id = proc.node_id
         match message:
-            case p.Hello(endpoints=endpoints):
+            case p.Hello(endpoints=endpoints, keys=keys):
                 self._follow(proc, NodeState.OPENING)
                 self.hello.add(node_id)
                 self.endpoints.update(endpoints)
+                self.keys.update(keys)
                 if len(self.hello) == len(self.procs):
                     self._send_wiring()
             case p.Ready():
@@ -423,8 +425,11 @@ class _Supervisor:
 
     def _send_wiring(self) -> None:
         for node_id in self.procs:
-            mine = {e.name: self.endpoints[e.name] for e in self.plan.edges_from(node_id)}
-            self._send(node_id, p.Wiring(mine))
+            edges = self.plan.edges_from(node_id)
+            mine = {e.name: self.endpoints[e.name] for e in edges}
+            # a tcp consumer's key goes to its producer only: nobody else can get in
+            keys = {e.name: self.keys[e.name] for e in edges if e.name in self.keys}
+            self._send(node_id, p.Wiring(mine, keys))
 
     # supervision -------------------------------------------------------------------------------
     def _supervise(self) -> None:

@@ -48,6 +48,7 @@ from typing import Any
 
 import zmq
 
+from pipeline.errors import TransportError
 from pipeline.node import Node
 from pipeline.registry import load_node_class
 from pipeline.runtime import protocol as p
@@ -169,8 +170,8 @@ class Worker:
                 self.stats.reset(time.monotonic())
                 for out in self.outputs.values():
                     out.reset_counters()
-            case p.Wiring(endpoints=endpoints):
-                self._wire(endpoints)
+            case p.Wiring(endpoints=endpoints, keys=keys):
+                self._wire(endpoints, keys)
             case p.Abort():
                 raise _Terminated()
             case p.Start():
@@ -232,11 +233,12 @@ class Worker:
         return data
 
     # set-up ------------------------------------------------------------------------------------
-    def _wire(self, endpoints: Mapping[str, str]) -> None:
+    def _wire(self, endpoints: Mapping[str, str], keys: Mapping[str, str]) -> None:
         for port in self.plan.outputs:
             out = self.outputs[port.port]
             for edge in port.edges:
-                out.connect(EdgeSender(self.ctx, edge, endpoints[edge.name]))
+                sender = EdgeSender(self.ctx, edge, endpoints[edge.name], keys.get(edge.name, ""))
+                out.connect(sender)
 
     def _build(self) -> Node:
         plan = self.plan
@@ -248,7 +250,7 @@ class Worker:
                 port.port, pool, type=cls.outputs[port.port].type
             )
         for edge in plan.inputs:
-            self.inputs.append(InputEdge(self.ctx, edge, self.reader))
+            self.inputs.append(InputEdge(self.ctx, edge, self.reader, self.cfg.shm_prefix))
         node = cls(
             params, node_id=plan.node_id, ports=dict(self.outputs), services=self, log=self.log
         )
@@ -280,7 +282,12 @@ class Worker:
             return 1
         driver = self.driver
         assert driver is not None
-        self.tell(p.Hello({e.name: e.endpoint for e in self.inputs}))
+        self.tell(
+            p.Hello(
+                {e.name: e.endpoint for e in self.inputs},
+                {e.name: e.key for e in self.inputs if e.key},
+            )
+        )
         if not driver.open():
             assert driver.failure is not None
             self.tell(p.OpenFailed(driver.failure.cause, driver.traceback))
@@ -342,7 +349,11 @@ class Worker:
             got = 0
             for edge in inputs:
                 while not edge.ended and edge.has_message():
-                    message, n, dropped, _ = edge.recv()
+                    try:
+                        message, n, dropped, _ = edge.recv()
+                    except TransportError as exc:
+                        self._malformed(edge, exc)
+                        continue
                     if dropped:
                         stats.dropped[edge.port] += dropped
                     if message is None:
@@ -367,6 +378,20 @@ class Worker:
                 poller.poll(5 if waiting else 200)
         for edge in inputs:
             edge.flush_releases()
+
+    def _malformed(self, edge: InputEdge, exc: TransportError) -> None:
+        """A message that is not one (or names a segment not of this run): counted as a drop
+        on its input and as ``malformed``, logged (the first, then every 100th); the node
+        goes on."""
+        self.stats.dropped[edge.port] += 1
+        self.stats.count("malformed")
+        if edge.malformed % 100 == 1:
+            self.log.warning(
+                "input %r: dropped a malformed message (%d so far): %s",
+                edge.port,
+                edge.malformed,
+                exc,
+            )
 
     def _teardown(self) -> None:
         # A second SIGTERM (or the deadline) must not interrupt the clean-up it asked for.

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from pipeline import Detections, Frame, Input, Node, NodeParams, Output
+from pipeline import Detections, Frame, Input, Node, NodeParams, Output, Tensors
 
 
 class Recorder(Node):
@@ -183,3 +183,18 @@ class Hangs(Node):
     def close(self) -> None:
         if self.params.method == "close":
             _hang_here()
+
+
+class SendsObjects(Node):
+    """A buggy producer: on even seqs its Tensors hold a Python-object array, which no
+    consumer may read (pointers into another process)."""
+
+    frames = Input(Frame)
+    tensors = Output(Tensors)
+
+    def process(self, frames: Frame) -> None:
+        if frames.seq % 2 == 0:
+            value = np.array([object(), object()], dtype=object)
+        else:
+            value = np.arange(2, dtype=np.float32)
+        self.tensors.send(frames.derive(Tensors, tensors={"t": value}))
