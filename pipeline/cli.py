@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -230,9 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _current_folder_last() -> None:
+    """``python -m pipeline.cli`` puts the current folder first on the path: move it last, so
+    a stray ``cv2.py`` there cannot shadow a library (``module:Class`` nodes still resolve)."""
+    here = ("", ".", os.getcwd())
+    if sys.path and sys.path[0] in here:
+        sys.path.append(sys.path.pop(0))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _current_folder_last()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -143,6 +143,9 @@ Launcher = Callable[[WorkerConfig], NodeProcess]
 start ``python -m pipeline.runtime.worker`` elsewhere and give back a handle on it."""
 
 
+_NO_CWD = "-P" if sys.version_info >= (3, 11) else "-I"
+
+
 class _LocalProcess:
     """A node process: a fresh interpreter (the ``spawn`` model) started with subprocess.
 
@@ -154,7 +157,9 @@ class _LocalProcess:
     def __init__(self, cfg: WorkerConfig) -> None:
         payload = json.dumps({"config": cfg.to_wire(), "sys_path": sys.path})
         self.popen = subprocess.Popen(
-            [sys.executable, "-c", "from pipeline.runtime.worker import main; main()"],
+            # -P (-I before 3.11): the current folder is not put on the path, so nothing in
+            # it shadows a library while the worker starts (node_sys_path decides after)
+            [sys.executable, _NO_CWD, "-c", "from pipeline.runtime.worker import main; main()"],
             stdin=subprocess.PIPE,
             text=True,
         )

@@ -97,8 +97,23 @@ def _on_force(signum: int, frame: Any) -> None:
 def main() -> None:
     """Entry point of a node process: the config arrives as JSON on stdin."""
     data = json.loads(sys.stdin.read())
-    sys.path[:] = data["sys_path"]
-    worker_main(WorkerConfig.from_wire(data["config"]))
+    cfg = WorkerConfig.from_wire(data["config"])
+    sys.path[:] = node_sys_path(data["sys_path"], cfg.plan.node_type, os.getcwd())
+    worker_main(cfg)
+
+
+def node_sys_path(supervisor_path: list[str], node_type: str, cwd: str) -> list[str]:
+    """The import path of a node process: the supervisor's, without the current folder.
+
+    ``python -m`` and a supervisor that resolved a ``module:Class`` node put the current
+    folder on the path, first; in a node process it would let a stray ``cv2.py`` there run
+    inside a built-in node. So it goes: a built-in node never sees it, and a
+    ``module:Class`` node finds its own module there *after* every installed package.
+    """
+    path = [entry for entry in supervisor_path if entry not in ("", ".", cwd)]
+    if ":" in node_type:
+        path.append(cwd)
+    return path
 
 
 def worker_main(cfg: WorkerConfig) -> None:
