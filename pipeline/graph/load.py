@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import ConfigError, ConfigIssue
 from pipeline.graph import limits
+from pipeline.graph.shm_need import shm_issues
 from pipeline.graph.spec import GraphSpec, InputSpec, NodeSpec
 from pipeline.graph.validate import ValidatedGraph, validate_spec
 from pipeline.registry import suggest
@@ -258,6 +259,8 @@ def check_graph(path: str | Path) -> tuple[ValidatedGraph | None, list[ConfigIss
     issues.extend(more)
     if any(i.severity == "error" for i in issues):
         return None, sort_issues(issues)
+    if graph is not None:
+        issues.extend(shm_issues(graph, marks))
     return graph, sort_issues(issues)
 
 

@@ -215,8 +215,15 @@ class RuntimeOutput:
             edge.dropped = 0
             edge.blocked_s = 0.0
 
+    def _pool_acquire(self, nbytes: int) -> Slot | None:
+        try:
+            return self.pool.acquire(nbytes)
+        except TransportError as exc:  # no room in /dev/shm: say for which edges
+            edges = ", ".join(f"{e.plan.consumer}.{e.plan.input}" for e in self.edges)
+            raise TransportError(f"output {self.name!r} (to {edges or 'nothing'}): {exc}") from exc
+
     def _acquire(self, nbytes: int) -> Slot:
-        slot = self.pool.acquire(nbytes)
+        slot = self._pool_acquire(nbytes)
         if slot is not None:
             return slot
         t0 = time.monotonic()
@@ -226,7 +233,7 @@ class RuntimeOutput:
                 raise TransportError(f"output {self.name!r}: every shared-memory slot is held")
             for edge in self.edges:
                 edge.collect()
-            slot = self.pool.acquire(nbytes)
+            slot = self._pool_acquire(nbytes)
             if slot is None:
                 self.edges[0].wait_release(20) if len(self.edges) == 1 else time.sleep(0.0005)
                 if not warned and time.monotonic() - t0 > 5:

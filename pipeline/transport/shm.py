@@ -29,11 +29,13 @@ Ownership here is explicit instead:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import math
 import mmap
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -116,6 +118,35 @@ def lock_is_held(path: Path) -> bool | None:
     return False
 
 
+def reserve(fd: int, size: int) -> None:
+    """Give the file ``size`` bytes that exist now (``posix_fallocate``), not on first touch.
+
+    A sparse segment (``ftruncate`` alone) on a full /dev/shm is a SIGBUS at the first write
+    of a frame: the process dies with no word. Reserved up front, a full /dev/shm is an
+    ``OSError`` here, which the caller turns into a message.
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+        os.ftruncate(fd, size)  # a file system without fallocate: as before
+
+
+def no_room_message(size: int, exc: OSError) -> str:
+    """Why a segment could not be made: the bytes needed, those free, and what to do."""
+    try:
+        usage = shutil.disk_usage(SHM_DIR)
+        room = f"{usage.free} bytes free of {usage.total}"
+    except OSError:
+        room = "free space unknown"
+    return (
+        f"cannot reserve {size} bytes of shared memory in {SHM_DIR} ({room}): "
+        f"{exc.strerror or exc}; give it more room (Docker: --shm-size=1g), or make frames "
+        "smaller or queues shorter"
+    )
+
+
 class Slot:
     """One shared-memory segment of a pool, with its consumer reference count."""
 
@@ -128,16 +159,13 @@ class Slot:
         path = SHM_DIR / name
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            os.ftruncate(fd, size)
+            reserve(fd, size)
             self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:
             os.close(fd)
             with contextlib.suppress(OSError):
                 path.unlink()
-            raise TransportError(
-                f"cannot create a {size}-byte shared-memory segment in {SHM_DIR}: {exc} "
-                "(is /dev/shm full? Docker's default is 64 MiB: run with --shm-size=512m)"
-            ) from exc
+            raise TransportError(no_room_message(size, exc)) from exc
         os.close(fd)
         self.array = np.frombuffer(self.mm, dtype=np.uint8)
         self.array.fill(0)  # pre-fault every page now, not on the first frame
