@@ -485,6 +485,22 @@ class _Supervisor:
             if elapsed >= limit and not self.error:
                 self._stuck(proc, method, seq, elapsed, limit)
 
+    def _not_drained(self) -> str:
+        """The nodes still running, each with the call it is in: who the stop waits for."""
+        now_ns = time.monotonic_ns()
+        parts = []
+        for proc in self.procs.values():
+            if proc.exited or proc.state.ended:
+                continue
+            method, seq, since = self.board.read(proc.index)
+            if method == "idle":
+                parts.append(f"node {proc.node_id!r} (waiting on its edges)")
+            else:
+                on = f" on seq {seq}" if seq is not None else ""
+                elapsed = (now_ns - since) / 1e9
+                parts.append(f"node {proc.node_id!r} (in {method}(){on} for {elapsed:.1f} s)")
+        return ", ".join(parts) or "the graph"
+
     def _stuck(
         self, proc: _Proc, method: str, seq: int | None, elapsed: float, limit: float
     ) -> None:
@@ -557,7 +573,7 @@ class _Supervisor:
                     stop_sent = True
                     self._send_all(p.Stop(), sources_only=True)
                 if now >= self.stop_deadline:
-                    self._print("forcing stop: not every node drained in time")
+                    self._print(f"forcing stop: {self._not_drained()} did not drain in time")
                     self.forced = True
                     return
             if now >= next_table:

@@ -199,7 +199,9 @@ def test_a_node_that_does_not_drain_after_sigterm_is_unwound_at_the_grace(write_
             proc.wait()
     assert time.monotonic() - t0 < 8
     assert proc.returncode == 1, out  # a forced stop: outputs may miss frames in flight
-    assert "forcing stop" in out
+    # the forced stop names who it waited for, and where that node was
+    assert "forcing stop: " in out
+    assert "node 'relay' (in process() on seq" in out
     assert (tmp_path / "relay.closed").exists()  # unwound, and close() still ran
     assert run_segments(proc.pid) == []
 
