@@ -9,9 +9,11 @@ supervisor reads every record on each of its 0.1 s polls, and so sees a node tha
 in the same call for too long (``pipeline.runtime.runner`` then warns, dumps the node's
 stack and stops the graph).
 
-A record is 32 bytes: method (int32), padding, seq (int64, -1 when none) and the start
-(int64, ns). The reader reads a record until two reads agree, so a record caught while it
-was being written is never taken for a very old call.
+A record is 32 bytes: a version (uint32), the method (int32), seq (int64, -1 when none) and
+the start (int64, ns). It is a seqlock: the writer makes the version odd, writes, and makes
+it even again; the reader takes a record only when the version was even and unchanged around
+its read. A writer preempted half-way (a busy machine) is never read as a call that started
+at time zero, which would look like a node stuck for as long as the machine has been up.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ __all__ = ["METHODS", "Activity", "ActivityBoard"]
 
 METHODS = ("idle", "open", "process", "flush", "close")
 _CODES = {name: i for i, name in enumerate(METHODS)}
-_RECORD = struct.Struct("<iiqq")
+_VERSION = struct.Struct("<I")  # wraps at 2**32, an even number: odd stays odd
+_BODY = struct.Struct("<iqq")  # method, seq, since
 RECORD_SIZE = 32
 
 
@@ -42,18 +45,22 @@ class ActivityBoard:
         finally:
             os.close(fd)
 
-    def read(self, index: int) -> tuple[str, int | None, int]:
-        """``(method, seq, since_ns)`` of node ``index``; ``("idle", None, 0)`` outside calls."""
+    def read(self, index: int) -> tuple[str, int | None, int] | None:
+        """``(method, seq, since_ns)`` of node ``index`` (``("idle", None, 0)`` outside
+        calls), or None when the record was being written each time it was read."""
         at = index * RECORD_SIZE
-        record = _RECORD.unpack_from(self._mm, at)
+        mm = self._mm
         for _ in range(100):
-            again = _RECORD.unpack_from(self._mm, at)
-            if again == record:
-                break
-            record = again
-        code, _, seq, since = record
-        method = METHODS[code] if 0 <= code < len(METHODS) else "idle"
-        return method, (None if seq < 0 else seq), since
+            (before,) = _VERSION.unpack_from(mm, at)
+            if before % 2:
+                continue
+            code, seq, since = _BODY.unpack_from(mm, at + 4)
+            (after,) = _VERSION.unpack_from(mm, at)
+            if before == after:
+                if not 0 < code < len(METHODS) or since <= 0:
+                    return "idle", None, 0
+                return METHODS[code], (None if seq < 0 else seq), since
+        return None
 
     def close(self) -> None:
         self._mm.close()
@@ -69,9 +76,15 @@ class Activity:
         finally:
             os.close(fd)
         self._at = index * RECORD_SIZE
+        self._version = 0
 
     def _write(self, code: int, seq: int, since: int) -> None:
-        _RECORD.pack_into(self._mm, self._at, code, 0, seq, since)
+        mm, at = self._mm, self._at
+        self._version = (self._version + 1) & 0xFFFFFFFF  # odd: being written
+        _VERSION.pack_into(mm, at, self._version)
+        _BODY.pack_into(mm, at + 4, code, seq, since)
+        self._version = (self._version + 1) & 0xFFFFFFFF  # even: whole
+        _VERSION.pack_into(mm, at, self._version)
 
     def begin(self, method: str, seq: int | None = None) -> None:
         """The node enters ``method`` (on input ``seq``)."""

@@ -465,7 +465,10 @@ class _Supervisor:
         for proc in self.procs.values():
             if proc.exited or proc.state.ended:
                 continue
-            method, seq, since = self.board.read(proc.index)
+            record = self.board.read(proc.index)
+            if record is None:
+                continue  # being written right now: read it again at the next poll
+            method, seq, since = record
             limit = proc.timeouts.get(method)
             if method == "idle" or limit is None:
                 proc.stalled = ""
@@ -492,7 +495,7 @@ class _Supervisor:
         for proc in self.procs.values():
             if proc.exited or proc.state.ended:
                 continue
-            method, seq, since = self.board.read(proc.index)
+            method, seq, since = self.board.read(proc.index) or ("idle", None, 0)
             if method == "idle":
                 parts.append(f"node {proc.node_id!r} (waiting on its edges)")
             else:
