@@ -415,7 +415,8 @@ class Worker:
         try:
             if self.driver is not None:
                 self.driver.close()
-            if self.stats.state != NodeState.CLOSED.value:
+            ran = self.stats.t_start is not None  # started: it has figures to show
+            if ran and self.stats.state != NodeState.CLOSED.value:
                 self.report(force=True)  # the final table shows where it stopped, not 0.5 s ago
         except _Terminated:
             pass
