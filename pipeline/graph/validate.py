@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from pipeline.errors import ConfigIssue, RegistryError
+from pipeline.errors import ConfigIssue, NodeDefinitionError, RegistryError
 from pipeline.graph.spec import GraphSpec, InputSpec, NodeSpec
 from pipeline.node import Node
 from pipeline.params import NodeParams
 from pipeline.registry import load_node_class, suggest
+from pipeline.usercode import search_folders
 
 if TYPE_CHECKING:
     from pipeline.graph.load import Marks
@@ -90,18 +91,26 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
 
     classes: dict[str, type[Node]] = {}
     params: dict[str, NodeParams] = {}
+    folders = search_folders(marks.file)
     for i, node in enumerate(spec.nodes):
         if node.id in classes:
             continue
         try:
-            cls = load_node_class(node.node)
-        except RegistryError as exc:
+            cls = load_node_class(node.node, search=folders)
+        except NodeDefinitionError as exc:
             issues.append(
                 marks.issue(
                     ("nodes", i, "node"),
-                    f"node {node.id!r}: {exc}",
-                    hints=["`pipeline nodes` lists the available node types"],
+                    f"node {node.id!r}: node type {node.node!r} is malformed: {exc}",
                 )
+            )
+            continue
+        except RegistryError as exc:
+            hints = list(getattr(exc, "hints", ()))
+            if ":" not in node.node:
+                hints.append("`pipeline nodes` lists the available node types")
+            issues.append(
+                marks.issue(("nodes", i, "node"), f"node {node.id!r}: {exc}", hints=hints)
             )
             continue
         classes[node.id] = cls

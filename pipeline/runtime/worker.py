@@ -70,8 +70,19 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def main() -> None:
     """Entry point of a node process: the config arrives as JSON on stdin."""
     data = json.loads(sys.stdin.read())
-    sys.path[:] = data["sys_path"]
+    sys.path[:] = _libraries_first(data["sys_path"])
     worker_main(WorkerConfig.from_wire(data["config"]))
+
+
+def _libraries_first(path: list[str]) -> list[str]:
+    """The parent's ``sys.path`` with the current folder moved after site-packages.
+
+    ``python -m`` puts the current folder first; in a node process a stray ``cv2.py`` there
+    must not replace the library. A user's ``module:Class`` is found through its plan's
+    ``module_paths`` (``pipeline.usercode``), not through this.
+    """
+    here = {"", ".", os.getcwd()}
+    return [p for p in path if p not in here] + [p for p in path if p in here]
 
 
 def worker_main(cfg: WorkerConfig) -> None:
@@ -210,7 +221,7 @@ class Worker:
 
     def _build(self) -> Node:
         plan = self.plan
-        cls = load_node_class(plan.node_type)
+        cls = load_node_class(plan.node_type, search=plan.module_paths or None)
         params = cls.Params.model_validate(dict(plan.params))
         for i, port in enumerate(plan.outputs):
             pool = SlotPool(f"{self.cfg.shm_prefix}-{plan.index}-{i}", max_slots=port.slots)

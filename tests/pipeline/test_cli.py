@@ -92,6 +92,7 @@ def test_public_api_is_exactly_all():
         "node",
         "params",
         "registry",
+        "usercode",
         "runtime",
         "transport",
         "testing",
