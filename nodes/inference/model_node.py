@@ -10,11 +10,14 @@ them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import ClassVar, Generic, TypeVar
 
+from nodes.inference.models.store import check_model
 from nodes.inference.params import ModelParams
 from nodes.inference.vision import VisionModel
-from pipeline import Node, NodeParams
+from pipeline import Node, NodeParams, ParamIssue
+from pipeline.checks import input_file
 
 __all__ = ["ModelNode"]
 
@@ -31,6 +34,12 @@ class ModelNode(Node, Generic[M]):
     def load(self) -> M:
         """The model object for ``self.params``."""
         raise NotImplementedError
+
+    @classmethod
+    def check(cls, params: ModelParams) -> Iterator[ParamIssue]:
+        yield from check_model("model", params.model)
+        if isinstance(params.labels, str):
+            yield from input_file("labels", params.labels, "label file")
 
     def open(self) -> None:
         self.vision = self.load()

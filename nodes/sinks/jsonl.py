@@ -14,13 +14,15 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 from pydantic import Field
 
-from pipeline import Classifications, Detections, Input, Message, Node, NodeParams
+from pipeline import Classifications, Detections, Input, Message, Node, NodeParams, ParamIssue
+from pipeline.checks import output_path
 
 _MAX_LISTED = 4096  # arrays larger than this are summarised, not listed
 
@@ -190,6 +192,10 @@ class JsonlSink(Node):
         )
 
     messages = Input(Message, description="Any message.")
+
+    @classmethod
+    def check(cls, params: Params) -> Iterator[ParamIssue]:
+        yield from output_path("path", params.path)
 
     def open(self) -> None:
         self._path = writable_file(self.params.path, node_id=self.id, param="path")

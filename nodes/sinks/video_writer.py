@@ -11,6 +11,7 @@ Ctrl-C, and on a forced stop (SIGTERM), so the file is complete in each case.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from pydantic import Field
 from nodes.dependencies import import_cv2
 from nodes.sinks.jsonl import writable_file
 from nodes.transforms.color import to_bgr
-from pipeline import Frame, Input, Node, NodeParams
+from pipeline import Frame, Input, Node, NodeParams, ParamIssue
+from pipeline.checks import output_path
 
 FOURCC_BY_EXTENSION = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
 _PROBE_WH = (64, 48)
@@ -90,6 +92,10 @@ class VideoWriterSink(Node):
         )
 
     frames = Input(Frame, description="(H, W[, C]) uint8 frames in meta['color'].")
+
+    @classmethod
+    def check(cls, params: Params) -> Iterator[ParamIssue]:
+        yield from output_path("path", params.path)
 
     def open(self) -> None:
         cv2 = import_cv2(f"the video_writer node {self.id!r}")

@@ -119,6 +119,10 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
         except ValidationError as exc:
             issues.extend(_param_issues(exc, cls, node, i, marks))
 
+    for i, node in enumerate(spec.nodes):
+        if node.id in params and index.get(node.id) == i:
+            issues.extend(_node_checks(classes[node.id], params[node.id], node, i, marks))
+
     edges: list[Edge] = []
     for i, node in enumerate(spec.nodes):
         node_cls = classes.get(node.id)
@@ -239,6 +243,33 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
 
     graph = ValidatedGraph(spec, marks.file, classes, params, edges, digraph)
     return graph, issues
+
+
+def _node_checks(
+    cls: type[Node], params: NodeParams, node: NodeSpec, index: int, marks: Marks
+) -> list[ConfigIssue]:
+    """The node type's own ``check(params)``: missing inputs, unwritable outputs, ports."""
+    try:
+        found = list(cls.check(params))
+    except Exception as exc:
+        return [
+            marks.issue(
+                ("nodes", index, "node"),
+                f"node {node.id!r}: {cls.__qualname__}.check() raised {type(exc).__name__}: {exc}",
+            )
+        ]
+    issues = []
+    for found_issue in found:
+        parts = [p for p in found_issue.param.split(".") if p]
+        issues.append(
+            marks.issue(
+                ("nodes", index, "params", *parts),
+                f"params.{found_issue.param} of node {node.id!r}: {found_issue.message}",
+                hints=found_issue.hints,
+                severity=found_issue.severity,
+            )
+        )
+    return issues
 
 
 def _param_issues(

@@ -93,6 +93,7 @@ def test_public_api_is_exactly_all():
         "params",
         "registry",
         "usercode",
+        "checks",
         "runtime",
         "transport",
         "testing",
