@@ -1,6 +1,8 @@
 """Read a graph file into a ``GraphSpec``, keeping the line and column of every value.
 
-Phases, each reporting every issue it finds before stopping: YAML syntax; the graph schema
+Values may use ``${VAR}`` / ``${VAR:-default}`` from the environment
+(``pipeline.graph.envsubst``). Phases, each reporting every issue it finds before stopping:
+YAML syntax; the graph schema
 (unknown, missing or mistyped keys); then wiring and node params (``pipeline.graph.validate``).
 Issues point at ``file:line:col`` through a table of YAML marks keyed by document path.
 """
@@ -15,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import ConfigError, ConfigIssue
+from pipeline.graph.envsubst import UnsetVariableError, substitute
 from pipeline.graph.spec import GraphSpec, InputSpec, NodeSpec
 from pipeline.graph.validate import ValidatedGraph, validate_spec
 from pipeline.registry import suggest
@@ -109,6 +112,14 @@ class _Builder:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        if isinstance(node, yaml.ScalarNode) and "${" in node.value:
+            try:
+                value = substitute(node)
+            except UnsetVariableError as exc:
+                self.issues.append(self.marks.issue(path, str(exc), hints=exc.hints))
+                return node.value
+            if value is not None:
+                return value
         return self.constructor.construct_object(node, deep=True)
 
 

@@ -89,6 +89,7 @@ def worker_main(cfg: WorkerConfig) -> None:
     """Run one node in this process until its stream ends; exits the process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    _set_title(cfg)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints where a node is stuck
     logging.basicConfig(
         level=getattr(logging, cfg.log_level.upper(), logging.INFO),
@@ -101,6 +102,15 @@ def worker_main(cfg: WorkerConfig) -> None:
     code = Worker(cfg).run()
     sys.stderr.flush()
     os._exit(code)  # skip interpreter teardown: nothing is left to flush, and it is slow
+
+
+def _set_title(cfg: WorkerConfig) -> None:
+    """``ps`` shows ``pipeline: faces (detector)`` instead of ``python -c ...``."""
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        return
+    setproctitle(f"pipeline: {cfg.node_id} ({cfg.plan.node_type})")
 
 
 def _watch_parent() -> None:
