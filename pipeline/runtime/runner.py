@@ -257,6 +257,7 @@ class _Supervisor:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
             self._terminate_all()
+            self._last_reports()
             for proc in self.procs.values():
                 proc.process.close()
             router.close(linger=0)
@@ -406,8 +407,7 @@ class _Supervisor:
             if all(proc.state is NodeState.READY for proc in self.procs.values()):
                 return True
             if self.stop_deadline is not None:
-                self._print("stopped before the graph started")
-                self.forced = True
+                self._print("stopped before the graph started")  # a stop, not a failure
                 return False
 
     def _running(self) -> None:
@@ -468,6 +468,20 @@ class _Supervisor:
         # redraw in place on a terminal
         self.out.write("\x1b[H\x1b[J" + text + "\n")
         self.out.flush()
+
+    def _last_reports(self) -> None:
+        """Statistics the stopped nodes sent as they went: real counts in the final table."""
+        with contextlib.suppress(zmq.ZMQError):
+            while self.router.poll(0):
+                ident, raw = self.router.recv_multipart()
+                proc = self.procs.get(ident.decode())
+                try:
+                    message = p.decode(raw)
+                except p.ProtocolError:
+                    continue
+                stats = getattr(message, "stats", None)
+                if proc is not None and stats:
+                    proc.stats = NodeStats.from_wire(stats)
 
     def _terminate_all(self) -> None:
         alive = [proc for proc in self.procs.values() if proc.process.is_alive()]

@@ -98,8 +98,11 @@ def worker_main(cfg: WorkerConfig) -> None:
         stream=sys.stderr,
         force=True,
     )
-    _watch_parent()
-    code = Worker(cfg).run()
+    try:
+        _watch_parent()
+        code = Worker(cfg).run()
+    except _Terminated:  # stopped before the worker could even start: nothing to report
+        code = EXIT_TERMINATED
     sys.stderr.flush()
     os._exit(code)  # skip interpreter teardown: nothing is left to flush, and it is slow
 
@@ -254,9 +257,17 @@ class Worker:
             return self._run()
         except _Terminated:
             self.log.debug("terminated")
+            self._last_report()
             return EXIT_TERMINATED
         finally:
             self._teardown()
+
+    def _last_report(self) -> None:
+        """Final statistics on a forced stop: the table after a failure shows real counts."""
+        try:
+            self.report(force=True)
+        except (zmq.ZMQError, _Terminated):
+            pass
 
     def _run(self) -> int:
         try:
