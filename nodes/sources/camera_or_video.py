@@ -7,6 +7,7 @@ there is one, and the sample video (looping, at its own pace) when there is none
 from __future__ import annotations
 
 from collections.abc import Iterator
+
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field
