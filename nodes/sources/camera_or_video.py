@@ -25,9 +25,9 @@ class CameraOrVideo(Node):
     """Send a live camera's frames, or a video file's when no camera opens.
 
     The camera is tried first (``device``, within ``open_timeout_s``); if it cannot be
-    opened, a warning says why and the node plays ``video`` instead (looping at the file's
-    pace, like a camera, unless ``loop`` is false). Frames carry ``meta["live"]``: true from
-    the camera, false from the file.
+    opened, a warning says why and the node plays ``video`` instead (looping, at the file's
+    rate under the default ``pace: realtime``, unless ``loop`` is false). Frames carry
+    ``meta["live"]``: true from the camera, false from the file.
     """
 
     class Params(NodeParams):
@@ -69,9 +69,7 @@ class CameraOrVideo(Node):
         except Exception as exc:
             self.log.warning("no camera (%s): playing %s instead", exc, p.video)
             self.live = False
-            video = VideoFileSource.Params.model_validate(
-                {"path": p.video, "loop": p.loop, "pace": "realtime"}
-            )
+            video = VideoFileSource.Params.model_validate({"path": p.video, "loop": p.loop})
             self._inner = self._make(VideoFileSource, video)
             self._inner.open()
 
@@ -86,6 +84,9 @@ class CameraOrVideo(Node):
 
     def allocate(self, shape: tuple[int, ...], dtype: npt.DTypeLike = np.uint8) -> np.ndarray:
         return self.frames.allocate(shape, dtype)
+
+    def frame_rate(self) -> float | None:
+        return self._inner.frame_rate()  # the video's rate (pace: realtime); a camera: None
 
     def process(self) -> None:
         self._inner.process()

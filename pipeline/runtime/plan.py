@@ -35,6 +35,8 @@ class NodePlan:
     inputs: tuple[EdgePlan, ...]
     outputs: tuple[PortPlan, ...]
     module_paths: tuple[str, ...] = ()  # where a module:Class type's module is looked up
+    pace: str = "realtime"  # a source's pace (pipeline.runtime.pacing)
+    max_fps: float | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -46,6 +48,8 @@ class NodePlan:
             "inputs": [e.to_wire() for e in self.inputs],
             "outputs": [p.to_wire() for p in self.outputs],
             "module_paths": list(self.module_paths),
+            "pace": self.pace,
+            "max_fps": self.max_fps,
         }
 
     @classmethod
@@ -59,6 +63,8 @@ class NodePlan:
             inputs=tuple(EdgePlan.from_wire(e) for e in d["inputs"]),
             outputs=tuple(PortPlan.from_wire(p) for p in d["outputs"]),
             module_paths=tuple(d.get("module_paths", ())),
+            pace=d.get("pace", "realtime"),
+            max_fps=d.get("max_fps"),
         )
 
 
@@ -148,6 +154,8 @@ def plan_graph(graph: ValidatedGraph, run_dir: str | Path) -> GraphPlan:
                 inputs=tuple(e for e in edges if e.consumer == node.id),
                 outputs=tuple(outputs),
                 module_paths=search_folders(graph.file) if ":" in node.node else (),
+                pace=node.pace or "realtime",
+                max_fps=node.max_fps,
             )
         )
     return GraphPlan(tuple(nodes))
