@@ -3,7 +3,7 @@
 For every registered node type, its ``Params`` model's JSON Schema (types, defaults, ranges,
 descriptions) goes under ``$defs`` as ``params.<type>``, and ``NodeSpec`` gets one
 ``if: {node: <type>} then: {params: <that>}`` per type; ``node`` itself lists the registered
-names (a ``module:Class`` stays allowed). ``pipeline schema --check`` catches drift.
+names (a ``module:Class`` stays allowed). A param may also be a whole ``${VAR:-default}``. ``pipeline schema --check`` catches drift.
 """
 
 from __future__ import annotations
@@ -36,6 +36,20 @@ def _rename_refs(value: Any, prefix: str) -> Any:
     return value
 
 
+ENV_VALUE = {
+    "type": "string",
+    "pattern": r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:-.*)?\}$",
+    "description": "From the environment: ${VAR} or ${VAR:-default} (pipeline.graph.envsubst).",
+}
+
+
+def _or_env(prop: dict[str, Any]) -> dict[str, Any]:
+    """A param's schema that also takes a whole ``${VAR:-default}`` (replaced when loading)."""
+    shown = {k: prop[k] for k in ("title", "description", "default") if k in prop}
+    inner = {k: v for k, v in prop.items() if k not in ("title", "description", "default")}
+    return {**shown, "anyOf": [inner, {"$ref": "#/$defs/env"}]}
+
+
 def add_node_types(schema: dict[str, Any]) -> dict[str, Any]:
     """``schema`` (the graph file's) with every registered node type's params."""
     defs = schema.setdefault("$defs", {})
@@ -53,6 +67,9 @@ def add_node_types(schema: dict[str, Any]) -> dict[str, Any]:
         for name, sub in params.pop("$defs", {}).items():
             defs[prefix + name] = _rename_refs(sub, prefix)
         params = _rename_refs(params, prefix)
+        params["properties"] = {
+            name: _or_env(prop) for name, prop in params.get("properties", {}).items()
+        }
         doc = (cls.__doc__ or "").strip().splitlines()
         params["title"] = f"params of {type_id}"
         if doc:
@@ -65,6 +82,7 @@ def add_node_types(schema: dict[str, Any]) -> dict[str, Any]:
                 "then": {"properties": {"params": {"$ref": f"#/$defs/params.{type_id}"}}},
             }
         )
+    defs["env"] = ENV_VALUE
     node = node_spec["properties"]["node"]
     node["anyOf"] = [
         {"enum": names, "description": "A registered node type."},

@@ -59,6 +59,9 @@ STATS_INTERVAL_S = 0.5
 EXIT_TERMINATED = 3
 
 
+_NOT_STARTED = (NodeState.CREATED, NodeState.OPENING, NodeState.READY)
+
+
 class _Terminated(BaseException):
     """Raised by the SIGTERM handler: unwind, close the node, exit."""
 
@@ -269,6 +272,8 @@ class Worker:
 
     def _last_report(self) -> None:
         """Final statistics on a forced stop: the table after a failure shows real counts."""
+        if self.driver is None or self.driver.state in _NOT_STARTED:
+            return  # nothing was counted: a node stopped before the start reports nothing
         try:
             self.report(force=True)
         except (zmq.ZMQError, _Terminated):

@@ -32,9 +32,11 @@ def test_every_node_type_has_its_params_with_types_defaults_ranges_and_descripti
         fields = load_node_class(type_id).Params.model_fields
         assert set(params.get("properties", {})) == set(fields), type_id
         assert params["additionalProperties"] is False
-    fps = defs["params.synthetic"]["properties"]["fps"]
-    assert (fps["default"], fps["minimum"], fps["maximum"]) == (30.0, 0, 10000)
-    assert fps["description"] == "Frames per second; 0 = unpaced."
+    width = defs["params.synthetic"]["properties"]["width"]
+    number = width["anyOf"][0]
+    assert (width["default"], number["type"], number["minimum"]) == (640, "integer", 8)
+    assert width["description"] == "Frame width in pixels."
+    assert width["anyOf"][1] == {"$ref": "#/$defs/env"}
     assert "enum" in json.dumps(defs["params.detector"]["properties"]["backend"])
     assert (
         SCHEMA["$defs"]["NodeSpec"]["properties"]["node"]["anyOf"][0]["enum"] == available_nodes()
@@ -52,6 +54,7 @@ def test_params_of_a_node_type_are_checked_by_the_schema():
     assert errors(one_node("detector", {"model": "centerface", "num_thread": 2}))
     assert errors(one_node("detector", {}))  # model is required
     assert errors(one_node("synthetic", {"fps": "fast"}))
+    assert errors(one_node("synthetic", {"fps": "${FPS:-10}"})) == []
     # a user's class is not known to the schema: its params are free
     assert errors(one_node("my_nodes:Blur", {"anything": 1})) == []
     assert errors(one_node("not a type", {}))
