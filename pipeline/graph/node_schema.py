@@ -3,7 +3,8 @@
 For every registered node type, its ``Params`` model's JSON Schema (types, defaults, ranges,
 descriptions) goes under ``$defs`` as ``params.<type>``, and ``NodeSpec`` gets one
 ``if: {node: <type>} then: {params: <that>}`` per type; ``node`` itself lists the registered
-names (a ``module:Class`` stays allowed). A param may also be a whole ``${VAR:-default}``. ``pipeline schema --check`` catches drift.
+names (a ``module:Class`` stays allowed). A param may also be a whole ``${VAR:-default}``.
+``pipeline schema --check`` catches drift.
 """
 
 from __future__ import annotations
