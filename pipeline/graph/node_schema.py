@@ -46,7 +46,7 @@ ENV_VALUE = {
 
 def _or_env(prop: dict[str, Any]) -> dict[str, Any]:
     """A param's schema that also takes a whole ``${VAR:-default}`` (replaced when loading)."""
-    shown = {k: prop[k] for k in ("title", "description", "default") if k in prop}
+    shown: dict[str, Any] = {k: prop[k] for k in ("title", "description", "default") if k in prop}
     inner = {k: v for k, v in prop.items() if k not in ("title", "description", "default")}
     return {**shown, "anyOf": [inner, {"$ref": "#/$defs/env"}]}
 
