@@ -94,3 +94,18 @@ def test_in_a_graph_the_error_says_to_copy_or_allocate(tmp_path):
     assert message.startswith("node 'writer' failed in process() on seq 0 from camera: ValueError")
     assert "copy the array first, image = frames.image.copy()" in message
     assert "self.<output>.allocate(shape, dtype)" in message
+
+
+@pytest.mark.parametrize("readme", ["README.md", "benchmarks/README.md"])
+def test_every_file_the_readmes_name_exists(readme):
+    root = README.parent
+    text = (root / readme).read_text()
+    named = set(
+        re.findall(
+            r"(?<![\w/.])((?:benchmarks|graphs|samples|scripts)/[\w./-]+\.(?:yaml|py|mp4))", text
+        )
+    )
+    assert named, readme
+    missing = sorted(p for p in named if not (root / p).exists())
+    assert not missing, f"{readme} names files that do not exist: {missing}"
+    assert "until wired in" not in text
