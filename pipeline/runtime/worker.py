@@ -267,6 +267,9 @@ class Worker:
             self.log.debug("terminated")
             self._last_report()
             return EXIT_TERMINATED
+        except p.ProtocolError as exc:  # a supervisor of another version: nothing to agree on
+            self.log.error("control: %s", exc)
+            return 1
         finally:
             self._teardown()
 
