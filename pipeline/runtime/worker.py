@@ -73,19 +73,23 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def main() -> None:
     """Entry point of a node process: the config arrives as JSON on stdin."""
     data = json.loads(sys.stdin.read())
-    sys.path[:] = _libraries_first(data["sys_path"])
-    worker_main(WorkerConfig.from_wire(data["config"]))
+    cfg = WorkerConfig.from_wire(data["config"])
+    sys.path[:] = node_sys_path(data["sys_path"], cfg.plan.node_type, os.getcwd())
+    worker_main(cfg)
 
 
-def _libraries_first(path: list[str]) -> list[str]:
-    """The parent's ``sys.path`` with the current folder moved after site-packages.
+def node_sys_path(supervisor_path: list[str], node_type: str, cwd: str) -> list[str]:
+    """The import path of a node process: the supervisor's, without the current folder.
 
-    ``python -m`` puts the current folder first; in a node process a stray ``cv2.py`` there
-    must not replace the library. A user's ``module:Class`` is found through its plan's
-    ``module_paths`` (``pipeline.usercode``), not through this.
+    ``python -m`` and a supervisor that resolved a ``module:Class`` node put the current
+    folder on the path, first; in a node process it would let a stray ``cv2.py`` there run
+    inside a built-in node. So it goes: a built-in node never sees it, and a
+    ``module:Class`` node finds its own module there *after* every installed package.
     """
-    here = {"", ".", os.getcwd()}
-    return [p for p in path if p not in here] + [p for p in path if p in here]
+    path = [entry for entry in supervisor_path if entry not in ("", ".", cwd)]
+    if ":" in node_type:
+        path.append(cwd)
+    return path
 
 
 def worker_main(cfg: WorkerConfig) -> None:
