@@ -294,10 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="describe every node type in full")
     p.set_defaults(func=cmd_nodes)
 
-    p = sub.add_parser("graph", help="draw a graph file (Mermaid or Graphviz dot text)")
+    p = sub.add_parser("graph", help="draw a graph file (Mermaid, Graphviz dot or SVG)")
     p.add_argument("file", metavar="FILE", help="the graph file (YAML)")
     p.add_argument(
-        "--format", choices=["mermaid", "dot"], default="mermaid", help="default: mermaid"
+        "--format",
+        choices=["mermaid", "dot", "svg"],
+        default="mermaid",
+        help="mermaid (default), dot (Graphviz) or svg (an image, as the preview page shows)",
     )
     p.set_defaults(func=cmd_graph)
 

@@ -292,6 +292,14 @@ class Node:
             return {}
         return self._services.graph_statistics()
 
+    def graph_drawing(self) -> str:
+        """The graph this node runs in, as an SVG image (``pipeline graph --format svg``).
+
+        Empty outside a graph (``run_node``). A preview page shows it.
+        """
+        drawing = getattr(self._services, "graph_drawing", None)
+        return str(drawing()) if drawing is not None else ""
+
 
 def _where(cls: type) -> str:
     try:

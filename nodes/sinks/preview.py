@@ -138,6 +138,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._stream()
             elif path == "/snapshot.jpg":
                 self._snapshot()
+            elif path == "/graph.svg":
+                self._reply(self.server.preview.graph_drawing().encode(), "image/svg+xml")
             elif path == "/stats.json":
                 body = json.dumps(self.server.preview.page_statistics()).encode("utf-8")
                 self._reply(body, "application/json")

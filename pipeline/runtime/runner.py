@@ -234,6 +234,7 @@ class _Supervisor:
         sweep_stale()
         _sweep_run_dirs()
         self.run_dir.mkdir(mode=0o700)
+        _write_drawing(self.graph, self.run_dir / "graph.svg")
         t0 = time.monotonic()
         ctx: zmq.Context[Any] = zmq.Context()
         router = ctx.socket(zmq.ROUTER)
@@ -496,6 +497,14 @@ class _Supervisor:
                 proc.process.join(1.0)
         for proc in self.procs.values():
             proc.process.join(0.1)
+
+
+def _write_drawing(graph: ValidatedGraph, path: Path) -> None:
+    """The graph as an SVG beside the statistics, for nodes that show it (a preview page)."""
+    from pipeline.graph.draw import to_svg
+
+    with contextlib.suppress(OSError):
+        path.write_text(to_svg(graph.spec), encoding="utf-8")
 
 
 def _describe_exit(code: int | None) -> str:

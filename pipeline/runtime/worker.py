@@ -232,6 +232,14 @@ class Worker:
             return {}
         return data
 
+    def graph_drawing(self) -> str:
+        if not self.cfg.stats_path:
+            return ""
+        try:
+            return Path(self.cfg.stats_path).with_name("graph.svg").read_text(encoding="utf-8")
+        except OSError:
+            return ""
+
     # set-up ------------------------------------------------------------------------------------
     def _wire(self, endpoints: Mapping[str, str]) -> None:
         for port in self.plan.outputs:

@@ -143,6 +143,10 @@ def test_graph_draws_mermaid_and_dot(capsys):
     dot = capsys.readouterr().out
     assert dot.startswith('digraph "detect_faces" {')
     assert '"camera" -> "faces" [label="frames"];' in dot
+    assert main(["graph", file, "--format", "svg"]) == 0
+    svg = capsys.readouterr().out
+    assert svg.startswith("<svg ") and svg.count('class="node"') == 5
+    assert svg.count('class="edge"') == 5
 
 
 def test_new_node_scaffold_passes_its_own_test(tmp_path, capsys):
