@@ -25,6 +25,7 @@ from pipeline.registry import available_nodes, load_node_class
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: a stop on purpose, not a failure
 SCHEMA_PATH = Path(__file__).parent / "graph" / "schema.json"
 
 
@@ -335,9 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_FAILED
+    except KeyboardInterrupt:  # Ctrl-C before a graph started (while checking, loading)
+        print("interrupted: stopped before anything started", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `pipeline nodes | head`: the reader left; not an error
         sys.stderr.close()
         return EXIT_OK

@@ -77,3 +77,16 @@ def test_after_a_failure_every_node_shows_its_real_counts(write_graph, tmp_path)
     assert nodes["relay"]["outputs"]["out"]["sent"] >= bad_in
     assert nodes["relay"]["inputs"]["frames"]["received"] >= bad_in
     assert nodes["camera"]["outputs"]["frames"]["sent"] >= bad_in
+
+
+def test_ctrl_c_while_the_graph_is_checked_is_a_stop(monkeypatch, capsys, tmp_path):
+    import pipeline.cli
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.cli, "check_graph", interrupted)
+    assert pipeline.cli.main(["run", str(tmp_path / "g.yaml")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: stopped before anything started" in err
+    assert "failed" not in err and "Traceback" not in err
