@@ -1,6 +1,7 @@
 """The ``pipeline`` command: check, run, nodes, graph, new-node, schema; plugins add more.
 
-Exit codes: 0 success, 1 runtime failure, 2 invalid graph or usage. Packages add commands
+Exit codes: 0 success, 1 runtime failure, 2 invalid graph or usage, 130 Ctrl-C before a graph
+started (while checking or loading). Packages add commands
 through the ``pipeline.commands`` entry-point group: each entry point is a function
 ``register(subparsers)`` that adds its sub-command (``nodes.inference`` adds ``models``).
 """
