@@ -275,6 +275,16 @@ def _node_checks(
     cls: type[Node], params: NodeParams, node: NodeSpec, index: int, marks: Marks
 ) -> list[ConfigIssue]:
     """The node type's own ``check(params)``: missing inputs, unwritable outputs, ports."""
+    hook = next((vars(k)["check"] for k in cls.__mro__ if "check" in vars(k)), None)
+    if not isinstance(hook, (classmethod, staticmethod)):
+        return [
+            marks.issue(
+                ("nodes", index, "node"),
+                f"node {node.id!r}: {cls.__qualname__}.check is not a classmethod: "
+                "Node.check(cls, params) is the pre-run check hook",
+                hints=["make it a @classmethod check(cls, params), or rename your method"],
+            )
+        ]
     try:
         found = list(cls.check(params))
     except Exception as exc:

@@ -203,3 +203,36 @@ def test_run_refuses_before_starting_anything(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "no such video file: 'missing.mp4'" in err
     assert "nothing was started" in err
+
+
+def test_a_check_method_that_is_not_the_hook_is_reported(tmp_path, capsys, monkeypatch):
+    (tmp_path / "other_check.py").write_text(
+        textwrap.dedent(
+            """
+            from pipeline import Frame, Input, Node
+
+            class Checker(Node):
+                frames = Input(Frame)
+
+                def check(self, value):  # the user's own method, not the hook
+                    return value > 0
+
+                def process(self, frames):
+                    pass
+            """
+        )
+    )
+    graph = write(
+        tmp_path,
+        """
+        graph: g
+        nodes:
+          - {id: camera, node: synthetic}
+          - {id: checker, node: "other_check:Checker", inputs: {frames: camera/frames}}
+        """,
+    )
+    monkeypatch.chdir(tmp_path)
+    code, out = check(capsys, graph)
+    assert code == 2
+    assert "Checker.check is not a classmethod: Node.check(cls, params) is the pre-run" in out
+    assert "or rename your method" in out

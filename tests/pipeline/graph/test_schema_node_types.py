@@ -12,7 +12,7 @@ import yaml
 from pipeline.cli import SCHEMA_PATH
 from pipeline.registry import available_nodes, load_node_class
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
