@@ -22,6 +22,7 @@ from pipeline.graph.load import check_graph
 from pipeline.graph.spec import graph_json_schema
 from pipeline.graph.validate import ValidatedGraph
 from pipeline.registry import available_nodes, load_node_class
+from pipeline.serve.options import add_serve_arguments, serve_config
 
 __all__ = ["main"]
 
@@ -83,9 +84,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     live = sys.stderr.isatty() if args.live is None else args.live
     log_level = args.log_level or ("WARNING" if args.quiet else "INFO")
-    result = run_graph(
-        graph, log_level=log_level, live=live, stats_json=args.stats_json, grace_s=args.grace
-    )
+    server = None
+    try:
+        serving = serve_config(args, graph.spec.serve)
+    except ValueError as exc:
+        print(f"pipeline run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if serving is not None:
+        from pipeline.serve.app import ServeError, start_server
+
+        try:
+            graph, server = start_server(graph, serving, log_level=log_level)
+        except ServeError as exc:
+            print(f"cannot serve the graph: {exc}; nothing was started", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"serving on {', '.join(server.endpoints)}", file=sys.stderr)
+    try:
+        result = run_graph(
+            graph,
+            log_level=log_level,
+            live=live,
+            stats_json=args.stats_json,
+            grace_s=args.grace,
+        )
+    finally:
+        if server is not None:
+            server.stop()
     if result.stats and not args.quiet:
         print(render_table(result.stats), file=sys.stderr)
     verdict = "failed" if result.exit_code else ("stopped" if result.stopped else "finished")
@@ -289,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="no INFO lines and no final statistics table",
     )
+    add_serve_arguments(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("nodes", help="list node types (with a NAME: its ports and params)")
