@@ -1,7 +1,10 @@
 """The ``pipeline`` command: check, run, nodes, graph, new-node, schema; plugins add more.
 
-Exit codes: 0 success, 1 runtime failure, 2 invalid graph or usage, 130 Ctrl-C before a graph
-started (while checking or loading). Packages add commands
+Exit codes: 0 success (a graph that ended by itself), 1 runtime failure (a node failed, or a
+stop had to be forced), 2 invalid graph or usage, and ``128 + signal`` for a run stopped by a
+signal that drained cleanly: 130 Ctrl-C (SIGINT), 143 SIGTERM (``systemctl stop``: set
+``SuccessExitStatus=143`` in the unit), 129 SIGHUP (the terminal or ssh session closed);
+130 also for Ctrl-C before a graph started (while checking or loading). Packages add commands
 through the ``pipeline.commands`` entry-point group: each entry point is a function
 ``register(subparsers)`` that adds its sub-command (``nodes.inference`` adds ``models``).
 """
@@ -9,7 +12,9 @@ through the ``pipeline.commands`` entry-point group: each entry point is a funct
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -110,12 +115,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.stop()
-    if result.stats and not args.quiet:
-        print(render_table(result.stats), file=sys.stderr)
-    verdict = "failed" if result.exit_code else ("stopped" if result.stopped else "finished")
-    print(f"graph {graph.name!r} {verdict} in {result.duration_s:.1f} s", file=sys.stderr)
-    if args.stats_json:
-        print(f"statistics written to {args.stats_json}", file=sys.stderr)
+    failed = result.exit_code == EXIT_FAILED
+    verdict = "failed" if failed else ("stopped" if result.stopped else "finished")
+    with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+        if result.stats and not args.quiet:
+            print(render_table(result.stats), file=sys.stderr)
+        print(f"graph {graph.name!r} {verdict} in {result.duration_s:.1f} s", file=sys.stderr)
+        if args.stats_json:
+            print(f"statistics written to {args.stats_json}", file=sys.stderr)
     return result.exit_code
 
 
@@ -352,8 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _current_folder_last() -> None:
+    """``python -m pipeline.cli`` puts the current folder first on the path: move it last, so
+    a stray ``cv2.py`` there cannot shadow a library (``module:Class`` nodes still resolve)."""
+    here = ("", ".", os.getcwd())
+    if sys.path and sys.path[0] in here:
+        sys.path.append(sys.path.pop(0))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    _current_folder_last()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -94,6 +94,18 @@ class NodeSpec(_Strict):
         le=10000,
         description="Sources only. At most this many frames per second, whatever the pace.",
     )
+    health_timeout_s: float | None = Field(
+        60.0,
+        gt=0,
+        description="A node inside one process() or flush() call for this long is stuck: "
+        "the graph stops with its stack printed (a stall warning comes at half); null: never.",
+    )
+    open_timeout_s: float | None = Field(
+        120.0, gt=0, description="The longest open() may take (loading a model); null: no limit."
+    )
+    close_timeout_s: float | None = Field(
+        30.0, gt=0, description="The longest close() may take; null: no limit."
+    )
 
 
 class GraphSpec(_Strict):
