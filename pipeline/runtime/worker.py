@@ -125,18 +125,18 @@ def worker_main(cfg: WorkerConfig) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _StopSignal.grace_s = cfg.stop_grace_s
     signal.signal(signal.SIGTERM, _on_sigterm)
-    _set_title(cfg)
     signal.signal(FORCE_SIGNAL, _on_force)
     signal.signal(signal.SIGALRM, _on_force)
-    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints where a node is stuck
-    logging.basicConfig(
-        level=getattr(logging, cfg.log_level.upper(), logging.INFO),
-        format=f"%(asctime)s %(levelname)-7s [{cfg.node_id}] %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-        force=True,
-    )
-    try:
+    try:  # from here on a forced stop raises _Terminated, even during the set-up below
+        _set_title(cfg)
+        faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints where a node is stuck
+        logging.basicConfig(
+            level=getattr(logging, cfg.log_level.upper(), logging.INFO),
+            format=f"%(asctime)s %(levelname)-7s [{cfg.node_id}] %(message)s",
+            datefmt="%H:%M:%S",
+            stream=sys.stderr,
+            force=True,
+        )
         _watch_parent()
         code = Worker(cfg).run()
     except _Terminated:  # stopped before the worker could even start: nothing to report
