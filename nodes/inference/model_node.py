@@ -4,8 +4,9 @@ Each node builds its :class:`~nodes.inference.vision.VisionModel` (a ``Detector`
 ``Classifier`` or a plain one) from its params in ``open()`` and closes it in ``close()``;
 the preparation of each frame, the decoding and the thresholds live in
 :mod:`nodes.inference.vision`, the same code ``load_detector`` and ``load_classifier`` return.
-Every node sends one message per frame with the frame's seq, so a downstream overlay can join
-them.
+Every node sends one message per frame with the frame's seq and source, so a downstream
+overlay can join them. Their ``frames`` input is a streams input: one node (one copy of the
+model) may serve several cameras, round-robin, batched up to ``max_batch``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class ModelNode(Node, Generic[M]):
             v.input.layout,
             v.input.size or "frame size",
         )
+
+    def batching(self) -> tuple[int, float]:
+        return (self.params.max_batch, self.params.batch_timeout_ms / 1000)
 
     def close(self) -> None:
         vision = getattr(self, "vision", None)

@@ -34,6 +34,14 @@ class Edge:
     consumer: str
     input: str
     spec: InputSpec
+    node_index: int = 0  # of the consumer in the graph file (for located errors)
+    list_index: int | None = None  # in a streams input's list
+
+    @property
+    def path(self) -> tuple[str | int, ...]:
+        """Where this edge is written in the graph file (for ``Marks``)."""
+        path: tuple[str | int, ...] = ("nodes", self.node_index, "inputs", self.input)
+        return path if self.list_index is None else (*path, self.list_index)
 
 
 @dataclasses.dataclass
@@ -115,8 +123,25 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
         node_cls = classes.get(node.id)
         if node_cls is None or index.get(node.id) != i:
             continue
-        for port, ref in node.inputs.items():
-            path = ("nodes", i, "inputs", port)
+        for port, k, ref in node.input_refs():
+            path: tuple[str | int, ...] = ("nodes", i, "inputs", port)
+            if k is not None and port in node_cls.inputs and not node_cls.inputs[port].streams:
+                if k == 0:
+                    issues.append(
+                        marks.issue(
+                            path,
+                            f"input {port!r} of node {node.id!r} takes one upstream, "
+                            f"got a list of {_count(node.inputs[port])}",
+                            hints=[
+                                "only a streams input (e.g. the frames of detector, classifier, "
+                                "tensors, preview) takes a list, one entry per camera; write "
+                                f"'{port}: <node>/<port>'"
+                            ],
+                        )
+                    )
+                continue
+            if k is not None:
+                path = (*path, k)
             if port not in node_cls.inputs:
                 known = ", ".join(node_cls.inputs) or "none (it is a source)"
                 hints = [f"node type {node.node!r} has inputs: {known}"]
@@ -181,7 +206,19 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
                     )
                 )
                 continue
-            edges.append(Edge(producer, ref.port, node.id, port, ref))
+            if k is not None and any(
+                e.consumer == node.id and e.input == port and e.producer == producer for e in edges
+            ):
+                issues.append(
+                    marks.issue(
+                        ref_path,
+                        f"input {port!r} of node {node.id!r} lists {ref.from_!r} twice, or two "
+                        f"outputs of {producer!r}",
+                        hints=["list each upstream stream once"],
+                    )
+                )
+                continue
+            edges.append(Edge(producer, ref.port, node.id, port, ref, i, k))
         for port, spec_in in node_cls.inputs.items():
             if spec_in.required and port not in node.inputs:
                 issues.append(
@@ -210,6 +247,9 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
             )
         )
 
+    if not any(i.severity == "error" for i in issues):
+        issues.extend(_stream_issues(edges, classes, digraph, marks))
+
     if any(i.severity == "error" for i in issues):
         return None, issues  # an unread output is often a consequence of those errors
 
@@ -230,6 +270,68 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
 
     graph = ValidatedGraph(spec, marks.file, classes, params, edges, digraph)
     return graph, issues
+
+
+def _count(refs: object) -> int:
+    return len(refs) if isinstance(refs, list) else 1
+
+
+def _stream_issues(
+    edges: list[Edge], classes: dict[str, type[Node]], digraph: Any, marks: Marks
+) -> list[ConfigIssue]:
+    """The streams wiring: a ``source:`` filter names a source upstream of its producer, and
+    the streams of one streams input come from different sources (each message says which
+    stream it belongs to by its ``source``)."""
+    import networkx as nx
+
+    def sources_of(node_id: str) -> set[str]:
+        found = {n for n in nx.ancestors(digraph, node_id) if classes[n].is_source()}
+        if classes[node_id].is_source():
+            found.add(node_id)
+        return found
+
+    issues: list[ConfigIssue] = []
+    for edge in edges:
+        want = edge.spec.source
+        if not want:
+            continue
+        upstream = sources_of(edge.producer)
+        if want not in upstream:
+            at = edge.path if (*edge.path, "source") not in marks.values else (*edge.path, "source")
+            issues.append(
+                marks.issue(
+                    at,
+                    f"input {edge.input!r} of node {edge.consumer!r} picks source {want!r}, "
+                    f"but {edge.spec.from_!r} carries no messages of it",
+                    hints=[f"sources upstream of {edge.producer!r}: {', '.join(sorted(upstream))}"],
+                )
+            )
+    streams: dict[tuple[str, str], list[Edge]] = {}
+    for edge in edges:
+        if edge.list_index is not None:
+            streams.setdefault((edge.consumer, edge.input), []).append(edge)
+    for (consumer, port), group in streams.items():
+        seen: dict[str, Edge] = {}
+        for edge in group:
+            mine = {edge.spec.source} if edge.spec.source else sources_of(edge.producer)
+            for source in sorted(mine):
+                first = seen.get(source)
+                if first is not None:
+                    issues.append(
+                        marks.issue(
+                            edge.path,
+                            f"streams input {port!r} of node {consumer!r}: "
+                            f"{first.spec.from_!r} and {edge.spec.from_!r} both carry the "
+                            f"frames of source {source!r}",
+                            hints=[
+                                "each entry of a streams input must come from a different "
+                                "source (camera): its messages are told apart by their source"
+                            ],
+                        )
+                    )
+                    break
+                seen[source] = edge
+    return issues
 
 
 def _param_issues(
