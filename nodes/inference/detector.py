@@ -48,19 +48,20 @@ class DetectorNode(ModelNode[Detector]):
 
     def process(self, frames: Frame) -> None:
         found = self.vision.detect(frames.image, frames.meta.get("transforms", ()))
-        self.detections.send(
-            found.replace(
-                seq=frames.seq,
-                t_capture_ns=frames.t_capture_ns,
-                source=frames.source,
-                meta=derived_meta(frames.meta, found.meta),
-            )
-        )
+        self._send(frames, found)
 
     def process_batch(self, frames: list[Frame]) -> None:  # type: ignore[override]
         images = [f.image for f in frames]
         transforms = [f.meta.get("transforms", ()) for f in frames]
         for frame, found in zip(frames, self.vision.detect_batch(images, transforms)):
-            self.detections.send(
-                found.replace(seq=frame.seq, t_capture_ns=frame.t_capture_ns, source=frame.source)
+            self._send(frame, found)
+
+    def _send(self, frame: Frame, found: Detections) -> None:
+        self.detections.send(
+            found.replace(
+                seq=frame.seq,
+                t_capture_ns=frame.t_capture_ns,
+                source=frame.source,
+                meta=derived_meta(frame.meta, found.meta),
             )
+        )
