@@ -279,59 +279,92 @@ def _count(refs: object) -> int:
 def _stream_issues(
     edges: list[Edge], classes: dict[str, type[Node]], digraph: Any, marks: Marks
 ) -> list[ConfigIssue]:
-    """The streams wiring: a ``source:`` filter names a source upstream of its producer, and
-    the streams of one streams input come from different sources (each message says which
-    stream it belongs to by its ``source``)."""
+    """The wiring of several cameras: which sources' messages each edge carries (through
+    ``source:`` filters), checked where a mix would go wrong.
+
+    A ``source:`` filter must name a source the edge carries; the entries of one streams
+    input come from different sources (a message says its stream by its ``source``); and an
+    input joined with others on seq must not carry a mix of sources (seqs of different
+    cameras are unrelated): it needs a ``source:`` filter.
+    """
     import networkx as nx
 
-    def sources_of(node_id: str) -> set[str]:
-        found = {n for n in nx.ancestors(digraph, node_id) if classes[n].is_source()}
+    into: dict[str, list[Edge]] = {}
+    for edge in edges:
+        into.setdefault(edge.consumer, []).append(edge)
+    carried: dict[str, set[str]] = {}
+    for node_id in nx.topological_sort(digraph):
         if classes[node_id].is_source():
-            found.add(node_id)
-        return found
+            carried[node_id] = {node_id}
+            continue
+        found: set[str] = set()
+        for edge in into.get(node_id, []):
+            found |= _edge_carries(edge, carried)
+        carried[node_id] = found
 
     issues: list[ConfigIssue] = []
     for edge in edges:
         want = edge.spec.source
-        if not want:
-            continue
-        upstream = sources_of(edge.producer)
-        if want not in upstream:
-            at = edge.path if (*edge.path, "source") not in marks.values else (*edge.path, "source")
+        upstream = carried.get(edge.producer, set())
+        if want and want not in upstream:
+            at = (*edge.path, "source")
             issues.append(
                 marks.issue(
-                    at,
+                    at if at in marks.values else edge.path,
                     f"input {edge.input!r} of node {edge.consumer!r} picks source {want!r}, "
                     f"but {edge.spec.from_!r} carries no messages of it",
                     hints=[f"sources upstream of {edge.producer!r}: {', '.join(sorted(upstream))}"],
                 )
             )
-    streams: dict[tuple[str, str], list[Edge]] = {}
-    for edge in edges:
-        if edge.list_index is not None:
-            streams.setdefault((edge.consumer, edge.input), []).append(edge)
-    for (consumer, port), group in streams.items():
-        seen: dict[str, Edge] = {}
-        for edge in group:
-            mine = {edge.spec.source} if edge.spec.source else sources_of(edge.producer)
-            for source in sorted(mine):
-                first = seen.get(source)
-                if first is not None:
+    for consumer, group in into.items():
+        cls = classes[consumer]
+        if any(spec.streams for spec in cls.inputs.values()):
+            seen: dict[str, Edge] = {}
+            for edge in group:
+                for source in sorted(_edge_carries(edge, carried)):
+                    first = seen.get(source)
+                    if first is not None:
+                        issues.append(
+                            marks.issue(
+                                edge.path,
+                                f"streams input {edge.input!r} of node {consumer!r}: "
+                                f"{first.spec.from_!r} and {edge.spec.from_!r} both carry the "
+                                f"frames of source {source!r}",
+                                hints=[
+                                    "each entry of a streams input must come from a different "
+                                    "source (camera): its messages are told apart by their "
+                                    "source; pick one with {from: ..., source: <camera>}"
+                                ],
+                            )
+                        )
+                        break
+                    seen[source] = edge
+        elif len(group) > 1:
+            sets = {edge.input: _edge_carries(edge, carried) for edge in group}
+            fewest = min(sets.values(), key=len)
+            for edge in group:
+                mine = sets[edge.input]
+                if len(mine) > 1 and mine != fewest:
+                    pick = next(iter(fewest)) if len(fewest) == 1 else "<camera>"
                     issues.append(
                         marks.issue(
                             edge.path,
-                            f"streams input {port!r} of node {consumer!r}: "
-                            f"{first.spec.from_!r} and {edge.spec.from_!r} both carry the "
-                            f"frames of source {source!r}",
+                            f"input {edge.input!r} of node {consumer!r} carries the messages of "
+                            f"several sources ({', '.join(sorted(mine))}), joined on seq with "
+                            "inputs that do not: the seqs of different cameras are unrelated",
                             hints=[
-                                "each entry of a streams input must come from a different "
-                                "source (camera): its messages are told apart by their source"
+                                f"pick one camera's: {{from: {edge.spec.from_}, source: {pick}}}"
                             ],
                         )
                     )
-                    break
-                seen[source] = edge
     return issues
+
+
+def _edge_carries(edge: Edge, carried: dict[str, set[str]]) -> set[str]:
+    """The sources whose messages travel on ``edge`` (after its ``source:`` filter)."""
+    upstream = carried.get(edge.producer, set())
+    want = edge.spec.source
+    return ({want} & upstream) if want else set(upstream)
 
 
 def _param_issues(
