@@ -1,8 +1,9 @@
 """The typed model of a graph file (``GraphSpec``), and the JSON Schema generated from it.
 
-An input is written in short form ``node/port`` or long form
-``{from: node/port, queue: 2, when_full: drop_oldest, transport: shm}``; both parse to an
-``InputSpec``. A streams input (``Input(..., streams=True)``, e.g. a detector serving several
+An input is written in short form ``node/port`` or long form ``{from: node/port, queue: 2,
+when_full: drop_oldest, transport: shm}``; both parse to an ``EdgeSpec`` (the edge as
+written; ``pipeline.graph.validate.Edge`` once checked, ``pipeline.transport.plan.EdgePlan``
+once planned). A streams input (``Input(..., streams=True)``, e.g. a detector serving several
 cameras) may take a list of them, one per upstream stream. Node params stay a plain mapping
 here: each node type validates its own ``Params`` model in ``pipeline.graph.validate``.
 """
@@ -15,19 +16,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-__all__ = ["GraphSpec", "InputSpec", "NodeSpec", "WhenFull", "graph_json_schema"]
+__all__ = ["EdgeSpec", "GraphSpec", "NodeSpec", "Pace", "WhenFull", "graph_json_schema"]
 
 ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 REF_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*/[A-Za-z_][A-Za-z0-9_]*$"
 
 WhenFull = Literal["block", "drop_oldest", "drop_newest"]
+Pace = Literal["realtime", "fast"]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class InputSpec(_Strict):
+class EdgeSpec(_Strict):
     """One edge into a node's input port."""
 
     from_: str = Field(
@@ -76,7 +78,7 @@ def _one_or_many(value: Any) -> str:
 
 
 InputRefs = Annotated[
-    Annotated[InputSpec, Tag("one")] | Annotated[list[InputSpec], Field(min_length=1), Tag("many")],
+    Annotated[EdgeSpec, Tag("one")] | Annotated[list[EdgeSpec], Field(min_length=1), Tag("many")],
     Discriminator(_one_or_many),
 ]
 """One edge into an input, or (a streams input) a list of them."""
@@ -98,8 +100,20 @@ class NodeSpec(_Strict):
         description="Input port -> producing output, short form node/port or long form; a "
         "streams input may take a list of them (one per camera).",
     )
+    pace: Pace | None = Field(
+        None,
+        description="Sources only. realtime (the default): at the source's own frame rate "
+        "(a video file's, the fps param of synthetic and image_folder; a camera paces "
+        "itself); fast: as fast as the consumers take them.",
+    )
+    max_fps: float | None = Field(
+        None,
+        gt=0,
+        le=10000,
+        description="Sources only. At most this many frames per second, whatever the pace.",
+    )
 
-    def input_refs(self) -> Iterator[tuple[str, int | None, InputSpec]]:
+    def input_refs(self) -> Iterator[tuple[str, int | None, EdgeSpec]]:
         """Every edge into this node: ``(port, index in the port's list or None, spec)``."""
         for port, refs in self.inputs.items():
             if isinstance(refs, list):
@@ -124,7 +138,7 @@ def graph_json_schema() -> str:
     inputs = schema["$defs"]["NodeSpec"]["properties"]["inputs"]
     one = [
         {"type": "string", "pattern": REF_PATTERN, "description": "Short form: node/port."},
-        {"$ref": "#/$defs/InputSpec"},
+        {"$ref": "#/$defs/EdgeSpec"},
     ]
     inputs["additionalProperties"] = {
         "anyOf": [

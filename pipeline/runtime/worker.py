@@ -223,7 +223,12 @@ class Worker:
             params, node_id=plan.node_id, ports=dict(self.outputs), services=self, log=self.log
         )
         self.driver = NodeDriver(
-            node, self.stats, list(self.outputs.values()), [e.input for e in plan.inputs]
+            node,
+            self.stats,
+            list(self.outputs.values()),
+            [e.input for e in plan.inputs],
+            pace=plan.pace,
+            max_fps=plan.max_fps,
         )
         return node
 
@@ -234,6 +239,9 @@ class Worker:
         except _Terminated:
             self.log.debug("terminated")
             return EXIT_TERMINATED
+        except p.ProtocolError as exc:  # a supervisor of another version: nothing to agree on
+            self.log.error("control: %s", exc)
+            return 1
         finally:
             self._teardown()
 
