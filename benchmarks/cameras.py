@@ -167,6 +167,8 @@ class Monitor:
         self.pss: dict[int, int] = {}
 
     def on_stats(self, stats: Mapping[str, NodeStats], elapsed_s: float) -> str | None:
+        if self.result:
+            return None  # measured; the graph drains
         now = time.monotonic()
         if self.flowing is None:
             if stats["sink"].received:

@@ -68,9 +68,9 @@ class ModelParams(NodeParams):
         ge=1,
         le=64,
         description="Several cameras into one node: run up to this many waiting frames (one "
-        "per camera in turn) through the model at once. Pays only for a model with a dynamic "
-        "batch axis (e.g. centerface, person_ssdlite on ONNX Runtime); others run them one "
-        "by one.",
+        "per camera in turn) through the model at once, where it has a dynamic batch axis "
+        "(centerface, person_ssdlite on ONNX Runtime; others run them one by one). For GPU or "
+        "NPU providers: on a CPU a batch is slower per frame than one frame at a time.",
     )
     batch_timeout_ms: float = Field(
         10.0,
