@@ -6,7 +6,7 @@ detector, in one run, as:
 - ``separate``: 8 detector nodes, one per camera (8 processes, 8 copies of the model);
 - ``shared``: one detector node with a streams input of 8 cameras (round-robin);
 - ``shared+batch``: the same with ``max_batch: 8`` (one model run for the frames of every
-  camera that has one waiting, ``batch_timeout_ms: 20``).
+  camera that has one waiting, ``batch_timeout_ms: 10``, the default).
 
 Each detector input is ``queue: 1, when_full: drop_oldest``, as an NVR wants: a busy detector
 works on fresh frames and the rest is dropped and counted, not queued. A sink (``LatencySink``
@@ -78,7 +78,7 @@ class LatencySink(Node):
 def graph_text(kind: str, model: str, frames: int, out: Path) -> str:
     params = {"model": model, "num_threads": 1, **MODEL_PARAMS.get(model, {})}
     if kind == "shared+batch":
-        params.update(max_batch=STREAMS, batch_timeout_ms=20)
+        params.update(max_batch=STREAMS, batch_timeout_ms=10)
     lines = [f"graph: cameras_{kind.replace('+', '_')}", "nodes:"]
     cams = [f"cam{i}" for i in range(1, STREAMS + 1)]
     for cam in cams:

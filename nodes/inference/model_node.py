@@ -48,7 +48,16 @@ class ModelNode(Node, Generic[M]):
         )
 
     def batching(self) -> tuple[int, float]:
-        return (self.params.max_batch, self.params.batch_timeout_ms / 1000)
+        max_batch = self.params.max_batch
+        if max_batch > 1 and not self.vision.batches:
+            self.log.info(
+                "max_batch %d ignored: model %s takes one image per run (a fixed batch axis); "
+                "its cameras are served one frame at a time",
+                max_batch,
+                self.params.model,
+            )
+            return (1, 0.0)
+        return (max_batch, self.params.batch_timeout_ms / 1000)
 
     def close(self) -> None:
         vision = getattr(self, "vision", None)

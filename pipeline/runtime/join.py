@@ -105,6 +105,11 @@ class Streams(Generic[T]):
         waiting for another stream)."""
         return all(q or name in self.ended for name, q in self.queues.items())
 
+    def newest(self) -> float | None:
+        """The arrival time of the latest message waiting, None when none waits."""
+        tails = [q[-1][2] for q in self.queues.values() if q]
+        return max(tails) if tails else None
+
     def oldest(self) -> float | None:
         """The arrival time of the longest-waiting message, None when none waits."""
         heads = [q[0][2] for q in self.queues.values() if q]

@@ -31,6 +31,7 @@ __all__ = ["CallScoped", "NodeDriver"]
 T = TypeVar("T")
 
 CHECK_INTERVAL_S = 0.01  # how often a source's loop looks at its control socket
+BATCH_QUIET_S = 0.002  # a partial batch goes once nothing new arrived for this long
 
 
 class CallScoped(Protocol):
@@ -298,8 +299,10 @@ class NodeDriver:
         round-robin; returns how many messages were processed.
 
         With ``max_batch > 1`` a batch goes when it is full, when every live stream has a
-        message waiting, when the oldest waited ``timeout_s``, or when the streams ended;
-        otherwise ``batch_due`` says when to come back.
+        message waiting, when the streams ended, when nothing new arrived for
+        ``BATCH_QUIET_S`` (a node that keeps up runs what came; one that is busy finds full
+        batches waiting), or when the oldest waited ``timeout_s``; otherwise ``batch_due``
+        says when to come back.
         """
         stats = self.stats
         node = self.node
@@ -314,9 +317,10 @@ class NodeDriver:
             if partial and not (
                 streams.every_live_stream_waits() or len(streams.ended) == len(streams.queues)
             ):
-                oldest = streams.oldest()
+                oldest, newest = streams.oldest(), streams.newest()
                 assert oldest is not None
-                due = oldest + timeout_s
+                assert newest is not None
+                due = min(oldest + timeout_s, newest + min(timeout_s, BATCH_QUIET_S))
                 if time.monotonic() < due:
                     self.batch_due = due
                     return processed
