@@ -4,6 +4,7 @@ source (``Streams``, ``run_node`` and a real graph)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,37 @@ def test_three_cameras_into_one_node_with_results_routed_back_per_camera(
     assert [r["seq"] for r in rows(tmp_path / "rec3.jsonl")] == list(range(10))
     assert result.stats["shared"].inputs["frames"].received == 130
     assert result.stats["rec1"].inputs["frames"].received == 60
+
+
+def test_a_partial_batch_waits_while_frames_arrive_and_goes_when_they_pause() -> None:
+    from pipeline.runtime.lifecycle import BATCH_QUIET_S, NodeDriver
+    from pipeline.runtime.stats import StatsCollector
+
+    node = Batches(Batches.Params(max_batch=4), node_id="b", ports={"out": _Keep()})
+    driver = NodeDriver(node, StatsCollector("b", ["frames"], ["out"]), connected=["frames"])
+    assert driver.open()
+    driver.batch = (4, 1.0)  # a long timeout: only the pause makes the batch go
+    streams: Streams[None] = Streams("frames", ["a", "b", "c"])
+    driver.push_stream(streams, "a", make_frame(8, 8, 0, source="a"), None)
+    driver.push_stream(streams, "b", make_frame(8, 8, 0, source="b"), None)
+    assert driver.drain_streams(streams) == 0  # c may still come: wait a little
+    assert driver.batch_due is not None
+    assert driver.batch_due - time.monotonic() <= BATCH_QUIET_S
+    while time.monotonic() < driver.batch_due:
+        pass  # the pause
+    assert driver.drain_streams(streams) == 2
+    assert [m.meta["batch"] for m in node.out.sent] == [2, 2]  # type: ignore[attr-defined]
+
+
+class _Keep:
+    def __init__(self) -> None:
+        self.sent: list[Frame] = []
+
+    def send(self, message: Frame) -> None:
+        self.sent.append(message)
+
+    def allocate(self, shape: Any, dtype: Any = None) -> Any:
+        raise NotImplementedError
+
+    def end_call(self) -> None:
+        pass
