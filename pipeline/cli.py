@@ -19,6 +19,7 @@ from pipeline.errors import ConfigIssue, RegistryError
 from pipeline.graph.load import check_graph
 from pipeline.graph.spec import graph_json_schema
 from pipeline.registry import available_nodes, load_node_class
+from pipeline.serve.options import add_serve_arguments, serve_config
 
 __all__ = ["main"]
 
@@ -63,9 +64,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{_plural(errors, 'error')}; nothing was started", file=sys.stderr)
         return EXIT_USAGE
     live = sys.stderr.isatty() if args.live is None else args.live
-    result = run_graph(
-        graph, log_level=args.log_level, live=live, stats_json=args.stats_json, grace_s=args.grace
-    )
+    server = None
+    try:
+        serving = serve_config(args, graph.spec.serve)
+    except ValueError as exc:
+        print(f"pipeline run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if serving is not None:
+        from pipeline.serve.app import ServeError, start_server
+
+        try:
+            graph, server = start_server(graph, serving, log_level=args.log_level)
+        except ServeError as exc:
+            print(f"cannot serve the graph: {exc}; nothing was started", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"serving on {', '.join(server.endpoints)}", file=sys.stderr)
+    try:
+        result = run_graph(
+            graph,
+            log_level=args.log_level,
+            live=live,
+            stats_json=args.stats_json,
+            grace_s=args.grace,
+        )
+    finally:
+        if server is not None:
+            server.stop()
     if result.stats and not args.quiet:
         print(render_table(result.stats), file=sys.stderr)
     verdict = "failed" if result.exit_code else ("stopped" if result.stopped else "finished")
@@ -204,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to drain after Ctrl-C before forcing (default 5)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no final statistics table")
+    add_serve_arguments(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("nodes", help="list node types with their ports and params")

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from pipeline.serve.config import ServeConfig
+
 __all__ = ["EdgeSpec", "GraphSpec", "NodeSpec", "Pace", "WhenFull", "graph_json_schema"]
 
 ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
@@ -129,6 +131,9 @@ class GraphSpec(_Strict):
     graph: str = Field(min_length=1, description="Name of the graph.")
     description: str = Field("", description="What the graph does.")
     nodes: list[NodeSpec] = Field(min_length=1, description="The nodes, in any order.")
+    serve: ServeConfig | None = Field(
+        None, description="Serve Viam's vision, ML model and camera APIs beside the graph."
+    )
 
 
 def graph_json_schema() -> str:
