@@ -3,10 +3,11 @@
 It is a Python string rather than an ``.html`` file so that it ships with the module in any
 install (the package has no data-file list for ``nodes``). The page shows
 ``<img src="/stream.mjpg">`` (reconnecting if the stream drops) and a table of every node's
-statistics, fetched from ``/stats.json`` every second. With several cameras (``streams`` in
-``/stats.json``) the single stream gives way to a grid, one ``<figure data-source=...>`` per
-camera with ``/stream.mjpg?source=<id>`` and a caption of its frame rate and latency.
-``{{node_id}}`` is replaced, escaped, by the preview node's id.
+statistics, fetched from ``/stats.json`` every second, and the graph's drawing
+(``/graph.svg``). With several cameras (``streams`` in ``/stats.json``) the single stream
+gives way to a grid, one ``<figure data-source=...>`` per camera with
+``/stream.mjpg?source=<id>`` and a caption of its frame rate and latency. ``{{node_id}}`` is
+replaced, escaped, by the preview node's id.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ PAGE = """<!doctype html>
       <tbody></tbody>
     </table>
     <p id="status">waiting for statistics</p>
+    <img id="graph" src="/graph.svg" alt="the graph" onerror="this.remove()">
   </section>
 </main>
 <script>

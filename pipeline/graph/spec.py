@@ -114,6 +114,18 @@ class NodeSpec(_Strict):
         le=10000,
         description="Sources only. At most this many frames per second, whatever the pace.",
     )
+    health_timeout_s: float | None = Field(
+        60.0,
+        gt=0,
+        description="A node inside one process() or flush() call for this long is stuck: "
+        "the graph stops with its stack printed (a stall warning comes at half); null: never.",
+    )
+    open_timeout_s: float | None = Field(
+        120.0, gt=0, description="The longest open() may take (loading a model); null: no limit."
+    )
+    close_timeout_s: float | None = Field(
+        30.0, gt=0, description="The longest close() may take; null: no limit."
+    )
 
     def input_refs(self) -> Iterator[tuple[str, int | None, EdgeSpec]]:
         """Every edge into this node: ``(port, index in the port's list or None, spec)``."""
@@ -137,7 +149,10 @@ class GraphSpec(_Strict):
 
 
 def graph_json_schema() -> str:
-    """The JSON Schema of a graph file, as committed in ``pipeline/graph/schema.json``."""
+    """The JSON Schema of a graph file, as committed in ``pipeline/graph/schema.json``.
+
+    It knows every registered node type's params (``pipeline.graph.node_schema``).
+    """
     schema = GraphSpec.model_json_schema(by_alias=True)
     # An input may also be written in short form, "node/port".
     inputs = schema["$defs"]["NodeSpec"]["properties"]["inputs"]
@@ -156,6 +171,9 @@ def graph_json_schema() -> str:
             },
         ]
     }
+    from pipeline.graph.node_schema import add_node_types  # imports every node type
+
+    add_node_types(schema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "pipeline graph"
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"

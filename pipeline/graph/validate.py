@@ -9,16 +9,18 @@ cycles, and outputs that nobody reads (a warning).
 from __future__ import annotations
 
 import dataclasses
+import graphlib
 from collections.abc import Sequence
 from typing import Protocol
 
 from pydantic import ValidationError
 
-from pipeline.errors import ConfigIssue, RegistryError
+from pipeline.errors import ConfigIssue, NodeDefinitionError, RegistryError
 from pipeline.graph.spec import EdgeSpec, GraphSpec, NodeSpec
 from pipeline.node import Node
 from pipeline.params import NodeParams
 from pipeline.registry import load_node_class, suggest
+from pipeline.usercode import search_folders
 
 __all__ = ["Edge", "Marks", "ValidatedGraph", "validate_spec"]
 
@@ -97,6 +99,15 @@ class ValidatedGraph:
     def edges_into(self, node_id: str) -> list[Edge]:
         return [e for e in self.edges if e.consumer == node_id]
 
+    def topological_order(self) -> list[str]:
+        """Node ids, every producer before its consumers (the graph has no cycle)."""
+        sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter(
+            {n.id: [] for n in self.spec.nodes}
+        )
+        for edge in self.edges:
+            sorter.add(edge.consumer, edge.producer)
+        return list(sorter.static_order())
+
 
 def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None, list[ConfigIssue]]:
     """Phases 3 and 4. Returns the validated graph (None if any error) and every issue."""
@@ -117,18 +128,26 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
 
     classes: dict[str, type[Node]] = {}
     params: dict[str, NodeParams] = {}
+    folders = search_folders(marks.file)
     for i, node in enumerate(spec.nodes):
         if node.id in classes:
             continue
         try:
-            cls = load_node_class(node.node)
-        except RegistryError as exc:
+            cls = load_node_class(node.node, search=folders)
+        except NodeDefinitionError as exc:
             issues.append(
                 marks.issue(
                     ("nodes", i, "node"),
-                    f"node {node.id!r}: {exc}",
-                    hints=["`pipeline nodes` lists the available node types"],
+                    f"node {node.id!r}: node type {node.node!r} is malformed: {exc}",
                 )
+            )
+            continue
+        except RegistryError as exc:
+            hints = list(getattr(exc, "hints", ()))
+            if ":" not in node.node:
+                hints.append("`pipeline nodes` lists the available node types")
+            issues.append(
+                marks.issue(("nodes", i, "node"), f"node {node.id!r}: {exc}", hints=hints)
             )
             continue
         classes[node.id] = cls
@@ -136,6 +155,10 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
             params[node.id] = cls.Params.model_validate(node.params)
         except ValidationError as exc:
             issues.extend(_param_issues(exc, cls, node, i, marks))
+
+    for i, node in enumerate(spec.nodes):
+        if node.id in params and index.get(node.id) == i:
+            issues.extend(_node_checks(classes[node.id], params[node.id], node, i, marks))
 
     edges: list[Edge] = []
     for i, node in enumerate(spec.nodes):
@@ -396,6 +419,43 @@ def _edge_carries(edge: Edge, carried: dict[str, set[str]]) -> set[str]:
     upstream = carried.get(edge.producer, set())
     want = edge.spec.source
     return ({want} & upstream) if want else set(upstream)
+
+
+def _node_checks(
+    cls: type[Node], params: NodeParams, node: NodeSpec, index: int, marks: Marks
+) -> list[ConfigIssue]:
+    """The node type's own ``check(params)``: missing inputs, unwritable outputs, ports."""
+    hook = next((vars(k)["check"] for k in cls.__mro__ if "check" in vars(k)), None)
+    if not isinstance(hook, (classmethod, staticmethod)):
+        return [
+            marks.issue(
+                ("nodes", index, "node"),
+                f"node {node.id!r}: {cls.__qualname__}.check is not a classmethod: "
+                "Node.check(cls, params) is the pre-run check hook",
+                hints=["make it a @classmethod check(cls, params), or rename your method"],
+            )
+        ]
+    try:
+        found = list(cls.check(params))
+    except Exception as exc:
+        return [
+            marks.issue(
+                ("nodes", index, "node"),
+                f"node {node.id!r}: {cls.__qualname__}.check() raised {type(exc).__name__}: {exc}",
+            )
+        ]
+    issues = []
+    for found_issue in found:
+        parts = [p for p in found_issue.param.split(".") if p]
+        issues.append(
+            marks.issue(
+                ("nodes", index, "params", *parts),
+                f"params.{found_issue.param} of node {node.id!r}: {found_issue.message}",
+                hints=found_issue.hints,
+                severity=found_issue.severity,
+            )
+        )
+    return issues
 
 
 def _cycles(nodes: list[str], links: list[tuple[str, str]]) -> list[list[str]]:

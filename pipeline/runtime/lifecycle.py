@@ -40,6 +40,29 @@ class CallScoped(Protocol):
     def end_call(self) -> None: ...
 
 
+READ_ONLY_HINT = (
+    " (inputs are read-only views of shared memory: copy the array first, "
+    "image = frames.image.copy(), or write into a buffer from "
+    "self.<output>.allocate(shape, dtype) and send that)"
+)
+
+
+class ActivityLike(Protocol):
+    """Where a driver notes the call it is in (``pipeline.runtime.activity.Activity``)."""
+
+    def begin(self, method: str, seq: int | None = None) -> None: ...
+
+    def end(self) -> None: ...
+
+
+class _NoActivity:
+    def begin(self, method: str, seq: int | None = None) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
 class NodeDriver:
     """Runs one node's lifecycle and keeps its statistics.
 
@@ -51,6 +74,8 @@ class NodeDriver:
         trace: when given, the name of every lifecycle call is appended (``run_node``).
         pace: a source's pace, ``realtime`` or ``fast`` (see ``pipeline.runtime.pacing``).
         max_fps: a source's cap on ``process()`` calls per second.
+        activity: told the method and seq of every call as it starts and ends, so that a
+            supervisor sees a node that hangs (the worker's activity board).
     """
 
     def __init__(
@@ -62,11 +87,13 @@ class NodeDriver:
         trace: list[str] | None = None,
         pace: str = "realtime",
         max_fps: float | None = None,
+        activity: ActivityLike | None = None,
     ) -> None:
         self.node = node
         self.pace = pace
         self.max_fps = max_fps
         self.pacer: FramePacer | None = None
+        self.activity: ActivityLike = activity or _NoActivity()
         self.stats = stats
         self.ports = list(ports)
         self.trace = trace
@@ -91,7 +118,12 @@ class NodeDriver:
         kind = NodeOpenError if method == "open" else NodeProcessError
         seq = self.seq if method == "process" else None
         source = self.source if method == "process" else ""
-        error = kind(self.node.id, method, f"{type(exc).__name__}: {exc}", seq, source)
+        cause = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, ValueError) and "read-only" in str(exc):
+            cause += READ_ONLY_HINT
+            if hasattr(exc, "add_note"):  # Python 3.11+: shown with the traceback too
+                exc.add_note(READ_ONLY_HINT.strip(" ()"))
+        error = kind(self.node.id, method, cause, seq, source)
         error.__cause__ = exc
         self.failure = error
         self.exception = exc
@@ -105,6 +137,7 @@ class NodeDriver:
         self.enter(NodeState.OPENING)
         if self.trace is not None:
             self.trace.append("open")
+        self.activity.begin("open")
         try:
             self.node.open()
             if self.node.is_source():
@@ -115,6 +148,8 @@ class NodeDriver:
         except Exception as exc:
             self._fail("open", exc)
             return False
+        finally:
+            self.activity.end()
         self.opened = True
         if any(spec.streams for spec in type(self.node).inputs.values()):
             try:
@@ -147,9 +182,12 @@ class NodeDriver:
             self.source = ""
             if self.trace is not None:
                 self.trace.append("flush")
+            self.activity.begin("flush")
             self.node.flush()
+            self.activity.end()
             self._end_call()
         except Exception as exc:
+            self.activity.end()
             self._fail(method, exc)
             return False
         return True
@@ -164,6 +202,7 @@ class NodeDriver:
             self.opened = False
             if self.trace is not None:
                 self.trace.append("close")
+            self.activity.begin("close")
             try:
                 self.node.close()
             except Exception as exc:
@@ -171,6 +210,8 @@ class NodeDriver:
                     self._fail("close", exc)
                 else:
                     self.node.log.exception("close() raised after an earlier failure")
+            finally:
+                self.activity.end()
         if self.stats.t_end is None:
             self.stats.t_end = time.monotonic()
         return self.failure is None
@@ -197,6 +238,7 @@ class NodeDriver:
         stats = self.stats
         trace = self.trace
         pacer = self.pacer
+        activity = self.activity
         perf = time.perf_counter
         next_check = 0.0
         n = 0
@@ -215,12 +257,15 @@ class NodeDriver:
             n += 1
             if trace is not None:
                 trace.append("process")
+            activity.begin("process")
             try:
                 node.process()
             except EndOfStream:
+                activity.end()
                 self._end_call()
                 return
             dt = perf() - t0
+            activity.end()
             self._end_call()
             stats.calls += 1
             stats.busy_s += dt
@@ -245,6 +290,7 @@ class NodeDriver:
         node = self.node
         trace = self.trace
         unconnected = self.unconnected
+        activity = self.activity
         perf = time.perf_counter
         mono_ns = time.monotonic_ns
         processed = 0
@@ -268,9 +314,11 @@ class NodeDriver:
             del first
             if trace is not None:
                 trace.append("process")
+            activity.begin("process", self.seq)
             t0 = perf()
             node.process(**kwargs)
             dt = perf() - t0
+            activity.end()
             kwargs.clear()
             self._end_call()
             if release is not None:

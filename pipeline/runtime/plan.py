@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.graph.validate import ValidatedGraph
 from pipeline.transport.plan import EdgePlan, PortPlan, release_batch, slot_pool_size
+from pipeline.usercode import search_folders
 
 __all__ = ["GraphPlan", "NodePlan", "WorkerConfig", "plan_graph"]
 
@@ -33,6 +34,7 @@ class NodePlan:
     is_source: bool
     inputs: tuple[EdgePlan, ...]
     outputs: tuple[PortPlan, ...]
+    module_paths: tuple[str, ...] = ()  # where a module:Class type's module is looked up
     pace: str = "realtime"  # a source's pace (pipeline.runtime.pacing)
     max_fps: float | None = None
 
@@ -45,6 +47,7 @@ class NodePlan:
             "is_source": self.is_source,
             "inputs": [e.to_wire() for e in self.inputs],
             "outputs": [p.to_wire() for p in self.outputs],
+            "module_paths": list(self.module_paths),
             "pace": self.pace,
             "max_fps": self.max_fps,
         }
@@ -59,6 +62,7 @@ class NodePlan:
             is_source=bool(d["is_source"]),
             inputs=tuple(EdgePlan.from_wire(e) for e in d["inputs"]),
             outputs=tuple(PortPlan.from_wire(p) for p in d["outputs"]),
+            module_paths=tuple(d.get("module_paths", ())),
             pace=d.get("pace", "realtime"),
             max_fps=d.get("max_fps"),
         )
@@ -87,6 +91,8 @@ class WorkerConfig:
     shm_prefix: str  # names of this run's shared-memory segments start with it
     log_level: str = "INFO"
     stats_path: str = ""  # where the supervisor publishes every node's statistics
+    stop_grace_s: float = 5.0  # after a SIGTERM, how long the node may drain before it unwinds
+    activity_path: str = ""  # the run's activity board (pipeline.runtime.activity)
 
     @property
     def node_id(self) -> str:
@@ -99,6 +105,8 @@ class WorkerConfig:
             "shm_prefix": self.shm_prefix,
             "log_level": self.log_level,
             "stats_path": self.stats_path,
+            "stop_grace_s": self.stop_grace_s,
+            "activity_path": self.activity_path,
         }
 
     @classmethod
@@ -109,6 +117,8 @@ class WorkerConfig:
             shm_prefix=d["shm_prefix"],
             log_level=d.get("log_level", "INFO"),
             stats_path=d.get("stats_path", ""),
+            stop_grace_s=float(d.get("stop_grace_s", 5.0)),
+            activity_path=d.get("activity_path", ""),
         )
 
 
@@ -154,6 +164,7 @@ def plan_graph(graph: ValidatedGraph, run_dir: str | Path) -> GraphPlan:
                 is_source=cls.is_source(),
                 inputs=tuple(e for e in edges if e.consumer == node.id),
                 outputs=tuple(outputs),
+                module_paths=search_folders(graph.file) if ":" in node.node else (),
                 pace=node.pace or "realtime",
                 max_fps=node.max_fps,
             )

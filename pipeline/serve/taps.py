@@ -37,7 +37,7 @@ SEND_QUEUE = 2
 
 def encode_tapped(node: str, port: str, message: Message) -> list[bytes]:
     """``[header, *array bytes]``: msgpack header (kind, identity, fields, array specs)."""
-    arrays = message._arrays()
+    arrays = message.wire_arrays()
     header = {
         "node": node,
         "port": port,
@@ -46,7 +46,7 @@ def encode_tapped(node: str, port: str, message: Message) -> list[bytes]:
         "t_capture_ns": message.t_capture_ns,
         "source": message.source,
         "meta": dict(message.meta),
-        "fields": message._fields(),
+        "fields": message.wire_fields(),
         "arrays": [(name, str(a.dtype), list(a.shape)) for name, a in arrays.items()],
     }
     parts = [msgpack.packb(header, use_bin_type=True)]
