@@ -169,6 +169,8 @@ def describe_node(type_id: str) -> str:
             lines.append(f"  {label}:")
             for name, port in ports.items():
                 extra = "" if getattr(port, "required", True) else " (optional)"
+                if getattr(port, "streams", False):
+                    extra += " (streams: a list of upstreams, one per camera)"
                 desc = f"  {port.description}" if port.description else ""
                 lines.append(f"    {name}: {port.type.__name__}{extra}{desc}")
         else:

@@ -37,6 +37,19 @@ called once for each seq that arrived on every input; a message whose seq can no
 matched (its partner was dropped or filtered upstream) is dropped and counted. So a node that
 feeds a join should send one message per input seq, even an empty one.
 
+Several streams, one node. An input declared ``Input(Frame, streams=True)`` may be
+connected to several upstreams in the graph (``frames: [cam1/frames, cam2/frames]``): one
+loaded model serving several cameras. Nothing is joined: ``process`` is called once per
+message, taking the streams in turn (round-robin over the upstreams that have a message
+waiting), so a stalled camera never holds up the others; ``message.source`` says which
+stream it is, and a node sends its results with that ``source`` so downstream nodes pick one
+camera with ``{from: detector/detections, source: cam1}``. Each stream is in seq order; the
+seqs of different streams are unrelated. A node may take several messages at once: when
+``batching()`` returns ``(max_batch, timeout_s)`` with ``max_batch > 1``, the runtime calls
+``process_batch`` with up to ``max_batch`` waiting messages (round-robin, so one per stream
+when every stream has one), waiting at most ``timeout_s`` for a batch to fill; the default
+``process_batch`` calls ``process`` for each.
+
 Outputs. ``self.<port>.send(message)`` sends zero, one or many messages per call.
 ``self.<port>.allocate(shape, dtype)`` returns a writable array in the port's shared memory:
 fill it and send it in the same ``process`` call and no byte is copied on the way to the
@@ -117,6 +130,9 @@ class Input(Generic[M]):
     Args:
         type: the message type accepted (``Message`` accepts any).
         required: a required input must be connected in the graph.
+        streams: a streams input (see the module docstring): the graph may connect it to
+            several upstreams (one per camera), served round-robin, never joined. A node
+            with a streams input has no other input.
         description: shown by ``pipeline nodes``.
     """
 
@@ -125,10 +141,12 @@ class Input(Generic[M]):
         type: type[M] = Message,  # type: ignore[assignment]
         *,
         required: bool = True,
+        streams: bool = False,
         description: str = "",
     ) -> None:
         self.type = type
         self.required = required
+        self.streams = streams
         self.description = description
         self.name = ""
 
@@ -208,6 +226,11 @@ class Node:
                     inputs.pop(name, None)
         cls.inputs = inputs
         cls.outputs = outputs
+        if len(inputs) > 1 and any(i.streams for i in inputs.values()):
+            raise NodeDefinitionError(
+                f"{_where(cls)}: a streams input must be the node's only input "
+                f"(inputs: {', '.join(inputs)})"
+            )
         if not (isinstance(cls.Params, type) and issubclass(cls.Params, NodeParams)):
             raise NodeDefinitionError(
                 f"{_where(cls)}: {cls.__name__}.Params must subclass NodeParams"
@@ -264,6 +287,18 @@ class Node:
         the rate is needed but unknown: the node then fails in ``open()``.
         """
         return None
+
+    def batching(self) -> tuple[int, float]:
+        """``(max_batch, timeout_s)`` of a node with a streams input; ``(1, 0.0)``: one
+        message per ``process`` call. Asked once, after ``open()``."""
+        return (1, 0.0)
+
+    def process_batch(self, **inputs: list[Message]) -> None:
+        """Handle several messages of a streams input at once (see ``batching``); the
+        default calls ``process`` for each, in order."""
+        for port, messages in inputs.items():
+            for message in messages:
+                self.process(**{port: message})
 
     def flush(self) -> None:
         """Every input has ended; send anything still pending."""

@@ -3,10 +3,11 @@
 ``run_node(MyNode, params={...}, inputs={"frames": [f1, f2]})`` runs the runtime's own
 lifecycle driver (``pipeline.runtime.lifecycle.NodeDriver``: open, process per joined input
 set, flush, close; close also after an error; nothing after a failed open), joins several
-inputs on seq with the runtime's joiner, hands the node read-only inputs as the runtime does,
-refuses a sent message of the wrong type as the runtime does, and returns what each port sent
-and the lifecycle calls made, in order. An exception from ``close()`` is the node's failure
-(``failed_in == "close"``) unless an earlier one was.
+inputs on seq with the runtime's joiner (a streams input: one stream per message ``source``,
+served round-robin and batched as in a graph), hands the node read-only inputs as the
+runtime does, refuses a sent message of the wrong type as the runtime does, and returns
+what each port sent and the lifecycle calls made, in order. An exception from ``close()``
+is the node's failure (``failed_in == "close"``) unless an earlier one was.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy.typing as npt
 from pipeline.messages import Frame, Message
 from pipeline.node import Node, Output, refuse_message
 from pipeline.registry import load_node_class
-from pipeline.runtime.join import Joiner
+from pipeline.runtime.join import Joiner, Streams
 from pipeline.runtime.lifecycle import NodeDriver
 from pipeline.runtime.pacing import Pace
 from pipeline.runtime.stats import NodeStats, StatsCollector
@@ -158,6 +159,18 @@ def run_node(
     def feed() -> None:
         if cls.is_source():
             driver.run_source(max_calls=max_calls)
+            return
+        streams_port = next((p for p, spec in cls.inputs.items() if spec.streams), None)
+        if streams_port is not None:
+            # one stream per source, as the graph would deliver them from several upstreams
+            messages = list(inputs.get(streams_port, ()))
+            names = list(dict.fromkeys(m.source for m in messages))
+            streams: Streams[None] = Streams(streams_port, names)
+            for message in messages:
+                driver.push_stream(streams, message.source, read_only(message), None)
+            for name in names:
+                streams.end(name)
+            driver.drain_streams(streams)
             return
         joiner: Joiner[None] = Joiner([p for p in cls.inputs if p in inputs])
         for port in joiner.queues:

@@ -29,7 +29,9 @@ class ClassifierNode(ModelNode[Classifier]):
 
     Params: ClassVar[type[NodeParams]] = ClassifierParams
 
-    frames = Input(Frame, description="(H, W, 3) uint8 BGR frames.")
+    frames = Input(
+        Frame, streams=True, description="(H, W, 3) uint8 BGR frames; one or several cameras."
+    )
     classifications = Output(Classifications, description="Top-k labels, best first.")
 
     def load(self) -> Classifier:

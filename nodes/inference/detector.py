@@ -23,6 +23,12 @@ class DetectorNode(ModelNode[Detector]):
     too. Ends when its input ends; with a slow model put ``when_full: drop_oldest`` on its
     input edge to keep it on fresh frames. From Python: ``nodes.inference.load_detector``.
 
+    Several cameras, one model: list them, ``frames: [cam1/frames, cam2/frames]``. They are
+    served in turn (a stalled camera holds up nobody), each ``Detections`` carries its
+    frame's ``source``, and a per-camera consumer picks its own with
+    ``{from: faces/detections, source: cam1}``. ``max_batch`` > 1 runs the waiting frames of
+    several cameras in one model run where the model allows it.
+
     Example:
         - id: faces
           node: detector
@@ -32,7 +38,9 @@ class DetectorNode(ModelNode[Detector]):
 
     Params: ClassVar[type[NodeParams]] = DetectorParams
 
-    frames = Input(Frame, description="(H, W, 3) uint8 BGR frames.")
+    frames = Input(
+        Frame, streams=True, description="(H, W, 3) uint8 BGR frames; one or several cameras."
+    )
     detections = Output(Detections, description="Boxes normalised to the source image.")
 
     def load(self) -> Detector:
@@ -40,11 +48,20 @@ class DetectorNode(ModelNode[Detector]):
 
     def process(self, frames: Frame) -> None:
         found = self.vision.detect(frames.image, frames.meta.get("transforms", ()))
+        self._send(frames, found)
+
+    def process_batch(self, frames: list[Frame]) -> None:  # type: ignore[override]
+        images = [f.image for f in frames]
+        transforms = [f.meta.get("transforms", ()) for f in frames]
+        for frame, found in zip(frames, self.vision.detect_batch(images, transforms)):
+            self._send(frame, found)
+
+    def _send(self, frame: Frame, found: Detections) -> None:
         self.detections.send(
             found.replace(
-                seq=frames.seq,
-                t_capture_ns=frames.t_capture_ns,
-                source=frames.source,
-                meta=derived_meta(frames.meta, found.meta),
+                seq=frame.seq,
+                t_capture_ns=frame.t_capture_ns,
+                source=frame.source,
+                meta=derived_meta(frame.meta, found.meta),
             )
         )

@@ -4,10 +4,12 @@ Each node builds its :class:`~nodes.inference.vision.VisionModel` (a ``Detector`
 ``Classifier`` or a plain one) from its params in ``open()`` and closes it in ``close()``;
 the preparation of each frame, the decoding and the thresholds live in
 :mod:`nodes.inference.vision`, the same code ``load_detector`` and ``load_classifier`` return.
-Every node sends one message per frame with the frame's seq, so a downstream overlay can join
-them. Every ``process()`` call counts ``frames_on_<provider>`` (the execution provider or
-delegate the model really runs on, e.g. ``frames_on_CPUExecutionProvider`` after a CUDA
-request fell back): ``pipeline bench`` records it per node.
+Every node sends one message per frame with the frame's seq and source, so a downstream
+overlay can join them. Their ``frames`` input is a streams input: one node (one copy of the
+model) may serve several cameras, round-robin, batched up to ``max_batch``. Every
+``process()`` call counts ``frames_on_<provider>`` (the execution provider or delegate the
+model really runs on, e.g. ``frames_on_CPUExecutionProvider`` after a CUDA request fell
+back): ``pipeline bench`` records it per node.
 """
 
 from __future__ import annotations
@@ -48,6 +50,15 @@ class ModelNode(Node, Generic[M]):
                 process(self, *args, **inputs)
 
             cls.process = counted  # type: ignore[method-assign,assignment]
+        batch = cls.__dict__.get("process_batch")
+        if batch is not None:
+
+            @functools.wraps(batch)
+            def counted_batch(self: ModelNode[Any], **inputs: Any) -> None:
+                self.count(self.provider_counter, sum(len(v) for v in inputs.values()))
+                batch(self, **inputs)
+
+            cls.process_batch = counted_batch  # type: ignore[method-assign,assignment]
 
     def load(self) -> M:
         """The model object for ``self.params``."""
@@ -74,6 +85,18 @@ class ModelNode(Node, Generic[M]):
             v.input.layout,
             v.input.size or "frame size",
         )
+
+    def batching(self) -> tuple[int, float]:
+        max_batch = self.params.max_batch
+        if max_batch > 1 and not self.vision.batches:
+            self.log.info(
+                "max_batch %d ignored: model %s takes one image per run (a fixed batch axis); "
+                "its cameras are served one frame at a time",
+                max_batch,
+                self.params.model,
+            )
+            return (1, 0.0)
+        return (max_batch, self.params.batch_timeout_ms / 1000)
 
     def close(self) -> None:
         vision = getattr(self, "vision", None)

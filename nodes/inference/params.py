@@ -63,6 +63,22 @@ class ModelParams(NodeParams):
     remap_outputs: dict[str, str] | None = Field(
         None, description="Model output name -> role the decoder expects (e.g. 537: heatmap)."
     )
+    max_batch: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Several cameras into one node: run up to this many waiting frames (one "
+        "per camera in turn) through the model at once, where it has a dynamic batch axis "
+        "(centerface, person_ssdlite on ONNX Runtime; others run them one by one). For GPU or "
+        "NPU providers: on a CPU a batch is slower per frame than one frame at a time.",
+    )
+    batch_timeout_ms: float = Field(
+        10.0,
+        ge=0,
+        le=10000,
+        description="With max_batch > 1: the longest a frame waits for a batch to fill (a batch "
+        "goes at once when every camera has a frame waiting).",
+    )
 
 
 class DetectorParams(ModelParams):

@@ -24,7 +24,9 @@ class TensorsNode(ModelNode[VisionModel]):
           inputs: {frames: camera/frames}
     """
 
-    frames = Input(Frame, description="(H, W, 3) uint8 BGR frames.")
+    frames = Input(
+        Frame, streams=True, description="(H, W, 3) uint8 BGR frames; one or several cameras."
+    )
     tensors = Output(Tensors, description="The model's outputs by name.")
 
     def load(self) -> VisionModel:

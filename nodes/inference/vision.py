@@ -174,6 +174,46 @@ class VisionModel:
             input_wh = (int(tensor.shape[2]), int(tensor.shape[1]))
         return ModelRun(outputs, [*(dict(t) for t in transforms), *records], input_wh)
 
+    @property
+    def batches(self) -> bool:
+        """The model takes several images in one run (its input's batch axis is dynamic)."""
+        inputs = self.model.metadata().inputs
+        for info in inputs:
+            if info.name == self.input.name:
+                return bool(info.shape) and info.shape[0] == -1
+        return False
+
+    def run_batch(
+        self,
+        images: Sequence[np.ndarray],
+        transforms: Sequence[Sequence[Mapping[str, Any]]] = (),
+    ) -> list[ModelRun]:
+        """``run`` for several images: one model run for all of them when the model batches
+        and their prepared tensors have one shape, else one run each."""
+        transforms = list(transforms) or [()] * len(images)
+        if len(images) < 2 or not self.batches:
+            return [self.run(im, t) for im, t in zip(images, transforms)]
+        prepared = []
+        for image in images:
+            check_image(image)
+            prepared.append(prepare(image, self.input))
+        if len({tensor.shape for tensor, _ in prepared}) != 1:
+            return [self.run(im, t) for im, t in zip(images, transforms)]
+        batch = np.concatenate([tensor for tensor, _ in prepared], axis=0)
+        outputs = self.model.infer({self.input.name: batch})
+        remap = self.params.remap_outputs or {}
+        if remap:
+            outputs = {remap.get(k, k): v for k, v in outputs.items()}
+        if self.input.layout == "NCHW":
+            input_wh = (int(batch.shape[3]), int(batch.shape[2]))
+        else:
+            input_wh = (int(batch.shape[2]), int(batch.shape[1]))
+        runs = []
+        for i, ((_, records), before) in enumerate(zip(prepared, transforms)):
+            mine = {k: v[i : i + 1] for k, v in outputs.items()}
+            runs.append(ModelRun(mine, [*(dict(t) for t in before), *records], input_wh))
+        return runs
+
     def close(self) -> None:
         """Free the runtime (idempotent)."""
         self.model.close()
@@ -251,10 +291,24 @@ class Detector(VisionModel):
             keypoints likewise, ``image_wh`` its size, and ``meta`` ``{"model",
             "inference_ms"}``; ``seq`` and the other frame fields are left at defaults.
         """
+        t0 = time.perf_counter()
+        return self._detections(image, self.run(image, transforms), t0)
+
+    def detect_batch(
+        self,
+        images: Sequence[np.ndarray],
+        transforms: Sequence[Sequence[Mapping[str, Any]]] = (),
+    ) -> list[Detections]:
+        """``detect`` for several images (e.g. one per camera): one model run for all when
+        the model batches (see ``run_batch``); ``meta["inference_ms"]`` is the batch's."""
+        t0 = time.perf_counter()
+        runs = self.run_batch(images, transforms)
+        return [self._detections(im, run, t0) for im, run in zip(images, runs)]
+
+    def _detections(self, image: np.ndarray, run: ModelRun, t0: float) -> Detections:
         from nodes.transforms import geometry
 
-        t0 = time.perf_counter()
-        outputs, records, input_wh = self.run(image, transforms)
+        outputs, records, input_wh = run
         found = self.decoder.decode(outputs, input_wh)
         if not isinstance(found, Detections):
             raise TypeError(f"decoder {type(self.decoder).__name__} does not detect")

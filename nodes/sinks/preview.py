@@ -16,10 +16,15 @@ produce one: it needs a name it controls), this machine's host name, or one of
 set, every request must carry it (``?token=...`` once, which sets a same-site cookie for the
 page's own requests, or ``Authorization: Bearer ...``); listening beyond loopback without a
 token is allowed but logged as a warning.
+
+Several cameras: ``frames`` is a streams input, so one preview shows a grid of them (one
+``LatestFrame`` per source); ``/stream.mjpg?source=cam2`` is one camera's stream, and
+``/stats.json`` lists each stream's frame rate and latency.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import hmac
@@ -46,6 +51,8 @@ BOUNDARY = "frame"
 IDLE_INTERVAL_S = 1.0  # encoding rate while no one watches the stream (snapshot freshness)
 SEND_BUFFER_BYTES = 128 * 1024  # a few frames (Linux doubles it): bounds a slow viewer's lag
 VIEWER_TIMEOUT_S = 30.0  # a viewer whose socket takes no frame for this long is dropped
+RATE_WINDOW_S = 2.0  # a stream's fps is measured over this long
+LATENCY_SAMPLES = 100  # a stream's latency percentiles are of its last frames
 TOKEN_COOKIE = "preview_token"
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
@@ -182,6 +189,44 @@ class LatestFrame:
         return self._closed
 
 
+class StreamState:
+    """One camera's part of the preview: its newest JPEG and its recent rate and latency."""
+
+    def __init__(self, latest: LatestFrame) -> None:
+        self.latest = latest
+        self.last_encode = -float("inf")
+        self.frames = 0
+        self.size = (0, 0)
+        self.arrivals: collections.deque[float] = collections.deque()
+        self.latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_SAMPLES)
+
+    def arrived(self, now: float, latency_s: float | None, size: tuple[int, int]) -> None:
+        self.frames += 1
+        self.size = size
+        self.arrivals.append(now)
+        while self.arrivals and now - self.arrivals[0] > RATE_WINDOW_S:
+            self.arrivals.popleft()
+        if latency_s is not None:
+            self.latencies.append(latency_s)
+
+    def summary(self, now: float) -> dict[str, Any]:
+        recent = [t for t in list(self.arrivals) if now - t <= RATE_WINDOW_S]
+        fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
+        lat = sorted(self.latencies)
+
+        def pct(q: float) -> float:
+            return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3, 2) if lat else 0.0
+
+        return {
+            "frames": self.frames,
+            "fps": round(fps, 2),
+            "latency_p50_ms": pct(0.5),
+            "latency_p95_ms": pct(0.95),
+            "width": self.size[0],
+            "height": self.size[1],
+        }
+
+
 def part_header(length: int, seq: int) -> bytes:
     """The header of one part of the ``multipart/x-mixed-replace`` stream."""
     return (
@@ -287,15 +332,21 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         path = url.path
+        source = parse_qs(url.query).get("source", [""])[0]
         try:
             if not self._admitted(url.query):
                 return
             if path in ("/", "/index.html"):
                 self._reply(render_page(self.server.preview.id), "text/html; charset=utf-8")
-            elif path == "/stream.mjpg":
-                self._stream()
-            elif path == "/snapshot.jpg":
-                self._snapshot()
+            elif path in ("/stream.mjpg", "/snapshot.jpg"):
+                latest = self.server.preview.latest_of(source)
+                if latest is None:
+                    known = ", ".join(self.server.preview.sources()) or "none yet"
+                    self.send_error(HTTPStatus.NOT_FOUND, f"no stream {source!r}; streams: {known}")
+                elif path == "/stream.mjpg":
+                    self._stream(latest)
+                else:
+                    self._snapshot(latest)
             elif path == "/graph.svg":
                 self._reply(self.server.preview.graph_drawing().encode(), "image/svg+xml")
             elif path == "/stats.json":
@@ -314,8 +365,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _snapshot(self) -> None:
-        latest = self.server.preview.frames_latest.latest()
+    def _snapshot(self, frames: LatestFrame) -> None:
+        latest = frames.latest()
         if latest is None:
             self.send_response(HTTPStatus.SERVICE_UNAVAILABLE, "no frame yet")
             self.send_header("Retry-After", "1")
@@ -324,8 +375,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._reply(latest[2], "image/jpeg")
 
-    def _stream(self) -> None:
-        frames = self.server.preview.frames_latest
+    def _stream(self, frames: LatestFrame) -> None:
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
         self.send_header("Cache-Control", "no-store")
@@ -360,6 +410,11 @@ class Preview(Node):
     watch, each gets the newest frame, and a slow one never slows the graph or the others.
     The input is read-only. Ends when its input ends; the server stops in ``close()``. Feed it
     through a ``when_full: drop_oldest`` edge so a busy machine shows fresh frames.
+
+    Several cameras: list them, ``frames: [overlay1/annotated, overlay2/annotated]``; the page
+    shows a grid of the streams (by ``source``), each with its frame rate and latency;
+    ``/stream.mjpg?source=<id>`` and ``/snapshot.jpg?source=<id>`` are one camera's (without
+    ``source``: the first camera's).
 
     Requests whose ``Host`` header names another server (DNS rebinding) get 403, and with
     ``token`` set, requests without it get 401 (see the module docstring); both are counted
@@ -403,7 +458,11 @@ class Preview(Node):
             "'Authorization: Bearer'); advised when host is not a loopback address.",
         )
 
-    frames = Input(Frame, description="(H, W[, C]) uint8 frames in meta['color'].")
+    frames = Input(
+        Frame,
+        streams=True,
+        description="(H, W[, C]) uint8 frames in meta['color']; one or several cameras.",
+    )
 
     @classmethod
     def check(cls, params: Params) -> Iterator[ParamIssue]:
@@ -422,9 +481,10 @@ class Preview(Node):
         self._imencode = cv2.imencode
         self._encode_params = [int(cv2.IMWRITE_JPEG_QUALITY), p.jpeg_quality]
         self._interval = 1.0 / p.max_fps if p.max_fps else 0.0
-        self._last_encode = -float("inf")
         self.frames_encoded = 0
-        self.frames_latest = LatestFrame()
+        self.frames_latest = LatestFrame()  # the first camera's
+        self._streams: dict[str, StreamState] = {}
+        self._streams_lock = threading.Lock()
         self.gate = Gate(p.host, p.allowed_hosts, p.token)
         self._refused_lock = threading.Lock()
         self._refused: dict[str, int] = {}
@@ -470,16 +530,39 @@ class Preview(Node):
         if self._refused:
             self._count_refused()
         now = time.monotonic()
+        stream = self._streams.get(frames.source)
+        if stream is None:
+            with self._streams_lock:
+                latest = self.frames_latest if not self._streams else LatestFrame()
+                stream = self._streams[frames.source] = StreamState(latest)
+        latency = (time.monotonic_ns() - frames.t_capture_ns) / 1e9 if frames.t_capture_ns else None
+        shape = frames.image.shape
+        with self._streams_lock:
+            stream.arrived(now, latency, (int(shape[1]), int(shape[0])))
         interval = self._interval if self._server.viewers else max(self._interval, IDLE_INTERVAL_S)
-        if now - self._last_encode < interval:
+        if now - stream.last_encode < interval:
             self.count("not_encoded")
             return
-        self._last_encode = now
+        stream.last_encode = now
         ok, jpeg = self._imencode(".jpg", to_bgr(frames), self._encode_params)
         if not ok:
             raise RuntimeError(f"node {self.id!r}: JPEG encoding of seq {frames.seq} failed")
-        self.frames_latest.publish(jpeg.tobytes(), frames.seq)
+        stream.latest.publish(jpeg.tobytes(), frames.seq)
         self.frames_encoded += 1
+
+    def sources(self) -> list[str]:
+        """The streams seen so far, in the order they first came."""
+        with self._streams_lock:
+            return list(self._streams)
+
+    def latest_of(self, source: str) -> LatestFrame | None:
+        """The newest-frame hand-over of ``source`` (empty: the first camera's); None for a
+        source not seen."""
+        if not source:
+            return self.frames_latest
+        with self._streams_lock:
+            stream = self._streams.get(source)
+        return stream.latest if stream is not None else None
 
     def refused(self, reason: str) -> None:
         """Note a refused request; viewer threads call this, ``process()`` counts it."""
@@ -501,16 +584,23 @@ class Preview(Node):
         except Exception as exc:  # a statistics hiccup must not break the page
             self.log.debug("graph_statistics() failed: %s", exc)
             nodes = {}
+        now = time.monotonic()
+        with self._streams_lock:
+            streams = {source: s.summary(now) for source, s in self._streams.items()}
         return {
             "node": self.id,
             "viewers": self._server.viewers,
             "requests_refused": self.requests_refused,
             "frames_encoded": self.frames_encoded,
+            "streams": streams,
             "nodes": nodes,
         }
 
     def close(self) -> None:
         self.frames_latest.close()  # viewers waiting for a frame leave their loops
+        with self._streams_lock:
+            for stream in self._streams.values():
+                stream.latest.close()
         self._server.shutdown()
         self._server.drop_connections()  # viewers blocked in a write leave too
         self._server.server_close()

@@ -4,7 +4,10 @@ It is a Python string rather than an ``.html`` file so that it ships with the mo
 install (the package has no data-file list for ``nodes``). The page shows
 ``<img src="/stream.mjpg">`` (reconnecting if the stream drops) and a table of every node's
 statistics, fetched from ``/stats.json`` every second, and the graph's drawing
-(``/graph.svg``). ``{{node_id}}`` is replaced, escaped, by the preview node's id.
+(``/graph.svg``). With several cameras (``streams`` in ``/stats.json``) the single stream
+gives way to a grid, one ``<figure data-source=...>`` per camera with
+``/stream.mjpg?source=<id>`` and a caption of its frame rate and latency. ``{{node_id}}`` is
+replaced, escaped, by the preview node's id.
 """
 
 from __future__ import annotations
@@ -28,11 +31,17 @@ PAGE = """<!doctype html>
   th, td { padding: 3px 10px; text-align: right; border-bottom: 1px solid #333; }
   th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
   #status { color: #888; }
+  #grid { display: none; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr));
+          gap: 8px; flex: 1 1 640px; }
+  #grid figure { margin: 0; background: #000; }
+  #grid img { width: 100%; display: block; }
+  #grid figcaption { padding: 2px 6px; font-variant-numeric: tabular-nums; }
 </style>
 </head>
 <body>
 <main>
   <img id="stream" src="/stream.mjpg" alt="live stream of {{node_id}}">
+  <div id="grid"></div>
   <section>
     <h1>{{node_id}}</h1>
     <table id="stats" data-refreshes="0">
@@ -51,6 +60,47 @@ PAGE = """<!doctype html>
 const table = document.getElementById("stats");
 const statusLine = document.getElementById("status");
 const stream = document.getElementById("stream");
+
+const grid = document.getElementById("grid");
+
+function streamUrl(source) {
+  return "/stream.mjpg?source=" + encodeURIComponent(source) + "&t=" + Date.now();
+}
+
+function caption(source, s) {
+  return source + ": " + s.fps.toFixed(1) + " fps, latency p50 " +
+    s.latency_p50_ms.toFixed(0) + " ms, p95 " + s.latency_p95_ms.toFixed(0) + " ms";
+}
+
+// Several cameras: a grid of their streams, each captioned with its rate and latency.
+function showStreams(streams) {
+  const sources = Object.keys(streams || {});
+  if (sources.length < 2) {
+    return sources.length ? " | " + caption(sources[0], streams[sources[0]]) : "";
+  }
+  if (stream.style.display !== "none") {
+    stream.style.display = "none";
+    stream.removeAttribute("src");  // stop the single stream
+    grid.style.display = "grid";
+  }
+  for (const source of sources) {
+    let figure = grid.querySelector('figure[data-source="' + CSS.escape(source) + '"]');
+    if (!figure) {
+      figure = document.createElement("figure");
+      figure.dataset.source = source;
+      const img = document.createElement("img");
+      img.alt = "live stream of " + source;
+      img.src = streamUrl(source);
+      img.addEventListener("error", () => {
+        setTimeout(() => { img.src = streamUrl(source); }, 1000);
+      });
+      figure.append(img, document.createElement("figcaption"));
+      grid.appendChild(figure);
+    }
+    figure.querySelector("figcaption").textContent = caption(source, streams[source]);
+  }
+  return " | " + sources.length + " cameras";
+}
 
 function total(ports, key) {
   return Object.values(ports || {}).reduce((sum, port) => sum + (port[key] || 0), 0);
@@ -79,8 +129,9 @@ async function refresh() {
     const rows = Object.entries(data.nodes).map(([id, s]) => row(id, s));
     table.tBodies[0].replaceChildren(...rows);
     table.dataset.refreshes = String(Number(table.dataset.refreshes) + 1);
+    const streams = showStreams(data.streams);
     statusLine.textContent = "updated " + new Date().toLocaleTimeString() + ", " +
-      data.viewers + " viewer(s), " + data.frames_encoded + " frames encoded";
+      data.viewers + " viewer(s), " + data.frames_encoded + " frames encoded" + streams;
   } catch (error) {
     statusLine.textContent = "statistics unavailable: " + error;
   }
@@ -88,6 +139,7 @@ async function refresh() {
 
 // The stream ends when the graph stops; try again, so a restarted graph shows up by itself.
 stream.addEventListener("error", () => {
+  if (stream.style.display === "none") return;  // replaced by the grid
   setTimeout(() => { stream.src = "/stream.mjpg?t=" + Date.now(); }, 1000);
 });
 refresh();

@@ -30,7 +30,7 @@ import yaml
 
 from pipeline.errors import ConfigIssue, RegistryError
 from pipeline.graph.load import check_graph
-from pipeline.graph.spec import GraphSpec, Pace
+from pipeline.graph.spec import EdgeSpec, GraphSpec, Pace
 from pipeline.graph.validate import ValidatedGraph
 from pipeline.registry import load_node_class, suggest
 
@@ -135,16 +135,22 @@ def _canonical(graph: ValidatedGraph) -> dict[str, Any]:
             "id": node.id,
             "node": node.node,
             "params": params.model_dump(mode="json") if params is not None else node.params,
-            "inputs": {
-                port: spec.model_dump(mode="json", by_alias=True)
-                for port, spec in sorted(node.inputs.items())
-            },
+            "inputs": {port: _dump(spec) for port, spec in sorted(node.inputs.items())},
         }
         for key in ("pace", "max_fps"):
             if getattr(node, key) is not None:
                 entry[key] = getattr(node, key)
         nodes.append(entry)
     return {"graph": graph.name, "nodes": nodes}
+
+
+def _dump(spec: EdgeSpec | list[EdgeSpec]) -> Any:
+    if isinstance(spec, list):
+        return [_dump(one) for one in spec]
+    data = spec.model_dump(mode="json", by_alias=True)
+    if not data["source"]:
+        del data["source"]  # the hash of a graph written before `source` existed is unchanged
+    return data
 
 
 def graph_hash(graph: ValidatedGraph) -> str:

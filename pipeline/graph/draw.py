@@ -32,7 +32,7 @@ def _edge_label(output: str, port: str, queue: int, when_full: str, transport: s
 def _edges(spec: GraphSpec) -> list[tuple[str, str, str]]:
     out = []
     for node in spec.nodes:
-        for port, ref in node.inputs.items():
+        for port, _, ref in node.input_refs():
             label = _edge_label(ref.port, port, ref.queue, ref.when_full, ref.transport)
             out.append((ref.node, node.id, label))
     return out
@@ -80,7 +80,7 @@ _BOX_W, _BOX_H, _GAP_X, _GAP_Y, _PAD, _TOP = 150, 46, 96, 40, 12, 36
 
 def _layers(spec: GraphSpec) -> dict[str, int]:
     """Each node's column: 0 for a source, else one after its furthest producer."""
-    producers = {n.id: [ref.node for ref in n.inputs.values()] for n in spec.nodes}
+    producers = {n.id: [ref.node for _, _, ref in n.input_refs()] for n in spec.nodes}
     depth: dict[str, int] = {}
 
     def of(node: str, seen: frozenset[str] = frozenset()) -> int:
@@ -119,7 +119,7 @@ def to_svg(spec: GraphSpec) -> str:
         'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#9ab"/></marker></defs>',
     ]
     for node in spec.nodes:
-        for port, ref in node.inputs.items():
+        for port, _, ref in node.input_refs():
             producer, consumer = ref.node, node.id
             if producer not in where:
                 continue

@@ -190,7 +190,7 @@ def _model_for(loc: PathKey) -> type[BaseModel] | None:
         return GraphSpec
     if len(loc) == 2 and loc[0] == "nodes":
         return NodeSpec
-    if len(loc) == 4 and loc[0] == "nodes" and loc[2] == "inputs":
+    if len(loc) in (4, 5) and loc[0] == "nodes" and loc[2] == "inputs":
         return EdgeSpec
     return None
 
@@ -198,7 +198,11 @@ def _model_for(loc: PathKey) -> type[BaseModel] | None:
 def _schema_issues(exc: ValidationError, data: Any, marks: Marks) -> list[ConfigIssue]:
     issues = []
     for err in exc.errors():
-        loc: PathKey = tuple(p for p in err["loc"] if isinstance(p, (str, int)))
+        loc: PathKey = tuple(
+            p
+            for i, p in enumerate(err["loc"])
+            if isinstance(p, (str, int)) and not (i == 4 and p in ("one", "many"))  # union tags
+        )
         kind = err["type"]
         where = _describe(loc, data)
         if kind == "missing":

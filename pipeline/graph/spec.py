@@ -3,16 +3,18 @@
 An input is written in short form ``node/port`` or long form ``{from: node/port, queue: 2,
 when_full: drop_oldest, transport: shm}``; both parse to an ``EdgeSpec`` (the edge as
 written; ``pipeline.graph.validate.Edge`` once checked, ``pipeline.transport.plan.EdgePlan``
-once planned). Node params stay a plain mapping here: each node type validates its own
-``Params`` model in ``pipeline.graph.validate``.
+once planned). A streams input (``Input(..., streams=True)``, e.g. a detector serving several
+cameras) may take a list of them, one per upstream stream. Node params stay a plain mapping
+here: each node type validates its own ``Params`` model in ``pipeline.graph.validate``.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from pipeline.serve.config import ServeConfig
 
@@ -50,6 +52,12 @@ class EdgeSpec(_Strict):
         description="shm: shared-memory slots with descriptors over ZeroMQ (one host); tcp: the "
         "buffers travel as ZeroMQ frames (as between hosts).",
     )
+    source: str = Field(
+        "",
+        pattern=r"^([A-Za-z_][A-Za-z0-9_-]*)?$",
+        description="Only the messages of this source node (their `source`): picks one "
+        "camera's messages out of a node that serves several. Empty: every message.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -67,6 +75,17 @@ class EdgeSpec(_Strict):
         return self.from_.split("/", 1)[1]
 
 
+def _one_or_many(value: Any) -> str:
+    return "many" if isinstance(value, list) else "one"
+
+
+InputRefs = Annotated[
+    Annotated[EdgeSpec, Tag("one")] | Annotated[list[EdgeSpec], Field(min_length=1), Tag("many")],
+    Discriminator(_one_or_many),
+]
+"""One edge into an input, or (a streams input) a list of them."""
+
+
 class NodeSpec(_Strict):
     """One node of the graph."""
 
@@ -78,9 +97,10 @@ class NodeSpec(_Strict):
     params: dict[str, Any] = Field(
         default_factory=dict, description="Parameters, checked against the node type's Params."
     )
-    inputs: dict[str, EdgeSpec] = Field(
+    inputs: dict[str, InputRefs] = Field(
         default_factory=dict,
-        description="Input port -> producing output, short form node/port or long form.",
+        description="Input port -> producing output, short form node/port or long form; a "
+        "streams input may take a list of them (one per camera).",
     )
     pace: Pace | None = Field(
         None,
@@ -107,6 +127,15 @@ class NodeSpec(_Strict):
         30.0, gt=0, description="The longest close() may take; null: no limit."
     )
 
+    def input_refs(self) -> Iterator[tuple[str, int | None, EdgeSpec]]:
+        """Every edge into this node: ``(port, index in the port's list or None, spec)``."""
+        for port, refs in self.inputs.items():
+            if isinstance(refs, list):
+                for i, ref in enumerate(refs):
+                    yield port, i, ref
+            else:
+                yield port, None, refs
+
 
 class GraphSpec(_Strict):
     """A graph file."""
@@ -127,10 +156,19 @@ def graph_json_schema() -> str:
     schema = GraphSpec.model_json_schema(by_alias=True)
     # An input may also be written in short form, "node/port".
     inputs = schema["$defs"]["NodeSpec"]["properties"]["inputs"]
+    one = [
+        {"type": "string", "pattern": REF_PATTERN, "description": "Short form: node/port."},
+        {"$ref": "#/$defs/EdgeSpec"},
+    ]
     inputs["additionalProperties"] = {
         "anyOf": [
-            {"type": "string", "pattern": REF_PATTERN, "description": "Short form: node/port."},
-            {"$ref": "#/$defs/EdgeSpec"},
+            *one,
+            {
+                "type": "array",
+                "minItems": 1,
+                "items": {"anyOf": one},
+                "description": "A streams input: one edge per upstream stream.",
+            },
         ]
     }
     from pipeline.graph.node_schema import add_node_types  # imports every node type

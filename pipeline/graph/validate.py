@@ -56,6 +56,14 @@ class Edge:
     consumer: str
     input: str
     spec: EdgeSpec
+    node_index: int = 0  # of the consumer in the graph file (for located errors)
+    list_index: int | None = None  # in a streams input's list
+
+    @property
+    def path(self) -> tuple[str | int, ...]:
+        """Where this edge is written in the graph file (for ``Marks``)."""
+        path: tuple[str | int, ...] = ("nodes", self.node_index, "inputs", self.input)
+        return path if self.list_index is None else (*path, self.list_index)
 
 
 @dataclasses.dataclass
@@ -157,8 +165,25 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
         node_cls = classes.get(node.id)
         if node_cls is None or index.get(node.id) != i:
             continue
-        for port, ref in node.inputs.items():
-            path = ("nodes", i, "inputs", port)
+        for port, k, ref in node.input_refs():
+            path: tuple[str | int, ...] = ("nodes", i, "inputs", port)
+            if k is not None and port in node_cls.inputs and not node_cls.inputs[port].streams:
+                if k == 0:
+                    issues.append(
+                        marks.issue(
+                            path,
+                            f"input {port!r} of node {node.id!r} takes one upstream, "
+                            f"got a list of {_count(node.inputs[port])}",
+                            hints=[
+                                "only a streams input (e.g. the frames of detector, classifier, "
+                                "tensors, preview) takes a list, one entry per camera; write "
+                                f"'{port}: <node>/<port>'"
+                            ],
+                        )
+                    )
+                continue
+            if k is not None:
+                path = (*path, k)
             if port not in node_cls.inputs:
                 known = ", ".join(node_cls.inputs) or "none (it is a source)"
                 hints = [f"node type {node.node!r} has inputs: {known}"]
@@ -223,7 +248,19 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
                     )
                 )
                 continue
-            edges.append(Edge(producer, ref.port, node.id, port, ref))
+            if k is not None and any(
+                e.consumer == node.id and e.input == port and e.producer == producer for e in edges
+            ):
+                issues.append(
+                    marks.issue(
+                        ref_path,
+                        f"input {port!r} of node {node.id!r} lists {ref.from_!r} twice, or two "
+                        f"outputs of {producer!r}",
+                        hints=["list each upstream stream once"],
+                    )
+                )
+                continue
+            edges.append(Edge(producer, ref.port, node.id, port, ref, i, k))
         if not node_cls.is_source():
             for key in ("pace", "max_fps"):
                 if getattr(node, key) is not None:
@@ -259,6 +296,9 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
             )
         )
 
+    if not any(i.severity == "error" for i in issues):
+        issues.extend(_stream_issues(list(index), edges, classes, marks))
+
     if any(i.severity == "error" for i in issues):
         return None, issues  # an unread output is often a consequence of those errors
 
@@ -279,6 +319,106 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
 
     graph = ValidatedGraph(spec, marks.file, classes, params, edges)
     return graph, issues
+
+
+def _count(refs: object) -> int:
+    return len(refs) if isinstance(refs, list) else 1
+
+
+def _stream_issues(
+    nodes: list[str], edges: list[Edge], classes: dict[str, type[Node]], marks: Marks
+) -> list[ConfigIssue]:
+    """The wiring of several cameras: which sources' messages each edge carries (through
+    ``source:`` filters), checked where a mix would go wrong.
+
+    A ``source:`` filter must name a source the edge carries; the entries of one streams
+    input come from different sources (a message says its stream by its ``source``); and an
+    input joined with others on seq must not carry a mix of sources (seqs of different
+    cameras are unrelated): it needs a ``source:`` filter.
+    """
+    into: dict[str, list[Edge]] = {}
+    for edge in edges:
+        into.setdefault(edge.consumer, []).append(edge)
+    carried: dict[str, set[str]] = {}
+
+    def carries(node_id: str) -> set[str]:  # the graph is acyclic here
+        if node_id not in carried:
+            if classes[node_id].is_source():
+                carried[node_id] = {node_id}
+            else:
+                found: set[str] = set()
+                for edge in into.get(node_id, []):
+                    carries(edge.producer)
+                    found |= _edge_carries(edge, carried)
+                carried[node_id] = found
+        return carried[node_id]
+
+    for node_id in nodes:
+        carries(node_id)
+
+    issues: list[ConfigIssue] = []
+    for edge in edges:
+        want = edge.spec.source
+        upstream = carried.get(edge.producer, set())
+        if want and want not in upstream:
+            at = (*edge.path, "source")
+            issues.append(
+                marks.issue(
+                    at if at in marks.values else edge.path,
+                    f"input {edge.input!r} of node {edge.consumer!r} picks source {want!r}, "
+                    f"but {edge.spec.from_!r} carries no messages of it",
+                    hints=[f"sources upstream of {edge.producer!r}: {', '.join(sorted(upstream))}"],
+                )
+            )
+    for consumer, group in into.items():
+        cls = classes[consumer]
+        if any(spec.streams for spec in cls.inputs.values()):
+            seen: dict[str, Edge] = {}
+            for edge in group:
+                for source in sorted(_edge_carries(edge, carried)):
+                    first = seen.get(source)
+                    if first is not None:
+                        issues.append(
+                            marks.issue(
+                                edge.path,
+                                f"streams input {edge.input!r} of node {consumer!r}: "
+                                f"{first.spec.from_!r} and {edge.spec.from_!r} both carry the "
+                                f"frames of source {source!r}",
+                                hints=[
+                                    "each entry of a streams input must come from a different "
+                                    "source (camera): its messages are told apart by their "
+                                    "source; pick one with {from: ..., source: <camera>}"
+                                ],
+                            )
+                        )
+                        break
+                    seen[source] = edge
+        elif len(group) > 1:
+            sets = {edge.input: _edge_carries(edge, carried) for edge in group}
+            fewest = min(sets.values(), key=len)
+            for edge in group:
+                mine = sets[edge.input]
+                if len(mine) > 1 and mine != fewest:
+                    pick = next(iter(fewest)) if len(fewest) == 1 else "<camera>"
+                    issues.append(
+                        marks.issue(
+                            edge.path,
+                            f"input {edge.input!r} of node {consumer!r} carries the messages of "
+                            f"several sources ({', '.join(sorted(mine))}), joined on seq with "
+                            "inputs that do not: the seqs of different cameras are unrelated",
+                            hints=[
+                                f"pick one camera's: {{from: {edge.spec.from_}, source: {pick}}}"
+                            ],
+                        )
+                    )
+    return issues
+
+
+def _edge_carries(edge: Edge, carried: dict[str, set[str]]) -> set[str]:
+    """The sources whose messages travel on ``edge`` (after its ``source:`` filter)."""
+    upstream = carried.get(edge.producer, set())
+    want = edge.spec.source
+    return ({want} & upstream) if want else set(upstream)
 
 
 def _node_checks(

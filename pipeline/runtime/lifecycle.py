@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 from pipeline.errors import NodeError, NodeOpenError, NodeProcessError
 from pipeline.messages import Message
 from pipeline.node import EndOfStream, Node
-from pipeline.runtime.join import Joiner
+from pipeline.runtime.join import Joiner, Streams
 from pipeline.runtime.pacing import FramePacer, pace_rate
 from pipeline.runtime.protocol import NodeState
 from pipeline.runtime.stats import StatsCollector
@@ -31,6 +31,7 @@ __all__ = ["CallScoped", "NodeDriver"]
 T = TypeVar("T")
 
 CHECK_INTERVAL_S = 0.01  # how often a source's loop looks at its control socket
+BATCH_QUIET_S = 0.002  # a partial batch goes once nothing new arrived for this long
 
 
 class CallScoped(Protocol):
@@ -105,6 +106,8 @@ class NodeDriver:
         self.failure: NodeError | None = None
         self.exception: BaseException | None = None
         self.traceback = ""
+        self.batch = (1, 0.0)  # (max_batch, timeout_s) of a streams input
+        self.batch_due: float | None = None  # when a partial batch waiting must go
 
     # states --------------------------------------------------------------------------------
     def enter(self, state: NodeState) -> None:
@@ -148,6 +151,18 @@ class NodeDriver:
         finally:
             self.activity.end()
         self.opened = True
+        if any(spec.streams for spec in type(self.node).inputs.values()):
+            try:
+                max_batch, timeout_s = self.node.batching()
+                if int(max_batch) < 1 or float(timeout_s) < 0:
+                    raise ValueError(
+                        f"batching() must return (max_batch >= 1, timeout_s >= 0), "
+                        f"got {(max_batch, timeout_s)!r}"
+                    )
+            except Exception as exc:
+                self._fail("open", exc)
+                return False
+            self.batch = (int(max_batch), float(timeout_s))
         self.enter(NodeState.READY)
         return True
 
@@ -316,6 +331,73 @@ class NodeDriver:
             stats.process.add(dt)
             if t_capture:
                 stats.latency.add((mono_ns() - t_capture) * 1e-9)
+
+    # a streams input -------------------------------------------------------------------------
+    def push_stream(self, streams: Streams[T], stream: str, message: Message, token: T) -> None:
+        """One arrival on one stream of a streams input: counted, queued."""
+        stats = self.stats
+        port = streams.port
+        stats.received[port] += 1
+        depth = streams.push(stream, message, token, time.monotonic())
+        if depth > stats.queue_peak[port]:
+            stats.queue_peak[port] = depth
+
+    def drain_streams(self, streams: Streams[T], release: Callable[[T], None] | None = None) -> int:
+        """Call ``process`` (or ``process_batch``) for what the streams have waiting,
+        round-robin; returns how many messages were processed.
+
+        With ``max_batch > 1`` a batch goes when it is full, when every live stream has a
+        message waiting, when the streams ended, when nothing new arrived for
+        ``BATCH_QUIET_S`` (a node that keeps up runs what came; one that is busy finds full
+        batches waiting), or when the oldest waited ``timeout_s``; otherwise ``batch_due``
+        says when to come back.
+        """
+        stats = self.stats
+        node = self.node
+        port = streams.port
+        max_batch, timeout_s = self.batch
+        perf = time.perf_counter
+        mono_ns = time.monotonic_ns
+        processed = 0
+        self.batch_due = None
+        while streams.waiting:
+            partial = max_batch > 1 and streams.waiting < max_batch and timeout_s > 0
+            if partial and not (
+                streams.every_live_stream_waits() or len(streams.ended) == len(streams.queues)
+            ):
+                oldest, newest = streams.oldest(), streams.newest()
+                assert oldest is not None
+                assert newest is not None
+                due = min(oldest + timeout_s, newest + min(timeout_s, BATCH_QUIET_S))
+                if time.monotonic() < due:
+                    self.batch_due = due
+                    return processed
+            taken = streams.take(max_batch)
+            first = taken[0][0]
+            self.seq = first.seq
+            self.source = first.source
+            del first
+            if self.trace is not None:
+                self.trace.append("process")
+            t0 = perf()
+            if max_batch == 1:
+                node.process(**{port: taken[0][0]})
+            else:
+                node.process_batch(**{port: [m for m, _ in taken]})
+            dt = perf() - t0
+            self._end_call()
+            now_ns = mono_ns()
+            for message, token in taken:
+                if message.t_capture_ns:
+                    stats.latency.add((now_ns - message.t_capture_ns) * 1e-9)
+                if release is not None:
+                    release(token)
+            processed += len(taken)
+            taken.clear()
+            stats.calls += 1
+            stats.busy_s += dt
+            stats.process.add(dt)
+        return processed
 
 
 def _wait_until(due: float, tick: Callable[[], bool] | None) -> bool:

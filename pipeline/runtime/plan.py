@@ -130,6 +130,10 @@ def plan_graph(graph: ValidatedGraph, run_dir: str | Path) -> GraphPlan:
         spec = edge.spec
         tcp = spec.transport == "tcp"
         i = index[edge.consumer]
+        # a streams input has one edge (and one socket) per upstream
+        bind = f"ipc://{run_dir}/{i}-{edge.input}"
+        if edge.list_index:
+            bind += f"-{edge.list_index}"
         edges.append(
             EdgePlan(
                 producer=edge.producer,
@@ -140,7 +144,8 @@ def plan_graph(graph: ValidatedGraph, run_dir: str | Path) -> GraphPlan:
                 when_full=spec.when_full,
                 transport=spec.transport,
                 release_batch=release_batch(spec.queue, spec.when_full),
-                bind=TCP_BIND if tcp else f"ipc://{run_dir}/{i}-{edge.input}",
+                bind=TCP_BIND if tcp else bind,
+                source=spec.source,
             )
         )
     nodes = []

@@ -53,7 +53,7 @@ from pipeline.node import Node
 from pipeline.registry import load_node_class
 from pipeline.runtime import protocol as p
 from pipeline.runtime.activity import Activity
-from pipeline.runtime.join import Joiner
+from pipeline.runtime.join import Joiner, Streams
 from pipeline.runtime.lifecycle import NodeDriver
 from pipeline.runtime.plan import WorkerConfig
 from pipeline.runtime.protocol import NodeState
@@ -348,7 +348,12 @@ class Worker:
             return 1
         self.tell(p.Ready())
         self._wait_start()
-        feed = self._run_source if node.is_source() else self._run_consumer
+        if node.is_source():
+            feed = self._run_source
+        elif any(spec.streams for spec in type(node).inputs.values()):
+            feed = self._run_streams
+        else:
+            feed = self._run_consumer
         if not (driver.run(feed) and driver.close()):
             self._tell_failure(driver)
             return 1
@@ -430,6 +435,66 @@ class Worker:
                 for edge in inputs:
                     edge.flush_releases()
                 poller.poll(5 if waiting else 200)
+        for edge in inputs:
+            edge.flush_releases()
+
+    def _run_streams(self) -> None:
+        """A streams input: every upstream edge is a stream, served round-robin (no join)."""
+        driver = self.driver
+        assert driver is not None
+        stats = self.stats
+        inputs = self.inputs
+        (port,) = type(driver.node).inputs
+        streams: Streams[tuple[InputEdge, int]] = Streams(port, [e.plan.name for e in inputs])
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        for edge in inputs:
+            poller.register(edge.sock, zmq.POLLIN)
+        outputs = list(self.outputs.values())
+
+        def release(token: tuple[InputEdge, int]) -> None:
+            token[0].release(token[1])
+
+        next_check = 0.0
+        while not streams.all_ended:
+            got = 0
+            for edge in inputs:
+                # At most a queue's worth per edge and pass: a busy camera cannot keep the
+                # loop from the others.
+                for _ in range(edge.plan.queue):
+                    if edge.ended or not edge.has_message():
+                        break
+                    try:
+                        message, n, dropped, _ = edge.recv()
+                    except TransportError as exc:
+                        self._malformed(edge, exc)
+                        continue
+                    if dropped:
+                        stats.dropped[port] += dropped
+                    if message is None:
+                        streams.end(edge.plan.name)
+                        break
+                    got += 1
+                    driver.push_stream(streams, edge.plan.name, message, (edge, n))
+            processed = driver.drain_streams(streams, release)
+            waiting = False
+            for out in outputs:
+                if out.has_waiting():
+                    out.poll_waiting()
+                    waiting = True
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + 0.01
+                self._poll_control()
+                self.report()
+            if not got and not processed and not streams.all_ended:
+                for edge in inputs:
+                    edge.flush_releases()
+                timeout_ms = 5 if waiting else 200
+                if driver.batch_due is not None:
+                    due_ms = max(0, int((driver.batch_due - time.monotonic()) * 1000) + 1)
+                    timeout_ms = min(timeout_ms, due_ms)
+                poller.poll(timeout_ms)
         for edge in inputs:
             edge.flush_releases()
 

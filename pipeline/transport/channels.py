@@ -296,7 +296,9 @@ class RuntimeOutput:
             ) from None
         item = _Pending(body_s, body_b, buffers, held)
         for edge in self.edges:
-            edge.offer(item)
+            wanted = edge.plan.source
+            if not wanted or wanted == message.source:
+                edge.offer(item)
         for slot in held:
             slot.refs -= 1
         self.sent += 1

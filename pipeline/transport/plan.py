@@ -44,6 +44,8 @@ class EdgePlan:
         release_batch: releases the consumer may batch into one credit message.
         bind: the address the consumer binds (``ipc://...`` or ``tcp://host:*``); the actual
             endpoint, known after binding, reaches the producer through the supervisor.
+        source: when set, the producer sends on this edge only the messages of that source
+            (one camera's results out of a node serving several); the others are not sent.
     """
 
     producer: str
@@ -55,6 +57,7 @@ class EdgePlan:
     transport: Transport
     release_batch: int
     bind: str
+    source: str = ""
 
     @property
     def name(self) -> str:

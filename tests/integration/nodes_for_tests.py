@@ -216,3 +216,37 @@ class SendsObjects(Node):
         else:
             value = np.arange(2, dtype=np.float32)
         self.tensors.send(frames.derive(Tensors, tensors={"t": value}))
+
+
+class StreamsLog(Node):
+    """A streams input: one JSON line per call (the (source, seq) it got, in order); each
+    frame is forwarded with its source. ``max_batch`` > 1 takes batches."""
+
+    class Params(NodeParams):
+        path: str
+        max_batch: int = 1
+        batch_timeout_ms: float = 0.0
+        delay_ms: float = Field(0.0, ge=0)
+
+    frames = Input(Frame, streams=True)
+    out = Output(Frame)
+
+    def open(self) -> None:
+        self._file = Path(self.params.path).open("w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def batching(self) -> tuple[int, float]:
+        return (self.params.max_batch, self.params.batch_timeout_ms / 1000)
+
+    def process(self, frames: Frame) -> None:
+        self.process_batch([frames])
+
+    def process_batch(self, frames: list[Frame]) -> None:  # type: ignore[override]
+        if self.params.delay_ms:
+            time.sleep(self.params.delay_ms / 1000)
+        self._file.write(json.dumps([[f.source, f.seq] for f in frames]) + "\n")
+        self._file.flush()
+        for frame in frames:
+            self.out.send(frame)
+
+    def close(self) -> None:
+        self._file.close()

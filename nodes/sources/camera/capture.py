@@ -11,6 +11,7 @@ stream fails a read instead of blocking. A capture that does not open raises
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import sys
 import threading
@@ -25,6 +26,17 @@ __all__ = ["BACKENDS", "CaptureOpener", "CaptureTarget", "OpenFailure", "resolve
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 POLL_S = 0.1  # the longest a wait lasts before a cancel or stop is seen
 _OPEN_GRACE_S = 0.25  # lets FFMPEG's own open timeout report before the thread is abandoned
+
+_FFMPEG_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_FFMPEG_OPTIONS_LOCK = threading.Lock()
+
+
+def ffmpeg_options(given: str | None, rtsp_transport: str) -> str:
+    """OpenCV's FFMPEG capture options (``key;value|key;value``): ``given`` (the user's own
+    ``OPENCV_FFMPEG_CAPTURE_OPTIONS``, if any) with ``rtsp_transport`` set."""
+    pairs = [p for p in (given or "").split("|") if p and not p.startswith("rtsp_transport;")]
+    return "|".join([*pairs, f"rtsp_transport;{rtsp_transport}"])
+
 
 BACKENDS = {
     "auto": "CAP_ANY",
@@ -157,6 +169,18 @@ class CaptureOpener:
                 cv2.CAP_PROP_READ_TIMEOUT_MSEC,
                 round(p.stall_timeout_s * 1000),
             ]
+            if str(t.source).lower().startswith("rtsp"):
+                # OpenCV passes FFMPEG options only through this variable, read at each open
+                with _FFMPEG_OPTIONS_LOCK:
+                    before = os.environ.get(_FFMPEG_OPTIONS)
+                    os.environ[_FFMPEG_OPTIONS] = ffmpeg_options(before, p.rtsp_transport)
+                    try:
+                        return cv2.VideoCapture(t.source, cv2.CAP_FFMPEG, timeouts)
+                    finally:
+                        if before is None:
+                            del os.environ[_FFMPEG_OPTIONS]
+                        else:
+                            os.environ[_FFMPEG_OPTIONS] = before
             return cv2.VideoCapture(t.source, cv2.CAP_FFMPEG, timeouts)
         return cv2.VideoCapture(t.source, t.api)
 

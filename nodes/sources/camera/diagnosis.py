@@ -2,18 +2,22 @@
 
 A device that did not open is checked on disk (does the ``/dev/video`` node exist, may this
 user open it); a stream URL is probed with a plain TCP connection (refused, unknown host, no
-answer, or answering but sending nothing OpenCV reads as video).
+answer, or answering but sending nothing OpenCV reads as video); an RTSP URL also gets a
+``DESCRIBE`` with the URL's credentials, so wrong credentials and a wrong path are told apart.
 """
 
 from __future__ import annotations
 
+import base64
 import glob
+import hashlib
 import os
+import re
 import socket
 import sys
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-__all__ = ["DEFAULT_PORTS", "diagnose_device", "diagnose_url", "redact_url"]
+__all__ = ["DEFAULT_PORTS", "diagnose_device", "diagnose_url", "redact_url", "rtsp_refusal"]
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "rtsp": 554, "rtsps": 322, "rtmp": 1935}
 """The port each stream scheme uses when the URL names none."""
@@ -86,6 +90,10 @@ def diagnose_url(url: str, *, timed_out: bool, open_timeout_s: float) -> str:
     except OSError as exc:
         return f"{host}:{port} is unreachable ({exc.strerror or exc}); check the network"
     probe.close()
+    if scheme == "rtsp":
+        reason = rtsp_refusal(url, host, port, min(2.0, open_timeout_s))
+        if reason:
+            return reason
     if timed_out:
         return (
             f"{host}:{port} accepts connections but sent no video within {waited}; check "
@@ -95,3 +103,80 @@ def diagnose_url(url: str, *, timed_out: bool, open_timeout_s: float) -> str:
         f"{host}:{port} answers but sent nothing OpenCV reads as video; check the URL's "
         "path, the credentials and the stream's format"
     )
+
+
+def rtsp_refusal(url: str, host: str, port: int, timeout_s: float) -> str:
+    """Ask an RTSP server to ``DESCRIBE`` the URL (with its credentials, Basic or Digest);
+    why it refused (wrong credentials, no such stream), or empty when it did not refuse."""
+    parts = urlsplit(url)
+    user = unquote(parts.username or "")
+    password = unquote(parts.password or "")
+    where = f"{host}:{port}"
+    bare = redact_url(url).replace(f"{parts.username}:***@", "") if parts.username else url
+    target = urlunsplit(parts._replace(netloc=where))
+    status, headers = _describe(host, port, target, timeout_s, None)
+    if status == 401 and user:
+        challenge = headers.get("www-authenticate", "")
+        status, headers = _describe(
+            host, port, target, timeout_s, _authorization(challenge, user, password, target)
+        )
+    if status == 401:
+        if not user:
+            return (
+                f"{where} asks for credentials (401 Unauthorized): put them in the URL, "
+                f"rtsp://user:password@{where}{parts.path}"
+            )
+        return (
+            f"{where} refused the credentials of user {user!r} (401 Unauthorized); check the "
+            f"user name and password in the URL ({bare})"
+        )
+    if status == 404:
+        return f"{where} has no stream at {parts.path or '/'!r} (404 Not Found); check the path"
+    if status is not None and status >= 400:
+        return f"{where} refused the stream with RTSP status {status}; check the URL"
+    return ""
+
+
+def _authorization(challenge: str, user: str, password: str, uri: str) -> str:
+    if challenge.lower().startswith("digest"):
+        fields = dict(re.findall(r'(\w+)="?([^",]*)"?', challenge))
+        realm, nonce = fields.get("realm", ""), fields.get("nonce", "")
+        ha1 = hashlib.md5(f"{user}:{realm}:{password}".encode()).hexdigest()
+        ha2 = hashlib.md5(f"DESCRIBE:{uri}".encode()).hexdigest()
+        response = hashlib.md5(f"{ha1}:{nonce}:{ha2}".encode()).hexdigest()
+        return (
+            f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
+            f'response="{response}"'
+        )
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return f"Basic {token}"
+
+
+def _describe(
+    host: str, port: int, uri: str, timeout_s: float, authorization: str | None
+) -> tuple[int | None, dict[str, str]]:
+    """The status and headers of one RTSP DESCRIBE; (None, {}) when no answer came."""
+    request = f"DESCRIBE {uri} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n"
+    if authorization:
+        request += f"Authorization: {authorization}\r\n"
+    request += "\r\n"
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as conn:
+            conn.sendall(request.encode())
+            data = b""
+            while b"\r\n\r\n" not in data and len(data) < 65536:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None, {}
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    match = re.match(r"RTSP/\d\.\d (\d{3})", head[0]) if head else None
+    if match is None:
+        return None, {}
+    headers = {}
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(match.group(1)), headers

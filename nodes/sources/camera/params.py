@@ -40,6 +40,12 @@ class CameraParams(NodeParams):
         description="OpenCV capture backend; auto: FFMPEG for URLs, V4L2 for /dev paths, "
         "OpenCV's choice for an index.",
     )
+    rtsp_transport: Literal["tcp", "udp"] = Field(
+        "tcp",
+        description="How an rtsp:// stream's RTP packets travel: tcp, inside the RTSP "
+        "connection (no packet loss, passes firewalls and NAT: what most NVRs use); udp, as "
+        "separate datagrams (a little lower latency on a clean LAN, frames break up on loss).",
+    )
     open_timeout_s: float = Field(
         10.0, gt=0, le=600, description="Give up opening (or reopening) after this long."
     )

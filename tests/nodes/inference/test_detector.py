@@ -204,3 +204,42 @@ def test_the_threshold_param_says_each_catalog_models_default():
     assert "yolo 0.25" in description
     with load_detector("centerface") as centerface:
         assert f"centerface {centerface.default_minimum_confidence:g}," in description
+
+
+def camera_frames(names: list[str], seqs: int) -> list[Frame]:
+    """``seqs`` frames from each of several cameras (one photo each), as they arrive."""
+    return [
+        Frame(image=photo(name).image, seq=seq, t_capture_ns=1, source=f"cam_{name}")
+        for seq in range(seqs)
+        for name in names
+    ]
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "batches"),
+    [
+        ("centerface", {"input_size": [320, 320]}, True),  # ONNX, dynamic batch axis
+        ("face_short_range", {}, False),  # TFLite, batch of 1: run one by one
+    ],
+)
+def test_one_detector_serves_several_cameras_batched_with_the_same_results(model, params, batches):
+    names = ["astronaut", "coffee", "chelsea"]
+    frames = camera_frames(names, 2)
+    one = run_node(DetectorNode, {"model": model, **params}, {"frames": frames})
+    batched = run_node(DetectorNode, {"model": model, **params, "max_batch": 3}, {"frames": frames})
+    for run in (one, batched):
+        got = [(d.source, d.seq) for d in run.sent["detections"]]
+        assert got == [(f.source, f.seq) for f in frames]  # round-robin, routed by source
+        counts = {d.source: len(d) for d in run.sent["detections"]}
+        assert counts == {"cam_astronaut": 1, "cam_coffee": 0, "cam_chelsea": 0}
+    # two batches of three cameras; a model without a batch axis is served frame by frame
+    assert batched.calls.count("process") == (2 if batches else 6)
+    for a, b in zip(one.sent["detections"], batched.sent["detections"]):
+        np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-4)
+        np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-4)
+    node = DetectorNode(DetectorNode.Params.model_validate({"model": model, **params}))
+    node.open()
+    try:
+        assert node.vision.batches is batches
+    finally:
+        node.close()

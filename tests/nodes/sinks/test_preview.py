@@ -483,3 +483,85 @@ def test_listening_beyond_loopback_without_token_warns(caplog):
     with caplog.at_level("WARNING"), opened(host="0.0.0.0"):
         pass
     assert any("without a token" in r.getMessage() for r in caplog.records)
+
+
+# several cameras ----------------------------------------------------------------------------
+
+
+def test_several_cameras_each_get_a_stream_a_snapshot_and_their_rate_and_latency():
+    with opened(max_fps=0) as node:
+        for seq in range(3):
+            node.process(frames=make_frame(64, 48, seq, source="cam1", value=0))
+            node.process(frames=make_frame(32, 24, seq, source="cam2", value=255))
+        assert node.sources() == ["cam1", "cam2"]
+        dark = get(node.url + "snapshot.jpg?source=cam1")[2]
+        light = get(node.url + "snapshot.jpg?source=cam2")[2]
+        first = get(node.url + "snapshot.jpg")[2]  # no source: the first camera's
+        assert cv2.imdecode(np.frombuffer(dark, np.uint8), cv2.IMREAD_COLOR).shape == (48, 64, 3)
+        image = cv2.imdecode(np.frombuffer(light, np.uint8), cv2.IMREAD_COLOR)
+        assert image.shape == (24, 32, 3) and image.min() > 200
+        assert first == dark
+        status, _, body = get(node.url + "stream.mjpg?source=cam9")
+        assert status == 404 and b"cam1, cam2" in body
+        with urllib.request.urlopen(node.url + "stream.mjpg?source=cam2", timeout=5) as stream:
+            node.process(frames=make_frame(32, 24, 7, source="cam2", value=255))
+            head = stream.read(200)
+        assert b"X-Seq: " in head
+        streams = json.loads(get(node.url + "stats.json")[2])["streams"]
+    assert list(streams) == ["cam1", "cam2"]
+    assert streams["cam1"]["frames"] == 3 and streams["cam2"]["frames"] == 4
+    assert (streams["cam2"]["width"], streams["cam2"]["height"]) == (32, 24)
+    assert streams["cam1"]["fps"] > 0
+    assert 0 <= streams["cam1"]["latency_p50_ms"] <= streams["cam1"]["latency_p95_ms"] < 5000
+
+
+GRID = """
+    graph: preview_grid
+    nodes:
+      - {id: cam1, node: synthetic, params: {width: 320, height: 240, fps: 15, frames: 0}}
+      - {id: cam2, node: synthetic, params: {width: 320, height: 240, fps: 15, frames: 0}}
+      - {id: cam3, node: synthetic, params: {width: 320, height: 240, fps: 15, frames: 0}}
+      - id: preview
+        node: preview
+        params: {port: PORT, max_fps: 15}
+        inputs:
+          frames:
+            - {from: cam1/frames, queue: 1, when_full: drop_oldest}
+            - {from: cam2/frames, queue: 1, when_full: drop_oldest}
+            - {from: cam3/frames, queue: 1, when_full: drop_oldest}
+"""
+
+
+@pytest.mark.integration
+def test_page_in_chromium_shows_a_grid_of_three_cameras_with_their_rates(
+    write_graph, chromium, free_port, shm_segments
+):
+    port = free_port
+    graph = write_graph(GRID.replace("PORT", str(port)))
+    url = f"http://127.0.0.1:{port}/"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", str(graph), "--no-live"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def three_streams() -> bool:
+            try:
+                streams = json.loads(get(url + "stats.json", 1)[2])["streams"]
+            except (OSError, ValueError, KeyError):
+                return False
+            return len(streams) == 3 and all(s["fps"] > 0 for s in streams.values())
+
+        wait_until(three_streams, timeout=30, what="three streams on the preview")
+        dom = chromium(url, "--virtual-time-budget=2500", "--dump-dom").stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert shm_segments(proc.pid) == []
+    for cam in ("cam1", "cam2", "cam3"):
+        assert f'<figure data-source="{cam}"><img alt="live stream of {cam}"' in dom
+        assert f"<figcaption>{cam}: " in dom
+    assert " fps, latency p50 " in dom
