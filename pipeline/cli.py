@@ -67,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         graph, log_level=args.log_level, live=live, stats_json=args.stats_json, grace_s=args.grace
     )
     if result.stats and not args.quiet:
-        print(render_table(result.stats), file=sys.stderr)
+        print(render_table(result.stats, result.memory), file=sys.stderr)
     verdict = "failed" if result.exit_code else ("stopped" if result.stopped else "finished")
     print(f"graph {graph.name!r} {verdict} in {result.duration_s:.1f} s", file=sys.stderr)
     if args.stats_json:

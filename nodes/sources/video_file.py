@@ -103,6 +103,8 @@ class VideoFileSource(Node):
           params: {path: samples/people.mp4, loop: true, pace: realtime}
     """
 
+    preload_modules = ("cv2",)
+
     class Params(NodeParams):
         path: str = Field(
             min_length=1,

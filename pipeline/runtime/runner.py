@@ -36,6 +36,8 @@ import zmq
 from pipeline.errors import NodeError, NodeExitError, NodeOpenError, NodeProcessError
 from pipeline.graph.validate import ValidatedGraph
 from pipeline.runtime import protocol as p
+from pipeline.runtime.forkserver import ForkServer
+from pipeline.runtime.perf import RunPerf
 from pipeline.runtime.plan import WorkerConfig, plan_graph
 from pipeline.runtime.protocol import NodeState
 from pipeline.runtime.stats import NodeStats
@@ -81,6 +83,7 @@ class RunResult:
     error: NodeError | None
     duration_s: float
     stopped: bool = False
+    memory: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _run_dir_root() -> Path:
@@ -196,7 +199,7 @@ class _Supervisor:
         out: IO[str],
         grace_s: float,
         monitor: RunMonitor | None = None,
-        launcher: Launcher = launch_local,
+        launcher: Launcher | None = None,
     ) -> None:
         self.monitor = monitor
         self.graph = graph
@@ -216,6 +219,7 @@ class _Supervisor:
         self.forced = False
         self.endpoints: dict[str, str] = {}
         self.hello: set[str] = set()
+        self.perf = RunPerf()
 
     # set-up ------------------------------------------------------------------------------------
     def _configs(self, control: str) -> list[WorkerConfig]:
@@ -235,6 +239,8 @@ class _Supervisor:
         _sweep_run_dirs()
         self.run_dir.mkdir(mode=0o700)
         t0 = time.monotonic()
+        # Before the ZeroMQ context: the fork server's template must be forked thread-free.
+        server = self._fork_server()
         ctx: zmq.Context[Any] = zmq.Context()
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
@@ -248,8 +254,11 @@ class _Supervisor:
             # Children inherit "ignore SIGINT" across exec, so a Ctrl-C in the terminal reaches
             # only the supervisor, even before a child has installed its own handlers.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            launcher = server.launch if server is not None else (self.launcher or launch_local)
             for cfg in self._configs(control):
-                self.procs[cfg.node_id] = _Proc(cfg.node_id, self.launcher(cfg), cfg.plan.is_source)
+                self.perf.launched(cfg.node_id)
+                self.procs[cfg.node_id] = _Proc(cfg.node_id, launcher(cfg), cfg.plan.is_source)
+            self.perf.watch(self.procs, server)
             signal.signal(signal.SIGINT, self._on_signal)
             signal.signal(signal.SIGTERM, self._on_signal)
             self._supervise()
@@ -259,13 +268,24 @@ class _Supervisor:
             self._terminate_all()
             for proc in self.procs.values():
                 proc.process.close()
+            if server is not None:
+                server.close()
             router.close(linger=0)
             ctx.term()
             remove_run_segments(self.prefix)
             shutil.rmtree(self.run_dir, ignore_errors=True)
         stats = {n: proc.stats for n, proc in self.procs.items() if proc.stats is not None}
+        stats = self.perf.annotate(stats)
         code = EXIT_FAILED if (self.error or self.forced) else EXIT_OK
-        return RunResult(code, stats, self.error, time.monotonic() - t0, self.interrupts > 0)
+        result = RunResult(code, stats, self.error, time.monotonic() - t0, self.interrupts > 0)
+        result.memory = self.perf.memory()
+        return result
+
+    def _fork_server(self) -> ForkServer | None:
+        """The template that forks the nodes (``launcher=None``, where the platform allows)."""
+        if self.launcher is not None:
+            return None
+        return ForkServer.start(node.node_type for node in self.plan.nodes)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.interrupts += 1
@@ -307,12 +327,14 @@ class _Supervisor:
         node_id = proc.node_id
         match message:
             case p.Hello(endpoints=endpoints):
+                self.perf.mark(node_id, "hello")
                 self._follow(proc, NodeState.OPENING)
                 self.hello.add(node_id)
                 self.endpoints.update(endpoints)
                 if len(self.hello) == len(self.procs):
                     self._send_wiring()
             case p.Ready():
+                self.perf.mark(node_id, "ready")
                 self._follow(proc, NodeState.READY)
             case p.OpenFailed(error=error, tb=tb):
                 self._follow(proc, NodeState.FAILED)
@@ -432,6 +454,7 @@ class _Supervisor:
                     self._print("forcing stop: not every node drained in time")
                     self.forced = True
                     return
+            self.perf.sample(now)
             if now >= next_table:
                 next_table = now + 1.0
                 self._publish_stats()
@@ -505,7 +528,7 @@ def run_graph(
     out: IO[str] | None = None,
     grace_s: float = 5.0,
     monitor: RunMonitor | None = None,
-    launcher: Launcher = launch_local,
+    launcher: Launcher | None = None,
 ) -> RunResult:
     """Run a validated graph to its end; returns the exit code and statistics.
 
@@ -517,7 +540,9 @@ def run_graph(
         out: where errors and the table go (default stderr).
         grace_s: after a stop, how long the graph may drain before it is forced.
         monitor: called with statistics twice a second; may reset them or stop the graph.
-        launcher: starts each node's worker (default: a child process of this one).
+        launcher: starts each node's worker (default: forked from a pre-imported template
+            process where the platform allows, see ``pipeline.runtime.forkserver``, else
+            ``launch_local``: a fresh interpreter per node).
     """
     stream = out or sys.stderr
     result = _Supervisor(graph, log_level, live, stream, grace_s, monitor, launcher).run()
@@ -529,6 +554,7 @@ def run_graph(
             "error": str(result.error) if result.error else None,
             "duration_s": round(result.duration_s, 3),
             "nodes": {k: v.to_dict() for k, v in result.stats.items()},
+            "memory": result.memory,
         }
         Path(stats_json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return result

@@ -50,7 +50,8 @@ from pipeline.runtime.lifecycle import NodeDriver
 from pipeline.runtime.plan import WorkerConfig
 from pipeline.runtime.protocol import NodeState
 from pipeline.runtime.stats import NodeStats, StatsCollector
-from pipeline.transport.channels import EdgeSender, InputEdge, RuntimeOutput
+from pipeline.transport.channels import InputEdge, RuntimeOutput
+from pipeline.transport.fastpath import open_input, open_sender
 from pipeline.transport.shm import ShmReader, SlotPool
 
 __all__ = ["Worker", "main", "worker_main"]
@@ -206,7 +207,7 @@ class Worker:
         for port in self.plan.outputs:
             out = self.outputs[port.port]
             for edge in port.edges:
-                out.connect(EdgeSender(self.ctx, edge, endpoints[edge.name]))
+                out.connect(open_sender(self.ctx, edge, endpoints[edge.name]))
 
     def _build(self) -> Node:
         plan = self.plan
@@ -218,7 +219,7 @@ class Worker:
                 port.port, pool, type=cls.outputs[port.port].type
             )
         for edge in plan.inputs:
-            self.inputs.append(InputEdge(self.ctx, edge, self.reader))
+            self.inputs.append(open_input(self.ctx, edge, self.reader))
         node = cls(
             params, node_id=plan.node_id, ports=dict(self.outputs), services=self, log=self.log
         )
