@@ -243,10 +243,29 @@ def _close_inherited(keep: set[int]) -> None:
                 os.close(fd)
 
 
+def _standard_streams() -> None:
+    """``sys.stdout``/``sys.stderr`` on file descriptors 1 and 2, as in a fresh interpreter
+    (a caller may have replaced them with objects that have no file descriptor: pytest)."""
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        stream = getattr(sys, name)
+        try:
+            if stream is not None and stream.fileno() == fd:
+                continue
+        except (OSError, ValueError, AttributeError):
+            pass
+        with contextlib.suppress(OSError):
+            setattr(sys, name, open(fd, "w", buffering=1, closefd=False))  # noqa: SIM115
+
+
 def _template(sock: socket.socket, supervisor: int, preload: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _close_inherited({sock.fileno()})
+    _standard_streams()
+    # The caller's log handlers write to files closed above: forget them, unclosed.
+    import logging
+
+    logging.root.handlers.clear()
     from pipeline.registry import load_node_class
     from pipeline.runtime import worker  # noqa: F401  (imported once, shared by every node)
 
