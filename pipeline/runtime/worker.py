@@ -330,7 +330,8 @@ class Worker:
             if not got and not processed and not joiner.all_ended:
                 for edge in inputs:
                     edge.flush_releases()
-                poller.poll(5 if waiting else 200)
+                if all([edge.may_sleep() for edge in inputs]):  # every edge, no short cut
+                    poller.poll(5 if waiting else 200)
         for edge in inputs:
             edge.flush_releases()
 

@@ -357,6 +357,11 @@ class InputEdge:
     def has_message(self) -> bool:
         return bool(self.sock.getsockopt(_EVENTS) & _POLLIN)
 
+    def may_sleep(self) -> bool:
+        """Before the worker sleeps on ``sock``: False if it must look again first (a
+        transport that needs to ask for a wake-up, ``pipeline.transport.fastpath``)."""
+        return True
+
     def recv(self) -> tuple[Message | None, int, int, int]:
         """(message or None at end of stream, n, dropped, t_send_ns) of the next message."""
         if self.tcp:  # big buffers follow: take them without a copy

@@ -10,6 +10,7 @@ import secrets
 import select
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,13 @@ class Link:
         return message, n, dropped
 
     def recv_any(self, timeout_s: float = 5.0) -> tuple[Message | None, int, int]:
-        if not self.consumer.has_message():
-            readable, _, _ = select.select([self.consumer.sock], [], [], timeout_s)
-            assert readable, "nothing arrived"
+        """The next message, sleeping on the doorbell as the worker does."""
+        deadline = time.monotonic() + timeout_s
+        while not self.consumer.has_message():
+            left = deadline - time.monotonic()
+            assert left > 0, "nothing arrived"
+            if self.consumer.may_sleep():
+                select.select([self.consumer.sock], [], [], left)
         message, n, dropped, _ = self.consumer.recv()
         return message, n, dropped
 
@@ -114,6 +119,7 @@ def test_block_holds_the_producer_until_a_release(links, tmp_path):
     second, _, _ = link.recv()
     assert (first and first.seq, second and second.seq) == (0, 1)
     assert third.is_alive() and not link.consumer.has_message()  # held back, not sent
+    assert link.consumer.may_sleep()  # nothing came: the consumer may sleep
     link.consumer.release(n1)
     third.join(10)
     assert not third.is_alive()
@@ -213,33 +219,59 @@ def test_end_of_stream_is_never_dropped_when_the_queue_is_full(links, tmp_path):
     assert end is None and dropped == 1
 
 
-def test_releases_are_batched_into_one_credit(links, tmp_path):
+def released(link: Link) -> int:
+    return int(link.sender.ctl[fastpath._RELEASED // 8])
+
+
+def test_releases_are_batched_into_one_credit_in_the_ring(links, tmp_path):
     link = make(links, tmp_path, "block", 4)  # batch of 2
     for seq in range(3):
         link.send(seq)
     ns = [link.recv()[1] for _ in range(3)]
     link.consumer.release(ns[0])
-    assert not select.select([link.sender.sock], [], [], 0)[0]  # held back
+    assert released(link) == 0  # held back
     link.consumer.release(ns[1])
-    assert select.select([link.sender.sock], [], [], 5)[0]
-    assert link.sender.usock.recv(64) == (2).to_bytes(8, "little")  # one credit for both
+    assert released(link) == 2  # one credit for both
     link.consumer.release(ns[2])
-    link.consumer.flush_releases()
-    assert link.sender.usock.recv(64) == (3).to_bytes(8, "little")
+    link.consumer.flush_releases()  # before a consumer waits for input
+    assert released(link) == 3
+    assert not select.select([link.sender.sock], [], [], 0)[0]  # no wake-up: it did not wait
 
 
-def test_small_messages_and_a_descriptor_larger_than_a_datagram_arrive_whole(links, tmp_path):
+def test_a_waiting_producer_is_woken_by_the_release(links, tmp_path):
+    link = make(links, tmp_path, "block", 1)
+    link.send(0)
+    frame, n, _ = link.recv()
+    del frame
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(link.sender.wait_release(10_000)))
+    waiter.start()
+    wait_until_in(waiter, "wait_release")
+    while not link.sender.ctl[fastpath._P_SLEEPING // 8]:
+        time.sleep(0.001)  # it has asked for the doorbell
+    t0 = time.monotonic()
+    link.consumer.release(n)
+    waiter.join(10)
+    assert woke == [True] and time.monotonic() - t0 < 5  # woken, not timed out
+    assert not link.sender.inflight
+
+
+def test_small_messages_and_descriptors_larger_than_an_entry_arrive_whole(links, tmp_path):
     link = make(links, tmp_path, "block", 4)
     port = RuntimeOutput("detections", SlotPool(f"pipeline-test-{secrets.token_hex(4)}", 8))
     port.connect(link.sender)
     small = Detections(
         seq=1, xyxy=np.array([[0.1, 0.2, 0.3, 0.4]], np.float32), confidence=[0.9], class_id=[1]
     )
-    big = Detections(seq=2, meta={"note": "x" * (3 * fastpath.DATAGRAM + 17)})
+    # more parts than the consumer's socket queues: sent while the consumer reads them
+    big = Detections(seq=2, meta={"note": "x" * (14 * fastpath.DATAGRAM + 17)})
+    got: list[tuple[Message | None, int, int]] = []
+    reader = threading.Thread(target=lambda: got.extend(link.recv_any() for _ in range(2)))
+    reader.start()
     port.send(small)
     port.send(big)
-    first, n1, _ = link.recv_any()
-    second, n2, _ = link.recv_any()
+    reader.join(20)
+    (first, n1, _), (second, n2, _) = got
     assert isinstance(first, Detections) and np.array_equal(first.xyxy, small.xyxy)
     assert isinstance(second, Detections) and second.meta["note"] == big.meta["note"]
     assert (n1, n2) == (1, 2)
@@ -249,12 +281,14 @@ def test_small_messages_and_a_descriptor_larger_than_a_datagram_arrive_whole(lin
 def test_a_crashed_consumer_neither_hangs_nor_crashes_a_dropping_producer(links, tmp_path):
     link = make(links, tmp_path, "drop_newest", 2)
     link.send(0)
+    assert link.recv()[0] is not None
+    assert link.consumer.may_sleep()  # it asked for the doorbell, then died
     link.consumer.usock.close()  # what the kernel does when the consumer process dies
     os.unlink(link.consumer.path)
     for seq in range(1, 6):
         link.send(seq)
     link.port.send_eos()  # nobody to deliver to: returns, counted as lost by the supervisor
-    assert link.sender.gone
+    assert link.sender.gone  # its doorbell was refused: no more datagrams to it
     assert link.sender.dropped >= 3
     link.consumer.usock = link.consumer.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 
