@@ -45,12 +45,17 @@ class ValidatedGraph:
     classes: dict[str, type[Node]]
     params: dict[str, NodeParams]
     edges: list[Edge]
-    digraph: Any  # networkx.DiGraph of node ids
     warnings: list[ConfigIssue] = dataclasses.field(default_factory=list)
 
     @property
     def name(self) -> str:
         return self.spec.graph
+
+    @property
+    def digraph(self) -> Any:
+        """A ``networkx.DiGraph`` of node ids (built on use: networkx is a big import that
+        neither ``pipeline run``'s start-up nor its node processes need)."""
+        return _digraph([n.id for n in self.spec.nodes], self.edges)
 
     def node(self, node_id: str) -> NodeSpec:
         for node in self.spec.nodes:
@@ -192,12 +197,7 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
                     )
                 )
 
-    import networkx as nx  # here, not at module level: node processes never need it
-
-    digraph = nx.DiGraph()
-    digraph.add_nodes_from(index)
-    digraph.add_edges_from((e.producer, e.consumer) for e in edges)
-    for cycle in nx.simple_cycles(digraph):
+    for cycle in _cycles(list(index), edges):
         first = min(cycle, key=lambda n: index[n])
         at = cycle.index(first)
         cycle = cycle[at:] + cycle[:at]  # start at the node written first: stable messages
@@ -228,8 +228,42 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
                     )
                 )
 
-    graph = ValidatedGraph(spec, marks.file, classes, params, edges, digraph)
+    graph = ValidatedGraph(spec, marks.file, classes, params, edges)
     return graph, issues
+
+
+def _digraph(nodes: list[str], edges: list[Edge]) -> Any:
+    import networkx as nx  # here, not at module level: only a graph with a cycle needs it
+
+    digraph = nx.DiGraph()
+    digraph.add_nodes_from(nodes)
+    digraph.add_edges_from((e.producer, e.consumer) for e in edges)
+    return digraph
+
+
+def _cycles(nodes: list[str], edges: list[Edge]) -> list[list[str]]:
+    """Every elementary cycle; an acyclic graph (the usual case) is told by Kahn's algorithm
+    without importing networkx."""
+    into = dict.fromkeys(nodes, 0)
+    after: dict[str, list[str]] = {n: [] for n in nodes}
+    for e in edges:
+        if e.producer in after and e.consumer in into:
+            after[e.producer].append(e.consumer)
+            into[e.consumer] += 1
+    ready = [n for n, k in into.items() if k == 0]
+    seen = 0
+    while ready:
+        node = ready.pop()
+        seen += 1
+        for nxt in after[node]:
+            into[nxt] -= 1
+            if into[nxt] == 0:
+                ready.append(nxt)
+    if seen == len(nodes):
+        return []
+    import networkx as nx
+
+    return [list(c) for c in nx.simple_cycles(_digraph(nodes, edges))]
 
 
 def _param_issues(

@@ -126,6 +126,7 @@ class ForkServer:
         self.sock = sock
         self.exits: dict[int, int | None] = {}
         self.alive = True
+        self.frozen = False
 
     @classmethod
     def start(cls, preload: Iterable[str]) -> ForkServer | None:
@@ -137,6 +138,11 @@ class ForkServer:
         supervisor = os.getpid()
         sys.stdout.flush()
         sys.stderr.flush()
+        # The supervisor's own collections would copy the pages it shares with the template
+        # (a collection writes to every object it visits): its objects stay out of them
+        # until the run ends (``close``).
+        gc.collect()
+        gc.freeze()
         pid = os.fork()
         if pid == 0:  # the template
             code = 70
@@ -152,6 +158,7 @@ class ForkServer:
                 os._exit(code)
         theirs.close()
         server = cls(pid, ours)
+        server.frozen = True
         try:
             reply = server._request({"op": "ping"})
         except OSError:
@@ -209,6 +216,9 @@ class ForkServer:
 
     def close(self) -> None:
         """Stop the template (its nodes have exited by now) and reap it."""
+        if self.frozen:
+            self.frozen = False
+            gc.unfreeze()
         with contextlib.suppress(OSError):
             self.sock.close()
         self.alive = False
