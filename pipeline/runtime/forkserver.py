@@ -279,13 +279,24 @@ def _template(sock: socket.socket, supervisor: int, preload: list[str]) -> int:
     from pipeline.registry import load_node_class
     from pipeline.runtime import worker  # noqa: F401  (imported once, shared by every node)
 
-    modules: dict[str, None] = {}
+    needs: dict[str, tuple[str, ...]] = {}
     for node_type in dict.fromkeys(preload):
         with contextlib.suppress(Exception):  # the node reports its own import error
-            modules.update(dict.fromkeys(load_node_class(node_type).preload_modules))
-    for module in modules:
-        with contextlib.suppress(Exception):  # a missing extra: the node says which
-            importlib.import_module(module)
+            needs[node_type] = load_node_class(node_type).preload_modules
+    imported: set[str] = set()
+
+    def prepare(node_type: str) -> None:
+        """Import what this node will import (once, shared by every later node): just
+        before its fork, so that nodes that need nothing heavy start without waiting."""
+        new = [m for m in needs.get(node_type, ()) if m not in imported]
+        for module in new:
+            imported.add(module)
+            with contextlib.suppress(Exception):  # a missing extra: the node says which
+                importlib.import_module(module)
+        if new:
+            gc.collect()
+            gc.freeze()  # the shared objects stay out of the nodes' collections
+
     gc.collect()
     gc.freeze()  # the shared objects stay out of the nodes' collections: no copied pages
     wake_r, wake_w = os.pipe()
@@ -329,6 +340,7 @@ def _template(sock: socket.socket, supervisor: int, preload: list[str]) -> int:
                 send({"op": "pong"})
             elif request["op"] == "fork":
                 cfg = WorkerConfig.from_wire(request["config"])
+                prepare(cfg.plan.node_type)
                 pid = os.fork()
                 if pid == 0:
                     _child(cfg, (sock.fileno(), wake_r, wake_w))
