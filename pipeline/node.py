@@ -247,6 +247,16 @@ class Node:
         """
         raise NotImplementedError(f"{type(self).__name__}.process() is not implemented")
 
+    def frame_rate(self) -> float | None:
+        """A source's own rate in frames per second, asked once after ``open()``.
+
+        ``pace: realtime`` (the default pace of a source in a graph) holds ``process()`` to
+        it; None (the default) means the source has no rate of its own (a camera, which its
+        device paces) and is not held. A video file answers its frame rate. Raise here when
+        the rate is needed but unknown: the node then fails in ``open()``.
+        """
+        return None
+
     def flush(self) -> None:
         """Every input has ended; send anything still pending."""
 

@@ -25,6 +25,7 @@ from pipeline.node import Node, Output, refuse_message
 from pipeline.registry import load_node_class
 from pipeline.runtime.join import Joiner
 from pipeline.runtime.lifecycle import NodeDriver
+from pipeline.runtime.pacing import Pace
 from pipeline.runtime.stats import NodeStats, StatsCollector
 
 __all__ = ["NodeRun", "make_frame", "run_node"]
@@ -105,6 +106,8 @@ def run_node(
     max_calls: int | None = None,
     node_id: str = "node",
     raise_errors: bool = True,
+    pace: Pace = "realtime",
+    max_fps: float | None = None,
 ) -> NodeRun:
     """Run a node's whole lifecycle in this process.
 
@@ -116,6 +119,9 @@ def run_node(
         node_id: the id the node sees.
         raise_errors: re-raise a lifecycle exception (after ``close()``) instead of
             returning it in ``NodeRun.error``.
+        pace: a source's pace, as a graph node's ``pace:`` (``realtime``: at its own frame
+            rate; ``fast``: unpaced).
+        max_fps: a source's cap, as a graph node's ``max_fps:``.
     """
     cls = load_node_class(node) if isinstance(node, str) else node
     inputs = dict(inputs or {})
@@ -134,7 +140,15 @@ def run_node(
         log=logging.getLogger(f"pipeline.node.{node_id}"),
     )
     calls: list[str] = []
-    driver = NodeDriver(instance, collector, list(ports.values()), inputs, trace=calls)
+    driver = NodeDriver(
+        instance,
+        collector,
+        list(ports.values()),
+        inputs,
+        trace=calls,
+        pace=pace,
+        max_fps=max_fps,
+    )
     if not driver.open():
         assert driver.exception is not None
         if raise_errors:

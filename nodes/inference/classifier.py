@@ -7,6 +7,7 @@ from typing import ClassVar
 from nodes.inference.model_node import ModelNode
 from nodes.inference.params import ClassifierParams
 from nodes.inference.vision import Classifier
+from nodes.meta import derived_meta
 from pipeline import Classifications, Frame, Input, NodeParams, Output
 
 __all__ = ["ClassifierNode"]
@@ -16,7 +17,8 @@ class ClassifierNode(ModelNode[Classifier]):
     """Classify each frame with a model: the top-k labels with their confidence.
 
     One ``Classifications`` per frame (possibly empty after the thresholds), with the frame's
-    seq. Ends when its input ends. From Python: ``nodes.inference.load_classifier``.
+    seq and meta (which file, frame or device it is) plus ``model``. Ends when its input
+    ends. From Python: ``nodes.inference.load_classifier``.
 
     Example:
         - id: is_face
@@ -36,5 +38,10 @@ class ClassifierNode(ModelNode[Classifier]):
     def process(self, frames: Frame) -> None:
         found = self.vision.classify(frames.image)
         self.classifications.send(
-            found.replace(seq=frames.seq, t_capture_ns=frames.t_capture_ns, source=frames.source)
+            found.replace(
+                seq=frames.seq,
+                t_capture_ns=frames.t_capture_ns,
+                source=frames.source,
+                meta=derived_meta(frames.meta, found.meta),
+            )
         )

@@ -7,6 +7,7 @@ from typing import ClassVar
 from nodes.inference.model_node import ModelNode
 from nodes.inference.params import DetectorParams
 from nodes.inference.vision import Detector
+from nodes.meta import derived_meta
 from pipeline import Detections, Frame, Input, NodeParams, Output
 
 __all__ = ["DetectorNode"]
@@ -16,10 +17,11 @@ class DetectorNode(ModelNode[Detector]):
     """Detect objects in each frame with a model: boxes normalised to the original image.
 
     One ``Detections`` per frame (empty when nothing is found), with the frame's seq, so an
-    overlay joins them. Boxes are xyxy in 0..1 of the image the source captured, mapped back
-    through this node's letterbox and every upstream resize or crop; keypoints too. Ends when
-    its input ends; with a slow model put ``when_full: drop_oldest`` on its input edge to
-    keep it on fresh frames. From Python: ``nodes.inference.load_detector``.
+    overlay joins them, and the frame's meta (which file, frame or device it is) plus
+    ``model`` and ``inference_ms``. Boxes are xyxy in 0..1 of the image the source captured,
+    mapped back through this node's letterbox and every upstream resize or crop; keypoints
+    too. Ends when its input ends; with a slow model put ``when_full: drop_oldest`` on its
+    input edge to keep it on fresh frames. From Python: ``nodes.inference.load_detector``.
 
     Example:
         - id: faces
@@ -39,5 +41,10 @@ class DetectorNode(ModelNode[Detector]):
     def process(self, frames: Frame) -> None:
         found = self.vision.detect(frames.image, frames.meta.get("transforms", ()))
         self.detections.send(
-            found.replace(seq=frames.seq, t_capture_ns=frames.t_capture_ns, source=frames.source)
+            found.replace(
+                seq=frames.seq,
+                t_capture_ns=frames.t_capture_ns,
+                source=frames.source,
+                meta=derived_meta(frames.meta, found.meta),
+            )
         )

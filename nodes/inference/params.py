@@ -11,9 +11,22 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from nodes.inference.decoders import THRESHOLD_OPTIONS, default_threshold
+from nodes.inference.models.catalog import CATALOG
 from pipeline import NodeParams
 
 __all__ = ["ClassifierParams", "DetectorParams", "ModelParams"]
+
+
+def _threshold_defaults() -> str:
+    """What ``default_minimum_confidence`` is when not given, model by model."""
+    models = ", ".join(
+        f"{spec.name} {value:g}"
+        for spec in CATALOG.values()
+        if (value := default_threshold(spec.decoder, spec.decoder_params)) is not None
+    )
+    kinds = ", ".join(f"{k} {default_threshold(k):g}" for k in THRESHOLD_OPTIONS)
+    return f"default: the catalog model's ({models}), else the decoder's ({kinds})"
 
 
 class ModelParams(NodeParams):
@@ -62,7 +75,10 @@ class DetectorParams(ModelParams):
         default_factory=dict, description="Decoder options, over the catalog's defaults."
     )
     default_minimum_confidence: float | None = Field(
-        None, ge=0, le=1, description="Detections below this are dropped (default: decoder's)."
+        None,
+        ge=0,
+        le=1,
+        description=f"Detections below this are dropped; {_threshold_defaults()}.",
     )
     label_confidences: dict[str, float] = Field(
         default_factory=dict,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nodes.inference.model_node import ModelNode
 from nodes.inference.vision import VisionModel
+from nodes.meta import derived_meta
 from pipeline import Frame, Input, Output, Tensors
 
 __all__ = ["TensorsNode"]
@@ -13,8 +14,8 @@ class TensorsNode(ModelNode[VisionModel]):
     """Run a model on each frame and send its raw outputs, by name.
 
     The frame is prepared as for ``detector`` (resize, colour, mean/std, layout). One
-    ``Tensors`` per frame with the frame's seq; ``meta["transforms"]`` maps the model input
-    back to the original image. Ends when its input ends.
+    ``Tensors`` per frame with the frame's seq and meta; ``meta["transforms"]`` maps the model
+    input back to the original image. Ends when its input ends.
 
     Example:
         - id: raw
@@ -35,6 +36,8 @@ class TensorsNode(ModelNode[VisionModel]):
             frames.derive(
                 Tensors,
                 tensors=outputs,
-                meta={"model": self.params.model, "transforms": transforms},
+                meta=derived_meta(
+                    frames.meta, {"model": self.params.model, "transforms": transforms}
+                ),
             )
         )

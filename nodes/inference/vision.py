@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from nodes.inference.backends.base import Model
-from nodes.inference.decoders import Decoder, make_decoder
+from nodes.inference.decoders import THRESHOLD_OPTIONS, Decoder, default_threshold, make_decoder
 from nodes.inference.decoders.base import thresholds_for
 from nodes.inference.params import ClassifierParams, DetectorParams, ModelParams
 from nodes.inference.preprocess import ModelInput, model_input, prepare
@@ -46,14 +46,6 @@ __all__ = [
     "load_classifier",
     "load_detector",
 ]
-
-# The option each decoder kind uses for its confidence threshold.
-_THRESHOLD_OPTION = {
-    "blazeface": "min_confidence",
-    "centerface": "min_confidence",
-    "ssd": "default_minimum_confidence",
-    "yolo": "default_minimum_confidence",
-}
 
 
 def load_detector(model: str | Path, **params: Any) -> Detector:
@@ -227,8 +219,8 @@ class Detector(VisionModel):
         if kind in ("ssd", "yolo") and "labels" not in options and self.labels:
             options["labels"] = self.labels
         decoder = make_decoder(kind, **options)
-        option = _THRESHOLD_OPTION.get(kind)
-        own = getattr(getattr(decoder, "config", None), option or "", None)
+        option = THRESHOLD_OPTIONS.get(kind)
+        own = default_threshold(kind, options)
         self.default_minimum_confidence: float | None = (
             p.default_minimum_confidence if p.default_minimum_confidence is not None else own
         )

@@ -19,7 +19,6 @@ import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
 from nodes.dependencies import import_cv2
-from nodes.sources.video_file import FramePacer
 from pipeline import EndOfStream, Frame, Node, NodeParams, Output
 
 __all__ = ["IMAGE_SUFFIXES", "ImageFolderSource", "natural_key"]
@@ -43,12 +42,13 @@ class ImageFolderSource(Node):
     """Send the images of a folder (or matching a glob), in natural order, as frames.
 
     ``path`` is a folder (every image in it, or those matching ``pattern``) or a glob such as
-    ``data/**/*.jpg`` (``**`` descends into sub-folders). Files are sorted in natural order
-    of their path (``img2`` before ``img10``). Paced at ``fps``, or as fast as the consumers
-    take them when ``fps`` is not set. A file that cannot be read as an image is skipped,
-    logged and counted as ``unreadable_files``. Ends with end of stream after the last file;
-    with ``loop`` it starts again and ends only when the graph is stopped. Nothing matching
-    fails ``open()``; a whole pass in which no file could be read is an error.
+    ``data/**/*.jpg`` (``**`` descends into sub-folders). Files are sorted in natural order of
+    their path (``img2`` before ``img10``). Its frame rate is ``fps``: the runtime holds it
+    there (the node's ``pace: realtime``, the default); without ``fps`` (or with ``pace: fast``)
+    it goes as fast as the consumers take them. A file that cannot be read as an image is
+    skipped, logged and counted as ``unreadable_files``. Ends with end of stream after the last
+    file; with ``loop`` it starts again and ends only when the graph is stopped. Nothing
+    matching fails ``open()``; a whole pass in which no file could be read is an error.
 
     Output ``frames``: ``(H, W, 3)`` uint8 BGR (grey and alpha images are converted); ``meta``
     carries ``file`` (the file name), ``path``, ``index`` (position in the sorted list) and
@@ -73,7 +73,11 @@ class ImageFolderSource(Node):
             "'**/*.jpg'; null: every image file (jpg, png, bmp, tiff, webp, pnm).",
         )
         fps: float | None = Field(
-            None, gt=0, le=1000, description="Frames per second; null: as fast as taken."
+            None,
+            gt=0,
+            le=1000,
+            description="Its frame rate, the one pace: realtime holds it to; null: none, so it "
+            "goes as fast as taken.",
         )
         loop: bool = Field(
             False,
@@ -98,7 +102,6 @@ class ImageFolderSource(Node):
         self._cv2 = import_cv2("image_folder")
         self._where = f"image_folder {self.id!r}"
         self._files = self._list_files()
-        self._pacer = FramePacer(self.params.fps) if self.params.fps else None
         self._next = 0
         self._loops = 0
         self._seq = 0
@@ -143,6 +146,10 @@ class ImageFolderSource(Node):
         files.sort(key=lambda f: natural_key(str(f)))
         return files
 
+    def frame_rate(self) -> float | None:
+        fps: float | None = self.params.fps
+        return fps
+
     def process(self) -> None:
         while True:
             if self._next >= len(self._files):
@@ -157,8 +164,6 @@ class ImageFolderSource(Node):
                     self._warned.add(index)
                     self.log.warning("skipped %s: not readable as an image", path)
                 continue
-            if self._pacer is not None:
-                self._pacer.wait(self._seq)
             image = self.frames.allocate(decoded.shape, np.uint8)
             np.copyto(image, decoded)
             seq = self._seq

@@ -16,8 +16,9 @@ class SyntheticSource(Node):
 
     Each frame is written straight into a shared-memory slot of the ``frames`` port, so no
     byte is copied on the way to consumers. Ends after ``frames`` frames (0: only on stop).
-    Paced at ``fps`` (0: as fast as the consumers take them; with ``when_full: block``
-    edges that is the slowest consumer's rate).
+    Its frame rate is ``fps``: the runtime holds it there (the node's ``pace: realtime``, the
+    default); with ``pace: fast`` (or no ``fps``) it goes as fast as the consumers take the
+    frames (with ``when_full: block`` edges, the slowest consumer's rate).
 
     Example:
         - id: camera
@@ -28,7 +29,13 @@ class SyntheticSource(Node):
     class Params(NodeParams):
         width: int = Field(640, ge=8, le=8192, description="Frame width in pixels.")
         height: int = Field(480, ge=8, le=8192, description="Frame height in pixels.")
-        fps: float = Field(30.0, ge=0, le=10000, description="Frames per second; 0 = unpaced.")
+        fps: float | None = Field(
+            30.0,
+            ge=0,
+            le=10000,
+            description="Its frame rate, the one pace: realtime holds it to; null (or 0): none, "
+            "so it is unpaced.",
+        )
         frames: int = Field(300, ge=0, description="Frames to emit; 0 = until stopped.")
         pattern: Literal["moving", "static"] = Field(
             "moving",
@@ -47,18 +54,16 @@ class SyntheticSource(Node):
         base[..., 2] = 96
         self._base = base
         self._seq = 0
-        self._next = time.monotonic()
         self._box = max(8, min(p.width, p.height) // 8)
+
+    def frame_rate(self) -> float | None:
+        fps: float | None = self.params.fps
+        return fps or None
 
     def process(self) -> None:
         p = self.params
         if p.frames and self._seq >= p.frames:
             raise EndOfStream
-        if p.fps > 0:
-            delay = self._next - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            self._next = max(self._next + 1.0 / p.fps, time.monotonic() - 1.0)
         image = self.frames.allocate(self._base.shape, np.uint8)
         if p.pattern == "moving":
             np.copyto(image, self._base)

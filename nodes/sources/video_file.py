@@ -1,13 +1,13 @@
-"""The video file source: the frames of any file OpenCV reads, paced like a camera or unpaced.
+"""The video file source: the frames of any file OpenCV reads, at the file's rate or unpaced.
 
 Each frame is decoded by ``VideoCapture.read(image)`` straight into a shared-memory slot of the
 ``frames`` port (OpenCV fills the given array in place when its shape matches; otherwise the
 decoded frame is copied once). A frame the decoder cannot decode at all (a damaged packet in
 the middle of the file) is skipped and counted as ``corrupt_frames``; frames the decoder can
-conceal errors in are passed on as they come. Realtime pacing runs on the monotonic clock from
-the frame index (``start + n / fps``), so it does not drift, and after falling behind by more
-than a second it restarts the clock instead of sending a burst. ``FramePacer`` is shared with
-the image folder source.
+conceal errors in are passed on as they come. Its frame rate (the file's, or
+``fps_override``) is what the runtime holds it to under the node's ``pace: realtime`` (the
+default; ``pipeline.runtime.pacing``); ``pace: fast`` sends the frames as fast as the
+consumers take them.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
@@ -25,73 +24,25 @@ from pydantic import Field, ValidationInfo, field_validator
 from nodes.dependencies import import_cv2
 from pipeline import EndOfStream, Frame, Node, NodeParams, Output
 
-__all__ = ["FramePacer", "VideoFileSource"]
+__all__ = ["VideoFileSource"]
 
 # Undecodable frames in a row after which the file is taken as ended: at a file's true end
 # every read fails at once, so this bounds the cost of finding the end of a file whose
 # frame count is unknown; a damaged stretch longer than this ends the stream (logged).
 _MAX_BAD_IN_A_ROW = 50
-_MAX_LAG_S = 1.0
-
-
-class FramePacer:
-    """Hold a stream to ``fps`` on a monotonic clock: tick ``n`` is due at ``t0 + n / fps``.
-
-    The schedule is computed from the tick number, not from the previous frame, so it does not
-    drift. When the caller falls behind by more than ``max_lag_s`` (a slow consumer blocked the
-    send), the clock restarts at the late tick rather than sending a burst to catch up.
-
-    Args:
-        fps: ticks per second (> 0).
-        max_lag_s: lateness after which the schedule restarts.
-        clock: a monotonic clock in seconds (injectable for tests).
-        sleep: the sleep function (injectable for tests).
-    """
-
-    def __init__(
-        self,
-        fps: float,
-        *,
-        max_lag_s: float = _MAX_LAG_S,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        if not fps > 0:
-            raise ValueError(f"fps must be > 0, got {fps!r}")
-        self.period_s = 1.0 / fps
-        self.max_lag_s = max_lag_s
-        self._clock = clock
-        self._sleep = sleep
-        self._t0: float | None = None
-        self._tick0 = 0
-        self.restarts = 0
-
-    def wait(self, tick: int) -> None:
-        """Return when tick ``tick`` (counted from the first call's tick) is due."""
-        now = self._clock()
-        if self._t0 is None:
-            self._t0, self._tick0 = now, tick
-            return
-        due = self._t0 + (tick - self._tick0) * self.period_s
-        if now - due > self.max_lag_s:
-            self._t0, self._tick0 = now, tick
-            self.restarts += 1
-            return
-        if due > now:
-            self._sleep(due - now)
 
 
 class VideoFileSource(Node):
     """Send the frames of a video file (any container and codec OpenCV's FFMPEG reads).
 
-    Frames are decoded straight into the output's shared memory. ``pace: realtime`` sends one
-    frame per ``1/fps`` of the file (or ``fps_override``), like a camera; ``pace: fast`` sends
-    as fast as the consumers take them (with ``when_full: block`` edges, the slowest one's
-    rate), for offline processing and benchmarks. Ends with end of stream after the last
-    frame (or before ``end_frame``); with ``loop`` it starts again at ``start_frame`` and then
-    ends only when the graph is stopped. A frame the decoder cannot decode is skipped and
-    counted as ``corrupt_frames``. A bad ``path`` (missing, not a video, no decodable frame)
-    fails ``open()`` with a message naming the node and the file.
+    Frames are decoded straight into the output's shared memory. Under the node's ``pace: realtime``
+    (the default) the runtime sends one frame per ``1/fps`` of the file (or ``fps_override``),
+    like a camera; ``pace: fast`` sends as fast as the consumers take them (with ``when_full:
+    block`` edges, the slowest one's rate), for offline processing and benchmarks. Ends with end
+    of stream after the last frame (or before ``end_frame``); with ``loop`` it starts again at
+    ``start_frame`` and then ends only when the graph is stopped. A frame the decoder cannot
+    decode is skipped and counted as ``corrupt_frames``. A bad ``path`` (missing, not a video,
+    no decodable frame) fails ``open()`` with a message naming the node and the file.
 
     Output ``frames``: ``(H, W, 3)`` uint8 BGR; ``meta`` carries ``frame_index`` (0-based
     index in the file), ``pos_ms`` (the frame's timestamp in the file), ``video_fps``, ``path``
@@ -100,7 +51,8 @@ class VideoFileSource(Node):
     Example:
         - id: camera
           node: video_file
-          params: {path: samples/people.mp4, loop: true, pace: realtime}
+          pace: realtime
+          params: {path: samples/people.mp4, loop: true}
     """
 
     preload_modules = ("cv2",)
@@ -115,11 +67,6 @@ class VideoFileSource(Node):
             False,
             description="After the last frame start again at start_frame; the stream then ends "
             "only when the graph is stopped.",
-        )
-        pace: Literal["realtime", "fast"] = Field(
-            "fast",
-            description="realtime: one frame per 1/fps of the file on the monotonic clock, like "
-            "a camera; fast: as fast as the consumers take them.",
         )
         start_frame: int = Field(0, ge=0, description="First frame to send (0-based index).")
         end_frame: int | None = Field(
@@ -201,30 +148,32 @@ class VideoFileSource(Node):
             self._fps = file_fps
         else:
             self._fps = 0.0
-            if p.pace == "realtime":
-                raise ValueError(
-                    f"{self._where}: {str(path)!r} reports no usable frame rate "
-                    f"({file_fps!r}), so it cannot be paced in realtime; set params.fps_override "
-                    "or use pace: fast"
-                )
+        self._file_fps = file_fps
         first_shape = tuple(int(n) for n in np.asarray(first).shape)
         self._shape: tuple[int, ...] = first_shape if len(first_shape) == 3 else (*first_shape, 3)
-        self._pacer = FramePacer(self._fps) if p.pace == "realtime" else None
         self._seq = 0
         self._loops = 0
-        self._ticks = 0  # frame positions consumed since open (paces realtime; skips count)
         self._sent_this_pass = 0
         self._bad_in_a_row = 0
         self._cap = self._start_pass()
         self.log.info(
-            "reading %s: %dx%d, %s frames, %.3g fps (%s)",
+            "reading %s: %dx%d, %s frames, %.3g fps",
             path,
             self._shape[1],
             self._shape[0],
             self._frame_count if self._frame_count is not None else "unknown",
             self._fps,
-            p.pace,
         )
+
+    def frame_rate(self) -> float:
+        """The file's frame rate (or ``fps_override``), for ``pace: realtime``."""
+        if not self._fps:
+            raise ValueError(
+                f"{self._where}: {str(self._path)!r} reports no usable frame rate "
+                f"({self._file_fps!r}), so it cannot be paced in realtime; set "
+                "params.fps_override, or pace: fast on the node"
+            )
+        return self._fps
 
     def _new_capture(self) -> Any:
         cv2 = self._cv2
@@ -286,9 +235,6 @@ class VideoFileSource(Node):
             pos_ms = index * 1000.0 / self._fps
         else:
             pos_ms = float(self._cap.get(self._cv2.CAP_PROP_POS_MSEC))
-        if self._pacer is not None:
-            self._pacer.wait(self._ticks)
-        self._ticks += 1
         seq = self._seq
         self._seq += 1
         self._sent_this_pass += 1
@@ -312,7 +258,6 @@ class VideoFileSource(Node):
         """A read failed: count a damaged frame and go on, or say the file has ended."""
         before_known_end = self._frame_count is not None and self._index < self._frame_count
         self._index += 1
-        self._ticks += 1
         if before_known_end:
             # Inside the file's frame count: a damaged frame, whatever follows it.
             self.count("corrupt_frames")

@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from nodes.dependencies import import_cv2
+from nodes.meta import derived_meta
 from pipeline import Detections, Frame, Input, Node, NodeParams, Output
 
 __all__ = ["ColorDetector", "color_mask", "detect_color", "hex_to_hsv"]
@@ -156,6 +157,6 @@ class ColorDetector(Node):
                 class_id=np.zeros(len(boxes), np.int32),
                 class_names=[label] * len(boxes),
                 image_wh=(w, h),
-                meta={},
+                meta=derived_meta(frames.meta, {}),
             )
         )

@@ -1,4 +1,4 @@
-"""``python -m pipeline.bench ARGS`` is ``pipeline bench ARGS`` (until the command is wired in)."""
+"""``python -m pipeline.bench ARGS`` is ``pipeline bench ARGS``."""
 
 import sys
 

@@ -287,7 +287,7 @@ def _sweep(args: argparse.Namespace, rest: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pipeline bench ...`` on its own (``argv`` starts with ``bench``), as
-    ``pipeline.cli.main`` will once the command is wired in."""
+    ``pipeline.cli.main`` does (``python -m pipeline.bench``)."""
     parser = argparse.ArgumentParser(prog="pipeline")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register(sub)

@@ -2,18 +2,18 @@
 
 ``--set node.param=value`` changes a node's params before validation (a dotted path reaches
 into nested params: ``detector.decoder_params.iou_threshold=0.4``); values are YAML, so
-``[320,240]`` is a list and ``null`` is None. ``--pace fast|realtime`` sets the ``pace``
-param of every source that has one (``video_file``); for the built-in ``synthetic`` and
-``image_folder`` sources, ``fast`` means unpaced (``fps`` 0 / null) and ``realtime`` keeps
-the graph's rate. Explicit ``--set`` values win over ``--pace``. Errors come back as
-``ConfigIssue`` objects, printed compiler-style like ``pipeline check``.
+``[320,240]`` is a list and ``null`` is None. ``--pace fast|realtime`` sets the ``pace`` of
+every source node (``pipeline.runtime.pacing``: the runtime paces every source the same
+way). Errors come back as ``ConfigIssue`` objects, printed compiler-style like ``pipeline
+check``; the file is read and checked by ``pipeline.graph.check_graph``, with these changes
+as its overrides.
 
 The graph hash identifies *what ran*: sha256 of a canonical JSON of the graph name, every
 node's id, type, validated params (defaults filled in, so writing a default out does not
-change it) and input edges, with nodes sorted by id. Comments, layout, key order, node
-order and the ``description`` do not count; any param change, from the file or from
-``--set``/``--pace``, does. ``base_hash`` is the same for the file as written, so the points
-of a sweep share it.
+change it), pace and max_fps when set, and input edges, with nodes sorted by id. Comments,
+layout, key order, node order and the ``description`` do not count; any param change, from
+the file or from ``--set``/``--pace``, does. ``base_hash`` is the same for the file as
+written, so the points of a sweep share it.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
 from pipeline.errors import ConfigIssue, RegistryError
-from pipeline.graph.load import parse_graph, read_graph_file, sort_issues
-from pipeline.graph.spec import GraphSpec
-from pipeline.graph.validate import ValidatedGraph, validate_spec
+from pipeline.graph.load import check_graph
+from pipeline.graph.spec import GraphSpec, Pace
+from pipeline.graph.validate import ValidatedGraph
 from pipeline.registry import load_node_class, suggest
 
 __all__ = [
@@ -44,15 +44,6 @@ __all__ = [
     "prepare_graph",
     "topology",
 ]
-
-Pace = Literal["fast", "realtime"]
-
-# Built-in sources without a ``pace`` param, and the ``fps`` value that means "unpaced".
-# By class path, not by import: ``pipeline`` never imports ``nodes``.
-_UNPACED_FPS: dict[str, float | None] = {
-    "nodes.sources.synthetic:SyntheticSource": 0.0,
-    "nodes.sources.image_folder:ImageFolderSource": None,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,17 +131,19 @@ def _canonical(graph: ValidatedGraph) -> dict[str, Any]:
     nodes = []
     for node in sorted(graph.spec.nodes, key=lambda n: n.id):
         params = graph.params.get(node.id)
-        nodes.append(
-            {
-                "id": node.id,
-                "node": node.node,
-                "params": params.model_dump(mode="json") if params is not None else node.params,
-                "inputs": {
-                    port: spec.model_dump(mode="json", by_alias=True)
-                    for port, spec in sorted(node.inputs.items())
-                },
-            }
-        )
+        entry = {
+            "id": node.id,
+            "node": node.node,
+            "params": params.model_dump(mode="json") if params is not None else node.params,
+            "inputs": {
+                port: spec.model_dump(mode="json", by_alias=True)
+                for port, spec in sorted(node.inputs.items())
+            },
+        }
+        for key in ("pace", "max_fps"):
+            if getattr(node, key) is not None:
+                entry[key] = getattr(node, key)
+        nodes.append(entry)
     return {"graph": graph.name, "nodes": nodes}
 
 
@@ -178,31 +171,31 @@ def topology(graph: ValidatedGraph) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _class_path(type_id: str) -> tuple[str, bool, set[str]] | None:
+def _is_source(type_id: str) -> bool:
     try:
-        cls = load_node_class(type_id)
+        return load_node_class(type_id).is_source()
     except RegistryError:
-        return None  # validation reports it
-    return f"{cls.__module__}:{cls.__qualname__}", cls.is_source(), set(cls.Params.model_fields)
-
-
-def _pace_sets(spec: GraphSpec, pace: Pace) -> list[ParamSet]:
-    sets = []
-    for node in spec.nodes:
-        info = _class_path(node.node)
-        if info is None or not info[1]:
-            continue
-        path, _, fields = info
-        if "pace" in fields:
-            sets.append(ParamSet(node.id, ("pace",), pace))
-        elif path in _UNPACED_FPS and pace == "fast":
-            sets.append(ParamSet(node.id, ("fps",), _UNPACED_FPS[path]))
-    return sets
+        return False  # validation reports it
 
 
 def _apply(
-    spec: GraphSpec, sets: Sequence[ParamSet], file: str
-) -> tuple[GraphSpec, list[ConfigIssue]]:
+    spec: GraphSpec, sets: Sequence[ParamSet], pace: Pace | None, file: str
+) -> tuple[GraphSpec, list[ConfigIssue], dict[str, Any]]:
+    """The spec with ``pace`` on every source and the ``--set`` changes; the issues; and
+    what changed, ``node.key -> value``."""
+    applied: dict[str, Any] = {}
+    if pace is not None:
+        for node in spec.nodes:
+            if _is_source(node.node):
+                applied[f"{node.id}.pace"] = pace
+        spec = spec.model_copy(
+            update={
+                "nodes": [
+                    n.model_copy(update={"pace": pace}) if f"{n.id}.pace" in applied else n
+                    for n in spec.nodes
+                ]
+            }
+        )
     ids = [n.id for n in spec.nodes]
     params = {n.id: copy.deepcopy(dict(n.params)) for n in spec.nodes}
     issues = []
@@ -242,8 +235,9 @@ def _apply(
                 break
         else:
             target[item.path[-1]] = item.value
+            applied[item.key] = item.value
     nodes = [n.model_copy(update={"params": params[n.id]}) for n in spec.nodes]
-    return spec.model_copy(update={"nodes": nodes}), issues
+    return spec.model_copy(update={"nodes": nodes}), issues, applied
 
 
 def prepare_graph(
@@ -261,26 +255,19 @@ def prepare_graph(
         line, compiler-style (``pipeline check`` prints the same).
     """
     file = str(path)
-    text, unreadable = read_graph_file(path)
-    if text is None:
-        return None, unreadable
-    spec, marks, issues = parse_graph(text, file)
-    if spec is None:
-        return None, sort_issues(issues)
-    base, base_issues = validate_spec(spec, marks)
-    changes = [*(_pace_sets(spec, pace) if pace else []), *sets]
-    if changes:
-        changed, set_issues = _apply(spec, changes, file)
-        issues.extend(set_issues)
-        graph, more = validate_spec(changed, marks)
-    else:
-        graph, more = base, base_issues
-    issues.extend(more)
-    if graph is None or any(i.severity == "error" for i in issues):
-        return None, sort_issues(issues)
+    applied: dict[str, Any] = {}
+
+    def overrides(spec: GraphSpec) -> tuple[GraphSpec, list[ConfigIssue]]:
+        changed, issues, done = _apply(spec, sets, pace, file)
+        applied.update(done)
+        return changed, issues
+
+    graph, issues = check_graph(path, overrides if (sets or pace) else None)
+    if graph is None:
+        return None, issues
+    base = check_graph(path)[0] if (sets or pace) else graph
     warnings = [i for i in issues if i.severity == "warning"]
     graph.warnings = warnings
-    applied = {c.key: c.value for c in changes}
     prepared = PreparedGraph(
         graph=graph,
         file=file,
@@ -289,7 +276,7 @@ def prepare_graph(
         base_hash=graph_hash(base) if base is not None else graph_hash(graph),
         warnings=warnings,
     )
-    return prepared, sort_issues(issues)
+    return prepared, issues
 
 
 def describe_sets(sets: Mapping[str, Any]) -> str:

@@ -7,7 +7,7 @@ Issues point at ``file:line:col`` through a table of YAML marks keyed by documen
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import ConfigError, ConfigIssue
-from pipeline.graph.spec import GraphSpec, InputSpec, NodeSpec
+from pipeline.graph.spec import EdgeSpec, GraphSpec, NodeSpec
 from pipeline.graph.validate import ValidatedGraph, validate_spec
 from pipeline.registry import suggest
 
@@ -157,7 +157,7 @@ def _model_for(loc: PathKey) -> type[BaseModel] | None:
     if len(loc) == 2 and loc[0] == "nodes":
         return NodeSpec
     if len(loc) == 4 and loc[0] == "nodes" and loc[2] == "inputs":
-        return InputSpec
+        return EdgeSpec
     return None
 
 
@@ -219,14 +219,24 @@ def read_graph_file(path: str | Path) -> tuple[str | None, list[ConfigIssue]]:
         return None, [ConfigIssue(file, 0, 0, "", "the graph file is not UTF-8 text")]
 
 
-def check_graph(path: str | Path) -> tuple[ValidatedGraph | None, list[ConfigIssue]]:
-    """Run every check on a graph file; returns the graph (None on errors) and all issues."""
+def check_graph(
+    path: str | Path,
+    overrides: Callable[[GraphSpec], tuple[GraphSpec, list[ConfigIssue]]] | None = None,
+) -> tuple[ValidatedGraph | None, list[ConfigIssue]]:
+    """Run every check on a graph file; returns the graph (None on errors) and all issues.
+
+    ``overrides`` changes the parsed spec before its wiring and params are checked (the
+    bench's ``--set`` and ``--pace``); it returns the new spec and its own issues.
+    """
     text, unreadable = read_graph_file(path)
     if text is None:
         return None, unreadable
     spec, marks, issues = parse_graph(text, str(path))
     if spec is None:
         return None, sort_issues(issues)
+    if overrides is not None:
+        spec, changed = overrides(spec)
+        issues.extend(changed)
     graph, more = validate_spec(spec, marks)
     issues.extend(more)
     if any(i.severity == "error" for i in issues):

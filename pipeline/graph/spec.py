@@ -1,8 +1,9 @@
 """The typed model of a graph file (``GraphSpec``), and the JSON Schema generated from it.
 
-An input is written in short form ``node/port`` or long form
-``{from: node/port, queue: 2, when_full: drop_oldest, transport: shm}``; both parse to an
-``InputSpec``. Node params stay a plain mapping here: each node type validates its own
+An input is written in short form ``node/port`` or long form ``{from: node/port, queue: 2,
+when_full: drop_oldest, transport: shm}``; both parse to an ``EdgeSpec`` (the edge as
+written; ``pipeline.graph.validate.Edge`` once checked, ``pipeline.transport.plan.EdgePlan``
+once planned). Node params stay a plain mapping here: each node type validates its own
 ``Params`` model in ``pipeline.graph.validate``.
 """
 
@@ -13,19 +14,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["GraphSpec", "InputSpec", "NodeSpec", "WhenFull", "graph_json_schema"]
+__all__ = ["EdgeSpec", "GraphSpec", "NodeSpec", "Pace", "WhenFull", "graph_json_schema"]
 
 ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 REF_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*/[A-Za-z_][A-Za-z0-9_]*$"
 
 WhenFull = Literal["block", "drop_oldest", "drop_newest"]
+Pace = Literal["realtime", "fast"]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class InputSpec(_Strict):
+class EdgeSpec(_Strict):
     """One edge into a node's input port."""
 
     from_: str = Field(
@@ -74,9 +76,21 @@ class NodeSpec(_Strict):
     params: dict[str, Any] = Field(
         default_factory=dict, description="Parameters, checked against the node type's Params."
     )
-    inputs: dict[str, InputSpec] = Field(
+    inputs: dict[str, EdgeSpec] = Field(
         default_factory=dict,
         description="Input port -> producing output, short form node/port or long form.",
+    )
+    pace: Pace | None = Field(
+        None,
+        description="Sources only. realtime (the default): at the source's own frame rate "
+        "(a video file's, the fps param of synthetic and image_folder; a camera paces "
+        "itself); fast: as fast as the consumers take them.",
+    )
+    max_fps: float | None = Field(
+        None,
+        gt=0,
+        le=10000,
+        description="Sources only. At most this many frames per second, whatever the pace.",
     )
 
 
@@ -96,7 +110,7 @@ def graph_json_schema() -> str:
     inputs["additionalProperties"] = {
         "anyOf": [
             {"type": "string", "pattern": REF_PATTERN, "description": "Short form: node/port."},
-            {"$ref": "#/$defs/InputSpec"},
+            {"$ref": "#/$defs/EdgeSpec"},
         ]
     }
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

@@ -9,20 +9,40 @@ cycles, and outputs that nobody reads (a warning).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Protocol
 
 from pydantic import ValidationError
 
 from pipeline.errors import ConfigIssue, RegistryError
-from pipeline.graph.spec import GraphSpec, InputSpec, NodeSpec
+from pipeline.graph.spec import EdgeSpec, GraphSpec, NodeSpec
 from pipeline.node import Node
 from pipeline.params import NodeParams
 from pipeline.registry import load_node_class, suggest
 
-if TYPE_CHECKING:
-    from pipeline.graph.load import Marks
+__all__ = ["Edge", "Marks", "ValidatedGraph", "validate_spec"]
 
-__all__ = ["Edge", "ValidatedGraph", "validate_spec"]
+PathKey = tuple[str | int, ...]
+
+
+class Marks(Protocol):
+    """Where each value of the graph file is (``pipeline.graph.load.Marks`` is one): the
+    checks here only locate their issues, they never read YAML."""
+
+    file: str
+    values: dict[PathKey, tuple[int, int]]
+
+    def at(self, path: PathKey, *, key: bool = False) -> tuple[int, int]: ...
+
+    def issue(
+        self,
+        path: PathKey,
+        message: str,
+        *,
+        key: bool = False,
+        hints: Sequence[str] = (),
+        severity: str = "error",
+    ) -> ConfigIssue: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +53,7 @@ class Edge:
     output: str
     consumer: str
     input: str
-    spec: InputSpec
+    spec: EdgeSpec
 
 
 @dataclasses.dataclass
@@ -50,12 +70,6 @@ class ValidatedGraph:
     @property
     def name(self) -> str:
         return self.spec.graph
-
-    @property
-    def digraph(self) -> Any:
-        """A ``networkx.DiGraph`` of node ids (built on use: networkx is a big import that
-        neither ``pipeline run``'s start-up nor its node processes need)."""
-        return _digraph([n.id for n in self.spec.nodes], self.edges)
 
     def node(self, node_id: str) -> NodeSpec:
         for node in self.spec.nodes:
@@ -187,6 +201,18 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
                 )
                 continue
             edges.append(Edge(producer, ref.port, node.id, port, ref))
+        if not node_cls.is_source():
+            for key in ("pace", "max_fps"):
+                if getattr(node, key) is not None:
+                    issues.append(
+                        marks.issue(
+                            ("nodes", i, key),
+                            f"node {node.id!r}: {key} applies to sources only, and "
+                            f"{node.node!r} has inputs",
+                            key=True,
+                            hints=["a node with inputs runs at the rate its inputs arrive"],
+                        )
+                    )
         for port, spec_in in node_cls.inputs.items():
             if spec_in.required and port not in node.inputs:
                 issues.append(
@@ -197,7 +223,7 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
                     )
                 )
 
-    for cycle in _cycles(list(index), edges):
+    for cycle in _cycles(list(index), [(e.producer, e.consumer) for e in edges]):
         first = min(cycle, key=lambda n: index[n])
         at = cycle.index(first)
         cycle = cycle[at:] + cycle[:at]  # start at the node written first: stable messages
@@ -232,38 +258,85 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
     return graph, issues
 
 
-def _digraph(nodes: list[str], edges: list[Edge]) -> Any:
-    import networkx as nx  # here, not at module level: only a graph with a cycle needs it
+def _cycles(nodes: list[str], links: list[tuple[str, str]]) -> list[list[str]]:
+    """One cycle through each strongly connected group of nodes (Tarjan), in node order.
 
-    digraph = nx.DiGraph()
-    digraph.add_nodes_from(nodes)
-    digraph.add_edges_from((e.producer, e.consumer) for e in edges)
-    return digraph
-
-
-def _cycles(nodes: list[str], edges: list[Edge]) -> list[list[str]]:
-    """Every elementary cycle; an acyclic graph (the usual case) is told by Kahn's algorithm
-    without importing networkx."""
-    into = dict.fromkeys(nodes, 0)
+    Enough to report every independent loop of a graph file; a group with several loops is
+    reported once (removing one input usually breaks them all, and the check runs again).
+    """
     after: dict[str, list[str]] = {n: [] for n in nodes}
-    for e in edges:
-        if e.producer in after and e.consumer in into:
-            after[e.producer].append(e.consumer)
-            into[e.consumer] += 1
-    ready = [n for n, k in into.items() if k == 0]
-    seen = 0
-    while ready:
-        node = ready.pop()
-        seen += 1
-        for nxt in after[node]:
-            into[nxt] -= 1
-            if into[nxt] == 0:
-                ready.append(nxt)
-    if seen == len(nodes):
-        return []
-    import networkx as nx
+    for a, b in links:
+        if b not in after[a]:
+            after[a].append(b)
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
 
-    return [list(c) for c in nx.simple_cycles(_digraph(nodes, edges))]
+    def visit(root: str) -> None:
+        work = [(root, 0)]
+        order[root] = low[root] = len(order)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, i = work[-1]
+            if i < len(after[node]):
+                work[-1] = (node, i + 1)
+                nxt = after[node][i]
+                if nxt not in order:
+                    order[nxt] = low[nxt] = len(order)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, 0))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], order[nxt])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == order[node]:
+                group = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    group.append(member)
+                    if member == node:
+                        break
+                if len(group) > 1:
+                    groups.append(group)
+
+    for n in nodes:
+        if n not in order:
+            visit(n)
+    position = {n: i for i, n in enumerate(nodes)}
+    cycles = []
+    for group in sorted(groups, key=lambda g: min(position[n] for n in g)):
+        members = set(group)
+        start = min(group, key=lambda n: position[n])
+        # the shortest way back to the start, inside the group (breadth first)
+        came_from: dict[str, str] = {}
+        frontier = [start]
+        found = None
+        while frontier and found is None:
+            nxt_frontier = []
+            for node in frontier:
+                for nxt in after[node]:
+                    if nxt == start:
+                        found = node
+                        break
+                    if nxt in members and nxt not in came_from:
+                        came_from[nxt] = node
+                        nxt_frontier.append(nxt)
+                if found is not None:
+                    break
+            frontier = nxt_frontier
+        assert found is not None
+        path = [found]
+        while path[-1] != start:
+            path.append(came_from[path[-1]])
+        cycles.append(path[::-1])
+    return cycles
 
 
 def _param_issues(
@@ -281,6 +354,10 @@ def _param_issues(
             if match:
                 hints.append(f"hint: did you mean {match!r}?")
             hints.append(f"params of {node.node!r}: {', '.join(fields) or 'none'}")
+            if loc[-1] in ("pace", "max_fps") and cls.is_source():
+                hints.append(
+                    f"{loc[-1]} is a key of the node, next to params: (pace: fast / realtime)"
+                )
             issues.append(
                 marks.issue(
                     path, f"unknown param {name!r} of node {node.id!r}", key=True, hints=hints

@@ -22,6 +22,7 @@ from pipeline.errors import NodeError, NodeOpenError, NodeProcessError
 from pipeline.messages import Message
 from pipeline.node import EndOfStream, Node
 from pipeline.runtime.join import Joiner
+from pipeline.runtime.pacing import FramePacer, pace_rate
 from pipeline.runtime.protocol import NodeState
 from pipeline.runtime.stats import StatsCollector
 
@@ -47,6 +48,8 @@ class NodeDriver:
         ports: the node's output ports (``end_call`` after every call).
         connected: the input ports that have an edge; the others are passed as ``None``.
         trace: when given, the name of every lifecycle call is appended (``run_node``).
+        pace: a source's pace, ``realtime`` or ``fast`` (see ``pipeline.runtime.pacing``).
+        max_fps: a source's cap on ``process()`` calls per second.
     """
 
     def __init__(
@@ -56,8 +59,13 @@ class NodeDriver:
         ports: Sequence[CallScoped] = (),
         connected: Iterable[str] = (),
         trace: list[str] | None = None,
+        pace: str = "realtime",
+        max_fps: float | None = None,
     ) -> None:
         self.node = node
+        self.pace = pace
+        self.max_fps = max_fps
+        self.pacer: FramePacer | None = None
         self.stats = stats
         self.ports = list(ports)
         self.trace = trace
@@ -96,6 +104,11 @@ class NodeDriver:
             self.trace.append("open")
         try:
             self.node.open()
+            if self.node.is_source():
+                # A source's own rate is known once it is open (a video file's frame rate).
+                own = self.node.frame_rate() if self.pace == "realtime" else None
+                rate = pace_rate(self.pace, own, self.max_fps)
+                self.pacer = FramePacer(rate) if rate else None
         except Exception as exc:
             self._fail("open", exc)
             return False
@@ -160,12 +173,18 @@ class NodeDriver:
         self, tick: Callable[[], bool] | None = None, max_calls: int | None = None
     ) -> None:
         """Call a source's ``process()`` until ``EndOfStream``, ``max_calls``, or until
-        ``tick()`` (called about every 10 ms) answers True (a stop)."""
+        ``tick()`` (called about every 10 ms) answers True (a stop).
+
+        A paced source waits for each call's time before it; the wait counts as busy time
+        of the call (the bench tells a pacing source from a busy one by its CPU time).
+        """
         node = self.node
         stats = self.stats
         trace = self.trace
+        pacer = self.pacer
         perf = time.perf_counter
         next_check = 0.0
+        n = 0
         while True:
             if tick is not None:
                 now = time.monotonic()
@@ -175,9 +194,12 @@ class NodeDriver:
                         return
             if max_calls is not None and stats.calls >= max_calls:
                 return
+            t0 = perf()
+            if pacer is not None and not _wait_until(pacer.due(n), tick):
+                return  # stopped while waiting for the next frame's time
+            n += 1
             if trace is not None:
                 trace.append("process")
-            t0 = perf()
             try:
                 node.process()
             except EndOfStream:
@@ -246,3 +268,14 @@ class NodeDriver:
             stats.process.add(dt)
             if t_capture:
                 stats.latency.add((mono_ns() - t_capture) * 1e-9)
+
+
+def _wait_until(due: float, tick: Callable[[], bool] | None) -> bool:
+    """Sleep until ``due`` (monotonic), asking ``tick`` every 50 ms; False if it said stop."""
+    while True:
+        delay = due - time.monotonic()
+        if delay <= 0:
+            return True
+        time.sleep(min(delay, 0.05))
+        if tick is not None and delay > 0.05 and tick():
+            return False

@@ -33,6 +33,8 @@ class NodePlan:
     is_source: bool
     inputs: tuple[EdgePlan, ...]
     outputs: tuple[PortPlan, ...]
+    pace: str = "realtime"  # a source's pace (pipeline.runtime.pacing)
+    max_fps: float | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -43,6 +45,8 @@ class NodePlan:
             "is_source": self.is_source,
             "inputs": [e.to_wire() for e in self.inputs],
             "outputs": [p.to_wire() for p in self.outputs],
+            "pace": self.pace,
+            "max_fps": self.max_fps,
         }
 
     @classmethod
@@ -55,6 +59,8 @@ class NodePlan:
             is_source=bool(d["is_source"]),
             inputs=tuple(EdgePlan.from_wire(e) for e in d["inputs"]),
             outputs=tuple(PortPlan.from_wire(p) for p in d["outputs"]),
+            pace=d.get("pace", "realtime"),
+            max_fps=d.get("max_fps"),
         )
 
 
@@ -143,6 +149,8 @@ def plan_graph(graph: ValidatedGraph, run_dir: str | Path) -> GraphPlan:
                 is_source=cls.is_source(),
                 inputs=tuple(e for e in edges if e.consumer == node.id),
                 outputs=tuple(outputs),
+                pace=node.pace or "realtime",
+                max_fps=node.max_fps,
             )
         )
     return GraphPlan(tuple(nodes))

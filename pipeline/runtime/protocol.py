@@ -69,10 +69,6 @@ class NodeState(str, enum.Enum):
     def ended(self) -> bool:
         return self in (NodeState.CLOSED, NodeState.FAILED)
 
-    def can_become(self, new: NodeState) -> bool:
-        """One allowed step (or staying)."""
-        return new is self or new in _TRANSITIONS[self]
-
     def reaches(self, new: NodeState) -> bool:
         """``new`` is this state or follows it through allowed steps (an observer that
         samples a node's state, like the supervisor, may miss the steps in between)."""

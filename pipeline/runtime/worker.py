@@ -224,7 +224,12 @@ class Worker:
             params, node_id=plan.node_id, ports=dict(self.outputs), services=self, log=self.log
         )
         self.driver = NodeDriver(
-            node, self.stats, list(self.outputs.values()), [e.input for e in plan.inputs]
+            node,
+            self.stats,
+            list(self.outputs.values()),
+            [e.input for e in plan.inputs],
+            pace=plan.pace,
+            max_fps=plan.max_fps,
         )
         return node
 

@@ -125,16 +125,6 @@ class SlotPool:
         slot.refs = 1
         return slot
 
-    def find(self, arr: np.ndarray) -> Slot | None:
-        """The slot whose memory holds ``arr``, if any."""
-        for slot in self.slots:
-            if slot.refs and slot.contains(arr):
-                return slot
-        return None
-
-    def in_use(self) -> int:
-        return sum(1 for s in self.slots if s.refs)
-
     def close(self) -> None:
         """Unlink every segment. Mappings go when the last array viewing them goes."""
         for slot in self.slots:

@@ -54,6 +54,17 @@ def wait_for_lines(path: Path, n: int, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def read_until(proc: subprocess.Popen[str], text: str) -> str:
+    """The process's output up to and including the first line that contains ``text``."""
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"the run ended without printing {text!r}:\n{''.join(seen)}")
+
+
 def run_segments(pid: int) -> list[str]:
     return sorted(p.name for p in SHM_DIR.glob(f"pipeline-{pid}-*"))
 
@@ -87,10 +98,11 @@ def test_second_sigint_forces_a_stop(write_graph, tmp_path):
     proc = start(graph, "--grace", "60")
     wait_for_lines(tmp_path / "rec.jsonl", 1)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    before = read_until(proc, "stopping")  # the first Ctrl-C was taken: the graph drains
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
+    rest, _ = proc.communicate(timeout=30)
+    out = before + rest
     assert time.monotonic() - t0 < 10
     assert proc.returncode == 1, out
     assert "forcing stop" in out

@@ -64,8 +64,8 @@ def test_nodes_lists_ports_and_params_with_ranges(capsys):
     assert main(["nodes", "synthetic"]) == 0
     out = capsys.readouterr().out
     assert "frames: Frame" in out
-    assert "fps: number (default 30.0, >= 0, <= 10000)" in out
-    assert "Frames per second; 0 = unpaced." in out
+    assert "fps: number | null (default 30.0, >= 0, <= 10000)" in out
+    assert "Its frame rate, the one pace: realtime holds it to" in out
     assert main(["nodes"]) == 0
     listing = capsys.readouterr().out
     for name in ("synthetic", "resize", "discard", "jsonl"):

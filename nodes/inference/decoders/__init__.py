@@ -40,6 +40,7 @@ __all__ = [
     "BLAZEFACE_KEYPOINTS",
     "CENTERFACE_KEYPOINTS",
     "DECODER_KINDS",
+    "THRESHOLD_OPTIONS",
     "BlazeFaceConfig",
     "BlazeFaceDecoder",
     "CenterFaceConfig",
@@ -61,6 +62,7 @@ __all__ = [
     "decode_classification",
     "decode_ssd",
     "decode_yolo",
+    "default_threshold",
     "generate_ssd_anchors",
     "iou_matrix",
     "make_decoder",
@@ -79,6 +81,26 @@ _KINDS: dict[str, tuple[type[Any], type[Any]]] = {
 
 DECODER_KINDS = tuple(_KINDS)
 """The kinds :func:`make_decoder` knows."""
+
+THRESHOLD_OPTIONS: Mapping[str, str] = {
+    "blazeface": "min_confidence",
+    "centerface": "min_confidence",
+    "ssd": "default_minimum_confidence",
+    "yolo": "default_minimum_confidence",
+}
+"""The option each detection decoder kind takes its confidence threshold from."""
+
+
+def default_threshold(kind: str, options: Mapping[str, Any] | None = None) -> float | None:
+    """The confidence threshold a decoder of ``kind`` built with ``options`` uses: the
+    option's value, else its config's default; ``None`` for a kind without one."""
+    name = THRESHOLD_OPTIONS.get(kind)
+    if name is None or kind not in _KINDS:
+        return None
+    if options and name in options:
+        return float(options[name])
+    default = {f.name: f.default for f in dataclasses.fields(_KINDS[kind][0])}[name]
+    return None if default is dataclasses.MISSING else float(default)
 
 
 @overload

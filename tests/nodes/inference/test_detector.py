@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import json
+import textwrap
+
 import cv2
 import numpy as np
 import pytest
@@ -11,7 +15,7 @@ from skimage import data
 from nodes.inference.detector import DetectorNode
 from nodes.inference.models.fetch import fetch_models
 from nodes.inference.models.store import default_models_dir
-from pipeline import Frame
+from pipeline import Frame, load_graph, run_graph
 from pipeline.testing import run_node
 
 
@@ -144,3 +148,59 @@ def test_detections_carry_the_frames_seq_capture_time_and_source():
     ]
     assert (found.seq, found.t_capture_ns, found.source) == (41, frame.t_capture_ns, "photos")
     assert found.meta["model"] == "face_short_range"
+
+
+def test_detections_keep_which_image_they_are_for_but_not_its_geometry():
+    frame = photo("astronaut").replace(
+        meta={"file": "astronaut.png", "index": 7, "color": "bgr", "transforms": []}
+    )
+    (found,) = run_node(DetectorNode, {"model": "face_short_range"}, {"frames": [frame]}).sent[
+        "detections"
+    ]
+    assert found.meta["file"] == "astronaut.png" and found.meta["index"] == 7
+    assert found.meta["model"] == "face_short_range" and "inference_ms" in found.meta
+    assert "transforms" not in found.meta and "color" not in found.meta
+
+
+@pytest.mark.integration
+def test_a_jsonl_of_detections_over_a_folder_says_which_image_each_line_is_for(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("astronaut", "coffee", "camera"):
+        cv2.imwrite(str(folder / f"{name}.png"), photo(name).image)
+    graph = tmp_path / "graph.yaml"
+    graph.write_text(
+        textwrap.dedent(f"""
+        graph: faces_in_photos
+        nodes:
+          - id: photos
+            node: image_folder
+            params: {{path: {folder}, pattern: "*.png"}}
+          - id: faces
+            node: detector
+            params: {{model: face_short_range}}
+            inputs: {{frames: photos/frames}}
+          - id: log
+            node: jsonl
+            params: {{path: {tmp_path}/faces.jsonl}}
+            inputs: {{messages: faces/detections}}
+        """)
+    )
+    result = run_graph(load_graph(graph), out=io.StringIO())
+    assert result.exit_code == 0, result.error
+    lines = [json.loads(line) for line in (tmp_path / "faces.jsonl").read_text().splitlines()]
+    by_file = {line["meta"]["file"]: line for line in lines}
+    assert sorted(by_file) == ["astronaut.png", "camera.png", "coffee.png"]
+    assert [by_file[f]["meta"]["index"] for f in sorted(by_file)] == [0, 1, 2]
+    assert [d["label"] for d in by_file["astronaut.png"]["detections"]] == ["face"]
+    assert by_file["coffee.png"]["detections"] == []
+
+
+def test_the_threshold_param_says_each_catalog_models_default():
+    from nodes.inference import load_detector
+
+    description = DetectorNode.Params.model_fields["default_minimum_confidence"].description
+    assert "face_short_range" in description and "person_ssdlite" in description
+    assert "yolo 0.25" in description
+    with load_detector("centerface") as centerface:
+        assert f"centerface {centerface.default_minimum_confidence:g}," in description

@@ -22,7 +22,7 @@ FRAMES, FPS, SIZE = 250, 20.0, (640, 360)  # 12.5 s
 
 def test_committed_sample_video_reads_with_the_expected_frames_fps_and_size() -> None:
     assert SAMPLE.stat().st_size < 5_000_000  # small enough to commit
-    run = run_node(VideoFileSource, {"path": str(SAMPLE)})
+    run = run_node(VideoFileSource, {"path": str(SAMPLE)}, pace="fast")
     frames = sent_frames(run)
     assert len(frames) == FRAMES
     assert {f.meta["video_fps"] for f in frames} == {FPS}

@@ -65,6 +65,7 @@ def test_video_file_and_image_folder_deliver_every_frame_through_real_processes(
         nodes:
           - id: video
             node: nodes.sources.video_file:VideoFileSource
+            pace: fast
             params: {{path: {video}}}
           - id: shots
             node: nodes.sources.image_folder:ImageFolderSource

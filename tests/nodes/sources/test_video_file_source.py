@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,11 +13,16 @@ from pydantic import ValidationError
 from source_harness import LiveSource, sent_frames
 from source_media import decode_all, mean_abs_diff, wipe_mjpg_frame, write_video
 
-from nodes.sources.video_file import FramePacer, VideoFileSource
+from nodes.sources.video_file import VideoFileSource
 from pipeline import EndOfStream, Frame
-from pipeline.testing import run_node
+from pipeline.testing import NodeRun, run_node
 
 CODEC_NOISE = 6.0  # mean absolute difference per pixel a codec may add to these frames
+
+
+def run_fast(*args: Any, **kwargs: Any) -> NodeRun:
+    """``run_node`` with ``pace: fast``: these tests are about the frames, not their timing."""
+    return run_node(*args, pace="fast", **kwargs)
 
 
 def assert_same_pictures(
@@ -40,7 +46,7 @@ def test_video_file_sends_every_frame_with_its_index_time_and_picture(
 ) -> None:
     path = tmp_path / f"clip{suffix}"
     written = write_video(path, 24, fps=20, fourcc=fourcc)
-    run = run_node(VideoFileSource, {"path": str(path)}, node_id="clip")
+    run = run_fast(VideoFileSource, {"path": str(path)}, node_id="clip")
     frames = sent_frames(run)
     assert len(frames) == 24
     assert [f.seq for f in frames] == list(range(24))
@@ -73,7 +79,7 @@ def test_video_file_decodes_straight_into_the_slots_it_allocates(tmp_path: Path)
 def test_video_file_loops_from_start_frame_and_counts_the_passes(tmp_path: Path) -> None:
     path = tmp_path / "clip.avi"
     write_video(path, 5, fourcc="MJPG")
-    run = run_node(
+    run = run_fast(
         VideoFileSource, {"path": str(path), "loop": True, "start_frame": 1}, max_calls=10
     )
     frames = sent_frames(run)
@@ -86,7 +92,7 @@ def test_video_file_loops_from_start_frame_and_counts_the_passes(tmp_path: Path)
 def test_video_file_sends_only_the_frames_from_start_to_before_end(tmp_path: Path) -> None:
     path = tmp_path / "clip.mp4"
     written = write_video(path, 20)
-    run = run_node(VideoFileSource, {"path": str(path), "start_frame": 5, "end_frame": 9})
+    run = run_fast(VideoFileSource, {"path": str(path), "start_frame": 5, "end_frame": 9})
     frames = sent_frames(run)
     assert [f.meta["frame_index"] for f in frames] == [5, 6, 7, 8]
     assert [f.seq for f in frames] == [0, 1, 2, 3]
@@ -101,7 +107,7 @@ def test_video_file_end_frame_must_come_after_start_frame() -> None:
 def test_video_file_start_frame_past_the_end_fails_open(tmp_path: Path) -> None:
     path = tmp_path / "clip.mp4"
     write_video(path, 5)
-    run = run_node(
+    run = run_fast(
         VideoFileSource, {"path": str(path), "start_frame": 5}, node_id="clip", raise_errors=False
     )
     assert isinstance(run.error, ValueError)
@@ -113,12 +119,14 @@ def test_video_file_start_frame_past_the_end_fails_open(tmp_path: Path) -> None:
 def test_video_file_realtime_pace_follows_the_frame_rate(tmp_path: Path) -> None:
     path = tmp_path / "clip.mp4"
     write_video(path, 11, fps=20)
-    run = run_node(VideoFileSource, {"path": str(path), "pace": "realtime", "fps_override": 50})
+    run = run_node(VideoFileSource, {"path": str(path), "fps_override": 50}, pace="realtime")
     stamps = np.array([f.t_capture_ns for f in sent_frames(run)]) / 1e9
     span = stamps[-1] - stamps[0]
-    assert span >= 10 * 0.02 * 0.97  # never early: 10 intervals of 1/50 s
-    assert span < 10 * 0.02 + 0.3  # and not far behind
-    assert np.diff(stamps).min() >= 0.02 * 0.5
+    # The runtime starts one process() call per 1/50 s; a frame is stamped after its decode,
+    # so one decode's jitter (a busy machine) may shift a stamp.
+    assert span >= 10 * 0.02 - 0.03  # not early: 10 intervals of 1/50 s
+    assert span < 10 * 0.02 + 0.5  # and not far behind
+    assert np.median(np.diff(stamps)) >= 0.02 * 0.75
     frames = sent_frames(run)
     assert {f.meta["video_fps"] for f in frames} == {50.0}
     assert [f.meta["pos_ms"] for f in frames] == pytest.approx([i * 20.0 for i in range(11)])
@@ -128,48 +136,9 @@ def test_video_file_fast_pace_does_not_wait(tmp_path: Path) -> None:
     path = tmp_path / "clip.mp4"
     write_video(path, 30, fps=5)  # 6 s of video
     t0 = time.monotonic()
-    run = run_node(VideoFileSource, {"path": str(path), "pace": "fast"})
+    run = run_node(VideoFileSource, {"path": str(path)}, pace="fast")
     assert len(sent_frames(run)) == 30
     assert time.monotonic() - t0 < 3
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(round(seconds, 9))
-        self.now += seconds
-
-
-def test_frame_pacer_schedules_from_the_tick_number_without_drift() -> None:
-    clock = FakeClock()
-    pacer = FramePacer(10, clock=clock, sleep=clock.sleep)
-    pacer.wait(0)  # the first tick is due at once
-    assert clock.sleeps == []
-    clock.now += 0.03  # the caller spent 30 ms on the frame
-    pacer.wait(1)
-    assert clock.sleeps == [pytest.approx(0.07)]  # due 0.1 s after tick 0, not after the work
-    clock.now += 0.25  # late: tick 2 was due at 100.2, tick 3 at 100.3
-    pacer.wait(2)
-    assert len(clock.sleeps) == 1  # a late tick goes at once
-    pacer.wait(4)  # a skipped tick (an undecodable frame) keeps its time slot
-    assert clock.now == pytest.approx(100.4)
-
-
-def test_frame_pacer_restarts_its_clock_after_falling_far_behind() -> None:
-    clock = FakeClock()
-    pacer = FramePacer(10, clock=clock, sleep=clock.sleep, max_lag_s=1.0)
-    pacer.wait(0)
-    clock.now += 5.0  # the consumer held the source up for 5 s
-    pacer.wait(1)
-    assert pacer.restarts == 1
-    pacer.wait(2)  # paced from the restart, no burst of 49 frames
-    assert clock.sleeps == [pytest.approx(0.1)]
 
 
 def test_video_file_skips_and_counts_a_corrupt_frame_in_the_middle(tmp_path: Path) -> None:
@@ -177,7 +146,7 @@ def test_video_file_skips_and_counts_a_corrupt_frame_in_the_middle(tmp_path: Pat
     written = write_video(path, 20, fourcc="MJPG")
     wipe_mjpg_frame(path, 10)
     assert len(decode_all(path)) == 10  # a plain read loop stops at the damage
-    run = run_node(VideoFileSource, {"path": str(path)})
+    run = run_fast(VideoFileSource, {"path": str(path)})
     frames = sent_frames(run)
     indices = [f.meta["frame_index"] for f in frames]
     assert indices == [*range(10), *range(11, 20)]
@@ -189,7 +158,7 @@ def test_video_file_skips_and_counts_a_corrupt_frame_in_the_middle(tmp_path: Pat
 
 def test_video_file_missing_file_fails_open_naming_node_and_path(tmp_path: Path) -> None:
     path = tmp_path / "nope.mp4"
-    run = run_node(VideoFileSource, {"path": str(path)}, node_id="clip", raise_errors=False)
+    run = run_fast(VideoFileSource, {"path": str(path)}, node_id="clip", raise_errors=False)
     assert isinstance(run.error, FileNotFoundError)
     assert "video_file 'clip'" in str(run.error)
     assert str(path) in str(run.error)
@@ -209,7 +178,7 @@ def test_video_file_that_is_not_a_video_fails_open_naming_node_and_path(
 ) -> None:
     path = tmp_path / "notes.mp4"
     path.write_bytes(content)
-    run = run_node(VideoFileSource, {"path": str(path)}, node_id="clip", raise_errors=False)
+    run = run_fast(VideoFileSource, {"path": str(path)}, node_id="clip", raise_errors=False)
     assert isinstance(run.error, ValueError)
     assert "video_file 'clip'" in str(run.error)
     assert f"cannot read {str(path)!r} as a video" in str(run.error)
@@ -221,12 +190,12 @@ def test_video_file_truncated_mp4_fails_open(tmp_path: Path) -> None:
     write_video(path, 20)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # an interrupted copy: the index is lost
-    run = run_node(VideoFileSource, {"path": str(path)}, node_id="clip", raise_errors=False)
+    run = run_fast(VideoFileSource, {"path": str(path)}, node_id="clip", raise_errors=False)
     assert isinstance(run.error, ValueError)
     assert str(path) in str(run.error)
 
 
 def test_video_file_folder_path_fails_open_and_points_to_image_folder(tmp_path: Path) -> None:
-    run = run_node(VideoFileSource, {"path": str(tmp_path)}, raise_errors=False)
+    run = run_fast(VideoFileSource, {"path": str(tmp_path)}, raise_errors=False)
     assert isinstance(run.error, IsADirectoryError)
     assert "image_folder" in str(run.error)

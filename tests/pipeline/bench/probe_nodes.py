@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 
@@ -27,14 +26,16 @@ class AffinityProbe(Node):
         pass
 
 
-class PacedSource(Node):
-    """A source with a ``pace`` param, like ``video_file`` (sends nothing)."""
+class RateSource(Node):
+    """A source with a frame rate of its own, like ``video_file`` (sends nothing)."""
 
     class Params(NodeParams):
-        pace: Literal["realtime", "fast"] = "realtime"
         count: int = Field(1, ge=0)
 
     frames = Output(Frame)
+
+    def frame_rate(self) -> float | None:
+        return 25.0
 
     def process(self) -> None:
         raise EndOfStream

@@ -137,7 +137,7 @@ def test_parse_set_rejects(text, message):
         parse_set(text)
 
 
-def test_pace_fast_unpaces_synthetic_sources_and_sets_pace_params(write_graph):
+def test_pace_sets_the_pace_of_every_source_node(write_graph):
     path = write_graph(
         """\
         graph: paced
@@ -146,7 +146,7 @@ def test_pace_fast_unpaces_synthetic_sources_and_sets_pace_params(write_graph):
             node: synthetic
             params: {fps: 30}
           - id: clip
-            node: {P}:PacedSource
+            node: {P}:RateSource
           - id: sink
             node: discard
             inputs: {messages: camera/frames}
@@ -156,14 +156,13 @@ def test_pace_fast_unpaces_synthetic_sources_and_sets_pace_params(write_graph):
         """
     )
     fast = _prepare(path, pace="fast")
-    assert _param(fast, "camera", "fps") == 0
-    assert _param(fast, "clip", "pace") == "fast"
-    assert fast.sets == {"camera.fps": 0.0, "clip.pace": "fast"}
+    assert [fast.graph.node(n).pace for n in ("camera", "clip", "sink")] == ["fast", "fast", None]
+    assert _param(fast, "camera", "fps") == 30  # its rate stays; the runtime does not hold it
+    assert fast.sets == {"camera.pace": "fast", "clip.pace": "fast"}
+    assert fast.hash != fast.base_hash
     realtime = _prepare(path, pace="realtime")
-    assert _param(realtime, "camera", "fps") == 30  # its own rate is the real one
-    assert _param(realtime, "clip", "pace") == "realtime"
-    explicit = _prepare(path, [ParamSet("camera", ("fps",), 5)], pace="fast")
-    assert _param(explicit, "camera", "fps") == 5  # --set wins over --pace
+    assert realtime.graph.node("clip").pace == "realtime"
+    assert realtime.hash != fast.hash
 
 
 def test_set_on_an_unknown_node_is_an_issue_with_a_hint(write_graph):
@@ -207,4 +206,4 @@ def test_every_benchmark_graph_is_valid(path: Path) -> None:
     prepared, issues = prepare_graph(path)
     assert prepared is not None, [i.format() for i in issues]
     assert not issues  # not even a warning
-    assert _param(prepared, "camera", "fps") == 0  # benchmark graphs run flat out
+    assert prepared.graph.node("camera").pace == "fast"  # benchmark graphs run flat out

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.graph.load import check_graph
 
-CASES = Path(__file__).parents[1] / "config_cases"
+CASES = Path(__file__).parents[2] / "config_cases"
 INVALID = sorted((CASES / "invalid").glob("*.yaml"))
 VALID = sorted((CASES / "valid").glob("*.yaml"))
 EXPECT = re.compile(r"^# expect: (\d+):(\d+): (.+)$")

@@ -1,12 +1,8 @@
-"""The seq joiner and the statistics histogram."""
+"""Joining several inputs on seq."""
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
 from pipeline.runtime.join import Joiner
-from pipeline.runtime.stats import Histogram
 from pipeline.testing import make_frame
 
 
@@ -38,24 +34,3 @@ def test_joiner_drops_what_waits_when_another_input_ended():
     assert ready is None and lost == [("a", 5)]
     j.end("a")
     assert j.all_ended
-
-
-@pytest.mark.parametrize("q", [50, 95, 99])
-def test_histogram_percentiles_are_within_five_percent(q):
-    rng = np.random.default_rng(0)
-    samples = rng.lognormal(mean=-6, sigma=1.0, size=20000)
-    h = Histogram()
-    for s in samples:
-        h.add(float(s))
-    assert h.percentile(q) == pytest.approx(np.percentile(samples, q), rel=0.05)
-    assert h.count == 20000
-
-
-def test_histogram_roundtrips_through_a_dict_and_merges():
-    h = Histogram()
-    for s in (0.001, 0.002, 0.003):
-        h.add(s)
-    back = Histogram.from_dict(h.to_dict())
-    assert back.percentile(50) == h.percentile(50)
-    back.merge(h)
-    assert back.count == 6
