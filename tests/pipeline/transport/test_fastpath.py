@@ -303,3 +303,17 @@ def test_the_fast_path_can_be_turned_off(tmp_path, monkeypatch):
     finally:
         edge.close()
         ctx.term()
+
+
+def test_an_allocated_array_and_a_part_of_one_travel_without_a_copy(links, tmp_path):
+    link = make(links, tmp_path, "block", 4)
+    image = link.port.allocate((64, 128, 3))
+    image[:] = np.arange(64, dtype=np.uint8)[:, None, None]
+    link.port.send(Frame(image=image, seq=0, t_capture_ns=1, source="cam"))
+    link.port.send(Frame(image=image[10:20], seq=1, t_capture_ns=1, source="cam"))  # rows
+    link.port.end_call()
+    whole, _, _ = link.recv()
+    part, _, _ = link.recv()
+    assert whole is not None and part is not None
+    assert np.array_equal(whole.image, image) and np.array_equal(part.image, image[10:20])
+    assert link.port.pool.slots and len(link.port.pool.slots) == 1  # one slot: no copy made
