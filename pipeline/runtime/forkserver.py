@@ -15,18 +15,21 @@ How it is kept safe:
   Python thread runs (``threading.active_count() == 1``); otherwise ``ForkServer.start``
   returns None and the run uses ``launch_local``. Native library pools that exist after
   ``import numpy`` (OpenBLAS) stop themselves around ``fork`` (their ``pthread_atfork``
-  handlers). The template itself never starts a thread: it waits in ``select`` for requests
-  and for its children's exits (a ``SIGCHLD`` wake-up file descriptor).
+  handlers). The template itself never starts a thread: it waits in ``select`` for requests.
 - It closes every file descriptor it inherited (a caller's listening socket must not stay
   open in node processes), ignores SIGINT like every node, and freezes the garbage
-  collector's objects so that collections in the nodes do not copy the shared pages.
-- Crash detection is unchanged: the supervisor watches each node through a pidfd (readable
-  when the node exits, whoever its parent is) and learns the exit status from the template,
-  which reaps its children and reports ``(pid, status)`` at once.
-- No orphans: a node stops when its parent (the template) goes; the template stops, after
-  SIGTERM to its nodes, when the supervisor goes or closes the channel.
+  collector's objects so that collections in the nodes do not copy the shared pages; it
+  imports a node's ``preload_modules`` (``cv2``) just before that node's fork, once.
+- Each node is forked through an intermediate process that exits at once; the supervisor is
+  a child subreaper (``PR_SET_CHILD_SUBREAPER``) while it launches, so it adopts the node:
+  every node is the supervisor's own child, as with ``launch_local``. Crash detection is
+  unchanged (a pidfd, readable when the node exits; ``waitpid`` for its status), and so is
+  the orphan watch (a node whose parent, the supervisor, goes stops itself).
+- Once every node is launched the template exits: its own pages (what only its imports
+  touched) are freed, and nothing of it outlives the launch.
 
-Linux only (``os.fork``, ``os.pidfd_open``); ``PIPELINE_FORK_SERVER=0`` turns it off.
+Linux only (``os.fork``, ``os.pidfd_open``, ``prctl``); ``PIPELINE_FORK_SERVER=0`` turns it
+off.
 """
 
 from __future__ import annotations
@@ -62,48 +65,47 @@ def fork_server_supported() -> bool:
 
 
 class ForkedProcess:
-    """A node process forked by the template: the ``NodeProcess`` the supervisor watches."""
+    """A node forked by the template, now a child of the supervisor: the ``NodeProcess``
+    the supervisor watches (a pidfd for its exit, ``waitpid`` for its status)."""
 
-    def __init__(self, server: ForkServer, pid: int) -> None:
-        self.server = server
+    def __init__(self, pid: int) -> None:
         self.pid = pid
         self.sentinel: int | None = None
         with contextlib.suppress(OSError):
             self.sentinel = os.pidfd_open(pid)
         self._pidfd = self.sentinel
+        self._code: int | None = None
+        self._reaped = False
 
     @property
     def exitcode(self) -> int | None:
-        self.server.collect(0.0)
-        if self.pid in self.server.exits:
-            return self.server.exits[self.pid]
-        if self._exited():
-            self.server.wait_for(self.pid, 1.0)
-            return self.server.exits.get(self.pid)
-        return None
-
-    def _exited(self) -> bool:
-        if self._pidfd is None:
+        if not self._reaped:
             try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return True
-            return False
-        readable, _, _ = select.select([self._pidfd], [], [], 0)
-        return bool(readable)
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: the status is lost
+                self._reaped = True
+                return None
+            if pid:
+                self._reaped = True
+                self._code = os.waitstatus_to_exitcode(status)
+        return self._code
 
     def is_alive(self) -> bool:
-        self.server.collect(0.0)
-        return self.pid not in self.server.exits and not self._exited()
+        return self.exitcode is None and not self._reaped
 
     def join(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        if self._pidfd is not None and self.pid not in self.server.exits:
+        if self._reaped:
+            return
+        if self._pidfd is not None:
             select.select([self._pidfd], [], [], max(0.0, timeout))
-        self.server.wait_for(self.pid, max(0.0, deadline - time.monotonic()))
+            _ = self.exitcode
+            return
+        deadline = time.monotonic() + timeout
+        while self.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def kill(self, sig: int) -> None:
-        if self.pid in self.server.exits:
+        if self._reaped:
             return
         with contextlib.suppress(ProcessLookupError, OSError):
             if self._pidfd is not None and hasattr(signal, "pidfd_send_signal"):
@@ -118,21 +120,54 @@ class ForkedProcess:
         self._pidfd = self.sentinel = None
 
 
-class ForkServer:
-    """The supervisor's handle on the template: ``launch(cfg)`` forks one node from it."""
+_PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
 
-    def __init__(self, pid: int, sock: socket.socket) -> None:
+
+def _subreaper(on: bool | None = None) -> bool | None:
+    """Read (``on=None``) or set whether this process adopts its orphaned descendants;
+    None where the platform cannot."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if on is None:
+            flag = ctypes.c_int(0)
+            if libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) != 0:
+                return None
+            return bool(flag.value)
+        if libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+            return None
+        return on
+    except (OSError, AttributeError):
+        return None
+
+
+class ForkServer:
+    """The supervisor's handle on the template: ``launch(cfg)`` forks one node from it.
+
+    The template forks each node through a short-lived intermediate process, so the node is
+    orphaned at once and adopted by the supervisor (a child subreaper while it launches):
+    every node is then the supervisor's own child, exactly as with ``launch_local``, and the
+    template can go as soon as the last node is launched (``close``), taking its own pages
+    with it.
+    """
+
+    def __init__(self, pid: int, sock: socket.socket, was_subreaper: bool) -> None:
         self.pid = pid
         self.sock = sock
-        self.exits: dict[int, int | None] = {}
+        self.was_subreaper = was_subreaper
         self.alive = True
         self.frozen = False
 
     @classmethod
     def start(cls, preload: Iterable[str]) -> ForkServer | None:
-        """Fork the template (None where that is not safe here); it imports ``preload``
-        (node types, ``pipeline.registry`` names) before it forks any node."""
+        """Fork the template (None where that is not safe or possible here); it will import
+        the ``preload_modules`` of the node types in ``preload`` before their forks."""
         if not fork_server_supported():
+            return None
+        was = _subreaper()
+        if was is None or _subreaper(True) is None:
             return None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         supervisor = os.getpid()
@@ -140,7 +175,7 @@ class ForkServer:
         sys.stderr.flush()
         # The supervisor's own collections would copy the pages it shares with the template
         # (a collection writes to every object it visits): its objects stay out of them
-        # until the run ends (``close``).
+        # until the run ends (``RunPerf``'s caller calls ``thaw``).
         gc.collect()
         gc.freeze()
         pid = os.fork()
@@ -157,71 +192,43 @@ class ForkServer:
             finally:
                 os._exit(code)
         theirs.close()
-        server = cls(pid, ours)
+        server = cls(pid, ours, was)
         server.frozen = True
         try:
             reply = server._request({"op": "ping"})
         except OSError:
-            reply = None
-        if not reply or reply.get("op") != "pong":
+            reply = {}
+        if reply.get("op") != "pong":
             server.close()
+            server.thaw()
             return None
         return server
 
-    # requests ----------------------------------------------------------------------------------
     def _request(self, message: dict[str, Any]) -> dict[str, Any]:
         self.sock.sendall(json.dumps(message).encode())
-        while True:
-            reply = self._recv(30.0)
-            if reply is None:
-                raise OSError("the fork server did not answer")
-            if reply.get("op") != "exit":
-                return reply
-
-    def _recv(self, timeout: float) -> dict[str, Any] | None:
-        """One message from the template (exit notes are recorded on the way)."""
-        if not self.alive:
-            return None
-        readable, _, _ = select.select([self.sock], [], [], timeout)
-        if not readable:
-            return None
-        data = self.sock.recv(_MAX)
+        readable, _, _ = select.select([self.sock], [], [], 60.0)
+        data = self.sock.recv(_MAX) if readable else b""
         if not data:
-            self.alive = False
-            return None
+            raise OSError("the fork server did not answer")
         reply: dict[str, Any] = json.loads(data)
-        if reply.get("op") == "exit":
-            self.exits[int(reply["pid"])] = reply["code"]
         return reply
-
-    def collect(self, timeout: float) -> None:
-        """Record the exits the template has reported (waiting up to ``timeout`` for one)."""
-        while self._recv(timeout) is not None:
-            timeout = 0.0
-
-    def wait_for(self, pid: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while pid not in self.exits and self.alive:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            self._recv(left)
 
     def launch(self, cfg: WorkerConfig) -> ForkedProcess:
         """Fork one worker from the template (a ``runner.Launcher``)."""
         reply = self._request({"op": "fork", "config": cfg.to_wire()})
         if reply.get("op") != "forked":
             raise OSError(f"the fork server could not start node {cfg.node_id!r}: {reply}")
-        return ForkedProcess(self, int(reply["pid"]))
+        return ForkedProcess(int(reply["pid"]))
 
     def close(self) -> None:
-        """Stop the template (its nodes have exited by now) and reap it."""
-        if self.frozen:
-            self.frozen = False
-            gc.unfreeze()
+        """Stop the template (every node launched has been adopted by now) and reap it."""
+        if not self.alive:
+            return
+        self.alive = False
         with contextlib.suppress(OSError):
             self.sock.close()
-        self.alive = False
+        if not self.was_subreaper:
+            _subreaper(False)
         deadline = time.monotonic() + 3.0
         while True:
             try:
@@ -236,7 +243,13 @@ class ForkServer:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(self.pid, 0)
                 return
-            time.sleep(0.005)
+            time.sleep(0.002)
+
+    def thaw(self) -> None:
+        """The run is over: the supervisor's objects take part in its collections again."""
+        if self.frozen:
+            self.frozen = False
+            gc.unfreeze()
 
 
 # --- the template process ---------------------------------------------------------------------
@@ -299,73 +312,66 @@ def _template(sock: socket.socket, supervisor: int, preload: list[str]) -> int:
 
     gc.collect()
     gc.freeze()  # the shared objects stay out of the nodes' collections: no copied pages
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-    children: set[int] = set()
 
     def send(message: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
             sock.sendall(json.dumps(message).encode())
 
-    def reap() -> None:
-        while children:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if not pid:
-                return
-            children.discard(pid)
-            send({"op": "exit", "pid": pid, "code": os.waitstatus_to_exitcode(status)})
+    while True:
+        readable, _, _ = select.select([sock], [], [], 0.5)
+        if os.getppid() != supervisor:
+            return 0  # the supervisor is gone
+        if not readable:
+            continue
+        data = sock.recv(_MAX)
+        if not data:
+            return 0  # the supervisor closed the channel: every node is launched
+        request = json.loads(data)
+        if request["op"] == "ping":
+            send({"op": "pong"})
+        elif request["op"] == "fork":
+            cfg = WorkerConfig.from_wire(request["config"])
+            prepare(cfg.plan.node_type)
+            send({"op": "forked", "pid": _fork_orphan(cfg, sock.fileno())})
 
+
+def _fork_orphan(cfg: WorkerConfig, channel: int) -> int:
+    """Fork the node through an intermediate that exits at once: the node is orphaned and
+    adopted by the supervisor (a child subreaper) before this returns its pid."""
+    r, w = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            me = os.getpid()  # not the node's getppid(): it may be adopted already
+            node = os.fork()
+            if node == 0:
+                os.close(r)
+                os.close(w)
+                _child(cfg, (channel,), me)
+            os.write(w, node.to_bytes(8, "little"))
+        finally:
+            os._exit(0)
+    os.close(w)
     try:
-        while True:
-            readable, _, _ = select.select([sock.fileno(), wake_r], [], [], 0.5)
-            if wake_r in readable:
-                with contextlib.suppress(OSError):
-                    os.read(wake_r, 512)
-            reap()
-            if os.getppid() != supervisor:
-                break  # the supervisor is gone
-            if sock.fileno() not in readable:
-                continue
-            data = sock.recv(_MAX)
-            if not data:
-                break  # the supervisor closed the channel
-            request = json.loads(data)
-            if request["op"] == "ping":
-                send({"op": "pong"})
-            elif request["op"] == "fork":
-                cfg = WorkerConfig.from_wire(request["config"])
-                prepare(cfg.plan.node_type)
-                pid = os.fork()
-                if pid == 0:
-                    _child(cfg, (sock.fileno(), wake_r, wake_w))
-                children.add(pid)
-                send({"op": "forked", "pid": pid})
+        data = os.read(r, 8)
     finally:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 3.0
-        while children and time.monotonic() < deadline:
-            reap()
-            time.sleep(0.01)
-    return 0
+        os.close(r)
+        os.waitpid(middle, 0)  # gone: the node has its new parent now
+    if len(data) != 8:
+        raise OSError("the node could not be forked")
+    return int.from_bytes(data, "little")
 
 
-def _child(cfg: WorkerConfig, close: tuple[int, ...]) -> None:
-    """In the forked node: drop the template's handles and run the worker (never returns)."""
+def _child(cfg: WorkerConfig, close: tuple[int, ...], middle: int) -> None:
+    """In the forked node: drop the template's handles, wait to be adopted by the supervisor
+    (the worker watches its parent) and run the worker (never returns)."""
     code = 70
     try:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for fd in close:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        while os.getppid() == middle:
+            time.sleep(0.0002)
         from pipeline.runtime.worker import worker_main
 
         worker_main(cfg)

@@ -85,8 +85,9 @@ class RunPerf:
                 return
             rows[node_id] = mb
         rows["(supervisor)"] = read_pss_mb(os.getpid()) or 0.0
-        if self.template is not None:
-            rows["(fork server)"] = read_pss_mb(self.template.pid) or 0.0
+        template = read_pss_mb(self.template.pid) if self.template is not None else None
+        if template is not None:  # it goes once every node is launched
+            rows["(fork server)"] = template
         total = sum(rows.values())
         if total > self.peak_total:
             self.peak_total = total

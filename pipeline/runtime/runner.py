@@ -258,6 +258,8 @@ class _Supervisor:
             for cfg in self._configs(control):
                 self.perf.launched(cfg.node_id)
                 self.procs[cfg.node_id] = _Proc(cfg.node_id, launcher(cfg), cfg.plan.is_source)
+            if server is not None:
+                server.close()  # every node is this process's child now; the template goes
             self.perf.watch(self.procs, server)
             signal.signal(signal.SIGINT, self._on_signal)
             signal.signal(signal.SIGTERM, self._on_signal)
@@ -270,6 +272,7 @@ class _Supervisor:
                 proc.process.close()
             if server is not None:
                 server.close()
+                server.thaw()
             router.close(linger=0)
             ctx.term()
             remove_run_segments(self.prefix)

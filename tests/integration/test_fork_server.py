@@ -46,7 +46,7 @@ def test_a_run_forks_its_nodes_and_reports_their_pss_and_start_up(write_graph, t
     assert result.exit_code == 0, result.error
     assert result.memory["launcher"] == "fork_server"
     pss = result.memory["pss_mb"]
-    assert set(pss) == {"camera", "relay", "rec", "(supervisor)", "(fork server)"}
+    assert set(pss) == {"camera", "relay", "rec", "(supervisor)"}  # the template is gone
     assert all(v > 0 for v in pss.values())
     assert result.memory["total_pss_mb"] == pytest.approx(sum(pss.values()), abs=0.1)
     for node_id, stats in result.stats.items():
