@@ -78,7 +78,11 @@ nodes:
     if result.exit_code:
         raise RuntimeError(f"benchmark graph failed: {result.error}")
     consumer = result.stats["consumer"]
+    producer = result.stats["producer"]
     return {
+        # both processes' CPU per frame (start-up included): less noisy than frames/s on a
+        # shared machine
+        "cpu_us_per_frame": (producer.cpu_s + consumer.cpu_s) / max(consumer.calls, 1) * 1e6,
         "frames": consumer.calls,
         "seconds": consumer.elapsed_s,
         "fps": consumer.fps,
@@ -283,9 +287,15 @@ def main() -> int:
         ):
             thr = fn(flat, 0.0)
             lat = fn(paced, rate)
-            row[label] = {"fps": thr["fps"], "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"]}
+            row[label] = {
+                "fps": thr["fps"],
+                "p50_ms": lat["p50_ms"],
+                "p99_ms": lat["p99_ms"],
+                "cpu_us_per_frame": thr["cpu_us_per_frame"],
+            }
             print(
-                f"{size:>9} {label:<13} {thr['fps']:>9.0f} frames/s   p50 {lat['p50_ms']:.3f} ms",
+                f"{size:>9} {label:<13} {thr['fps']:>9.0f} frames/s   p50 {lat['p50_ms']:.3f} ms"
+                f"   CPU {thr['cpu_us_per_frame']:.0f} us/frame (both processes)",
                 flush=True,
             )
         for label, base in (("mp_queue", mp_queue), ("pyzmq_copy", pyzmq_copy)):
