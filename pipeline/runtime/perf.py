@@ -3,10 +3,11 @@
 - Start-up, per node: ``start_s`` from the launch to the node's ``Hello`` (a fresh interpreter
   or a fork, the imports, building the node and binding its inputs) and ``open_s`` from
   ``Hello`` to ``Ready`` (the node's ``open()``: a model node's model loading is this part).
-- Memory: the proportional set size (PSS) of every node process, of the supervisor and of
-  the fork server's template, read from ``/proc/PID/smaps_rollup`` twice a second while the
-  graph runs. PSS divides each shared page among the processes that map it, so the sum is
-  the memory the graph really takes (peak RSS counts a shared library once per process).
+- Memory: the proportional set size (PSS) of every node process and of the supervisor (the
+  fork server's template has exited by then), read from ``/proc/PID/smaps_rollup`` twice a
+  second while the graph runs. PSS divides each shared page among the processes that map
+  it, so the sum is the memory the graph really takes (peak RSS counts a shared library
+  once per process).
   Reported: each process's PSS at the moment the total was highest, and that total.
 """
 
@@ -37,10 +38,6 @@ def read_pss_mb(pid: int) -> float | None:
     return None
 
 
-class _HasPid(Protocol):
-    pid: int
-
-
 class _Watched(Protocol):
     @property
     def process(self) -> Any: ...
@@ -56,7 +53,7 @@ class RunPerf:
         self.t_hello: dict[str, float] = {}
         self.t_ready: dict[str, float] = {}
         self.procs: Mapping[str, _Watched] = {}
-        self.template: _HasPid | None = None
+        self.forked = False  # nodes came from the fork server (its template is gone by now)
         self.next_sample = 0.0
         self.peak_total = 0.0
         self.peak: dict[str, float] = {}
@@ -67,9 +64,9 @@ class RunPerf:
     def mark(self, node_id: str, event: str) -> None:
         (self.t_hello if event == "hello" else self.t_ready)[node_id] = time.monotonic()
 
-    def watch(self, procs: Mapping[str, _Watched], template: _HasPid | None) -> None:
+    def watch(self, procs: Mapping[str, _Watched], forked: bool) -> None:
         self.procs = procs
-        self.template = template
+        self.forked = forked
 
     def sample(self, now: float) -> None:
         """Read every process's PSS (at most twice a second); keep the highest total."""
@@ -85,9 +82,6 @@ class RunPerf:
                 return
             rows[node_id] = mb
         rows["(supervisor)"] = read_pss_mb(os.getpid()) or 0.0
-        template = read_pss_mb(self.template.pid) if self.template is not None else None
-        if template is not None:  # it goes once every node is launched
-            rows["(fork server)"] = template
         total = sum(rows.values())
         if total > self.peak_total:
             self.peak_total = total
@@ -111,7 +105,7 @@ class RunPerf:
     def memory(self) -> dict[str, Any]:
         """``{"launcher", "pss_mb": {process: MB}, "total_pss_mb"}`` (empty PSS: too short)."""
         return {
-            "launcher": "fork_server" if self.template is not None else "spawn",
+            "launcher": "fork_server" if self.forked else "spawn",
             "pss_mb": {k: round(v, 2) for k, v in self.peak.items()},
             "total_pss_mb": round(self.peak_total, 2),
         }

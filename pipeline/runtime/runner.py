@@ -260,7 +260,7 @@ class _Supervisor:
                 self.procs[cfg.node_id] = _Proc(cfg.node_id, launcher(cfg), cfg.plan.is_source)
             if server is not None:
                 server.close()  # every node is this process's child now; the template goes
-            self.perf.watch(self.procs, server)
+            self.perf.watch(self.procs, forked=server is not None)
             signal.signal(signal.SIGINT, self._on_signal)
             signal.signal(signal.SIGTERM, self._on_signal)
             self._supervise()
