@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipeline.serve.config import ServeConfig
+
 __all__ = ["EdgeSpec", "GraphSpec", "NodeSpec", "Pace", "WhenFull", "graph_json_schema"]
 
 ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
@@ -92,6 +94,18 @@ class NodeSpec(_Strict):
         le=10000,
         description="Sources only. At most this many frames per second, whatever the pace.",
     )
+    health_timeout_s: float | None = Field(
+        60.0,
+        gt=0,
+        description="A node inside one process() or flush() call for this long is stuck: "
+        "the graph stops with its stack printed (a stall warning comes at half); null: never.",
+    )
+    open_timeout_s: float | None = Field(
+        120.0, gt=0, description="The longest open() may take (loading a model); null: no limit."
+    )
+    close_timeout_s: float | None = Field(
+        30.0, gt=0, description="The longest close() may take; null: no limit."
+    )
 
 
 class GraphSpec(_Strict):
@@ -100,6 +114,9 @@ class GraphSpec(_Strict):
     graph: str = Field(min_length=1, description="Name of the graph.")
     description: str = Field("", description="What the graph does.")
     nodes: list[NodeSpec] = Field(min_length=1, description="The nodes, in any order.")
+    serve: ServeConfig | None = Field(
+        None, description="Serve Viam's vision, ML model and camera APIs beside the graph."
+    )
 
 
 def graph_json_schema() -> str:

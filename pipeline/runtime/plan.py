@@ -87,6 +87,8 @@ class WorkerConfig:
     shm_prefix: str  # names of this run's shared-memory segments start with it
     log_level: str = "INFO"
     stats_path: str = ""  # where the supervisor publishes every node's statistics
+    stop_grace_s: float = 5.0  # after a SIGTERM, how long the node may drain before it unwinds
+    activity_path: str = ""  # the run's activity board (pipeline.runtime.activity)
 
     @property
     def node_id(self) -> str:
@@ -99,6 +101,8 @@ class WorkerConfig:
             "shm_prefix": self.shm_prefix,
             "log_level": self.log_level,
             "stats_path": self.stats_path,
+            "stop_grace_s": self.stop_grace_s,
+            "activity_path": self.activity_path,
         }
 
     @classmethod
@@ -109,6 +113,8 @@ class WorkerConfig:
             shm_prefix=d["shm_prefix"],
             log_level=d.get("log_level", "INFO"),
             stats_path=d.get("stats_path", ""),
+            stop_grace_s=float(d.get("stop_grace_s", 5.0)),
+            activity_path=d.get("activity_path", ""),
         )
 
 

@@ -288,8 +288,9 @@ class UnixEdgeSender(EdgeSender):
 class UnixInputEdge(InputEdge):
     """The consumer's end of a fast-path edge: binds ``<edge address>.dg``."""
 
-    def __init__(self, plan: EdgePlan, reader: ShmReader) -> None:
+    def __init__(self, plan: EdgePlan, reader: ShmReader, segment_prefix: str = "") -> None:
         self.plan = plan
+        self.segment_prefix = segment_prefix
         self.name = plan.name
         self.port = plan.input
         self.tcp = False
@@ -303,6 +304,8 @@ class UnixInputEdge(InputEdge):
         self.endpoint = SCHEME + self.path
         self.reader = reader
         self.ended = False
+        self.malformed = 0
+        self.key = ""  # same host, in the run's 0700 folder: no CURVE handshake
         self._view = self._shm_view
         self._side: collections.deque[bytes] = collections.deque()
         self.mm: mmap.mmap | None = None
@@ -396,13 +399,7 @@ class UnixInputEdge(InputEdge):
         head = self._next
         assert head is not None
         self._next = None
-        kind, n, dropped, t_send = codec.unpack_envelope(head)
-        if kind == codec.EOS:
-            self.ended = True
-            return None, n, dropped, t_send
-        body = memoryview(head)[codec.ENVELOPE_SIZE :]
-        message = codec.decode_body(body, self._view, ())
-        return message, n, dropped, t_send
+        return self._decode(head, [])
 
     def flush_releases(self) -> None:
         """Store the releases held back for batching; ring the producer if it waits."""
@@ -426,17 +423,17 @@ class UnixInputEdge(InputEdge):
                 self.mm.close()
 
 
-def open_sender(ctx: Any, plan: EdgePlan, endpoint: str) -> EdgeSender:
+def open_sender(ctx: Any, plan: EdgePlan, endpoint: str, server_key: str = "") -> EdgeSender:
     """The producer's end for the address the consumer bound (fast path or ZeroMQ)."""
     if endpoint.startswith(SCHEME):
         return UnixEdgeSender(plan, endpoint)
-    return EdgeSender(ctx, plan, endpoint)
+    return EdgeSender(ctx, plan, endpoint, server_key)
 
 
-def open_input(ctx: Any, plan: EdgePlan, reader: ShmReader) -> InputEdge:
+def open_input(ctx: Any, plan: EdgePlan, reader: ShmReader, segment_prefix: str = "") -> InputEdge:
     """The consumer's end: the fast path for a same-host edge where enabled, else ZeroMQ."""
     # A Unix socket path has at most 107 bytes (a very long TMPDIR keeps ZeroMQ's ipc://).
     same_host = not plan.tcp and enabled() and plan.bind.startswith("ipc://")
     if same_host and len(input_path(plan).encode()) + 2 <= 107:
-        return UnixInputEdge(plan, reader)
-    return InputEdge(ctx, plan, reader)
+        return UnixInputEdge(plan, reader, segment_prefix)
+    return InputEdge(ctx, plan, reader, segment_prefix)

@@ -97,6 +97,8 @@ def test_public_api_is_exactly_all():
         "testing",
         "cli",
         "bench",
+        "rpc",
+        "serve",
     }
     assert public == set(pipeline.__all__) - {"__version__"}
 
