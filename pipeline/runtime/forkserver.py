@@ -53,6 +53,7 @@ from pipeline.runtime.plan import WorkerConfig
 __all__ = ["ForkServer", "fork_server_supported"]
 
 _MAX = 1 << 20
+_SUPERVISOR_PATH: list[str] = []  # in the template: the supervisor's import path
 
 
 def fork_server_supported() -> bool:
@@ -290,7 +291,13 @@ def _template(sock: socket.socket, supervisor: int, preload: list[str]) -> int:
 
     logging.root.handlers.clear()
     from pipeline.registry import load_node_class
-    from pipeline.runtime import worker  # noqa: F401  (imported once, shared by every node)
+    from pipeline.runtime.worker import node_sys_path  # imported once, shared by every node
+
+    # As in a spawned worker: no module from the current folder shadows a library here
+    # (a stray cv2.py); a ``module:Class`` node gets the folder back, last, in its process.
+    global _SUPERVISOR_PATH
+    _SUPERVISOR_PATH = list(sys.path)
+    sys.path[:] = node_sys_path(_SUPERVISOR_PATH, "", os.getcwd())
 
     needs: dict[str, tuple[str, ...]] = {}
     for node_type in dict.fromkeys(preload):
@@ -372,7 +379,9 @@ def _child(cfg: WorkerConfig, close: tuple[int, ...], middle: int) -> None:
                 os.close(fd)
         while os.getppid() == middle:
             time.sleep(0.0002)
-        from pipeline.runtime.worker import worker_main
+        from pipeline.runtime.worker import node_sys_path, worker_main
+
+        sys.path[:] = node_sys_path(_SUPERVISOR_PATH, cfg.plan.node_type, os.getcwd())
 
         worker_main(cfg)
     except BaseException:
