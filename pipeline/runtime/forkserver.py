@@ -179,7 +179,15 @@ class ForkServer:
         # until the run ends (``RunPerf``'s caller calls ``thaw``).
         gc.collect()
         gc.freeze()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            gc.unfreeze()
+            ours.close()
+            theirs.close()
+            if not was:
+                _subreaper(False)
+            return None
         if pid == 0:  # the template
             code = 70
             try:
