@@ -290,7 +290,8 @@ def _standard_streams() -> None:
 
 
 def _template(sock: socket.socket, supervisor: int, preload: list[str]) -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor's, as in every node
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _close_inherited({sock.fileno()})
     _standard_streams()

@@ -303,10 +303,16 @@ class _Supervisor:
         self.router = router
         old_handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         try:
-            # Children inherit "ignore" across exec, so a Ctrl-C or a closed terminal reaches
-            # only the supervisor, even before a child has installed its own handlers.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            if server is None:
+                # Children inherit "ignore" across exec, so a Ctrl-C or a closed terminal
+                # reaches only the supervisor, even before a child has installed its handlers.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            else:
+                # Forked nodes come from the template, which ignores those itself: a stop
+                # while the nodes are being launched is a stop (not lost).
+                for sig in STOP_SIGNALS:
+                    signal.signal(sig, self._on_signal)
             launcher = server.launch if server is not None else (self.launcher or launch_local)
             for cfg in self._configs(control):
                 spec = self.graph.node(cfg.node_id)
