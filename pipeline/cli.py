@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     verdict = "failed" if failed else ("stopped" if result.stopped else "finished")
     with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
         if result.stats and not args.quiet:
-            print(render_table(result.stats), file=sys.stderr)
+            print(render_table(result.stats, result.memory), file=sys.stderr)
         print(f"graph {graph.name!r} {verdict} in {result.duration_s:.1f} s", file=sys.stderr)
         if args.stats_json:
             print(f"statistics written to {args.stats_json}", file=sys.stderr)

@@ -211,6 +211,10 @@ class Node:
     Params: ClassVar[type[NodeParams]] = NodeParams
     inputs: ClassVar[dict[str, Input[Any]]] = {}
     outputs: ClassVar[dict[str, Output[Any]]] = {}
+    #: Modules the node imports when it opens (``"cv2"``) that a fork server may import once,
+    #: before it forks the graph's nodes, so that every node shares them (see
+    #: ``pipeline.runtime.forkserver``). An import error here is not fatal.
+    preload_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -34,6 +34,8 @@ M = TypeVar("M", bound=VisionModel)
 class ModelNode(Node, Generic[M]):
     """Opens ``self.vision`` (a :class:`VisionModel` built by :meth:`load`) and closes it."""
 
+    preload_modules = ("cv2",)
+
     Params: ClassVar[type[NodeParams]] = ModelParams
 
     vision: M

@@ -289,6 +289,8 @@ class Overlay(Node):
             detections: detector/detections
     """
 
+    preload_modules = ("cv2",)
+
     class Params(NodeParams):
         line_width: int = Field(
             0, ge=0, le=32, description="Box line width in pixels; 0: from the frame size."

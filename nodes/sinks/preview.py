@@ -434,6 +434,8 @@ class Preview(Node):
             frames: {from: overlay/annotated, queue: 2, when_full: drop_oldest}
     """
 
+    preload_modules = ("cv2",)
+
     class Params(NodeParams):
         host: str = Field(
             "127.0.0.1",

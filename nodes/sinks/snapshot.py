@@ -75,6 +75,8 @@ class SnapshotSink(Node):
             detections: detector/detections
     """
 
+    preload_modules = ("cv2",)
+
     class Params(NodeParams):
         folder: str = Field(description="Where the files go (created if missing).")
         pattern: str = Field(

@@ -145,6 +145,8 @@ class VideoWriterSink(Node):
           inputs: {frames: overlay/annotated}
     """
 
+    preload_modules = ("cv2",)
+
     class Params(NodeParams):
         path: str = Field(description="The video file to write (.mp4, .m4v, .mov or .avi).")
         codec: Codec | None = Field(

@@ -57,6 +57,8 @@ class VideoFileSource(Node):
           params: {path: samples/people.mp4, loop: true}
     """
 
+    preload_modules = ("cv2",)
+
     class Params(NodeParams):
         path: str = Field(
             min_length=1,

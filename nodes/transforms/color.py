@@ -31,6 +31,8 @@ class ColorConvert(Node):
           inputs: {frames: camera/frames}
     """
 
+    preload_modules = ("cv2",)
+
     class Params(NodeParams):
         to: TargetColor = Field(description="The colour to convert to: bgr, rgb or gray.")
 

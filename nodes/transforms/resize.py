@@ -100,6 +100,8 @@ class Resize(Node):
           inputs: {frames: camera/frames}
     """
 
+    preload_modules = ("cv2",)
+
     class Params(NodeParams):
         width: int = Field(ge=1, le=16384, description="Output width in pixels.")
         height: int = Field(ge=1, le=16384, description="Output height in pixels.")

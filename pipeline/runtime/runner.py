@@ -47,6 +47,8 @@ from pipeline.errors import NodeError, NodeExitError, NodeOpenError, NodeProcess
 from pipeline.graph.validate import ValidatedGraph
 from pipeline.runtime import protocol as p
 from pipeline.runtime.activity import ActivityBoard
+from pipeline.runtime.forkserver import ForkServer
+from pipeline.runtime.perf import RunPerf
 from pipeline.runtime.plan import WorkerConfig, plan_graph
 from pipeline.runtime.protocol import NodeState
 from pipeline.runtime.stats import NodeStats
@@ -104,6 +106,7 @@ class RunResult:
     duration_s: float
     stopped: bool = False
     stop_signal: int | None = None
+    memory: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _run_dir_root() -> Path:
@@ -226,7 +229,7 @@ class _Supervisor:
         out: IO[str],
         grace_s: float,
         monitor: RunMonitor | None = None,
-        launcher: Launcher = launch_local,
+        launcher: Launcher | None = None,
     ) -> None:
         self.monitor = monitor
         self.graph = graph
@@ -248,6 +251,7 @@ class _Supervisor:
         self.endpoints: dict[str, str] = {}
         self.keys: dict[str, str] = {}
         self.hello: set[str] = set()
+        self.perf = RunPerf()
 
     # set-up ------------------------------------------------------------------------------------
     def _configs(self, control: str) -> list[WorkerConfig]:
@@ -288,6 +292,8 @@ class _Supervisor:
         _write_drawing(self.graph, self.run_dir / "graph.svg")
         self.board = ActivityBoard(self.run_dir / "activity", len(self.plan.nodes))
         t0 = time.monotonic()
+        # Before the ZeroMQ context: the fork server's template must be forked thread-free.
+        server = self._fork_server()
         ctx: zmq.Context[Any] = zmq.Context()
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
@@ -297,15 +303,23 @@ class _Supervisor:
         self.router = router
         old_handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         try:
-            # Children inherit "ignore" across exec, so a Ctrl-C or a closed terminal reaches
-            # only the supervisor, even before a child has installed its own handlers.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            if server is None:
+                # Children inherit "ignore" across exec, so a Ctrl-C or a closed terminal
+                # reaches only the supervisor, even before a child has installed its handlers.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            else:
+                # Forked nodes come from the template, which ignores those itself: a stop
+                # while the nodes are being launched is a stop (not lost).
+                for sig in STOP_SIGNALS:
+                    signal.signal(sig, self._on_signal)
+            launcher = server.launch if server is not None else (self.launcher or launch_local)
             for cfg in self._configs(control):
                 spec = self.graph.node(cfg.node_id)
+                self.perf.launched(cfg.node_id)
                 self.procs[cfg.node_id] = _Proc(
                     cfg.node_id,
-                    self.launcher(cfg),
+                    launcher(cfg),
                     cfg.plan.is_source,
                     cfg.plan.index,
                     {
@@ -315,6 +329,9 @@ class _Supervisor:
                         "close": spec.close_timeout_s,
                     },
                 )
+            if server is not None:
+                server.close()  # every node is this process's child now; the template goes
+            self.perf.watch(self.procs, forked=server is not None)
             for sig in STOP_SIGNALS:
                 signal.signal(sig, self._on_signal)
             self._supervise()
@@ -325,11 +342,15 @@ class _Supervisor:
             self._last_reports()
             for proc in self.procs.values():
                 proc.process.close()
+            if server is not None:
+                server.close()
+                server.thaw()
             router.close(linger=0)
             ctx.term()
             self.board.close()
             remove_run_segments(self.prefix)
         stats = {n: proc.stats for n, proc in self.procs.items() if proc.stats is not None}
+        stats = self.perf.annotate(stats)
         if self.error or self.forced:
             code = EXIT_FAILED
         elif self.stop_signal is not None:
@@ -343,7 +364,14 @@ class _Supervisor:
             time.monotonic() - t0,
             self.interrupts > 0,
             self.stop_signal,
+            self.perf.memory(),
         )
+
+    def _fork_server(self) -> ForkServer | None:
+        """The template that forks the nodes (``launcher=None``, where the platform allows)."""
+        if self.launcher is not None:
+            return None
+        return ForkServer.start(node.node_type for node in self.plan.nodes)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.interrupts += 1
@@ -388,6 +416,7 @@ class _Supervisor:
         node_id = proc.node_id
         match message:
             case p.Hello(endpoints=endpoints, keys=keys):
+                self.perf.mark(node_id, "hello")
                 self._follow(proc, NodeState.OPENING)
                 self.hello.add(node_id)
                 self.endpoints.update(endpoints)
@@ -395,6 +424,7 @@ class _Supervisor:
                 if len(self.hello) == len(self.procs):
                     self._send_wiring()
             case p.Ready():
+                self.perf.mark(node_id, "ready")
                 self._follow(proc, NodeState.READY)
             case p.OpenFailed(error=error, tb=tb):
                 self._follow(proc, NodeState.FAILED)
@@ -580,6 +610,7 @@ class _Supervisor:
                     self._print(f"forcing stop: {self._not_drained()} did not drain in time")
                     self.forced = True
                     return
+            self.perf.sample(now)
             if now >= next_table:
                 next_table = now + 1.0
                 self._publish_stats()
@@ -686,7 +717,7 @@ def run_graph(
     out: IO[str] | None = None,
     grace_s: float = 5.0,
     monitor: RunMonitor | None = None,
-    launcher: Launcher = launch_local,
+    launcher: Launcher | None = None,
 ) -> RunResult:
     """Run a validated graph to its end; returns the exit code and statistics.
 
@@ -698,7 +729,9 @@ def run_graph(
         out: where errors and the table go (default stderr).
         grace_s: after a stop, how long the graph may drain before it is forced.
         monitor: called with statistics twice a second; may reset them or stop the graph.
-        launcher: starts each node's worker (default: a child process of this one).
+        launcher: starts each node's worker (default: forked from a pre-imported template
+            process where the platform allows, see ``pipeline.runtime.forkserver``, else
+            ``launch_local``: a fresh interpreter per node).
     """
     stream = out or sys.stderr
     result = _Supervisor(graph, log_level, live, stream, grace_s, monitor, launcher).run()
@@ -710,6 +743,7 @@ def run_graph(
             "error": str(result.error) if result.error else None,
             "duration_s": round(result.duration_s, 3),
             "nodes": {k: v.to_dict() for k, v in result.stats.items()},
+            "memory": result.memory,
         }
         Path(stats_json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return result

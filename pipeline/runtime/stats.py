@@ -131,6 +131,9 @@ class NodeStats:
     counters: Mapping[str, int]
     cpu_s: float = 0.0
     max_rss_mb: float = 0.0
+    pss_mb: float = 0.0  # proportional set size while the graph ran (the supervisor's sample)
+    start_s: float = 0.0  # launch to Hello: process start, imports, building the node
+    open_s: float = 0.0  # Hello to Ready: the node's open() (a model node loads its model)
     process_hist: Histogram | None = dataclasses.field(default=None, repr=False, compare=False)
     latency_hist: Histogram | None = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -184,6 +187,9 @@ class NodeStats:
             counters=d["counters"],
             cpu_s=d.get("cpu_s", 0.0),
             max_rss_mb=d.get("max_rss_mb", 0.0),
+            pss_mb=d.get("pss_mb", 0.0),
+            start_s=d.get("start_s", 0.0),
+            open_s=d.get("open_s", 0.0),
             process_hist=Histogram.from_dict(process_hist) if process_hist else None,
             latency_hist=Histogram.from_dict(latency_hist) if latency_hist else None,
         )

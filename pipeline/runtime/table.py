@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from pipeline.runtime.stats import NodeStats
 
@@ -20,6 +21,8 @@ _COLUMNS = (
     "proc p95",
     "lat p50",
     "lat p95",
+    "start",
+    "pss",
 )
 
 
@@ -27,8 +30,15 @@ def _fmt_ms(value: float) -> str:
     return f"{value:.2f}ms" if value < 100 else f"{value:.0f}ms"
 
 
-def render_table(rows: Mapping[str, NodeStats | None]) -> str:
-    """One line per node from the statistics that workers report (None: not yet)."""
+def render_table(
+    rows: Mapping[str, NodeStats | None], memory: Mapping[str, Any] | None = None
+) -> str:
+    """One line per node from the statistics that workers report (None: not yet).
+
+    ``start`` is launch to ready (process start and ``open()``); ``pss`` the node's
+    proportional set size while the graph ran. ``memory`` (``RunResult.memory``) adds a
+    line with the run's total PSS, supervisor and fork server included.
+    """
     lines = [list(_COLUMNS)]
     for node_id, s in rows.items():
         if not s:
@@ -50,6 +60,8 @@ def render_table(rows: Mapping[str, NodeStats | None]) -> str:
                 _fmt_ms(proc["p95_ms"]),
                 _fmt_ms(lat["p50_ms"]) if lat["p50_ms"] else "-",
                 _fmt_ms(lat["p95_ms"]) if lat["p95_ms"] else "-",
+                f"{s.start_s + s.open_s:.2f}s" if s.start_s else "-",
+                f"{s.pss_mb:.0f}MB" if s.pss_mb else "-",
             ]
         )
     widths = [max(len(row[i]) for row in lines) for i in range(len(_COLUMNS))]
@@ -58,4 +70,8 @@ def render_table(rows: Mapping[str, NodeStats | None]) -> str:
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
         cells += [cell.rjust(widths[i + 2]) for i, cell in enumerate(row[2:])]
         out.append("  ".join(cells).rstrip())
+    if memory and memory.get("total_pss_mb"):
+        pss = memory.get("pss_mb", {})
+        others = ", ".join(f"{k.strip('()')} {v:.0f}MB" for k, v in pss.items() if k[0] == "(")
+        out.append(f"total PSS {memory['total_pss_mb']:.0f}MB ({others})")
     return "\n".join(out)

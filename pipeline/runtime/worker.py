@@ -58,7 +58,8 @@ from pipeline.runtime.lifecycle import NodeDriver
 from pipeline.runtime.plan import WorkerConfig
 from pipeline.runtime.protocol import NodeState
 from pipeline.runtime.stats import NodeStats, StatsCollector
-from pipeline.transport.channels import EdgeSender, InputEdge, RuntimeOutput
+from pipeline.transport.channels import InputEdge, RuntimeOutput
+from pipeline.transport.fastpath import open_input, open_sender
 from pipeline.transport.shm import ShmReader, SlotPool
 
 __all__ = ["Worker", "main", "worker_main"]
@@ -276,7 +277,7 @@ class Worker:
         for port in self.plan.outputs:
             out = self.outputs[port.port]
             for edge in port.edges:
-                sender = EdgeSender(self.ctx, edge, endpoints[edge.name], keys.get(edge.name, ""))
+                sender = open_sender(self.ctx, edge, endpoints[edge.name], keys.get(edge.name, ""))
                 out.connect(sender)
 
     def _build(self) -> Node:
@@ -289,7 +290,7 @@ class Worker:
                 port.port, pool, type=cls.outputs[port.port].type
             )
         for edge in plan.inputs:
-            self.inputs.append(InputEdge(self.ctx, edge, self.reader, self.cfg.shm_prefix))
+            self.inputs.append(open_input(self.ctx, edge, self.reader, self.cfg.shm_prefix))
         node = cls(
             params, node_id=plan.node_id, ports=dict(self.outputs), services=self, log=self.log
         )
@@ -434,7 +435,8 @@ class Worker:
             if not got and not processed and not joiner.all_ended:
                 for edge in inputs:
                     edge.flush_releases()
-                poller.poll(5 if waiting else 200)
+                if all([edge.may_sleep() for edge in inputs]):  # every edge, no short cut
+                    poller.poll(5 if waiting else 200)
         for edge in inputs:
             edge.flush_releases()
 

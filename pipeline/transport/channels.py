@@ -194,6 +194,7 @@ class RuntimeOutput:
         self.pool = pool
         self.edges: list[EdgeSender] = []
         self._allocated: list[Slot] = []
+        self._made: list[tuple[np.ndarray, Slot]] = []  # allocate()'s arrays, this call
         self.sent = 0
         self.has_tcp = False
         self.has_shm = False
@@ -253,7 +254,9 @@ class RuntimeOutput:
         nbytes = math.prod(shape) * dt.itemsize
         slot = self._acquire(max(nbytes, 1))
         self._allocated.append(slot)
-        return slot.view(shape, dt)
+        view = slot.view(shape, dt)
+        self._made.append((view, slot))
+        return view
 
     def send(self, message: Message) -> None:
         if not isinstance(message, self.type):
@@ -269,16 +272,21 @@ class RuntimeOutput:
                 arrays_s.append((name, arr, "i", raw))
                 arrays_b.append((name, arr, "i", raw))
                 continue
-            slot = self._slot_of(arr) if arr.flags.c_contiguous else None
-            if slot is None:
+            # The array allocate() gave (the usual case): its slot at offset 0, found by
+            # identity; reading an array's address costs microseconds.
+            slot = next((s for view, s in self._made if view is arr), None)
+            offset = 0
+            if slot is None and arr.flags.c_contiguous:
+                slot = self._slot_of(arr)  # a part of an allocated array
+                if slot is not None:
+                    offset = arr.__array_interface__["data"][0] - slot.address
+            if slot is None:  # made elsewhere: copied into a slot once
                 slot = self._acquire(arr.nbytes)
                 dst = slot.view(arr.shape, arr.dtype)
                 np.copyto(dst, arr)
                 arr = dst
-                offset = 0
             else:
                 slot.refs += 1
-                offset = arr.__array_interface__["data"][0] - slot.address
             held.append(slot)
             arrays_s.append((name, arr, "s", (slot.name, offset)))
             if self.has_tcp:
@@ -316,6 +324,7 @@ class RuntimeOutput:
             for slot in self._allocated:
                 slot.refs -= 1
             self._allocated.clear()
+            self._made.clear()
 
     def has_waiting(self) -> bool:
         return any(edge.waiting for edge in self.edges)
@@ -396,6 +405,11 @@ class InputEdge:
     def has_message(self) -> bool:
         return bool(self.sock.getsockopt(_EVENTS) & _POLLIN)
 
+    def may_sleep(self) -> bool:
+        """Before the worker sleeps on ``sock``: False if it must look again first (a
+        transport that needs to ask for a wake-up, ``pipeline.transport.fastpath``)."""
+        return True
+
     def recv(self) -> tuple[Message | None, int, int, int]:
         """(message or None at end of stream, n, dropped, t_send_ns) of the next message."""
         if self.tcp:  # big buffers follow: take them without a copy
@@ -405,6 +419,10 @@ class InputEdge:
         else:  # one small frame: bytes are cheaper than a zmq.Frame here
             head = self.sock.recv(copy=True)
             buffers = []
+        return self._decode(head, buffers)
+
+    def _decode(self, head: bytes, buffers: list[Any]) -> tuple[Message | None, int, int, int]:
+        """The message in ``head`` (envelope + body) and ``buffers`` (its tcp frames)."""
         try:
             kind, n, dropped, t_send = codec.unpack_envelope(head)
         except codec.MalformedMessage:

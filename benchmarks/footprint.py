@@ -1,0 +1,179 @@
+"""Memory and start-up of whole graphs: nodes forked from the fork server against a fresh
+interpreter per node (``PIPELINE_FORK_SERVER=0``, how every node started before), in one run.
+
+For each launcher, ``pipeline run`` runs as a user runs it (a new process):
+
+- memory: ``graphs/detect_faces.yaml`` (the default face graph), total PSS of its node
+  processes, supervisor and template while it ran (``--stats-json``: ``memory``), and each
+  node's PSS;
+- start-up: a 3-node graph of ``graphs/synthetic.yaml``'s kind (synthetic source -> resize ->
+  jsonl) of a few frames: from the command to the first frame at the sink (the sink's first
+  line's arrival, seen by polling its file) and to the command's exit; each node's
+  ``start_s`` (process start, imports, building) and ``open_s`` (``open()``) from the stats.
+
+Results print as a table with ratios and go to ``benchmarks/results/footprint.json``.
+
+    .venv/bin/python benchmarks/footprint.py            # about a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from transport import machine
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).parent / "results" / "footprint.json"
+PIPELINE = str(Path(sys.executable).with_name("pipeline"))
+
+SMALL_GRAPH = """
+graph: startup
+nodes:
+  - id: camera
+    node: synthetic
+    params: {{width: 320, height: 240, fps: 0, frames: 3}}
+  - id: resize
+    node: resize
+    params: {{width: 160, height: 120}}
+    inputs:
+      frames: camera/frames
+  - id: log
+    node: jsonl
+    params: {{path: {out}}}
+    inputs:
+      messages: resize/resized
+"""
+
+
+def _env(fork_server: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PIPELINE_FORK_SERVER"] = "1" if fork_server else "0"
+    return env
+
+
+def memory(fork_server: bool, tmp: Path) -> dict[str, Any]:
+    stats = tmp / f"faces-{int(fork_server)}.json"
+    subprocess.run(
+        [PIPELINE, "run", "graphs/detect_faces.yaml", "--stats-json", str(stats), "--quiet"],
+        cwd=ROOT,
+        env=_env(fork_server),
+        check=True,
+        capture_output=True,
+    )
+    data = json.loads(stats.read_text())
+    mem = data["memory"]
+    return {
+        "total_pss_mb": mem["total_pss_mb"],
+        "pss_mb": mem["pss_mb"],
+        "max_rss_mb_sum": round(sum(n["max_rss_mb"] for n in data["nodes"].values()), 1),
+        "duration_s": data["duration_s"],
+    }
+
+
+def startup(fork_server: bool, tmp: Path) -> dict[str, Any]:
+    out = tmp / f"startup-{int(fork_server)}-{time.monotonic_ns()}.jsonl"
+    graph = tmp / "startup.yaml"
+    graph.write_text(SMALL_GRAPH.format(out=out))
+    stats = tmp / "startup-stats.json"
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [PIPELINE, "run", str(graph), "--stats-json", str(stats), "--quiet"],
+        cwd=tmp,
+        env=_env(fork_server),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    first = None
+    while proc.poll() is None:
+        if first is None and out.exists() and out.stat().st_size > 0:
+            first = time.monotonic() - t0
+        time.sleep(0.001)
+    total = time.monotonic() - t0
+    if first is None and out.exists() and out.stat().st_size > 0:
+        first = total  # written and flushed only at the end
+    nodes = json.loads(stats.read_text())["nodes"]
+    return {
+        "first_frame_s": first,
+        "exit_s": total,
+        "start_s": {k: v["start_s"] for k, v in nodes.items()},
+        "open_s": {k: v["open_s"] for k, v in nodes.items()},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=5, help="start-up runs per launcher")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for label, fork in (("spawn", False), ("fork_server", True)):
+            mem = memory(fork, tmp)
+            runs = [startup(fork, tmp) for _ in range(args.repeat)]
+            firsts = [r["first_frame_s"] for r in runs if r["first_frame_s"] is not None]
+            results[label] = {
+                "detect_faces_memory": mem,
+                "startup_runs": runs,
+                "first_frame_s_median": statistics.median(firsts) if firsts else None,
+                "exit_s_median": statistics.median(r["exit_s"] for r in runs),
+            }
+            print(
+                f"{label:<12} detect_faces total PSS {mem['total_pss_mb']:7.1f} MB   "
+                f"3-node graph: first frame {results[label]['first_frame_s_median']:.3f} s, "
+                f"exit {results[label]['exit_s_median']:.3f} s",
+                flush=True,
+            )
+    before, after = results["spawn"], results["fork_server"]
+    ratios = {
+        "pss_spawn_over_fork_server": round(
+            before["detect_faces_memory"]["total_pss_mb"]
+            / after["detect_faces_memory"]["total_pss_mb"],
+            2,
+        ),
+        "first_frame_spawn_over_fork_server": round(
+            before["first_frame_s_median"] / after["first_frame_s_median"], 2
+        ),
+        "exit_spawn_over_fork_server": round(before["exit_s_median"] / after["exit_s_median"], 2),
+    }
+    targets = {
+        "detect_faces_total_pss<=160MB": after["detect_faces_memory"]["total_pss_mb"] <= 160,
+        "first_frame<=0.3s": after["first_frame_s_median"] <= 0.3,
+    }
+    print()
+    for name, value in ratios.items():
+        print(f"{name}: {value}x")
+    for name, ok in targets.items():
+        print(f"target {name}: {'met' if ok else 'NOT met'}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "benchmark": "footprint",
+                "machine": machine(),
+                "command": " ".join(["benchmarks/footprint.py", *sys.argv[1:]]),
+                "results": results,
+                "ratios": ratios,
+                "targets": targets,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

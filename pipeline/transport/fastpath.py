@@ -1,0 +1,439 @@
+"""The same-host fast path: descriptors in a shared-memory ring, a Unix-socket doorbell.
+
+On one host a message is a small descriptor (the envelope and a msgpack body naming the
+shared-memory slots of its arrays). Through ZeroMQ each one costs three thread wake-ups (the
+application, the sender's I/O thread, the receiver's I/O thread) and on a 2-core machine the
+I/O threads compete with the nodes themselves; that was most of a small frame's hop. Here:
+
+- **the ring**: each edge has a ring of ``queue + 2`` fixed entries in a shared-memory file
+  (``memfd``, made by the producer and handed to the consumer over the socket, so nothing
+  is left in ``/dev/shm`` whatever happens). The producer writes a descriptor into the next
+  entry and advances ``head``; the consumer copies it out and advances ``tail``. While both
+  are busy a hop costs no system call at all;
+- **credits in the same ring**: the consumer stores the number of the last message it
+  released in ``released``; the producer reads it (``EdgeSender``'s flow control is
+  unchanged: ``block``, ``drop_newest``, ``drop_oldest``, drops counted into the next
+  envelope, end of stream after every waiting message and never dropped);
+- **the doorbell**: a connected ``AF_UNIX``/``SOCK_DGRAM`` socket pair. A side that is about
+  to sleep sets its ``sleeping`` word, checks the ring once more, and sleeps in ``poll`` on
+  its socket; the other side, after publishing, sends one byte only if that word is set. The
+  check-after-set on both sides is ordered by a full memory barrier (``_fence``: releasing
+  and re-taking a private lock is a sequentially consistent read-modify-write pair on x86
+  and ARM alike), so no wake-up is lost and no hand-written atomics are needed;
+- a descriptor larger than an entry (a message with big inline fields) goes over the socket,
+  in order, its entry marked as such.
+
+A consumer that crashed leaves the producer's messages in flight (``block`` waits, the drop
+policies drop and count) until the supervisor, which saw the crash through the node's
+pidfd, stops the graph; a doorbell to a dead consumer is ignored. The sockets live in the run
+folder (mode 0700: nobody else can reach them): the consumer's at ``<edge address>.dg``, the
+producer's beside it with ``.r``; the consumer's address travels as ``unix://PATH``. ZeroMQ
+still sets up the run (control) and carries edges between hosts (``transport: tcp``).
+``PIPELINE_FAST_PATH=0`` sends same-host edges through ZeroMQ again.
+"""
+
+from __future__ import annotations
+
+import _thread
+import collections
+import contextlib
+import mmap
+import os
+import select
+import socket
+import struct
+import time
+from typing import Any
+
+from pipeline.errors import TransportError
+from pipeline.messages import Message
+from pipeline.transport import codec
+from pipeline.transport.channels import EdgeSender, InputEdge, _Pending
+from pipeline.transport.plan import EdgePlan
+from pipeline.transport.shm import ShmReader, Slot
+
+__all__ = [
+    "UnixEdgeSender",
+    "UnixInputEdge",
+    "enabled",
+    "input_path",
+    "open_input",
+    "open_sender",
+]
+
+SCHEME = "unix://"
+ENTRY = 4096  # bytes per ring entry: a frame's descriptor is ~200, detections a few KB
+DATAGRAM = 32 * 1024  # an oversized descriptor goes over the socket in parts of this size
+_HEADER = 512
+# 8-byte words of the ring's header, each on its own cache line
+_HEAD, _TAIL, _RELEASED, _C_SLEEPING, _P_SLEEPING = 0, 8, 16, 24, 32
+_OVERSIZE = 0xFFFFFFFF
+_LEN = struct.Struct("<I")
+_REL = struct.Struct("<q")
+_RING = b"R"  # the producer's first datagram: the ring's file descriptor and size
+_WAKE = b"!"
+_PART = b"P"  # a part of an oversized descriptor that more parts follow
+_LAST = b"L"  # its last part
+_DONTWAIT = socket.MSG_DONTWAIT
+_POLLIN = select.POLLIN
+
+
+class _Fence:
+    """A full memory barrier: ``fence()`` releases then re-takes a private lock, a release
+    and an acquire read-modify-write (glibc's semaphore post and trywait under CPython's
+    lock), which no load or store crosses in either direction on x86 (locked instructions)
+    or ARMv8 (a release followed by an acquire is ordered). One per edge end: an end is used
+    by one thread at a time."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+
+    def __call__(self) -> None:
+        self._lock.release()
+        self._lock.acquire(False)
+
+
+def enabled() -> bool:
+    """Whether same-host edges take the fast path (``PIPELINE_FAST_PATH=0`` turns it off)."""
+    return (
+        os.environ.get("PIPELINE_FAST_PATH", "1") != "0"
+        and hasattr(socket, "AF_UNIX")
+        and hasattr(os, "memfd_create")
+        and hasattr(socket, "send_fds")
+    )
+
+
+def input_path(plan: EdgePlan) -> str:
+    """The consumer's socket path for a same-host edge planned at ``ipc://PATH``."""
+    if not plan.bind.startswith("ipc://"):
+        raise TransportError(f"edge {plan.name}: no same-host address in {plan.bind!r}")
+    return plan.bind[len("ipc://") :] + ".dg"
+
+
+def _dgram_socket(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    _unlink(path)
+    sock.bind(path)
+    return sock
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _drain(sock: socket.socket, keep: collections.deque[bytes]) -> None:
+    """Read every waiting datagram: wake-ups are dropped, parts of descriptors kept."""
+    while True:
+        try:
+            data = sock.recv(DATAGRAM + 1, _DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return
+        if data != _WAKE:
+            keep.append(data)
+
+
+class UnixEdgeSender(EdgeSender):
+    """The producer's end of a fast-path edge: ``EdgeSender``'s flow control on a ring."""
+
+    def __init__(self, plan: EdgePlan, endpoint: str) -> None:
+        self.plan = plan
+        self.name = plan.name
+        self.endpoint = endpoint
+        self.queue = plan.queue
+        self.policy = plan.when_full
+        self.tcp = False
+        self.peer = endpoint[len(SCHEME) :]
+        self.path = self.peer + ".r"
+        self.usock = _dgram_socket(self.path)
+        self.usock.connect(self.peer)
+        self.sock = self.usock  # pollable like the ZeroMQ one
+        self._poll = select.poll()
+        self._poll.register(self.usock.fileno(), _POLLIN)
+        self._side: collections.deque[bytes] = collections.deque()
+        self.entries = plan.queue + 2  # the queue, end of stream, and one spare
+        size = _HEADER + self.entries * ENTRY
+        fd = os.memfd_create(f"pipeline-ring-{plan.name}"[:200], os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self.gone = False  # the consumer's socket refused us: it exited or crashed
+            try:
+                socket.send_fds(self.usock, [_RING + _REL.pack(self.entries)], [fd])
+            except (ConnectionRefusedError, FileNotFoundError):
+                self.gone = True
+        finally:
+            os.close(fd)
+        self.ctl = memoryview(self.mm).cast("Q")
+        self.head = 0
+        self.seen = 0  # the last release read from the ring
+        self.fence = _Fence()
+        self.inflight: collections.deque[tuple[int, list[Slot]]] = collections.deque()
+        self.waiting: collections.deque[_Pending] = collections.deque()
+        self.n = 0
+        self.unreported_drops = 0
+        self.dropped = 0
+        self.blocked_s = 0.0
+        self.ended = False
+
+    # credits -------------------------------------------------------------------------------
+    def collect(self) -> None:
+        """Take every release the consumer has stored; free the slots they held."""
+        inflight = self.inflight
+        if inflight:
+            upto = self.seen = self.ctl[_RELEASED // 8]
+            while inflight and inflight[0][0] <= upto:
+                for slot in inflight.popleft()[1]:
+                    slot.refs -= 1
+        if self.waiting:
+            self._flush_waiting()
+
+    def wait_release(self, timeout_ms: int) -> bool:
+        """Block up to ``timeout_ms`` for a release; True if one came."""
+        ctl = self.ctl
+        if ctl[_RELEASED // 8] == self.seen:
+            ctl[_P_SLEEPING // 8] = 1
+            self.fence()  # the flag is stored before we look at the releases once more
+            if ctl[_RELEASED // 8] == self.seen:
+                self._poll.poll(timeout_ms)
+            ctl[_P_SLEEPING // 8] = 0
+            _drain(self.usock, self._side)
+        if ctl[_RELEASED // 8] != self.seen:
+            self.collect()
+            return True
+        return False
+
+    # sending -------------------------------------------------------------------------------
+    def _send(self, item: _Pending) -> None:
+        self.n += 1
+        for slot in item.slots:
+            slot.refs += 1
+        self.inflight.append((self.n, item.slots))
+        env = codec.envelope(codec.MSG, self.n, self.unreported_drops, time.monotonic_ns())
+        self.unreported_drops = 0
+        self._publish(env + item.body_s)
+
+    def _publish(self, data: bytes) -> None:
+        """Write one descriptor into the ring (waiting for an entry if the ring is full)."""
+        ctl = self.ctl
+        head = self.head
+        while head - ctl[_TAIL // 8] >= self.entries:
+            if self.gone:
+                return
+            self._poll.poll(10)  # only a consumer that stopped reading gets here
+            _drain(self.usock, self._side)
+        off = _HEADER + (head % self.entries) * ENTRY
+        small = len(data) + 4 <= ENTRY
+        if small:
+            _LEN.pack_into(self.mm, off, len(data))
+            self.mm[off + 4 : off + 4 + len(data)] = data
+        else:
+            _LEN.pack_into(self.mm, off, _OVERSIZE)
+        self.fence()  # the entry is written before the head says so
+        self.head = head + 1
+        ctl[_HEAD // 8] = head + 1
+        self.fence()  # the head is stored before we look whether the consumer sleeps
+        if ctl[_C_SLEEPING // 8]:
+            self._ring_bell()
+        if not small:  # after the entry: the consumer reads the parts as they come
+            self._send_parts(data)
+
+    def _send_parts(self, data: bytes) -> None:
+        view = memoryview(data)
+        for start in range(0, len(data), DATAGRAM):
+            last = start + DATAGRAM >= len(data)
+            self._datagram((_LAST if last else _PART) + view[start : start + DATAGRAM])
+
+    def _ring_bell(self) -> None:
+        self._datagram(_WAKE, wait=False)
+
+    def _datagram(self, data: bytes, wait: bool = True) -> None:
+        if self.gone:
+            return
+        try:
+            self.usock.send(data, 0 if wait else _DONTWAIT)
+        except BlockingIOError:
+            pass  # the consumer's socket holds wake-ups already: it will wake
+        except (ConnectionRefusedError, FileNotFoundError, BrokenPipeError):
+            # The consumer is gone; the supervisor has seen it (pidfd) and stops the graph.
+            self.gone = True
+
+    def send_eos(self) -> None:
+        """Deliver every waiting message, then end of stream (never dropped)."""
+        while self.waiting:
+            self.wait_release(100)
+        env = codec.envelope(codec.EOS, self.n, self.unreported_drops, time.monotonic_ns())
+        self.unreported_drops = 0
+        self._publish(env)
+        self.ended = True
+
+    def close(self, linger_ms: int = 0) -> None:
+        """Close (the ring stays mapped by the consumer until it closes too)."""
+        self.usock.close()
+        _unlink(self.path)
+        with contextlib.suppress(BufferError):
+            self.ctl.release()
+            self.mm.close()
+
+
+class UnixInputEdge(InputEdge):
+    """The consumer's end of a fast-path edge: binds ``<edge address>.dg``."""
+
+    def __init__(self, plan: EdgePlan, reader: ShmReader, segment_prefix: str = "") -> None:
+        self.plan = plan
+        self.segment_prefix = segment_prefix
+        self.name = plan.name
+        self.port = plan.input
+        self.tcp = False
+        self.release_every = plan.release_batch
+        self._unreleased = 0
+        self._release_upto = 0
+        self.path = input_path(plan)
+        self.peer = self.path + ".r"
+        self.usock = _dgram_socket(self.path)
+        self.sock = self.usock  # registered in the worker's poller: the doorbell
+        self.endpoint = SCHEME + self.path
+        self.reader = reader
+        self.ended = False
+        self.malformed = 0
+        self.key = ""  # same host, in the run's 0700 folder: no CURVE handshake
+        self._view = self._shm_view
+        self._side: collections.deque[bytes] = collections.deque()
+        self.mm: mmap.mmap | None = None
+        self.ctl: memoryview | None = None
+        self.entries = 0
+        self.tail = 0
+        self._next: bytes | None = None
+        self._sleeping = False
+        self.fence = _Fence()
+
+    def _attach(self) -> bool:
+        """Map the ring the producer sent (its first datagram); False until it came."""
+        try:
+            data, fds, _, _ = socket.recv_fds(self.usock, 64, 1, _DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        if not data.startswith(_RING) or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise TransportError(f"edge {self.name}: the producer's first message is not a ring")
+        try:
+            entries = _REL.unpack_from(data, 1)[0]
+            size = _HEADER + entries * ENTRY
+            if os.fstat(fds[0]).st_size < size:
+                raise TransportError(f"edge {self.name}: the ring is smaller than it says")
+            self.mm = mmap.mmap(fds[0], size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fds[0])
+        self.ctl = memoryview(self.mm).cast("Q")
+        self.entries = entries
+        self.usock.connect(self.peer)
+        return True
+
+    def has_message(self) -> bool:
+        if self._next is not None:
+            return True
+        ctl = self.ctl
+        if ctl is None:
+            if not self._attach():
+                return False
+            ctl = self.ctl
+            assert ctl is not None
+        if self._sleeping:
+            self._sleeping = False
+            ctl[_C_SLEEPING // 8] = 0
+        tail = self.tail
+        if ctl[_HEAD // 8] == tail:
+            return False
+        self.fence()  # the head is read before the entry
+        mm = self.mm
+        assert mm is not None
+        off = _HEADER + (tail % self.entries) * ENTRY
+        (n,) = _LEN.unpack_from(mm, off)
+        data = mm[off + 4 : off + 4 + n] if n != _OVERSIZE else self._parts()
+        self.fence()  # the entry is copied out before the producer may reuse it
+        self.tail = tail + 1
+        ctl[_TAIL // 8] = tail + 1
+        self._next = data
+        return True
+
+    def _parts(self) -> bytes:
+        """An oversized descriptor: its parts came over the socket before its entry."""
+        chunks = []
+        while True:
+            while not self._side:
+                select.select([self.usock], [], [], 1.0)
+                _drain(self.usock, self._side)
+            data = self._side.popleft()
+            chunks.append(data[1:])
+            if data[:1] == _LAST:
+                return b"".join(chunks)
+
+    def may_sleep(self) -> bool:
+        """Called before the worker sleeps on this edge's socket: ask for a doorbell, and
+        say False if a message came in the meantime (then it must not sleep)."""
+        ctl = self.ctl
+        if ctl is None:
+            return not self._attach()
+        if self._next is not None:
+            return False
+        _drain(self.usock, self._side)  # old wake-ups would end the sleep at once
+        self._sleeping = True
+        ctl[_C_SLEEPING // 8] = 1
+        self.fence()  # the flag is stored before we look at the head once more
+        return bool(ctl[_HEAD // 8] == self.tail)
+
+    def recv(self) -> tuple[Message | None, int, int, int]:
+        """(message or None at end of stream, n, dropped, t_send_ns) of the next message."""
+        if self._next is None and not self.has_message():
+            raise TransportError(f"edge {self.name}: recv() with no message waiting")
+        head = self._next
+        assert head is not None
+        self._next = None
+        return self._decode(head, [])
+
+    def flush_releases(self) -> None:
+        """Store the releases held back for batching; ring the producer if it waits."""
+        if not self._unreleased or self.ctl is None:
+            return
+        self._unreleased = 0
+        ctl = self.ctl
+        self.fence()  # done with the released slots before the producer may refill them
+        ctl[_RELEASED // 8] = self._release_upto
+        self.fence()  # the release is stored before we look whether the producer sleeps
+        if ctl[_P_SLEEPING // 8]:
+            with contextlib.suppress(OSError):  # BlockingIOError: it has a wake-up already
+                self.usock.send(_WAKE, _DONTWAIT)
+
+    def close(self) -> None:
+        self.usock.close()
+        _unlink(self.path)
+        if self.ctl is not None and self.mm is not None:
+            with contextlib.suppress(BufferError):
+                self.ctl.release()
+                self.mm.close()
+
+
+def open_sender(ctx: Any, plan: EdgePlan, endpoint: str, server_key: str = "") -> EdgeSender:
+    """The producer's end for the address the consumer bound (fast path or ZeroMQ)."""
+    if endpoint.startswith(SCHEME):
+        return UnixEdgeSender(plan, endpoint)
+    return EdgeSender(ctx, plan, endpoint, server_key)
+
+
+def open_input(ctx: Any, plan: EdgePlan, reader: ShmReader, segment_prefix: str = "") -> InputEdge:
+    """The consumer's end: the fast path for a same-host edge where enabled, else ZeroMQ."""
+    # A Unix socket path has at most 107 bytes (a very long TMPDIR keeps ZeroMQ's ipc://).
+    same_host = not plan.tcp and enabled() and plan.bind.startswith("ipc://")
+    if same_host and len(input_path(plan).encode()) + 2 <= 107:
+        return UnixInputEdge(plan, reader, segment_prefix)
+    return InputEdge(ctx, plan, reader, segment_prefix)
