@@ -559,7 +559,7 @@ def test_page_in_chromium_shows_a_grid_of_three_cameras_with_their_rates(
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out
+    assert proc.returncode == 130, out  # stopped by Ctrl-C, drained
     assert shm_segments(proc.pid) == []
     for cam in ("cam1", "cam2", "cam3"):
         assert f'<figure data-source="{cam}"><img alt="live stream of {cam}"' in dom

@@ -209,7 +209,7 @@ def test_rtsp_server_down_for_5_s_is_a_counted_reconnect_and_the_graph_goes_on(
             proc.kill()
             proc.communicate()
         srv.stop()
-    assert proc.returncode == 0, out
+    assert proc.returncode == 130, out  # stopped by Ctrl-C, drained
     rows = read_jsonl(log)
     assert [r["seq"] for r in rows] == sorted(r["seq"] for r in rows)
     stats = json.loads(stats_json.read_text())
