@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import ConfigError, ConfigIssue
-from pipeline.graph.spec import EdgeSpec, GraphSpec, NodeSpec
+from pipeline.graph.spec import EdgeSpec, GraphSpec, NodeSpec, PlacementSpec
 from pipeline.graph.validate import ValidatedGraph, validate_spec
 from pipeline.registry import suggest
 
@@ -158,6 +158,8 @@ def _model_for(loc: PathKey) -> type[BaseModel] | None:
         return NodeSpec
     if len(loc) == 4 and loc[0] == "nodes" and loc[2] == "inputs":
         return EdgeSpec
+    if loc[-1:] == ("placement",):
+        return PlacementSpec
     return None
 
 
@@ -191,6 +193,12 @@ def _schema_issues(exc: ValidationError, data: Any, marks: Marks) -> list[Config
                     "a node id must start with a letter or '_' and hold only letters, "
                     "digits, '_' and '-'"
                 )
+            if kind == "value_error":  # a validator's own sentence names what it got
+                message = str(err.get("ctx", {}).get("error", message))
+                issues.append(
+                    marks.issue(loc, f"{format_path(loc) or 'document'}{where}: {message}")
+                )
+                continue
             issues.append(
                 marks.issue(loc, f"{format_path(loc) or 'document'}{where}: {message}, got {got!r}")
             )
