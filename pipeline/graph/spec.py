@@ -213,7 +213,7 @@ class GraphSpec(_Strict):
 
     def placement_of(self, node: NodeSpec) -> PlacementSpec:
         """A node's placement over the graph's default (empty when neither gives one)."""
-        own = node.placement or PlacementSpec()
+        own = node.placement or PlacementSpec.model_validate({})
         return own.merged_over(self.placement)
 
 
