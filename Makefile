@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[vision,onnx,tflite,convert,bench,dev]'
+	$(PY) -m pip install --quiet -e '.[vision,onnx,tflite,convert,bench,cluster,dev]'
 	touch $(STAMP)
 
 # The default job: face detection (BlazeFace on LiteRT) on the shipped sample video.

@@ -54,7 +54,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.runtime.runner import run_graph
+    from pipeline.runtime.runner import Launcher, launch_local, run_graph
     from pipeline.runtime.table import render_table
 
     graph, issues = check_graph(args.file)
@@ -63,8 +63,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{_plural(errors, 'error')}; nothing was started", file=sys.stderr)
         return EXIT_USAGE
     live = sys.stderr.isatty() if args.live is None else args.live
+    launcher: Launcher = launch_local
+    if args.cluster:
+        from pipeline.cluster import RayLauncher
+        from pipeline.errors import ClusterError
+
+        try:
+            launcher = RayLauncher(args.cluster)
+        except ClusterError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     result = run_graph(
-        graph, log_level=args.log_level, live=live, stats_json=args.stats_json, grace_s=args.grace
+        graph,
+        log_level=args.log_level,
+        live=live,
+        stats_json=args.stats_json,
+        grace_s=args.grace,
+        launcher=launcher,
     )
     if result.stats and not args.quiet:
         print(render_table(result.stats), file=sys.stderr)
@@ -202,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to drain after Ctrl-C before forcing (default 5)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no final statistics table")
+    p.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run the nodes on a Ray cluster: auto, HEAD:6379 or ray://HEAD:10001; each node "
+        "goes where its placement says, edges between machines are tcp with CURVE",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("nodes", help="list node types with their ports and params")

@@ -29,20 +29,29 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol, runtime_checkable
 
 import zmq
 
 from pipeline.errors import NodeError, NodeExitError, NodeOpenError, NodeProcessError
 from pipeline.graph.validate import ValidatedGraph
 from pipeline.runtime import protocol as p
-from pipeline.runtime.plan import WorkerConfig, plan_graph
+from pipeline.runtime.plan import Layout, WorkerConfig, plan_graph
 from pipeline.runtime.protocol import NodeState
 from pipeline.runtime.stats import NodeStats
 from pipeline.runtime.table import render_table
+from pipeline.transport.curve import Gatekeeper, RunKeys, serve
 from pipeline.transport.shm import remove_run_segments, sweep_stale
 
-__all__ = ["Launcher", "NodeProcess", "RunMonitor", "RunResult", "launch_local", "run_graph"]
+__all__ = [
+    "ClusterLauncher",
+    "Launcher",
+    "NodeProcess",
+    "RunMonitor",
+    "RunResult",
+    "launch_local",
+    "run_graph",
+]
 
 
 class RunMonitor(Protocol):
@@ -118,8 +127,27 @@ class NodeProcess(Protocol):
 
 
 Launcher = Callable[[WorkerConfig], NodeProcess]
-"""Starts one worker for a config. ``launch_local`` runs it here; a cluster launcher would
-start ``python -m pipeline.runtime.worker`` elsewhere and give back a handle on it."""
+"""Starts one worker for a config. ``launch_local`` runs it here; a ``ClusterLauncher``
+(``pipeline.cluster.RayLauncher``) starts it on the machine its placement chose."""
+
+
+@runtime_checkable
+class ClusterLauncher(Protocol):
+    """A launcher whose nodes run on several machines.
+
+    The supervisor asks it first to ``place`` every node (which machine runs it: a
+    ``Layout``, from which the edges are planned: tcp between machines, shared memory within
+    one), then launches each worker with the run's CURVE keys in its config, binds its own
+    control socket on ``control_address`` (CURVE too), and calls ``close`` at the end.
+    """
+
+    control_address: str
+
+    def __call__(self, cfg: WorkerConfig) -> NodeProcess: ...
+
+    def place(self, graph: ValidatedGraph, run_dir: Path, run_prefix: str) -> Layout: ...
+
+    def close(self) -> None: ...
 
 
 class _LocalProcess:
@@ -209,6 +237,11 @@ class _Supervisor:
         self.prefix = f"pipeline-{os.getpid()}-{self.run_id}"
         self.run_dir = _run_dir_root() / self.prefix
         self.plan = plan_graph(graph, self.run_dir)
+        self.cluster = launcher if isinstance(launcher, ClusterLauncher) else None
+        # A cluster's tcp sockets (edges between machines, the control socket) speak CURVE
+        # with keys made for this run and handed to the nodes through the launcher only.
+        self.keys = RunKeys.generate() if self.cluster is not None else None
+        self.gate: Gatekeeper | None = None
         self.procs: dict[str, _Proc] = {}
         self.error: NodeError | None = None
         self.stop_deadline: float | None = None
@@ -226,6 +259,7 @@ class _Supervisor:
                 shm_prefix=self.prefix,
                 log_level=self.log_level,
                 stats_path=str(self.run_dir / "stats.json"),
+                keys=self.keys,
             )
             for node in self.plan.nodes
         ]
@@ -239,12 +273,26 @@ class _Supervisor:
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        control = f"ipc://{self.run_dir}/control"
-        router.bind(control)
+        if self.cluster is not None and self.keys is not None:
+            self.gate = Gatekeeper(ctx, self.keys)
+            serve(router, self.keys)
+            self.gate.watch(router)
+            router.bind(f"tcp://{_tcp_host(self.cluster.control_address)}:*")
+            control = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        else:
+            control = f"ipc://{self.run_dir}/control"
+            router.bind(control)
         self.router = router
         old_int = signal.getsignal(signal.SIGINT)
         old_term = signal.getsignal(signal.SIGTERM)
         try:
+            if self.cluster is not None:
+                try:
+                    layout = self.cluster.place(self.graph, self.run_dir, self.prefix)
+                except NodeError as exc:
+                    self._fail(exc, None)
+                    return self._result(t0)
+                self.plan = plan_graph(self.graph, self.run_dir, layout)
             # Children inherit "ignore SIGINT" across exec, so a Ctrl-C in the terminal reaches
             # only the supervisor, even before a child has installed its own handlers.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -259,10 +307,22 @@ class _Supervisor:
             self._terminate_all()
             for proc in self.procs.values():
                 proc.process.close()
+            if self.cluster is not None:
+                self.cluster.close()
             router.close(linger=0)
+            if self.gate is not None:
+                if self.gate.refused:
+                    self._print(
+                        f"refused {self.gate.refused} connection(s) to the control socket "
+                        "without the run's keys"
+                    )
+                self.gate.close()
             ctx.term()
             remove_run_segments(self.prefix)
             shutil.rmtree(self.run_dir, ignore_errors=True)
+        return self._result(t0)
+
+    def _result(self, t0: float) -> RunResult:
         stats = {n: proc.stats for n, proc in self.procs.items() if proc.stats is not None}
         code = EXIT_FAILED if (self.error or self.forced) else EXIT_OK
         return RunResult(code, stats, self.error, time.monotonic() - t0, self.interrupts > 0)
@@ -392,7 +452,9 @@ class _Supervisor:
         while not proc.state.ended and time.monotonic() < last_words and self.router.poll(50):
             self._receive()
         if proc.state is not NodeState.CLOSED and not self.error and not self.forced:
-            self._fail(NodeExitError(proc.node_id, _describe_exit(code), proc.state.value), None)
+            # a launcher may know better how it ended (a cluster: its machine left)
+            how = getattr(proc.process, "exit_reason", None) or _describe_exit(code)
+            self._fail(NodeExitError(proc.node_id, how, proc.state.value), None)
 
     def _all_exited(self) -> bool:
         return all(proc.exited for proc in self.procs.values())
@@ -482,6 +544,10 @@ class _Supervisor:
                 proc.process.join(1.0)
         for proc in self.procs.values():
             proc.process.join(0.1)
+
+
+def _tcp_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
 
 
 def _describe_exit(code: int | None) -> str:

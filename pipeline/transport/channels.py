@@ -36,6 +36,7 @@ from pipeline.errors import TransportError
 from pipeline.messages import Message
 from pipeline.node import refuse_message
 from pipeline.transport import codec
+from pipeline.transport.curve import RunKeys, connect_as_client, serve
 from pipeline.transport.plan import EdgePlan
 from pipeline.transport.shm import ShmReader, Slot, SlotPool
 
@@ -57,9 +58,12 @@ class _Pending:
 
 
 class EdgeSender:
-    """The producer's end of one edge: connects to ``endpoint``, where the consumer bound."""
+    """The producer's end of one edge: connects to ``endpoint``, where the consumer bound
+    (a tcp edge with ``keys`` is a CURVE client of the run: ``pipeline.transport.curve``)."""
 
-    def __init__(self, ctx: zmq.Context[Any], plan: EdgePlan, endpoint: str) -> None:
+    def __init__(
+        self, ctx: zmq.Context[Any], plan: EdgePlan, endpoint: str, keys: RunKeys | None = None
+    ) -> None:
         self.plan = plan
         self.name = plan.name
         self.endpoint = endpoint
@@ -70,6 +74,8 @@ class EdgeSender:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
+        if keys is not None and self.tcp:
+            connect_as_client(self.sock, keys)
         self.sock.connect(endpoint)
         self.inflight: collections.deque[tuple[int, list[Slot]]] = collections.deque()
         self.waiting: collections.deque[_Pending] = collections.deque()
@@ -323,9 +329,16 @@ class RuntimeOutput:
 
 
 class InputEdge:
-    """The consumer's end of one edge: binds ``plan.bind``; ``endpoint`` is the bound address."""
+    """The consumer's end of one edge: binds ``plan.bind``; ``endpoint`` is the bound address
+    (a tcp edge with ``keys`` is a CURVE server of the run: ``pipeline.transport.curve``)."""
 
-    def __init__(self, ctx: zmq.Context[Any], plan: EdgePlan, reader: ShmReader) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context[Any],
+        plan: EdgePlan,
+        reader: ShmReader,
+        keys: RunKeys | None = None,
+    ) -> None:
         self.plan = plan
         self.name = plan.name
         self.port = plan.input
@@ -339,6 +352,8 @@ class InputEdge:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
+        if keys is not None and self.tcp:
+            serve(self.sock, keys)  # encrypted; only a holder of the run's keys gets in
         self.sock.bind(plan.bind)
         self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.reader = reader
