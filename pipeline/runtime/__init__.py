@@ -1,6 +1,16 @@
-"""Running graphs: the supervisor, the node worker, joins and statistics."""
+"""Running graphs: the plan, the supervisor, the node worker and its lifecycle driver, the
+control protocol and node states, pacing, joins and statistics (see ARCHITECTURE.md)."""
 
-from pipeline.runtime.runner import RunMonitor, RunResult, run_graph
+from pipeline.runtime.protocol import NodeState
+from pipeline.runtime.runner import Launcher, RunMonitor, RunResult, launch_local, run_graph
 from pipeline.runtime.stats import NodeStats
 
-__all__ = ["NodeStats", "RunMonitor", "RunResult", "run_graph"]
+__all__ = [
+    "Launcher",
+    "NodeState",
+    "NodeStats",
+    "RunMonitor",
+    "RunResult",
+    "launch_local",
+    "run_graph",
+]

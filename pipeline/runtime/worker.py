@@ -250,6 +250,9 @@ class Worker:
         except _Terminated:
             self.log.debug("terminated")
             return EXIT_TERMINATED
+        except p.ProtocolError as exc:  # a supervisor of another version: nothing to agree on
+            self.log.error("control: %s", exc)
+            return 1
         finally:
             self._teardown()
 

@@ -6,6 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -158,3 +159,16 @@ class CloseFails(Node):
 
     def close(self) -> None:
         raise OSError("could not finalise the file")
+
+
+class SaysNonsense(Node):
+    """A sink that sends its supervisor a control message of a kind nobody knows."""
+
+    frames = Input(Frame)
+
+    def process(self, frames: Frame) -> None:
+        if frames.seq == 2:
+            import msgpack
+
+            worker: Any = self._services
+            worker.control.send(msgpack.packb({"t": "bogus"}))

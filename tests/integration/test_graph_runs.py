@@ -303,3 +303,19 @@ def test_a_monitor_resets_statistics_and_stops_the_graph(write_graph, tmp_path):
     counted = result.stats["rec"].inputs["frames"].received
     assert 0 < counted < written  # frames before the reset are not counted
     assert result.stats["rec"].calls == counted
+
+
+def test_an_unknown_control_message_fails_the_run_instead_of_being_ignored(write_graph):
+    graph = write_graph("""
+        graph: nonsense
+        nodes:
+          - {id: camera, node: synthetic, params: {width: 64, height: 48, fps: 50, frames: 0}}
+          - {id: odd, node: "{T}:SaysNonsense", inputs: {frames: camera/frames}}
+    """)
+    import io
+
+    result = run_graph(load_graph(graph), out=io.StringIO())
+    assert result.exit_code == 1
+    assert str(result.error).startswith(
+        "node 'odd' failed in control(): unknown control message kind 'bogus'"
+    )
