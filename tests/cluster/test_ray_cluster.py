@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -313,3 +314,66 @@ def test_a_ray_node_lost_mid_run_is_reported_naming_the_graph_nodes_it_held(
     message = str(result.error)
     assert message.startswith("node 'relay' was lost with its machine")
     assert "left the cluster; that machine held: relay" in message
+
+
+def _wait_lines(path: Path, n: int, proc: subprocess.Popen[str], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() or len(path.read_text().splitlines()) < n:
+        assert proc.poll() is None, "the run ended early"
+        assert time.monotonic() < deadline, f"{path} did not reach {n} lines"
+        time.sleep(0.1)
+
+
+def test_ctrl_c_drains_a_graph_on_the_cluster_and_a_remote_failure_stops_it(
+    ray_cluster, write_graph, tmp_path
+):
+    graph = write_graph("""
+        graph: live
+        nodes:
+          - id: camera
+            node: synthetic
+            params: {width: 64, height: 48, fps: 50, frames: 0}
+            placement: {labels: {site: a}}
+          - id: relay
+            node: {T}:Relay
+            params: {marker: {tmp}/relay}
+            inputs: {frames: camera/frames}
+            placement: {labels: {site: b}}
+          - id: rec
+            node: {T}:Recorder
+            params: {path: {tmp}/rec.jsonl}
+            inputs: {frames: relay/out}
+            placement: {labels: {site: a}}
+    """)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "run",
+            str(graph),
+            "--no-live",
+            "--cluster",
+            ray_cluster.address,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
+    _wait_lines(tmp_path / "rec.jsonl", 20, proc)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "stopping" in out and "graph 'live' stopped" in out
+    seqs = [r["seq"] for r in read_jsonl(tmp_path / "rec.jsonl")]
+    assert seqs == list(range(len(seqs)))  # drained: every frame sent arrived, in order
+    assert (tmp_path / "relay.closed").exists()  # the remote node was closed, not killed
+
+    # the same graph with a node on the other Ray node that raises: the run says which
+    failing = write_graph(
+        graph.read_text().replace("{marker: ", "{fail_at: 5, marker: "), "failing.yaml"
+    )
+    result = run_graph(load_graph(failing), launcher=RayLauncher(ray_cluster.address))
+    assert result.exit_code == 1
+    assert str(result.error).startswith("node 'relay' failed in process() on seq 5")
