@@ -293,6 +293,7 @@ class _Supervisor:
                     self._fail(exc, None)
                     return self._result(t0)
                 self.plan = plan_graph(self.graph, self.run_dir, layout)
+                self._print_layout(layout)
             # Children inherit "ignore SIGINT" across exec, so a Ctrl-C in the terminal reaches
             # only the supervisor, even before a child has installed its own handlers.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -326,6 +327,17 @@ class _Supervisor:
         stats = {n: proc.stats for n, proc in self.procs.items() if proc.stats is not None}
         code = EXIT_FAILED if (self.error or self.forced) else EXIT_OK
         return RunResult(code, stats, self.error, time.monotonic() - t0, self.interrupts > 0)
+
+    def _print_layout(self, layout: Layout) -> None:
+        """Which machine runs which nodes, and which edges cross machines (tcp, CURVE)."""
+        machines: dict[str, list[str]] = {}
+        for node in self.plan.nodes:
+            machines.setdefault(layout.names.get(node.node_id, "?"), []).append(node.node_id)
+        for name, nodes in machines.items():
+            self._print(f"on {name}: {', '.join(nodes)}")
+        crossing = [e.name for e in self.plan.edges() if layout.crosses(e.producer, e.consumer)]
+        if crossing:
+            self._print(f"between machines (tcp, CURVE): {', '.join(crossing)}")
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.interrupts += 1

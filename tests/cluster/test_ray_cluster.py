@@ -101,6 +101,7 @@ def test_the_command_line_runs_on_the_cluster_with_logs_table_and_stats_json(
 ):
     graph = write_graph("""
         graph: loud
+        placement: {labels: {site: a}}
         nodes:
           - {id: camera, node: synthetic, params: {width: 64, height: 48, fps: 0, frames: 30}}
           - id: relay
@@ -136,6 +137,10 @@ def test_the_command_line_runs_on_the_cluster_with_logs_table_and_stats_json(
     assert "hello from the second machine" in proc.stdout + proc.stderr
     assert "graph 'loud' finished" in proc.stderr
     assert "relay" in proc.stderr  # the statistics table
+    # where each node ran, and which edges crossed machines
+    assert "between machines (tcp, CURVE): camera/frames->relay.frames, relay/out->rec.frames" in (
+        proc.stderr
+    )
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["exit_code"] == 0
     assert stats["nodes"]["rec"]["inputs"]["frames"]["received"] == 30
