@@ -87,7 +87,7 @@ def ours_consumer(conn: Any, keys_wire: dict[str, str] | None, n: int) -> None:
     ctx: zmq.Context[Any] = zmq.Context()
     gate = Gatekeeper(ctx, keys) if keys else None
     reader = ShmReader()
-    edge = InputEdge(ctx, PLAN, reader, keys)
+    edge = InputEdge(ctx, PLAN, reader, keys=keys)
     conn.send(edge.endpoint)
     stamps: list[int] = []
     latencies: list[int] = []
@@ -116,7 +116,7 @@ def ours_producer(endpoint: str, keys_wire: dict[str, str] | None, n: int, fps: 
     keys = RunKeys.from_wire(keys_wire) if keys_wire else None
     ctx: zmq.Context[Any] = zmq.Context()
     pool = SlotPool(f"pipeline-bench-{os.getpid()}-{secrets.token_hex(3)}", slot_pool_size([PLAN]))
-    port = RuntimeOutput("frames", pool, [EdgeSender(ctx, PLAN, endpoint, keys)], Frame)
+    port = RuntimeOutput("frames", pool, [EdgeSender(ctx, PLAN, endpoint, keys=keys)], Frame)
     t0 = time.perf_counter()
     for i in range(n):
         _pace(i, t0, fps)

@@ -214,7 +214,7 @@ class Worker:
         for port in self.plan.outputs:
             out = self.outputs[port.port]
             for edge in port.edges:
-                out.connect(EdgeSender(self.ctx, edge, endpoints[edge.name], self.cfg.keys))
+                out.connect(EdgeSender(self.ctx, edge, endpoints[edge.name], keys=self.cfg.keys))
 
     def _build(self) -> Node:
         plan = self.plan
@@ -226,7 +226,7 @@ class Worker:
                 port.port, pool, type=cls.outputs[port.port].type
             )
         for edge in plan.inputs:
-            input_edge = InputEdge(self.ctx, edge, self.reader, self.cfg.keys)
+            input_edge = InputEdge(self.ctx, edge, self.reader, keys=self.cfg.keys)
             if self.gate is not None and edge.tcp:
                 self.gate.watch(input_edge.sock)
             self.inputs.append(input_edge)

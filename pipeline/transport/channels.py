@@ -62,7 +62,7 @@ class EdgeSender:
     (a tcp edge with ``keys`` is a CURVE client of the run: ``pipeline.transport.curve``)."""
 
     def __init__(
-        self, ctx: zmq.Context[Any], plan: EdgePlan, endpoint: str, keys: RunKeys | None = None
+        self, ctx: zmq.Context[Any], plan: EdgePlan, endpoint: str, *, keys: RunKeys | None = None
     ) -> None:
         self.plan = plan
         self.name = plan.name
@@ -337,6 +337,7 @@ class InputEdge:
         ctx: zmq.Context[Any],
         plan: EdgePlan,
         reader: ShmReader,
+        *,
         keys: RunKeys | None = None,
     ) -> None:
         self.plan = plan

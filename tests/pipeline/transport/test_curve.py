@@ -37,7 +37,7 @@ class Guarded:
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.gate = Gatekeeper(self.ctx, keys)
         self.reader = ShmReader()
-        self.edge = InputEdge(self.ctx, PLAN, self.reader, keys)
+        self.edge = InputEdge(self.ctx, PLAN, self.reader, keys=keys)
         self.gate.watch(self.edge.sock)
 
     def wait_refused(self, n: int, timeout_s: float = 20.0) -> None:
@@ -69,7 +69,7 @@ def test_the_runs_producer_gets_through_with_its_frames_intact(keys, guarded):
     ctx: zmq.Context[Any] = zmq.Context()
     pool = SlotPool(f"pipeline-test-{secrets.token_hex(4)}", max_slots=slot_pool_size([PLAN]))
     port = RuntimeOutput(
-        "frames", pool, [EdgeSender(ctx, PLAN, guarded.edge.endpoint, keys)], Frame
+        "frames", pool, [EdgeSender(ctx, PLAN, guarded.edge.endpoint, keys=keys)], Frame
     )
     try:
         for seq in range(5):
