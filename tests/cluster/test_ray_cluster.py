@@ -201,6 +201,7 @@ def test_connections_without_the_runs_keys_are_refused_and_counted(
     graph = load_graph(
         write_graph("""
         graph: guarded
+        placement: {labels: {site: a}}
         nodes:
           - {id: camera, node: synthetic, params: {width: 64, height: 48, fps: 50, frames: 0}}
           - id: relay
@@ -236,10 +237,17 @@ def test_connections_without_the_runs_keys_are_refused_and_counted(
 
     def probe():
         ctx = zmq.Context()
+        try:
+            knock(ctx)
+        finally:
+            ctx.destroy(linger=0)
+
+    def knock(ctx):
         control = launcher.configs[0].control
         pid = int((tmp_path / "relay.pid").read_text())
-        port = min(_listening_ports(pid))
-        targets = [control, f"tcp://{control.split('//')[1].rsplit(':', 1)[0]}:{port}"]
+        ports = _listening_ports(pid)  # the relay's one tcp input (camera is on another node)
+        assert len(ports) == 1, ports
+        targets = [control, f"tcp://{control.split('//')[1].rsplit(':', 1)[0]}:{ports.pop()}"]
         for endpoint in targets:
             # a stranger without CURVE, and one with CURVE but keys of its own
             plain = ctx.socket(zmq.PAIR)
@@ -254,7 +262,6 @@ def test_connections_without_the_runs_keys_are_refused_and_counted(
                 refused_frames.append(curve.recv())
             plain.close(0)
             curve.close(0)
-        ctx.term()
 
     with out.open("w") as stream:
         result = run_graph(

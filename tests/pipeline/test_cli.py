@@ -97,6 +97,7 @@ def test_public_api_is_exactly_all():
         "testing",
         "cli",
         "bench",
+        "cluster",  # pipeline.cluster, once imported (the Ray launcher)
     }
     assert public == set(pipeline.__all__) - {"__version__"}
 
