@@ -8,8 +8,11 @@ Ray's health checks are made fast, so a Ray node that disappears is noticed with
 
 from __future__ import annotations
 
+import gc
 import os
+import socket
 import textwrap
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,17 +34,32 @@ HEALTH = {
 }
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[Any]:
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "labels": {"site": "a"},
-            "include_dashboard": False,
-            "_system_config": HEALTH,
-        },
-    )
+    client_port = _free_port()
+    # Ray's start-up drops the Ray Client server's log file handles unclosed: let that pass
+    # here, not inside some test (every warning is an error in this suite)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 2,
+                "labels": {"site": "a"},
+                "include_dashboard": False,
+                "ray_client_server_port": client_port,  # ray://127.0.0.1:PORT (Ray Client)
+                "_system_config": HEALTH,
+            },
+        )
+        gc.collect()
+    cluster.client_address = f"ray://127.0.0.1:{client_port}"
     cluster.add_node(num_cpus=2, labels={"site": "b"}, resources={"detector": 1})
     cluster.wait_for_nodes()
     yield cluster

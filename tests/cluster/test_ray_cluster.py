@@ -147,6 +147,46 @@ def test_the_command_line_runs_on_the_cluster_with_logs_table_and_stats_json(
     assert [r["seq"] for r in read_jsonl(tmp_path / "rec.jsonl")] == list(range(30))
 
 
+def test_a_ray_client_address_runs_the_graph_the_same_way(ray_cluster, write_graph, tmp_path):
+    graph = write_graph("""
+        graph: client
+        placement: {labels: {site: a}}
+        nodes:
+          - {id: camera, node: synthetic, params: {width: 320, height: 240, fps: 0, frames: 40}}
+          - id: relay
+            node: {T}:Relay
+            params: {say: hello through Ray Client}
+            inputs: {frames: {from: camera/frames, queue: 2}}
+            placement: {labels: {site: b}}
+          - id: rec
+            node: {T}:Recorder
+            params: {path: {tmp}/rec.jsonl}
+            inputs: {frames: relay/out}
+    """)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "run",
+            str(graph),
+            "--no-live",
+            "--cluster",
+            ray_cluster.client_address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=Path(__file__).parents[2],
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "hello through Ray Client" in proc.stdout + proc.stderr
+    assert "between machines (tcp, CURVE): camera/frames->relay.frames" in proc.stderr
+    rows = read_jsonl(tmp_path / "rec.jsonl")
+    assert [r["seq"] for r in rows] == list(range(40))
+    assert [r["sum"] for r in rows] == expected_sums(40, 320, 240)
+
+
 def test_a_placement_no_machine_can_meet_is_a_clear_error(ray_cluster, write_graph):
     graph = load_graph(
         write_graph("""
