@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[vision,onnx,tflite,convert,bench,cluster,dev]'
+	$(PY) -m pip install --quiet -e '.[vision,onnx,tflite,convert,bench,serve,cloud,tensorflow,cluster,dev]'
 	touch $(STAMP)
 
 # The default job: face detection (BlazeFace on LiteRT) on the shipped sample video.
@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy pipeline nodes model_builder
+	$(BIN)/mypy pipeline nodes model_builder pipeline_cloud
 
 unit: $(STAMP)
 	$(BIN)/pytest -q

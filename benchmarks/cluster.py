@@ -3,14 +3,17 @@
 Two processes on this machine over tcp on loopback (what an edge between two Ray nodes is),
 in one run, side by side:
 
-- ours, tcp edge, CURVE off: the producer fills a frame in its port's shared memory and sends
-  it (``RuntimeOutput`` + ``EdgeSender``): the buffer goes to ZeroMQ without a copy, and the
-  consumer's ``InputEdge`` views the received frame without a copy; credits, queue 4;
-- ours, tcp edge, CURVE on: the same with the run's keys (encrypted, authenticated), as
+- ours, tcp edge: the producer fills a frame in its port's shared memory and sends it
+  (``RuntimeOutput`` + ``EdgeSender``): the buffer goes to ZeroMQ without a copy, and the
+  consumer's ``InputEdge`` views the received frame without a copy; credits, queue 4. Every
+  tcp edge is CURVE-encrypted (the consumer's own server key, handed to the producer);
+- ours, on a cluster: the same with the run's client keys checked by the ZAP gatekeeper, as
   ``pipeline run --cluster`` plans an edge between machines;
 - plain pyzmq PUSH/PULL tcp, ``copy=False`` (zero-copy send of a ready array), HWM 4;
 - plain pyzmq PUSH/PULL tcp, ``copy=True`` (the frame bytes copied into the message), HWM 4;
-- plain pyzmq PUSH/PULL tcp, ``copy=False`` with CURVE: what libzmq's encryption costs alone.
+- plain pyzmq PUSH/PULL tcp, ``copy=False`` with CURVE: what libzmq's encryption costs alone
+  (our edge cannot run without CURVE any more; the committed ``cluster.txt`` also holds a run
+  from before tcp edges were always encrypted, with our edge's CURVE-off figure).
 
 Each runs flat out for throughput (frames/s, the consumer's receive rate), then paced at
 30 fps for one-way latency (send stamp to the consumer's receive; p50). Results print as a
@@ -88,7 +91,7 @@ def ours_consumer(conn: Any, keys_wire: dict[str, str] | None, n: int) -> None:
     gate = Gatekeeper(ctx, keys) if keys else None
     reader = ShmReader()
     edge = InputEdge(ctx, PLAN, reader, keys=keys)
-    conn.send(edge.endpoint)
+    conn.send((edge.endpoint, edge.key))
     stamps: list[int] = []
     latencies: list[int] = []
     touched = 0
@@ -112,11 +115,15 @@ def ours_consumer(conn: Any, keys_wire: dict[str, str] | None, n: int) -> None:
     ctx.term()
 
 
-def ours_producer(endpoint: str, keys_wire: dict[str, str] | None, n: int, fps: float) -> None:
+def ours_producer(
+    endpoint: str, server_key: str, keys_wire: dict[str, str] | None, n: int, fps: float
+) -> None:
     keys = RunKeys.from_wire(keys_wire) if keys_wire else None
     ctx: zmq.Context[Any] = zmq.Context()
     pool = SlotPool(f"pipeline-bench-{os.getpid()}-{secrets.token_hex(3)}", slot_pool_size([PLAN]))
-    port = RuntimeOutput("frames", pool, [EdgeSender(ctx, PLAN, endpoint, keys=keys)], Frame)
+    port = RuntimeOutput(
+        "frames", pool, [EdgeSender(ctx, PLAN, endpoint, server_key, keys=keys)], Frame
+    )
     t0 = time.perf_counter()
     for i in range(n):
         _pace(i, t0, fps)
@@ -130,13 +137,13 @@ def ours_producer(endpoint: str, keys_wire: dict[str, str] | None, n: int, fps: 
     ctx.term()
 
 
-def run_ours(curve: bool, n: int, fps: float) -> dict[str, Any]:
-    keys = RunKeys.generate().to_wire() if curve else None
+def run_ours(cluster: bool, n: int, fps: float) -> dict[str, Any]:
+    keys = RunKeys.generate().to_wire() if cluster else None
     parent, child = mp.Pipe()
     consumer = mp.Process(target=ours_consumer, args=(child, keys, n))
     consumer.start()
-    endpoint = parent.recv()
-    producer = mp.Process(target=ours_producer, args=(endpoint, keys, n, fps))
+    endpoint, server_key = parent.recv()
+    producer = mp.Process(target=ours_producer, args=(endpoint, server_key, keys, n, fps))
     producer.start()
     result: dict[str, Any] = parent.recv()
     producer.join(60)
@@ -213,8 +220,8 @@ def run_zmq(copy: bool, n: int, fps: float, curve: bool = False) -> dict[str, An
 
 
 METHODS = {
-    "ours tcp, CURVE off": lambda n, fps: run_ours(False, n, fps),
-    "ours tcp, CURVE on": lambda n, fps: run_ours(True, n, fps),
+    "ours tcp edge (CURVE)": lambda n, fps: run_ours(False, n, fps),
+    "ours, cluster (+ZAP)": lambda n, fps: run_ours(True, n, fps),
     "pyzmq tcp copy=False": lambda n, fps: run_zmq(False, n, fps),
     "pyzmq tcp copy=True": lambda n, fps: run_zmq(True, n, fps),
     "pyzmq copy=False, CURVE": lambda n, fps: run_zmq(False, n, fps, curve=True),
@@ -240,15 +247,15 @@ def main(argv: list[str] | None = None) -> int:
             p50 = min(paced["p50_ms"], results[name].get("p50_ms", float("inf")))
             results[name]["p50_ms"] = p50
     base = results["pyzmq tcp copy=False"]["fps"]
-    off = results["ours tcp, CURVE off"]["fps"]
+    base_curve = results["pyzmq copy=False, CURVE"]["fps"]
+    ours = results["ours tcp edge (CURVE)"]["fps"]
     print(f"1920x1080 BGR frames over tcp on loopback ({n} flat out, {lat_n} at 30 fps)")
     print(f"{'method':<24}{'frames/s':>10}{'vs pyzmq copy=False':>22}{'p50 ms':>9}")
     for name, r in results.items():
         print(f"{name:<24}{r['fps']:>10.0f}{r['fps'] / base:>21.2f}x{r['p50_ms']:>9.2f}")
-    curve_cost = 1 - results["ours tcp, CURVE on"]["fps"] / off
-    zmq_cost = 1 - results["pyzmq copy=False, CURVE"]["fps"] / base
-    print(f"CURVE costs {curve_cost:.0%} of our tcp edge's throughput at 1080p")
-    print(f"(and {zmq_cost:.0%} of plain pyzmq's: libzmq's encryption, not the edge's)")
+    zmq_cost = 1 - base_curve / base
+    print(f"our tcp edge: {ours / base_curve:.2f}x plain pyzmq copy=False with CURVE too")
+    print(f"CURVE costs {zmq_cost:.0%} of plain pyzmq's throughput at 1080p (libzmq's own)")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(
         json.dumps(
@@ -262,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                 "frame": [H, W, 3],
                 "results": results,
                 "ratios": {
-                    "ours_tcp_vs_pyzmq_copy_false": off / base,
-                    "curve_cost": curve_cost,
+                    "ours_tcp_curve_vs_pyzmq_copy_false_curve": ours / base_curve,
+                    "ours_tcp_curve_vs_pyzmq_copy_false": ours / base,
                     "pyzmq_curve_cost": zmq_cost,
                 },
             },

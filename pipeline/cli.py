@@ -1,6 +1,10 @@
 """The ``pipeline`` command: check, run, nodes, schema; plugins add more.
 
-Exit codes: 0 success, 1 runtime failure, 2 invalid graph or usage. Packages add commands
+Exit codes: 0 success (a graph that ended by itself), 1 runtime failure (a node failed, or a
+stop had to be forced), 2 invalid graph or usage, and ``128 + signal`` for a run stopped by a
+signal that drained cleanly: 130 Ctrl-C (SIGINT), 143 SIGTERM (``systemctl stop``: set
+``SuccessExitStatus=143`` in the unit), 129 SIGHUP (the terminal or ssh session closed).
+Packages add commands
 through the ``pipeline.commands`` entry-point group: each entry point is a function
 ``register(subparsers)`` that adds its sub-command (``nodes.inference`` adds ``models``).
 """
@@ -8,7 +12,9 @@ through the ``pipeline.commands`` entry-point group: each entry point is a funct
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -19,6 +25,7 @@ from pipeline.errors import ConfigIssue, RegistryError
 from pipeline.graph.load import check_graph
 from pipeline.graph.spec import graph_json_schema
 from pipeline.registry import available_nodes, load_node_class
+from pipeline.serve.options import add_serve_arguments, serve_config
 
 __all__ = ["main"]
 
@@ -73,20 +80,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ClusterError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    result = run_graph(
-        graph,
-        log_level=args.log_level,
-        live=live,
-        stats_json=args.stats_json,
-        grace_s=args.grace,
-        launcher=launcher,
-    )
-    if result.stats and not args.quiet:
-        print(render_table(result.stats), file=sys.stderr)
-    verdict = "failed" if result.exit_code else ("stopped" if result.stopped else "finished")
-    print(f"graph {graph.name!r} {verdict} in {result.duration_s:.1f} s", file=sys.stderr)
-    if args.stats_json:
-        print(f"statistics written to {args.stats_json}", file=sys.stderr)
+    server = None
+    try:
+        serving = serve_config(args, graph.spec.serve)
+    except ValueError as exc:
+        print(f"pipeline run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if serving is not None:
+        from pipeline.serve.app import ServeError, start_server
+
+        try:
+            graph, server = start_server(graph, serving, log_level=args.log_level)
+        except ServeError as exc:
+            print(f"cannot serve the graph: {exc}; nothing was started", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"serving on {', '.join(server.endpoints)}", file=sys.stderr)
+    try:
+        result = run_graph(
+            graph,
+            log_level=args.log_level,
+            live=live,
+            stats_json=args.stats_json,
+            grace_s=args.grace,
+            launcher=launcher,
+        )
+    finally:
+        if server is not None:
+            server.stop()
+    failed = result.exit_code == EXIT_FAILED
+    verdict = "failed" if failed else ("stopped" if result.stopped else "finished")
+    with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+        if result.stats and not args.quiet:
+            print(render_table(result.stats), file=sys.stderr)
+        print(f"graph {graph.name!r} {verdict} in {result.duration_s:.1f} s", file=sys.stderr)
+        if args.stats_json:
+            print(f"statistics written to {args.stats_json}", file=sys.stderr)
     return result.exit_code
 
 
@@ -223,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the nodes on a Ray cluster: auto, HEAD:6379 or ray://HEAD:10001; each node "
         "goes where its placement says, edges between machines are tcp with CURVE",
     )
+    add_serve_arguments(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("nodes", help="list node types with their ports and params")
@@ -244,9 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _current_folder_last() -> None:
+    """``python -m pipeline.cli`` puts the current folder first on the path: move it last, so
+    a stray ``cv2.py`` there cannot shadow a library (``module:Class`` nodes still resolve)."""
+    here = ("", ".", os.getcwd())
+    if sys.path and sys.path[0] in here:
+        sys.path.append(sys.path.pop(0))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _current_folder_last()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -6,9 +6,11 @@ the source and carried forward by every node, the key that joins several inputs)
 ``source`` (the id of the source node). ``meta`` is free, msgpack-serialisable metadata
 (for example the resize or letterbox a transform applied, so boxes can be mapped back).
 
-A message is split on the wire into small fields (``_fields``) and arrays (``_arrays``). The
-codec in ``pipeline.transport`` puts the fields in the header and moves the arrays through
-shared memory or as ZeroMQ frames; messages themselves know nothing about transport.
+A message is split on the wire into small fields (``wire_fields()``) and arrays
+(``wire_arrays()``); the two are public, so a sink that records messages (jsonl) and a codec
+see the same split. The codec in ``pipeline.transport`` puts the fields in the header and moves
+the arrays through shared memory or as ZeroMQ frames; messages themselves know nothing about
+transport.
 
 Arrays received from another node are read-only views of shared memory. Copy before editing,
 or allocate an output buffer with ``self.<port>.allocate(shape, dtype)``.
@@ -61,12 +63,13 @@ class Message:
         if "kind" in cls.__dict__:
             _REGISTRY[cls.kind] = cls
 
-    def _arrays(self) -> dict[str, np.ndarray]:
-        """Arrays that travel as buffers, by field name."""
+    def wire_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays that travel as buffers, by field name (a subclass with arrays overrides it)."""
         return {}
 
-    def _fields(self) -> dict[str, Any]:
-        """Small fields that travel in the header (msgpack-serialisable)."""
+    def wire_fields(self) -> dict[str, Any]:
+        """Small fields that travel in the header, msgpack-serialisable (a subclass with such
+        fields overrides it)."""
         return {}
 
     @classmethod
@@ -114,6 +117,15 @@ class Frame(Message):
 
     image: np.ndarray
 
+    def __post_init__(self) -> None:
+        # every consumer reads shape[0] and shape[1]: refuse anything else at the door
+        ndim = getattr(self.image, "ndim", None)
+        if ndim not in (2, 3):
+            raise ValueError(
+                f"Frame.image must be an (H, W) or (H, W, C) array, got "
+                f"{type(self.image).__name__} of {ndim} dimensions"
+            )
+
     @property
     def width(self) -> int:
         return int(self.image.shape[1])
@@ -122,7 +134,7 @@ class Frame(Message):
     def height(self) -> int:
         return int(self.image.shape[0])
 
-    def _arrays(self) -> dict[str, np.ndarray]:
+    def wire_arrays(self) -> dict[str, np.ndarray]:
         return {"image": self.image}
 
 
@@ -219,13 +231,13 @@ class Detections(Message):
             raise ValueError("Detections.pixels() needs image_wh: the image size is unknown")
         return self.xyxy * np.array([w, h, w, h], np.float32)
 
-    def _arrays(self) -> dict[str, np.ndarray]:
+    def wire_arrays(self) -> dict[str, np.ndarray]:
         arrays = {"xyxy": self.xyxy, "confidence": self.confidence, "class_id": self.class_id}
         if self.keypoints is not None:
             arrays["keypoints"] = self.keypoints
         return arrays
 
-    def _fields(self) -> dict[str, Any]:
+    def wire_fields(self) -> dict[str, Any]:
         return {"class_names": list(self.class_names), "image_wh": list(self.image_wh)}
 
     @classmethod
@@ -281,10 +293,10 @@ class Classifications(Message):
             return None
         return self.class_names[0], float(self.confidence[0])
 
-    def _arrays(self) -> dict[str, np.ndarray]:
+    def wire_arrays(self) -> dict[str, np.ndarray]:
         return {"confidence": self.confidence, "class_id": self.class_id}
 
-    def _fields(self) -> dict[str, Any]:
+    def wire_fields(self) -> dict[str, Any]:
         return {"class_names": list(self.class_names)}
 
 
@@ -302,10 +314,10 @@ class Tensors(Message):
     def __len__(self) -> int:
         return len(self.tensors)
 
-    def _arrays(self) -> dict[str, np.ndarray]:
+    def wire_arrays(self) -> dict[str, np.ndarray]:
         return dict(self.tensors)
 
-    def _fields(self) -> dict[str, Any]:
+    def wire_fields(self) -> dict[str, Any]:
         return {"order": list(self.tensors)}
 
     @classmethod

@@ -49,10 +49,11 @@ def load_node_class(type_id: str) -> type[Node]:
     """
     if ":" in type_id:
         module_name, _, attr = type_id.partition(":")
-        # Like `python -m`, a module path is looked up from the current folder too, so a
-        # node in ./my_nodes.py works from a graph file without installing anything.
+        # A module path is looked up from the current folder too, so a node in ./my_nodes.py
+        # works from a graph file without installing anything; the folder goes *last*, so a
+        # stray cv2.py or numpy.py there never shadows the installed library.
         if "" not in sys.path and os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
+            sys.path.append(os.getcwd())
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:

@@ -85,7 +85,7 @@ class _Services:
 def read_only(message: Message) -> Message:
     """The same message with read-only views of its arrays, as a consumer receives it."""
     arrays = {}
-    for name, arr in message._arrays().items():
+    for name, arr in message.wire_arrays().items():
         view = np.asarray(arr).view()
         view.flags.writeable = False
         arrays[name] = view
@@ -95,7 +95,7 @@ def read_only(message: Message) -> Message:
         "source": message.source,
         "meta": message.meta,
     }
-    return type(message)._from_parts(header, message._fields(), arrays)
+    return type(message)._from_parts(header, message.wire_fields(), arrays)
 
 
 def run_node(

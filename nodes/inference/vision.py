@@ -108,6 +108,10 @@ class VisionModel:
     """
 
     def __init__(self, params: ModelParams) -> None:
+        from nodes.inference.registry_models import resolve_registry_model
+
+        # A registry model (``org:name@version``) becomes its cached file and stored params.
+        params = resolve_registry_model(params)
         self.params = params
         self.catalog = catalog_entry(params.model)
         self.model: Model = load_model(
@@ -200,6 +204,7 @@ class Detector(VisionModel):
 
     def __init__(self, params: DetectorParams) -> None:
         super().__init__(params)
+        params = self.params  # resolved (a registry model's stored params)
         try:
             self.decoder: Decoder = self._make_decoder(params)
         except BaseException:
@@ -299,6 +304,7 @@ class Classifier(VisionModel):
 
     def __init__(self, params: ClassifierParams) -> None:
         super().__init__(params)
+        params = self.params  # resolved (a registry model's stored params)
         options: dict[str, Any] = {"top_k": params.top_k}
         if params.activation != "auto":
             options["activation"] = params.activation

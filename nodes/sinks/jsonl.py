@@ -3,16 +3,21 @@
 :func:`message_record` turns any message into a JSON-ready dict: Detections and
 Classifications as lists of objects (label, confidence, boxes as normalised
 ``[x_min, y_min, x_max, y_max]`` plus pixels when the image size is known), other messages as
-their fields and small arrays. The file helpers :func:`writable_folder` and
-:func:`writable_file` check at ``open()`` that a sink can write where it was told to, and are
-shared by the other file sinks (snapshot, video writer).
+their fields and small arrays.
+
+What was written survives. Lines reach the operating system as they are written (one
+``write`` and ``flush`` per record by default), so a node killed with SIGKILL loses none; they
+reach the disk (``fsync``) at most ``fsync_interval_s`` after being written, at each rotation
+and at the end, so a power cut loses at most that much. A run replaces the previous run's file
+only once it has a record: the new file is written under a hidden partial name and renamed over
+the old one on the first line, so a graph that fails to start, or ends before its first record,
+leaves yesterday's output as it was.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -20,44 +25,10 @@ from typing import IO, Any
 import numpy as np
 from pydantic import Field
 
+from nodes.files import fsync_folder, partial_path, publish, writable_file
 from pipeline import Classifications, Detections, Input, Message, Node, NodeParams
 
 _MAX_LISTED = 4096  # arrays larger than this are summarised, not listed
-
-
-def writable_folder(folder: str | Path, *, node_id: str, param: str) -> Path:
-    """Create ``folder`` if needed and check that a file can be written in it.
-
-    The check writes and removes a temporary file: permission bits alone do not tell (root
-    ignores them, and a read-only mount ignores root).
-
-    Raises:
-        OSError: naming the node, the folder and the param to change.
-    """
-    path = Path(folder)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise OSError(
-            exc.errno,
-            f"node {node_id!r} cannot write in the folder {str(path)!r} ({reason}); "
-            f"set {param!r} to a folder it may create and write",
-        ) from None
-    return path
-
-
-def writable_file(file: str | Path, *, node_id: str, param: str) -> Path:
-    """Check that ``file`` can be written: its folder is writable and it is not a folder."""
-    path = Path(file)
-    writable_folder(path.parent, node_id=node_id, param=param)
-    if path.is_dir():
-        raise IsADirectoryError(
-            f"node {node_id!r}: {param} {str(path)!r} is a folder; give a file path"
-        )
-    return path
 
 
 def _rounded(arr: np.ndarray, digits: int) -> list[Any]:
@@ -121,8 +92,8 @@ def message_record(message: Message) -> dict[str, Any]:
     elif isinstance(message, Classifications):
         record["classifications"] = classifications_records(message)
     else:
-        record.update(message._fields())
-        for name, arr in message._arrays().items():
+        record.update(message.wire_fields())
+        for name, arr in message.wire_arrays().items():
             arr = np.asarray(arr)
             if arr.size <= _MAX_LISTED:
                 record[name] = _rounded(arr, 6) if arr.dtype.kind == "f" else arr.tolist()
@@ -167,9 +138,13 @@ class JsonlSink(Node):
     confidence}]``; other messages as their fields and small arrays (images are summarised by
     shape and dtype). Each line also carries ``t_written_ns`` and ``latency_ms`` (capture to
     write). With ``max_bytes`` the file is rotated like a log (``path.1`` is the newest backup,
-    ``backups`` are kept). Lines are flushed every ``flush_every`` messages and at the end.
-    A folder it cannot write fails ``open()``. Ends when its input ends; it writes as fast as
-    messages come, and a full input edge waits or drops as its ``when_full`` says.
+    ``backups`` are kept). Lines are flushed to the operating system every ``flush_every``
+    messages (default: each one, so a killed node loses no line) and synced to the disk at
+    most ``fsync_interval_s`` after they were written, at each rotation and at the end. An
+    existing file is replaced (or, with ``append``, extended) only from the first record on:
+    a run that writes nothing leaves it as it was. A folder it cannot write fails ``open()``.
+    Ends when its input ends; it writes as fast as messages come, and a full input edge waits
+    or drops as its ``when_full`` says.
 
     Example:
         - id: log
@@ -180,8 +155,16 @@ class JsonlSink(Node):
 
     class Params(NodeParams):
         path: str = Field(description="The file to write (its folder is created).")
-        append: bool = Field(False, description="Append instead of truncating.")
-        flush_every: int = Field(1, ge=1, description="Flush the file every N lines.")
+        append: bool = Field(False, description="Append instead of replacing the file.")
+        flush_every: int = Field(
+            1, ge=1, description="Hand lines to the operating system every N lines."
+        )
+        fsync_interval_s: float = Field(
+            1.0,
+            ge=0,
+            description="Most seconds a written line waits to be synced to the disk (the "
+            "loss on a power cut); 0: sync every line.",
+        )
         max_bytes: int = Field(
             0, ge=0, description="Rotate before the file would exceed this size; 0: never."
         )
@@ -192,10 +175,23 @@ class JsonlSink(Node):
     messages = Input(Message, description="Any message.")
 
     def open(self) -> None:
+        # checks only: the file is opened (and an old one replaced) on the first record
         self._path = writable_file(self.params.path, node_id=self.id, param="path")
-        self._file: IO[str] = self._path.open("a" if self.params.append else "w", encoding="utf-8")
-        self._size = self._file.tell()
+        self._partial = partial_path(self._path)
+        self._partial.unlink(missing_ok=True)  # a run killed before its first record
+        self._file: IO[str] | None = None
+        self._size = 0
         self._lines = 0
+        self._unsynced = False
+        self._last_sync = time.monotonic()
+
+    def _start(self) -> IO[str]:
+        if self.params.append:
+            file = self._path.open("a", encoding="utf-8")
+        else:
+            file = self._partial.open("w", encoding="utf-8")
+        self._size = file.tell()
+        return file
 
     def process(self, messages: Message) -> None:
         p = self.params
@@ -206,17 +202,40 @@ class JsonlSink(Node):
             record["latency_ms"] = round((now - messages.t_capture_ns) / 1e6, 3)
         # ASCII-only JSON: the line's length is its size in bytes
         line = json.dumps(record, separators=(",", ":"), default=_json_default) + "\n"
+        file = self._file
+        if file is None:
+            file = self._file = self._start()
         if p.max_bytes and self._size and self._size + len(line) > p.max_bytes:
-            self._file.close()
+            self._sync(file)
+            file.close()
             rotate(self._path, p.backups)
-            self._file = self._path.open("w", encoding="utf-8")
+            file = self._file = self._path.open("w", encoding="utf-8")
             self._size = 0
-        self._file.write(line)
+        file.write(line)
         self._size += len(line)
         self._lines += 1
+        self._unsynced = True
         if self._lines % p.flush_every == 0:
-            self._file.flush()
+            file.flush()
+        if self._lines == 1 and not p.append:
+            file.flush()
+            publish(self._partial, self._path)  # the run has a record: replace the old file
+        if time.monotonic() - self._last_sync >= p.fsync_interval_s:
+            self._sync(file)
+
+    def _sync(self, file: IO[str]) -> None:
+        if self._unsynced:
+            file.flush()
+            os.fsync(file.fileno())
+            self._unsynced = False
+        self._last_sync = time.monotonic()
 
     def close(self) -> None:
+        if self._file is None:
+            self.log.info("no record arrived: %s was left as it was", self.params.path)
+            return
+        self._sync(self._file)
         self._file.close()
+        self._file = None
+        fsync_folder(self._path.parent)
         self.log.info("wrote %d lines to %s", self._lines, self.params.path)

@@ -7,20 +7,32 @@ the graph. Each viewer is a thread of a ``ThreadingHTTPServer`` that waits for a
 than the one it sent last and writes it; a slow socket delays only that viewer, which then
 skips to the newest frame. The socket's send buffer is kept small for the same reason: the
 kernel would otherwise queue seconds of stale video for a slow viewer.
+
+Strangers are refused before any path is served (:class:`Gate`). The ``Host`` header must
+name this server: a loopback name or address, an IP address (a DNS-rebinding page cannot
+produce one: it needs a name it controls), this machine's host name, or one of
+``allowed_hosts``; anything else is a web page on another name that resolved to this machine
+(DNS rebinding) and gets 403, so it cannot read the frames or the statistics. With ``token``
+set, every request must carry it (``?token=...`` once, which sets a same-site cookie for the
+page's own requests, or ``Authorization: Bearer ...``); listening beyond loopback without a
+token is allowed but logged as a warning.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hmac
+import ipaddress
 import json
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field
 
@@ -33,6 +45,99 @@ BOUNDARY = "frame"
 IDLE_INTERVAL_S = 1.0  # encoding rate while no one watches the stream (snapshot freshness)
 SEND_BUFFER_BYTES = 128 * 1024  # a few frames (Linux doubles it): bounds a slow viewer's lag
 VIEWER_TIMEOUT_S = 30.0  # a viewer whose socket takes no frame for this long is dropped
+TOKEN_COOKIE = "preview_token"
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def host_name(header: str) -> str | None:
+    """The name or address in a ``Host`` header, lower case, without port or brackets.
+
+    ``None`` when the header is malformed (an unclosed bracket, a bad port).
+    """
+    value = header.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0 or (value[end + 1 :] and not value[end + 1 :].startswith(":")):
+            return None
+        name, port = value[1:end], value[end + 2 :]
+    elif value.count(":") == 1:
+        name, port = value.split(":")
+    elif ":" in value:
+        return None  # an IPv6 address must be bracketed in a Host header
+    else:
+        name, port = value, ""
+    if port and not port.isdigit():
+        return None
+    return name.rstrip(".") or None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) stays on this machine."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Gate:
+    """Who may read the preview: the ``Host`` header check and the optional token.
+
+    Args:
+        bound_host: the address the server listens on (``host`` param).
+        allowed_hosts: extra names (lower-cased) that reach this machine, e.g. ``mypi.local``.
+        token: the secret every request must carry, or ``None``.
+    """
+
+    def __init__(self, bound_host: str, allowed_hosts: Sequence[str], token: str | None) -> None:
+        names = {bound_host.lower(), *LOOPBACK_NAMES, *(h.lower() for h in allowed_hosts)}
+        with contextlib.suppress(OSError):
+            machine = socket.gethostname().lower()
+            if machine:
+                names.update({machine, f"{machine}.local"})
+        self.names = frozenset(n.strip("[]").rstrip(".") for n in names)
+        self.token = token
+
+    def host_allowed(self, header: str | None) -> bool:
+        """Whether a request with this ``Host`` header is for this server.
+
+        A request without one (HTTP/1.0, a script) is let through: browsers always send it,
+        so its absence is no rebinding attack; the token, when set, still applies.
+        """
+        if header is None:
+            return True
+        name = host_name(header)
+        if name is None:
+            return False
+        if name in self.names:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True  # an address literal: no DNS name, so no rebinding
+
+    def token_given(self, query: str, headers: Any) -> tuple[bool, bool]:
+        """``(allowed, from_query)``: whether the request carries the token, and whether it
+        came in the query (the reply then sets the cookie)."""
+        if self.token is None:
+            return True, False
+        expected = self.token.encode("utf-8")
+        for value in parse_qs(query).get("token", []):
+            if hmac.compare_digest(value.encode("utf-8"), expected):
+                return True, True
+        authorization = headers.get("Authorization") or ""
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            credentials.strip().encode("utf-8"), expected
+        ):
+            return True, False
+        for part in (headers.get("Cookie") or "").split(";"):
+            key, _, value = part.strip().partition("=")
+            if key == TOKEN_COOKIE and hmac.compare_digest(value.encode("utf-8"), expected):
+                return True, False
+        return False, False
 
 
 class LatestFrame:
@@ -111,6 +216,7 @@ class _Server6(_Server):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     timeout = VIEWER_TIMEOUT_S
+    _set_cookie = False  # this reply sets the token cookie (the token came in the query)
 
     def setup(self) -> None:
         super().setup()
@@ -127,9 +233,62 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         self.server.preview.log.debug("%s " + format, self.client_address[0], *args)
 
+    def _refuse(self, status: HTTPStatus, message: str) -> None:
+        body = (message + "\n").encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        if status == HTTPStatus.UNAUTHORIZED:
+            self.send_header("WWW-Authenticate", 'Bearer realm="preview"')
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _admitted(self, query: str) -> bool:
+        """Check the Host header and the token; refuse (and count) a request that fails."""
+        preview = self.server.preview
+        gate = preview.gate
+        host = self.headers.get("Host")
+        if not gate.host_allowed(host):
+            preview.refused("host")
+            preview.log.warning(
+                "refused a request from %s for Host %r (not this server: DNS rebinding?)",
+                self.client_address[0],
+                host,
+            )
+            self._refuse(
+                HTTPStatus.FORBIDDEN,
+                f"Host {host!r} is not a name of this preview; open it by address, or add the "
+                f"name to the node's 'allowed_hosts'",
+            )
+            return False
+        allowed, from_query = gate.token_given(query, self.headers)
+        if not allowed:
+            preview.refused("token")
+            self._refuse(
+                HTTPStatus.UNAUTHORIZED,
+                "this preview needs its token: open the address the graph printed "
+                "(with ?token=...), or send 'Authorization: Bearer <token>'",
+            )
+            return False
+        self._set_cookie = from_query
+        return True
+
+    def end_headers(self) -> None:
+        if self._set_cookie:
+            token = self.server.preview.gate.token
+            self.send_header(
+                "Set-Cookie", f"{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
+            )
+            self._set_cookie = False
+        super().end_headers()
+
     def do_GET(self) -> None:
-        path = urlsplit(self.path).path
+        url = urlsplit(self.path)
+        path = url.path
         try:
+            if not self._admitted(url.query):
+                return
             if path in ("/", "/index.html"):
                 self._reply(render_page(self.server.preview.id), "text/html; charset=utf-8")
             elif path == "/stream.mjpg":
@@ -199,9 +358,15 @@ class Preview(Node):
     The input is read-only. Ends when its input ends; the server stops in ``close()``. Feed it
     through a ``when_full: drop_oldest`` edge so a busy machine shows fresh frames.
 
+    Requests whose ``Host`` header names another server (DNS rebinding) get 403, and with
+    ``token`` set, requests without it get 401 (see the module docstring); both are counted
+    as ``refused_host`` and ``refused_token``.
+
     Attributes:
-        url: the page's address, once open (with the actual port when ``port`` is 0).
+        url: the page's address, once open (with the actual port when ``port`` is 0, and the
+            token when one is set).
         frames_encoded: JPEG frames handed to viewers so far.
+        requests_refused: requests refused for their Host header or a missing token.
 
     Example:
         - id: preview
@@ -222,6 +387,18 @@ class Preview(Node):
         max_fps: float = Field(
             15.0, ge=0, le=1000, description="Most frames encoded per second; 0: every frame."
         )
+        allowed_hosts: list[str] = Field(
+            default_factory=list,
+            description="Host names (besides addresses, localhost and this machine's name) "
+            "that browsers may use to reach the page, e.g. [mypi.local].",
+        )
+        token: str | None = Field(
+            None,
+            min_length=16,
+            pattern=r"^[A-Za-z0-9._~-]+$",
+            description="A secret every request must carry (?token=..., a cookie, or "
+            "'Authorization: Bearer'); advised when host is not a loopback address.",
+        )
 
     frames = Input(Frame, description="(H, W[, C]) uint8 frames in meta['color'].")
 
@@ -234,6 +411,10 @@ class Preview(Node):
         self._last_encode = -float("inf")
         self.frames_encoded = 0
         self.frames_latest = LatestFrame()
+        self.gate = Gate(p.host, p.allowed_hosts, p.token)
+        self._refused_lock = threading.Lock()
+        self._refused: dict[str, int] = {}
+        self.requests_refused = 0
         server_class = _Server6 if ":" in p.host else _Server
         try:
             self._server = server_class((p.host, p.port), self)
@@ -253,6 +434,15 @@ class Preview(Node):
         port = self._server.server_address[1]
         shown = "127.0.0.1" if p.host in ("0.0.0.0", "::") else p.host
         self.url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/"
+        if p.token:
+            self.url += f"?token={p.token}"
+        elif not is_loopback(p.host):
+            self.log.warning(
+                "preview %r listens on %s without a token: anyone who can reach this machine "
+                "can watch; set 'token' to require one",
+                self.id,
+                p.host,
+            )
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.2},
@@ -263,6 +453,8 @@ class Preview(Node):
         self.log.info("preview %r: open %s in a browser", self.id, self.url)
 
     def process(self, frames: Frame) -> None:
+        if self._refused:
+            self._count_refused()
         now = time.monotonic()
         interval = self._interval if self._server.viewers else max(self._interval, IDLE_INTERVAL_S)
         if now - self._last_encode < interval:
@@ -275,6 +467,19 @@ class Preview(Node):
         self.frames_latest.publish(jpeg.tobytes(), frames.seq)
         self.frames_encoded += 1
 
+    def refused(self, reason: str) -> None:
+        """Note a refused request; viewer threads call this, ``process()`` counts it."""
+        with self._refused_lock:
+            self._refused[reason] = self._refused.get(reason, 0) + 1
+            self.requests_refused += 1
+
+    def _count_refused(self) -> None:
+        # statistics are the node thread's: viewer threads only leave the numbers here
+        with self._refused_lock:
+            refused, self._refused = self._refused, {}
+        for reason, n in refused.items():
+            self.count(f"refused_{reason}", n)
+
     def page_statistics(self) -> dict[str, Any]:
         """What ``/stats.json`` returns: this node's id, viewers, and every node's statistics."""
         try:
@@ -285,6 +490,7 @@ class Preview(Node):
         return {
             "node": self.id,
             "viewers": self._server.viewers,
+            "requests_refused": self.requests_refused,
             "frames_encoded": self.frames_encoded,
             "nodes": nodes,
         }

@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 
 from nodes.colors import frame_color, to_bgr
 from nodes.dependencies import import_cv2
-from nodes.sinks.jsonl import writable_folder
+from nodes.files import writable_folder
 from pipeline import Detections, Frame, Input, Node, NodeParams
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")

@@ -44,6 +44,7 @@ __all__ = ["NodeHost", "RayLauncher"]
 log = logging.getLogger("pipeline.cluster")
 
 PLACE_TIMEOUT_S = 120.0
+_NO_CWD = "-P" if sys.version_info >= (3, 11) else "-I"  # as the local launcher starts workers
 
 
 class NodeHost:
@@ -69,19 +70,24 @@ class NodeHost:
             "pid": os.getpid(),
         }
 
-    def run(self, config: dict[str, Any], sys_path: list[str], run_dir: str) -> int:
+    def run(self, config: dict[str, Any], sys_path: list[str], run_dir: str, cwd: str) -> int:
         """Start the worker with ``config`` and wait for it; its exit code."""
         if not os.path.isdir(run_dir):
             os.makedirs(run_dir, mode=0o700, exist_ok=True)
             self.made_dir = run_dir
+        if config.get("activity_path") and not os.path.exists(config["activity_path"]):
+            # the supervisor's activity board is on its own machine: not visible from here
+            config = {**config, "activity_path": ""}
         cfg = WorkerConfig.from_wire(config)
         self.segments = f"{cfg.shm_prefix}-{cfg.plan.index}-"
-        # this machine's own path first, then what the supervisor's adds (its working folder)
-        path = list(dict.fromkeys([*sys.path, *(p for p in sys_path if os.path.exists(p))]))
+        # the supervisor's path where it exists here (its working folder), then this machine's
+        path = list(dict.fromkeys([*(p for p in sys_path if os.path.exists(p)), *sys.path]))
         self.popen = subprocess.Popen(
-            [sys.executable, "-c", "from pipeline.runtime.worker import main; main()"],
+            [sys.executable, _NO_CWD, "-c", "from pipeline.runtime.worker import main; main()"],
             stdin=subprocess.PIPE,
             text=True,
+            # relative paths in params mean what they mean to the supervisor, where they can
+            cwd=cwd if os.path.isdir(cwd) else None,
         )
         assert self.popen.stdin is not None
         self.popen.stdin.write(json.dumps({"config": config, "sys_path": path}))
@@ -134,7 +140,7 @@ class _RayProcess:
         self.node_id = node_id
         self.actor = actor
         self.pid = int(launcher.wheres[node_id]["pid"])
-        self.ref = actor.run.remote(cfg.to_wire(), sys.path, str(launcher.run_dir))
+        self.ref = actor.run.remote(cfg.to_wire(), sys.path, str(launcher.run_dir), os.getcwd())
         self._ray = ray
         self._code: int | None = None
         self._reason: str | None = None

@@ -7,6 +7,7 @@ Issues point at ``file:line:col`` through a table of YAML marks keyed by documen
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import ConfigError, ConfigIssue
+from pipeline.graph import limits
+from pipeline.graph.shm_need import shm_issues
 from pipeline.graph.spec import EdgeSpec, GraphSpec, NodeSpec, PlacementSpec
 from pipeline.graph.validate import ValidatedGraph, validate_spec
 from pipeline.registry import suggest
@@ -98,6 +101,14 @@ class _Builder:
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
                 key = self.constructor.construct_object(key_node, deep=True)
+                if isinstance(key, (list, dict)):  # YAML allows them; a graph file does not
+                    line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                    self.issues.append(
+                        ConfigIssue(
+                            self.marks.file, line, col, format_path(path), "a key must be a word"
+                        )
+                    )
+                    continue
                 child = (*path, key if isinstance(key, (str, int)) else str(key))
                 self.marks.keys[child] = (
                     key_node.start_mark.line + 1,
@@ -117,6 +128,9 @@ def parse_graph(
 ) -> tuple[GraphSpec | None, Marks, list[ConfigIssue]]:
     """Phases 1 and 2: YAML syntax and the graph schema. Returns the spec (None on errors)."""
     marks = Marks(file)
+    too_big = limits.check_text(text, file)
+    if too_big:
+        return None, marks, too_big
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -133,8 +147,17 @@ def parse_graph(
             marks,
             [ConfigIssue(file, 1, 1, "", "the file is empty; a graph needs 'graph:' and 'nodes:'")],
         )
+    too_many = limits.check_composed(root, file)
+    if too_many:
+        return None, marks, too_many
     builder = _Builder(marks)
-    data = builder.build(root, ())
+    try:
+        data = builder.build(root, ())
+    except yaml.MarkedYAMLError as exc:  # a tag no safe constructor knows ('=', !!python/...)
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = exc.problem or "invalid value"
+        return None, marks, [ConfigIssue(file, line, col, "", f"YAML value: {problem}")]
     issues = list(builder.issues)
     if not isinstance(data, dict):
         issues.append(
@@ -220,7 +243,12 @@ def read_graph_file(path: str | Path) -> tuple[str | None, list[ConfigIssue]]:
     """A graph file's text, or None and the issue saying why it cannot be read."""
     file = str(path)
     try:
-        return Path(path).read_text(encoding="utf-8"), []
+        with open(path, "rb") as stream:  # at most one byte past the limit: never a huge read
+            data = stream.read(limits.MAX_FILE_BYTES + 1)
+            if len(data) > limits.MAX_FILE_BYTES:
+                size = max(os.fstat(stream.fileno()).st_size, len(data))
+                return None, [limits.file_too_large(size, file)]
+        return data.decode("utf-8"), []
     except OSError as exc:
         return None, [ConfigIssue(file, 0, 0, "", f"cannot read the graph file: {exc.strerror}")]
     except UnicodeDecodeError:
@@ -249,6 +277,8 @@ def check_graph(
     issues.extend(more)
     if any(i.severity == "error" for i in issues):
         return None, sort_issues(issues)
+    if graph is not None:
+        issues.extend(shm_issues(graph, marks))
     return graph, sort_issues(issues)
 
 

@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.serve.config import ServeConfig
+
 __all__ = [
     "EdgeSpec",
     "GraphSpec",
@@ -192,6 +194,18 @@ class NodeSpec(_Strict):
         le=10000,
         description="Sources only. At most this many frames per second, whatever the pace.",
     )
+    health_timeout_s: float | None = Field(
+        60.0,
+        gt=0,
+        description="A node inside one process() or flush() call for this long is stuck: "
+        "the graph stops with its stack printed (a stall warning comes at half); null: never.",
+    )
+    open_timeout_s: float | None = Field(
+        120.0, gt=0, description="The longest open() may take (loading a model); null: no limit."
+    )
+    close_timeout_s: float | None = Field(
+        30.0, gt=0, description="The longest close() may take; null: no limit."
+    )
     placement: PlacementSpec | None = Field(
         None,
         description="On a cluster (`pipeline run --cluster`): which machine runs this node, by "
@@ -215,6 +229,10 @@ class GraphSpec(_Strict):
         """A node's placement over the graph's default (empty when neither gives one)."""
         own = node.placement or PlacementSpec.model_validate({})
         return own.merged_over(self.placement)
+
+    serve: ServeConfig | None = Field(
+        None, description="Serve Viam's vision, ML model and camera APIs beside the graph."
+    )
 
 
 def graph_json_schema() -> str:

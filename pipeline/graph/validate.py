@@ -9,6 +9,7 @@ cycles, and outputs that nobody reads (a warning).
 from __future__ import annotations
 
 import dataclasses
+import graphlib
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -88,6 +89,15 @@ class ValidatedGraph:
 
     def edges_into(self, node_id: str) -> list[Edge]:
         return [e for e in self.edges if e.consumer == node_id]
+
+    def topological_order(self) -> list[str]:
+        """Node ids, every producer before its consumers (the graph has no cycle)."""
+        sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter(
+            {n.id: [] for n in self.spec.nodes}
+        )
+        for edge in self.edges:
+            sorter.add(edge.consumer, edge.producer)
+        return list(sorter.static_order())
 
 
 def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None, list[ConfigIssue]]:

@@ -39,6 +39,22 @@ class CallScoped(Protocol):
     def end_call(self) -> None: ...
 
 
+class ActivityLike(Protocol):
+    """Where a driver notes the call it is in (``pipeline.runtime.activity.Activity``)."""
+
+    def begin(self, method: str, seq: int | None = None) -> None: ...
+
+    def end(self) -> None: ...
+
+
+class _NoActivity:
+    def begin(self, method: str, seq: int | None = None) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
 class NodeDriver:
     """Runs one node's lifecycle and keeps its statistics.
 
@@ -50,6 +66,8 @@ class NodeDriver:
         trace: when given, the name of every lifecycle call is appended (``run_node``).
         pace: a source's pace, ``realtime`` or ``fast`` (see ``pipeline.runtime.pacing``).
         max_fps: a source's cap on ``process()`` calls per second.
+        activity: told the method and seq of every call as it starts and ends, so that a
+            supervisor sees a node that hangs (the worker's activity board).
     """
 
     def __init__(
@@ -61,11 +79,13 @@ class NodeDriver:
         trace: list[str] | None = None,
         pace: str = "realtime",
         max_fps: float | None = None,
+        activity: ActivityLike | None = None,
     ) -> None:
         self.node = node
         self.pace = pace
         self.max_fps = max_fps
         self.pacer: FramePacer | None = None
+        self.activity: ActivityLike = activity or _NoActivity()
         self.stats = stats
         self.ports = list(ports)
         self.trace = trace
@@ -102,6 +122,7 @@ class NodeDriver:
         self.enter(NodeState.OPENING)
         if self.trace is not None:
             self.trace.append("open")
+        self.activity.begin("open")
         try:
             self.node.open()
             if self.node.is_source():
@@ -112,6 +133,8 @@ class NodeDriver:
         except Exception as exc:
             self._fail("open", exc)
             return False
+        finally:
+            self.activity.end()
         self.opened = True
         self.enter(NodeState.READY)
         return True
@@ -132,9 +155,12 @@ class NodeDriver:
             self.source = ""
             if self.trace is not None:
                 self.trace.append("flush")
+            self.activity.begin("flush")
             self.node.flush()
+            self.activity.end()
             self._end_call()
         except Exception as exc:
+            self.activity.end()
             self._fail(method, exc)
             return False
         return True
@@ -149,6 +175,7 @@ class NodeDriver:
             self.opened = False
             if self.trace is not None:
                 self.trace.append("close")
+            self.activity.begin("close")
             try:
                 self.node.close()
             except Exception as exc:
@@ -156,6 +183,8 @@ class NodeDriver:
                     self._fail("close", exc)
                 else:
                     self.node.log.exception("close() raised after an earlier failure")
+            finally:
+                self.activity.end()
         if self.stats.t_end is None:
             self.stats.t_end = time.monotonic()
         return self.failure is None
@@ -182,6 +211,7 @@ class NodeDriver:
         stats = self.stats
         trace = self.trace
         pacer = self.pacer
+        activity = self.activity
         perf = time.perf_counter
         next_check = 0.0
         n = 0
@@ -200,12 +230,15 @@ class NodeDriver:
             n += 1
             if trace is not None:
                 trace.append("process")
+            activity.begin("process")
             try:
                 node.process()
             except EndOfStream:
+                activity.end()
                 self._end_call()
                 return
             dt = perf() - t0
+            activity.end()
             self._end_call()
             stats.calls += 1
             stats.busy_s += dt
@@ -230,6 +263,7 @@ class NodeDriver:
         node = self.node
         trace = self.trace
         unconnected = self.unconnected
+        activity = self.activity
         perf = time.perf_counter
         mono_ns = time.monotonic_ns
         processed = 0
@@ -253,9 +287,11 @@ class NodeDriver:
             del first
             if trace is not None:
                 trace.append("process")
+            activity.begin("process", self.seq)
             t0 = perf()
             node.process(**kwargs)
             dt = perf() - t0
+            activity.end()
             kwargs.clear()
             self._end_call()
             if release is not None:

@@ -91,6 +91,8 @@ class WorkerConfig:
     log_level: str = "INFO"
     stats_path: str = ""  # where the supervisor publishes every node's statistics
     keys: RunKeys | None = None  # CURVE keys of the run, for its tcp sockets (a cluster)
+    stop_grace_s: float = 5.0  # after a SIGTERM, how long the node may drain before it unwinds
+    activity_path: str = ""  # the run's activity board (pipeline.runtime.activity)
 
     @property
     def node_id(self) -> str:
@@ -104,6 +106,8 @@ class WorkerConfig:
             "log_level": self.log_level,
             "stats_path": self.stats_path,
             "keys": self.keys.to_wire() if self.keys else None,
+            "stop_grace_s": self.stop_grace_s,
+            "activity_path": self.activity_path,
         }
 
     @classmethod
@@ -115,6 +119,8 @@ class WorkerConfig:
             log_level=d.get("log_level", "INFO"),
             stats_path=d.get("stats_path", ""),
             keys=RunKeys.from_wire(d["keys"]) if d.get("keys") else None,
+            stop_grace_s=float(d.get("stop_grace_s", 5.0)),
+            activity_path=d.get("activity_path", ""),
         )
 
 

@@ -167,9 +167,11 @@ def decode(data: bytes) -> ControlMessage:
 @control("hello")
 @dataclasses.dataclass(frozen=True)
 class Hello(ControlMessage):
-    """The worker bound its inputs: edge name -> endpoint to connect to."""
+    """The worker bound its inputs: edge name -> endpoint to connect to, and for tcp edges
+    the CURVE server key a producer needs to get in (``keys``)."""
 
     endpoints: Mapping[str, str]
+    keys: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @control("ready")
@@ -222,9 +224,11 @@ class Done(ControlMessage):
 @control("wiring")
 @dataclasses.dataclass(frozen=True)
 class Wiring(ControlMessage):
-    """Where the node's output edges connect: edge name -> endpoint."""
+    """Where the node's output edges connect: edge name -> endpoint (and the consumer's CURVE
+    server key for a tcp edge)."""
 
     endpoints: Mapping[str, str]
+    keys: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @control("start")

@@ -13,9 +13,15 @@ One worker runs one node (``pipeline.runtime.plan.NodePlan``). Start-up with the
 The sequence itself (and its statistics and failure capture) is
 ``pipeline.runtime.lifecycle.NodeDriver``, the same one ``run_node`` uses. An exception in
 ``process``/``flush``/``close`` is reported (``Failed``: method, input seq, traceback),
-``close()`` still runs, and the process exits 1. SIGTERM (the supervisor's forced stop)
-unwinds the same way, so ``close()`` runs (a video file is finalised). SIGINT is ignored:
-Ctrl-C belongs to the supervisor, which stops the sources and lets the graph drain.
+``close()`` still runs, and the process exits 1.
+
+Signals. SIGINT and SIGHUP are ignored: Ctrl-C and a closed terminal reach the whole process
+group, and belong to the supervisor, which stops the sources and lets the graph drain.
+SIGTERM asks this node to stop cleanly, as a service manager asks every process of a group
+(``systemctl stop``): a source ends its stream, any other node goes on until its inputs end
+(the drain), and one that has not ended ``stop_grace_s`` (+2 s) later unwinds as below. A second
+SIGTERM, SIGUSR2 (the supervisor's forced stop) or that deadline unwind at once: ``close()``
+runs (a video file is finalised) and the process exits 3.
 Statistics go to the supervisor every half second. ``kill -USR1 <pid>`` makes a node print
 where each of its threads is (for a graph that seems stuck); a node whose supervisor died
 stops by itself.
@@ -42,9 +48,11 @@ from typing import Any
 
 import zmq
 
+from pipeline.errors import TransportError
 from pipeline.node import Node
 from pipeline.registry import load_node_class
 from pipeline.runtime import protocol as p
+from pipeline.runtime.activity import Activity
 from pipeline.runtime.join import Joiner
 from pipeline.runtime.lifecycle import NodeDriver
 from pipeline.runtime.plan import WorkerConfig
@@ -58,27 +66,65 @@ __all__ = ["Worker", "main", "worker_main"]
 
 STATS_INTERVAL_S = 0.5
 EXIT_TERMINATED = 3
+FORCE_SIGNAL = signal.SIGUSR2  # the supervisor's forced stop: unwind now
+SELF_STOP_MARGIN_S = 2.0
 
 
 class _Terminated(BaseException):
-    """Raised by the SIGTERM handler: unwind, close the node, exit."""
+    """Raised by the forced-stop handlers: unwind, close the node, exit."""
+
+
+class _StopSignal:
+    """What SIGTERM asked: a clean stop, then, past its deadline or on a second one, an end."""
+
+    asked = False
+    grace_s = 5.0
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    if _StopSignal.asked:
+        raise _Terminated()
+    _StopSignal.asked = True
+    # A node still running when the grace ends is unwound by SIGALRM. The supervisor, which
+    # got the same SIGTERM, forces its stop at the grace: this is the fallback for a node
+    # whose supervisor does not, so it comes a little later.
+    signal.setitimer(signal.ITIMER_REAL, _StopSignal.grace_s + SELF_STOP_MARGIN_S)
+
+
+def _on_force(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 
 def main() -> None:
     """Entry point of a node process: the config arrives as JSON on stdin."""
     data = json.loads(sys.stdin.read())
-    sys.path[:] = data["sys_path"]
-    worker_main(WorkerConfig.from_wire(data["config"]))
+    cfg = WorkerConfig.from_wire(data["config"])
+    sys.path[:] = node_sys_path(data["sys_path"], cfg.plan.node_type, os.getcwd())
+    worker_main(cfg)
+
+
+def node_sys_path(supervisor_path: list[str], node_type: str, cwd: str) -> list[str]:
+    """The import path of a node process: the supervisor's, without the current folder.
+
+    ``python -m`` and a supervisor that resolved a ``module:Class`` node put the current
+    folder on the path, first; in a node process it would let a stray ``cv2.py`` there run
+    inside a built-in node. So it goes: a built-in node never sees it, and a
+    ``module:Class`` node finds its own module there *after* every installed package.
+    """
+    path = [entry for entry in supervisor_path if entry not in ("", ".", cwd)]
+    if ":" in node_type:
+        path.append(cwd)
+    return path
 
 
 def worker_main(cfg: WorkerConfig) -> None:
     """Run one node in this process until its stream ends; exits the process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _StopSignal.grace_s = cfg.stop_grace_s
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(FORCE_SIGNAL, _on_force)
+    signal.signal(signal.SIGALRM, _on_force)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints where a node is stuck
     logging.basicConfig(
         level=getattr(logging, cfg.log_level.upper(), logging.INFO),
@@ -145,8 +191,8 @@ class Worker:
                 self.stats.reset(time.monotonic())
                 for out in self.outputs.values():
                     out.reset_counters()
-            case p.Wiring(endpoints=endpoints):
-                self._wire(endpoints)
+            case p.Wiring(endpoints=endpoints, keys=keys):
+                self._wire(endpoints, keys)
             case p.Abort():
                 raise _Terminated()
             case p.Start():
@@ -171,7 +217,7 @@ class Worker:
     def _tick(self) -> bool:
         """Every 10 ms of a run: control messages, statistics; True when asked to stop."""
         self._poll_control()
-        if self.stop_requested:
+        if self.stop_requested or _StopSignal.asked:
             self.log.debug("stopped")
             return True
         self.report()
@@ -210,11 +256,18 @@ class Worker:
         return data
 
     # set-up ------------------------------------------------------------------------------------
-    def _wire(self, endpoints: Mapping[str, str]) -> None:
+    def _wire(self, endpoints: Mapping[str, str], keys: Mapping[str, str]) -> None:
         for port in self.plan.outputs:
             out = self.outputs[port.port]
             for edge in port.edges:
-                out.connect(EdgeSender(self.ctx, edge, endpoints[edge.name], keys=self.cfg.keys))
+                sender = EdgeSender(
+                    self.ctx,
+                    edge,
+                    endpoints[edge.name],
+                    keys.get(edge.name, ""),
+                    keys=self.cfg.keys,
+                )
+                out.connect(sender)
 
     def _build(self) -> Node:
         plan = self.plan
@@ -226,13 +279,16 @@ class Worker:
                 port.port, pool, type=cls.outputs[port.port].type
             )
         for edge in plan.inputs:
-            input_edge = InputEdge(self.ctx, edge, self.reader, keys=self.cfg.keys)
+            input_edge = InputEdge(
+                self.ctx, edge, self.reader, self.cfg.shm_prefix, keys=self.cfg.keys
+            )
             if self.gate is not None and edge.tcp:
                 self.gate.watch(input_edge.sock)
             self.inputs.append(input_edge)
         node = cls(
             params, node_id=plan.node_id, ports=dict(self.outputs), services=self, log=self.log
         )
+        activity = Activity(self.cfg.activity_path, plan.index) if self.cfg.activity_path else None
         self.driver = NodeDriver(
             node,
             self.stats,
@@ -240,6 +296,7 @@ class Worker:
             [e.input for e in plan.inputs],
             pace=plan.pace,
             max_fps=plan.max_fps,
+            activity=activity,
         )
         return node
 
@@ -264,7 +321,12 @@ class Worker:
             return 1
         driver = self.driver
         assert driver is not None
-        self.tell(p.Hello({e.name: e.endpoint for e in self.inputs}))
+        self.tell(
+            p.Hello(
+                {e.name: e.endpoint for e in self.inputs},
+                {e.name: e.key for e in self.inputs if e.key},
+            )
+        )
         if not driver.open():
             assert driver.failure is not None
             self.tell(p.OpenFailed(driver.failure.cause, driver.traceback))
@@ -326,7 +388,11 @@ class Worker:
             got = 0
             for edge in inputs:
                 while not edge.ended and edge.has_message():
-                    message, n, dropped, _ = edge.recv()
+                    try:
+                        message, n, dropped, _ = edge.recv()
+                    except TransportError as exc:
+                        self._malformed(edge, exc)
+                        continue
                     if dropped:
                         stats.dropped[edge.port] += dropped
                     if message is None:
@@ -352,13 +418,33 @@ class Worker:
         for edge in inputs:
             edge.flush_releases()
 
+    def _malformed(self, edge: InputEdge, exc: TransportError) -> None:
+        """A message that is not one (or names a segment not of this run): counted as a drop
+        on its input and as ``malformed``, logged (the first, then every 100th); the node
+        goes on."""
+        self.stats.dropped[edge.port] += 1
+        self.stats.count("malformed")
+        if edge.malformed % 100 == 1:
+            self.log.warning(
+                "input %r: dropped a malformed message (%d so far): %s",
+                edge.port,
+                edge.malformed,
+                exc,
+            )
+
     def _teardown(self) -> None:
-        # A second SIGTERM must not interrupt the clean-up it asked for.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # A second SIGTERM (or the deadline) must not interrupt the clean-up it asked for.
+        for sig in (signal.SIGTERM, FORCE_SIGNAL, signal.SIGALRM):
+            signal.signal(sig, signal.SIG_IGN)
         try:
             if self.driver is not None:
                 self.driver.close()
+            ran = self.stats.t_start is not None  # started: it has figures to show
+            if ran and self.stats.state != NodeState.CLOSED.value:
+                self.report(force=True)  # the final table shows where it stopped, not 0.5 s ago
         except _Terminated:
+            pass
+        except zmq.ZMQError:
             pass
         # After a normal end, queued messages (the end of stream itself) must still reach the
         # consumers: a socket closed with linger 0 would drop them. After a failure, go now.

@@ -25,7 +25,6 @@ import collections
 import math
 import struct
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,7 +35,7 @@ from pipeline.errors import TransportError
 from pipeline.messages import Message
 from pipeline.node import refuse_message
 from pipeline.transport import codec
-from pipeline.transport.curve import RunKeys, connect_as_client, serve
+from pipeline.transport.curve import RunKeys, connect_as_client, require_run_client
 from pipeline.transport.plan import EdgePlan
 from pipeline.transport.shm import ShmReader, Slot, SlotPool
 
@@ -45,6 +44,9 @@ __all__ = ["EdgeSender", "InputEdge", "RuntimeOutput"]
 _REL = struct.Struct("<q")
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)  # plain ints: enum arithmetic costs a microsecond per message
+
+
+HANDSHAKE_MS = 2000  # a peer that has not completed the handshake by then is dropped
 
 
 class _Pending:
@@ -59,10 +61,17 @@ class _Pending:
 
 class EdgeSender:
     """The producer's end of one edge: connects to ``endpoint``, where the consumer bound
-    (a tcp edge with ``keys`` is a CURVE client of the run: ``pipeline.transport.curve``)."""
+    (a tcp edge is a CURVE client of the consumer's ``server_key``; with ``keys``, of the
+    run's client keys: ``pipeline.transport.curve``)."""
 
     def __init__(
-        self, ctx: zmq.Context[Any], plan: EdgePlan, endpoint: str, *, keys: RunKeys | None = None
+        self,
+        ctx: zmq.Context[Any],
+        plan: EdgePlan,
+        endpoint: str,
+        server_key: str = "",
+        *,
+        keys: RunKeys | None = None,
     ) -> None:
         self.plan = plan
         self.name = plan.name
@@ -70,12 +79,23 @@ class EdgeSender:
         self.queue = plan.queue
         self.policy = plan.when_full
         self.tcp = plan.tcp
+        if self.tcp and not server_key:
+            raise TransportError(f"edge {self.name}: a tcp edge needs its consumer's CURVE key")
         self.sock = ctx.socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
-        if keys is not None and self.tcp:
-            connect_as_client(self.sock, keys)
+        if server_key:
+            # the consumer's key came from the supervisor: only this producer knows it. On a
+            # cluster the client keys are the run's (``keys``), which the consumer's
+            # gatekeeper checks; otherwise a fresh pair
+            if keys is not None:
+                connect_as_client(self.sock, keys, server_key)
+            else:
+                public, secret = zmq.curve_keypair()
+                self.sock.curve_serverkey = server_key.encode("ascii")
+                self.sock.curve_publickey = public
+                self.sock.curve_secretkey = secret
         self.sock.connect(endpoint)
         self.inflight: collections.deque[tuple[int, list[Slot]]] = collections.deque()
         self.waiting: collections.deque[_Pending] = collections.deque()
@@ -209,8 +229,15 @@ class RuntimeOutput:
             edge.dropped = 0
             edge.blocked_s = 0.0
 
+    def _pool_acquire(self, nbytes: int) -> Slot | None:
+        try:
+            return self.pool.acquire(nbytes)
+        except TransportError as exc:  # no room in /dev/shm: say for which edges
+            edges = ", ".join(f"{e.plan.consumer}.{e.plan.input}" for e in self.edges)
+            raise TransportError(f"output {self.name!r} (to {edges or 'nothing'}): {exc}") from exc
+
     def _acquire(self, nbytes: int) -> Slot:
-        slot = self.pool.acquire(nbytes)
+        slot = self._pool_acquire(nbytes)
         if slot is not None:
             return slot
         t0 = time.monotonic()
@@ -220,7 +247,7 @@ class RuntimeOutput:
                 raise TransportError(f"output {self.name!r}: every shared-memory slot is held")
             for edge in self.edges:
                 edge.collect()
-            slot = self.pool.acquire(nbytes)
+            slot = self._pool_acquire(nbytes)
             if slot is None:
                 self.edges[0].wait_release(20) if len(self.edges) == 1 else time.sleep(0.0005)
                 if not warned and time.monotonic() - t0 > 5:
@@ -249,7 +276,7 @@ class RuntimeOutput:
         arrays_s: list[tuple[str, np.ndarray, str, Any]] = []
         arrays_b: list[tuple[str, np.ndarray, str, Any]] = []
         buffers: list[Any] = []
-        for name, arr in message._arrays().items():
+        for name, arr in message.wire_arrays().items():
             arr = np.asarray(arr)
             if arr.nbytes <= codec.INLINE_MAX:
                 raw = arr.tobytes()
@@ -330,17 +357,20 @@ class RuntimeOutput:
 
 class InputEdge:
     """The consumer's end of one edge: binds ``plan.bind``; ``endpoint`` is the bound address
-    (a tcp edge with ``keys`` is a CURVE server of the run: ``pipeline.transport.curve``)."""
+    (a tcp edge is a CURVE server with a key of its own, ``key``; with ``keys`` it also
+    admits only the run's client key: ``pipeline.transport.curve``)."""
 
     def __init__(
         self,
         ctx: zmq.Context[Any],
         plan: EdgePlan,
         reader: ShmReader,
+        segment_prefix: str = "",
         *,
         keys: RunKeys | None = None,
     ) -> None:
         self.plan = plan
+        self.segment_prefix = segment_prefix
         self.name = plan.name
         self.port = plan.input
         self.tcp = plan.tcp
@@ -353,17 +383,33 @@ class InputEdge:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
-        if keys is not None and self.tcp:
-            serve(self.sock, keys)  # encrypted; only a holder of the run's keys gets in
+        self.key = ""  # the CURVE server key a producer needs (tcp edges)
+        if self.tcp:
+            # Anyone on the machine (or the network) can reach a tcp port: only a peer that
+            # knows this key, handed to the producer through the supervisor, gets through the
+            # handshake; a stranger that connects and says nothing is dropped after 2 s.
+            public, secret = zmq.curve_keypair()
+            self.sock.curve_server = True
+            self.sock.curve_publickey = public
+            self.sock.curve_secretkey = secret
+            self.sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
+            self.key = public.decode("ascii")
+            if keys is not None:
+                # on a cluster, the context's gatekeeper also wants the run's client key
+                require_run_client(self.sock)
         self.sock.bind(plan.bind)
         self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.reader = reader
         self.ended = False
-        self._view: Callable[[str, int, tuple[int, ...], np.dtype], np.ndarray] = self._shm_view
+        self.malformed = 0
+        # a tcp edge carries its arrays as frames: a shared-memory reference on it is refused
+        self._view: codec.ShmView | None = None if self.tcp else self._shm_view
 
     def _shm_view(
         self, name: str, offset: int, shape: tuple[int, ...], dtype: np.dtype
     ) -> np.ndarray:
+        if self.segment_prefix and not name.startswith(self.segment_prefix + "-"):
+            raise codec.MalformedMessage(f"segment {name!r} is not one of this run's")
         if offset:
             count = math.prod(shape)
             flat = self.reader.view(name, (offset + count * dtype.itemsize,), np.dtype(np.uint8))
@@ -382,12 +428,22 @@ class InputEdge:
         else:  # one small frame: bytes are cheaper than a zmq.Frame here
             head = self.sock.recv(copy=True)
             buffers = []
-        kind, n, dropped, t_send = codec.unpack_envelope(head)
+        try:
+            kind, n, dropped, t_send = codec.unpack_envelope(head)
+        except codec.MalformedMessage:
+            self.malformed += 1
+            raise
         if kind == codec.EOS:
             self.ended = True
             return None, n, dropped, t_send
         body = memoryview(head)[codec.ENVELOPE_SIZE :]
-        message = codec.decode_body(body, self._view, buffers)
+        try:
+            message = codec.decode_body(body, self._view, buffers)
+        except TransportError:
+            # dropped, but its credit goes back: the producer must not run out of slots
+            self.malformed += 1
+            self.release(n)
+            raise
         return message, n, dropped, t_send
 
     def release(self, n: int) -> None:

@@ -12,10 +12,21 @@
   (the index of a following ZeroMQ frame: the between-hosts form).
 
 Never pickle: a message from another host can only describe arrays, never run code.
+
+The decoder trusts nothing it receives: whatever the bytes, :func:`unpack_envelope` and
+:func:`decode_body` return a message or raise :class:`MalformedMessage` (a ``TransportError``
+saying what was wrong), never another exception. Arrays may only have plain dtypes (numbers,
+booleans, fixed-width strings: never Python objects, structured or sub-array types); shapes
+are small lists of non-negative ints; a shared-memory reference is a plain segment name (no
+``/``, no ``..``) and a non-negative offset, passed to the receiver's ``shm_view``, which
+maps only its own run's segments and checks that the array fits; a receiver without one (a
+tcp edge) refuses every shared-memory reference.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,9 +34,20 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from pipeline.errors import TransportError
 from pipeline.messages import Message, message_type
 
-__all__ = ["INLINE_MAX", "decode_body", "envelope", "unpack_envelope"]
+__all__ = [
+    "INLINE_MAX",
+    "MalformedMessage",
+    "ShmView",
+    "check_segment_name",
+    "decode_body",
+    "envelope",
+    "unpack_envelope",
+]
+
+ShmView = Callable[[str, int, tuple[int, ...], np.dtype], np.ndarray]
 
 INLINE_MAX = 16 * 1024  # arrays up to this size travel inside the body
 
@@ -35,6 +57,30 @@ EOS = b"E"
 _packb = msgpack.Packer(use_bin_type=True).pack
 _unpackb = msgpack.unpackb
 _DTYPES: dict[str, np.dtype] = {}
+_DTYPE_KINDS = frozenset("biufcUS")  # plain memory: never objects, records or sub-arrays
+_MAX_DTYPES = 256  # the cache of dtype codes is bounded: codes come from the wire
+MAX_ARRAYS = 64
+MAX_RANK = 32  # numpy's own limit is 64
+MAX_ARRAY_BYTES = 1 << 40
+_SEGMENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
+
+
+class MalformedMessage(TransportError):
+    """Bytes received on an edge that are not a message of the wire format.
+
+    The receiver drops such a message and counts it; the node goes on.
+    """
+
+
+def check_segment_name(name: object) -> str:
+    """``name`` if it is a plain shared-memory segment name (no ``/``, no ``..``).
+
+    Raises:
+        MalformedMessage: anything else (a path, an empty or a too long name, not a str).
+    """
+    if not isinstance(name, str) or not _SEGMENT_NAME.match(name) or ".." in name:
+        raise MalformedMessage(f"not a shared-memory segment name: {name!r:.80}")
+    return name
 
 
 _ENVELOPE = struct.Struct("<cqiq")
@@ -47,8 +93,20 @@ def envelope(kind: bytes, n: int, dropped: int, t_send_ns: int) -> bytes:
 
 
 def unpack_envelope(data: bytes) -> tuple[bytes, int, int, int]:
-    """(kind, n, dropped, t_send_ns) from the start of a message's first frame."""
+    """(kind, n, dropped, t_send_ns) from the start of a message's first frame.
+
+    Raises:
+        MalformedMessage: too short, or a kind other than a message or end of stream.
+    """
+    if len(data) < ENVELOPE_SIZE:
+        raise MalformedMessage(
+            f"a message of {len(data)} bytes is shorter than its {ENVELOPE_SIZE}-byte envelope"
+        )
     kind, n, dropped, t_send = _ENVELOPE.unpack_from(data)
+    if kind not in (MSG, EOS):
+        raise MalformedMessage(f"unknown message kind {kind!r} in the envelope")
+    if n < 0 or dropped < 0:
+        raise MalformedMessage(f"negative counts in the envelope (n={n}, dropped={dropped})")
     return kind, n, dropped, t_send
 
 
@@ -61,7 +119,7 @@ def pack_body(message: Message, arrays: Sequence[tuple[str, np.ndarray, str, Any
             "c": message.t_capture_ns,
             "s": message.source,
             "m": dict(message.meta),
-            "f": message._fields(),
+            "f": message.wire_fields(),
             "a": [
                 [name, arr.dtype.str, list(arr.shape), where, ref]
                 for name, arr, where, ref in arrays
@@ -71,31 +129,116 @@ def pack_body(message: Message, arrays: Sequence[tuple[str, np.ndarray, str, Any
     return body
 
 
-def _dtype(code: str) -> np.dtype:
-    dt = _DTYPES.get(code)
-    if dt is None:
-        dt = _DTYPES[code] = np.dtype(code)
+def _dtype(code: object) -> np.dtype:
+    dt = _DTYPES.get(code) if isinstance(code, str) else None
+    if dt is not None:
+        return dt
+    if not isinstance(code, str) or len(code) > 16:
+        raise MalformedMessage(f"not a dtype code: {code!r:.80}")
+    try:
+        dt = np.dtype(code)
+    except (TypeError, ValueError, SyntaxError) as exc:
+        raise MalformedMessage(f"not a dtype code: {code!r}") from exc
+    if (
+        dt.kind not in _DTYPE_KINDS
+        or dt.hasobject
+        or dt.fields is not None
+        or dt.subdtype is not None
+        or dt.itemsize == 0
+    ):
+        raise MalformedMessage(f"dtype {code!r} is not a plain array type")
+    if len(_DTYPES) < _MAX_DTYPES:
+        _DTYPES[code] = dt
     return dt
+
+
+def _shape(shape: object, dt: np.dtype) -> tuple[int, ...]:
+    if not isinstance(shape, list) or len(shape) > MAX_RANK:
+        raise MalformedMessage(f"not an array shape: {shape!r:.80}")
+    if not all(type(d) is int and d >= 0 for d in shape):
+        raise MalformedMessage(f"not an array shape: {shape!r:.80}")
+    if math.prod(shape) * dt.itemsize > MAX_ARRAY_BYTES:
+        raise MalformedMessage(f"an array of shape {shape} is larger than any frame")
+    return tuple(shape)
+
+
+def _array(
+    entry: object, shm_view: ShmView | None, buffers: Sequence[Any]
+) -> tuple[str, np.ndarray]:
+    if not isinstance(entry, list) or len(entry) != 5:
+        raise MalformedMessage(f"not an array entry: {entry!r:.80}")
+    name, code, shape, where, ref = entry
+    if not isinstance(name, str):
+        raise MalformedMessage(f"not an array name: {name!r:.80}")
+    dt = _dtype(code)
+    shp = _shape(shape, dt)
+    try:
+        if where == "s":
+            if shm_view is None:
+                raise MalformedMessage(
+                    f"array {name!r} refers to shared memory, which this edge does not use"
+                )
+            if not isinstance(ref, list) or len(ref) != 2:
+                raise MalformedMessage(f"not a shared-memory reference: {ref!r:.80}")
+            segment, offset = check_segment_name(ref[0]), ref[1]
+            if type(offset) is not int or not 0 <= offset <= MAX_ARRAY_BYTES:
+                raise MalformedMessage(f"not a shared-memory offset: {offset!r:.80}")
+            arr = shm_view(segment, offset, shp, dt)
+        elif where == "i":
+            if not isinstance(ref, bytes):
+                raise MalformedMessage(f"inline array {name!r} carries no bytes")
+            arr = np.frombuffer(ref, dtype=dt).reshape(shp)
+        elif where == "b":
+            if type(ref) is not int or not 1 <= ref < len(buffers):
+                raise MalformedMessage(f"array {name!r} names a frame that is not there: {ref!r}")
+            arr = np.frombuffer(buffers[ref], dtype=dt).reshape(shp)
+            arr.flags.writeable = False
+        else:
+            raise MalformedMessage(f"array {name!r} is neither inline, shared nor a frame")
+    except (ValueError, TypeError) as exc:  # the bytes do not hold that shape and dtype
+        raise MalformedMessage(f"array {name!r}: {exc}") from None
+    return name, arr
 
 
 def decode_body(
     body: bytes | memoryview,
-    shm_view: Callable[[str, int, tuple[int, ...], np.dtype], np.ndarray],
+    shm_view: ShmView | None,
     buffers: Sequence[Any] = (),
 ) -> Message:
-    """Rebuild a message; arrays are read-only views (shared memory, frames or inline bytes)."""
-    d = _unpackb(body)
-    arrays: dict[str, np.ndarray] = {}
-    for name, code, shape, where, ref in d["a"]:
-        dt = _dtype(code)
-        shp = tuple(shape)
-        if where == "s":
-            arr = shm_view(ref[0], ref[1], shp, dt)
-        elif where == "i":
-            arr = np.frombuffer(ref, dtype=dt).reshape(shp)
-        else:
-            arr = np.frombuffer(buffers[ref], dtype=dt).reshape(shp)
-            arr.flags.writeable = False
-        arrays[name] = arr
-    header = {"seq": d["q"], "t_capture_ns": d["c"], "source": d["s"], "meta": d["m"]}
-    return message_type(d["k"])._from_parts(header, d["f"], arrays)
+    """Rebuild a message; arrays are read-only views (shared memory, frames or inline bytes).
+
+    ``shm_view(name, offset, shape, dtype)`` maps a shared-memory reference (it raises
+    ``TransportError`` for a segment that is not its run's, or an array that does not fit);
+    ``None`` refuses every such reference (a tcp edge).
+
+    Raises:
+        MalformedMessage: the body is not a message of the wire format.
+        TransportError: ``shm_view`` refused a reference.
+    """
+    try:
+        d = _unpackb(body)
+    except Exception as exc:  # msgpack's errors differ by version and C/Python build
+        raise MalformedMessage(f"the body is not msgpack: {type(exc).__name__}") from None
+    if not isinstance(d, dict):
+        raise MalformedMessage(f"the body is a {type(d).__name__}, not a map")
+    try:
+        kind, seq, t_capture, source = d["k"], d["q"], d["c"], d["s"]
+        meta, fields, entries = d["m"], d["f"], d["a"]
+    except KeyError as exc:
+        raise MalformedMessage(f"the body has no {exc.args[0]!r} entry") from None
+    if not isinstance(kind, str) or type(seq) is not int or type(t_capture) is not int:
+        raise MalformedMessage("the body's kind, seq or capture time has the wrong type")
+    if not isinstance(source, str) or not isinstance(meta, dict) or not isinstance(fields, dict):
+        raise MalformedMessage("the body's source, meta or fields have the wrong type")
+    if not isinstance(entries, list) or len(entries) > MAX_ARRAYS:
+        raise MalformedMessage("the body's array list is not a list of at most 64 entries")
+    try:
+        cls = message_type(kind)
+    except KeyError:
+        raise MalformedMessage(f"unknown message kind {kind!r:.80}") from None
+    arrays = dict(_array(entry, shm_view, buffers) for entry in entries)
+    header = {"seq": seq, "t_capture_ns": t_capture, "source": source, "meta": meta}
+    try:
+        return cls._from_parts(header, fields, arrays)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        raise MalformedMessage(f"not a valid {kind} message: {exc}") from None

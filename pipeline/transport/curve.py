@@ -1,13 +1,14 @@
 """CURVE on the sockets that cross machines: the run's keys, and a gatekeeper that counts.
 
-A run on a cluster generates one ``RunKeys`` (a server key pair and a client key pair,
-ZeroMQ CURVE, made fresh per run) and hands it to every node through the launcher, never
-over the data plane. Every tcp socket that binds (a consumer's input edge, the supervisor's
-control socket) is a CURVE server with the run's server keys; every tcp socket that connects
-is a CURVE client with the run's client keys. So the traffic is encrypted, and a peer gets in
-only if it holds the run's client secret: the ``Gatekeeper`` (the context's ZAP handler)
-admits that one public key and nothing else. A peer without CURVE, with another server key or
-with another client key fails the handshake; each failure is counted (``refused``).
+Every tcp input edge is a CURVE server with a key pair of its own, whose public key reaches
+its producer through the supervisor (``InputEdge.key``, ``Hello``/``Wiring``). On a cluster
+that control channel crosses machines too, so a run there also generates one ``RunKeys`` (a
+server key pair and a client key pair, made fresh per run) and hands it to every node through
+the launcher, never over the data plane: the supervisor's control socket is a CURVE server
+with the run's server keys, every tcp socket that connects is a CURVE client with the run's
+client keys, and every CURVE server asks the ``Gatekeeper`` (its context's ZAP handler),
+which admits that one client key and nothing else. A peer without CURVE, with another server
+key or with another client key fails the handshake; each failure is counted (``refused``).
 
 Nothing on the wire is unpickled (``pipeline.transport.codec`` is msgpack and raw buffers).
 """
@@ -25,7 +26,14 @@ import zmq
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-__all__ = ["HANDSHAKE_MS", "Gatekeeper", "RunKeys", "connect_as_client", "serve"]
+__all__ = [
+    "HANDSHAKE_MS",
+    "Gatekeeper",
+    "RunKeys",
+    "connect_as_client",
+    "require_run_client",
+    "serve",
+]
 
 HANDSHAKE_MS = 2000  # a peer that has not finished the handshake by then is dropped
 ZAP_DOMAIN = "pipeline"
@@ -80,9 +88,16 @@ def serve(sock: zmq.Socket[Any], keys: RunKeys) -> None:
     sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
 
 
-def connect_as_client(sock: zmq.Socket[Any], keys: RunKeys) -> None:
-    """Make ``sock`` (before it connects) a CURVE client of the run."""
-    sock.curve_serverkey = keys.server_public.encode("ascii")
+def require_run_client(sock: zmq.Socket[Any]) -> None:
+    """Make a CURVE server socket (before it binds) ask its context's ``Gatekeeper`` whether
+    a client is the run's (an input edge's own server keys: ``InputEdge.key``)."""
+    sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+
+
+def connect_as_client(sock: zmq.Socket[Any], keys: RunKeys, server_key: str = "") -> None:
+    """Make ``sock`` (before it connects) a CURVE client of the run, to the run's server key
+    or to ``server_key`` (an input edge's own)."""
+    sock.curve_serverkey = (server_key or keys.server_public).encode("ascii")
     sock.curve_publickey = keys.client_public.encode("ascii")
     sock.curve_secretkey = keys.client_secret.encode("ascii")
 

@@ -15,6 +15,12 @@ Ownership here is explicit instead:
   it closes, the supervisor removes every segment of its run when the graph stops (so a
   producer killed with SIGKILL leaks nothing), and ``sweep_stale`` removes the segments of a
   run whose supervisor is gone (the whole process group was killed) at the next start;
+- a run is alive while its supervisor holds an ``flock`` on ``<prefix>.lock`` beside its
+  segments (:class:`RunLock`): the kernel drops the lock when the holder dies, however it
+  dies. The pid in the name is not a test of life: a run in another PID namespace that
+  shares /dev/shm (containers sharing it) has a pid that means nothing here, or another
+  process's. Only segments without a lock file (left by a version without locks) fall back
+  to the pid;
 - a consumer never unmaps a segment while an array may still view it: mappings are dropped
   by reference only, and ``mmap`` refuses to unmap while a view exists;
 - new slots are pre-faulted, so the first frame does not pay ~20 ms of page faults at 1080p.
@@ -23,10 +29,13 @@ Ownership here is explicit instead:
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import math
 import mmap
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -34,7 +43,17 @@ import numpy as np
 
 from pipeline.errors import TransportError
 
-__all__ = ["SHM_DIR", "ShmReader", "Slot", "SlotPool", "remove_run_segments", "sweep_stale"]
+__all__ = [
+    "SHM_DIR",
+    "RunLock",
+    "ShmReader",
+    "Slot",
+    "SlotPool",
+    "lock_is_held",
+    "remove_run_segments",
+    "run_is_alive",
+    "sweep_stale",
+]
 
 SHM_DIR = (
     Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir()) / "pipeline-shm"
@@ -42,6 +61,90 @@ SHM_DIR = (
 PREFIX = "pipeline-"
 _PAGE = mmap.PAGESIZE
 _NAME = re.compile(r"^pipeline-(\d+)-")
+_RUN = re.compile(r"^(pipeline-\d+-[0-9a-f]+)")  # a run's prefix: pid and run id
+LOCK_SUFFIX = ".lock"
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``path`` held for a run's life: the run is alive while held.
+
+    Raises:
+        OSError: the lock file cannot be created.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Created under a name no sweep looks at, locked, then renamed: the lock file never
+        # exists unlocked, so no sweep can take a starting run for a dead one.
+        hidden = path.with_name(f".{path.name}.{os.getpid()}")
+        self._fd = os.open(hidden, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            os.rename(hidden, path)
+        except OSError:
+            os.close(self._fd)
+            with contextlib.suppress(OSError):
+                hidden.unlink()
+            raise
+
+    def release(self, *, remove: bool = True) -> None:
+        """Remove the lock file (while still holding it), then let go."""
+        if self._fd < 0:
+            return
+        if remove:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        os.close(self._fd)
+        self._fd = -1
+
+
+def lock_is_held(path: Path) -> bool | None:
+    """Whether some process holds ``path``'s lock (a live run); None when there is no file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return True  # cannot tell: leave it alone
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def reserve(fd: int, size: int) -> None:
+    """Give the file ``size`` bytes that exist now (``posix_fallocate``), not on first touch.
+
+    A sparse segment (``ftruncate`` alone) on a full /dev/shm is a SIGBUS at the first write
+    of a frame: the process dies with no word. Reserved up front, a full /dev/shm is an
+    ``OSError`` here, which the caller turns into a message.
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+        os.ftruncate(fd, size)  # a file system without fallocate: as before
+
+
+def no_room_message(size: int, exc: OSError) -> str:
+    """Why a segment could not be made: the bytes needed, those free, and what to do."""
+    try:
+        usage = shutil.disk_usage(SHM_DIR)
+        room = f"{usage.free} bytes free of {usage.total}"
+    except OSError:
+        room = "free space unknown"
+    return (
+        f"cannot reserve {size} bytes of shared memory in {SHM_DIR} ({room}): "
+        f"{exc.strerror or exc}; give it more room (Docker: --shm-size=1g), or make frames "
+        "smaller or queues shorter"
+    )
 
 
 class Slot:
@@ -56,16 +159,13 @@ class Slot:
         path = SHM_DIR / name
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            os.ftruncate(fd, size)
+            reserve(fd, size)
             self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:
             os.close(fd)
             with contextlib.suppress(OSError):
                 path.unlink()
-            raise TransportError(
-                f"cannot create a {size}-byte shared-memory segment in {SHM_DIR}: {exc} "
-                "(is /dev/shm full? Docker's default is 64 MiB: run with --shm-size=512m)"
-            ) from exc
+            raise TransportError(no_room_message(size, exc)) from exc
         os.close(fd)
         self.array = np.frombuffer(self.mm, dtype=np.uint8)
         self.array.fill(0)  # pre-fault every page now, not on the first frame
@@ -186,16 +286,32 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def run_is_alive(lock: Path, pid: int) -> bool:
+    """Whether the run whose lock file is ``lock`` still holds it.
+
+    A run without a lock file (left by a version without locks) is judged by its ``pid``.
+    """
+    held = lock_is_held(lock)
+    return _pid_alive(pid) if held is None else held
+
+
 def sweep_stale() -> list[str]:
-    """Remove segments (and run folders) left by runs whose supervisor no longer exists."""
-    removed = []
-    if SHM_DIR.is_dir():
-        for path in SHM_DIR.iterdir():
-            m = _NAME.match(path.name)
-            if m and not _pid_alive(int(m.group(1))):
-                with contextlib.suppress(OSError):
-                    path.unlink()
-                    removed.append(path.name)
+    """Remove the segments (and lock files) of runs that no longer hold their lock."""
+    removed: list[str] = []
+    if not SHM_DIR.is_dir():
+        return removed
+    verdicts: dict[str, bool] = {}
+    for path in sorted(SHM_DIR.iterdir(), key=lambda p: p.name.endswith(LOCK_SUFFIX)):
+        run, named = _RUN.match(path.name), _NAME.match(path.name)
+        if named is None:
+            continue
+        prefix = run.group(1) if run is not None else path.name
+        if prefix not in verdicts:
+            verdicts[prefix] = run_is_alive(SHM_DIR / (prefix + LOCK_SUFFIX), int(named.group(1)))
+        if not verdicts[prefix]:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path.name)
     return removed
 
 

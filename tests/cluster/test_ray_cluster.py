@@ -416,7 +416,7 @@ def test_ctrl_c_drains_a_graph_on_the_cluster_and_a_remote_failure_stops_it(
     _wait_lines(tmp_path / "rec.jsonl", 20, proc)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
+    assert proc.returncode == 128 + signal.SIGINT, out  # drained: as on one machine
     assert "stopping" in out and "graph 'live' stopped" in out
     seqs = [r["seq"] for r in read_jsonl(tmp_path / "rec.jsonl")]
     assert seqs == list(range(len(seqs)))  # drained: every frame sent arrived, in order

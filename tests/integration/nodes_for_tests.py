@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from pipeline import Detections, Frame, Input, Node, NodeParams, Output
+from pipeline import Detections, Frame, Input, Node, NodeParams, Output, Tensors
 
 
 class Recorder(Node):
@@ -172,3 +172,46 @@ class SaysNonsense(Node):
 
             worker: Any = self._services
             worker.control.send(msgpack.packb({"t": "bogus"}))
+
+
+def _hang_here() -> None:
+    """Spin forever in Python (a bug's endless loop), ended only by a signal."""
+    while True:
+        time.sleep(0.05)
+
+
+class Hangs(Node):
+    """A sink that hangs in ``open``, in ``close`` or in ``process`` at seq ``at_seq``."""
+
+    class Params(NodeParams):
+        method: str = "process"
+        at_seq: int = 0
+
+    frames = Input(Frame)
+
+    def open(self) -> None:
+        if self.params.method == "open":
+            _hang_here()
+
+    def process(self, frames: Frame) -> None:
+        if self.params.method == "process" and frames.seq == self.params.at_seq:
+            _hang_here()
+
+    def close(self) -> None:
+        if self.params.method == "close":
+            _hang_here()
+
+
+class SendsObjects(Node):
+    """A buggy producer: on even seqs its Tensors hold a Python-object array, which no
+    consumer may read (pointers into another process)."""
+
+    frames = Input(Frame)
+    tensors = Output(Tensors)
+
+    def process(self, frames: Frame) -> None:
+        if frames.seq % 2 == 0:
+            value = np.array([object(), object()], dtype=object)
+        else:
+            value = np.arange(2, dtype=np.float32)
+        self.tensors.send(frames.derive(Tensors, tensors={"t": value}))

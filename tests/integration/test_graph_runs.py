@@ -319,3 +319,32 @@ def test_an_unknown_control_message_fails_the_run_instead_of_being_ignored(write
     assert str(result.error).startswith(
         "node 'odd' failed in control(): unknown control message kind 'bogus'"
     )
+
+
+@pytest.mark.parametrize("transport", ["shm", "tcp"])
+def test_malformed_messages_are_counted_and_dropped_and_the_node_goes_on(
+    write_graph, tmp_path, transport
+):
+    graph = load_graph(
+        write_graph(f"""
+        graph: buggy
+        nodes:
+          - {{id: camera, node: synthetic, params: {{width: 32, height: 24, fps: 0, frames: 20}}}}
+          - id: buggy
+            node: {{T}}:SendsObjects
+            inputs: {{frames: camera/frames}}
+          - id: log
+            node: jsonl
+            params: {{path: {{tmp}}/log.jsonl}}
+            inputs: {{messages: {{from: buggy/tensors, transport: {transport}}}}}
+    """)
+    )
+    result = run_graph(graph, log_level="WARNING")
+    assert result.exit_code == 0, result.error
+    log = result.stats["log"]
+    assert log.counters == {"malformed": 10}
+    assert log.inputs["messages"].received == 10
+    assert log.inputs["messages"].dropped == 10  # sent = received + dropped
+    assert result.stats["buggy"].outputs["tensors"].sent == 20
+    seqs = [json.loads(line)["seq"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert seqs == list(range(1, 20, 2))

@@ -7,12 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from pipeline.transport.shm import SHM_DIR
+from pipeline.runtime.runner import _sweep_run_dirs
+from pipeline.transport.shm import SHM_DIR, sweep_stale
 
 pytestmark = pytest.mark.integration
 
@@ -31,12 +33,15 @@ LIVE_GRAPH = """
 """
 
 
-def start(graph: Path, *extra: str) -> subprocess.Popen[str]:
+def start(graph: Path, *extra: str, session: bool = False) -> subprocess.Popen[str]:
+    """`pipeline run` in a subprocess; with ``session``, in a process group of its own (as a
+    terminal's job or a service is), so a signal can go to every process of the run."""
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "run", str(graph), "--no-live", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=session,
     )
 
 
@@ -75,8 +80,9 @@ def test_sigint_stops_sources_and_drains_the_graph(write_graph, tmp_path):
     wait_for_lines(tmp_path / "rec.jsonl", 20)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out
+    assert proc.returncode == 130, out  # stopped by SIGINT, and drained: a clean stop
     assert "stopping" in out
+    assert "graph 'live' stopped" in out
     rows = [json.loads(line) for line in (tmp_path / "rec.jsonl").read_text().splitlines()]
     stats = json.loads((tmp_path / "stats.json").read_text())["nodes"]
     # everything the camera sent reached the recorder or was counted as dropped: a clean drain
@@ -145,3 +151,130 @@ def test_segments_of_a_dead_run_are_swept_at_the_next_start(write_graph, tmp_pat
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert not leftover.exists()
+
+
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    [
+        (signal.SIGHUP, 129),  # the terminal closed, the ssh session dropped
+        (signal.SIGTERM, 143),  # systemctl stop: SIGTERM to every process of the group
+    ],
+)
+def test_a_signal_to_the_whole_process_group_drains_the_graph_cleanly(
+    write_graph, tmp_path, sig, code
+):
+    graph = write_graph(LIVE_GRAPH)
+    stats_json = tmp_path / "stats.json"
+    proc = start(graph, "--stats-json", str(stats_json), session=True)
+    try:
+        wait_for_lines(tmp_path / "rec.jsonl", 20)
+        os.killpg(proc.pid, sig)  # the supervisor and every node at once
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == code, out
+    assert "stopping" in out
+    assert "exited with code" not in out
+    assert "error" not in out
+    stats = json.loads(stats_json.read_text())["nodes"]
+    assert {s["state"] for s in stats.values()} == {"closed"}
+    # a drain, not a kill: every frame the camera sent reached the recorder or was counted
+    sent = stats["camera"]["outputs"]["frames"]["sent"]
+    relay_in = stats["relay"]["inputs"]["frames"]
+    assert relay_in["received"] + relay_in["dropped"] == sent
+    rows = (tmp_path / "rec.jsonl").read_text().splitlines()
+    assert len(rows) == stats["rec"]["inputs"]["frames"]["received"] == relay_in["received"]
+    assert (tmp_path / "rec.jsonl.closed").exists()
+    assert (tmp_path / "relay.closed").exists()
+    assert run_segments(proc.pid) == []
+
+
+def test_a_node_that_does_not_drain_after_sigterm_is_unwound_at_the_grace(write_graph, tmp_path):
+    # the relay takes 3 s a frame: after SIGTERM it cannot drain within a 1 s grace
+    graph = write_graph(
+        LIVE_GRAPH.replace(
+            "params: {marker: {tmp}/relay}", "params: {marker: {tmp}/relay, delay_ms: 3000}"
+        )
+    )
+    proc = start(graph, "--grace", "1", session=True)
+    try:
+        wait_for(tmp_path / "relay.pid")
+        time.sleep(0.5)  # the relay is inside its slow process() now
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert time.monotonic() - t0 < 8
+    assert proc.returncode == 1, out  # a forced stop: outputs may miss frames in flight
+    # the forced stop names who it waited for, and where that node was
+    assert "forcing stop: " in out
+    assert "node 'relay' (in process() on seq" in out
+    assert (tmp_path / "relay.closed").exists()  # unwound, and close() still ran
+    assert run_segments(proc.pid) == []
+
+
+HOLDER = """
+import sys
+from pathlib import Path
+
+from pipeline.transport.shm import SHM_DIR, RunLock
+
+prefix, run_dir = sys.argv[1], Path(sys.argv[2])
+shm_lock = RunLock(SHM_DIR / (prefix + ".lock"))
+run_dir.mkdir()
+dir_lock = RunLock(run_dir / "lock")
+(SHM_DIR / (prefix + "-0-0-1")).write_bytes(b"\\0" * 4096)  # a frame slot of the live run
+print("ready", flush=True)
+sys.stdin.read()  # alive until the test closes stdin
+"""
+
+
+def test_a_live_run_from_another_pid_namespace_is_not_swept(write_graph, tmp_path):
+    # A run in another PID namespace (a container sharing /dev/shm and /tmp) is named after
+    # a pid that means nothing here: one that is not alive in ours stands for it.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    prefix = f"pipeline-{int(dead.stdout)}-c0ffee"
+    run_dir = Path(tempfile.gettempdir()) / prefix
+    segment = SHM_DIR / (prefix + "-0-0-1")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, prefix, str(run_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    tiny = write_graph("""
+        graph: tiny
+        nodes:
+          - {id: camera, node: synthetic, params: {width: 32, height: 32, fps: 0, frames: 3}}
+          - {id: sink, node: discard, inputs: {messages: camera/frames}}
+    """)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "ready"
+        # What every start sweeps, called here at once: other checkouts on a shared machine
+        # may run an older sweep (by pid) that would take the run for dead meanwhile.
+        swept = sweep_stale()
+        _sweep_run_dirs()
+        # the live run keeps its segment and its folder: its lock is held
+        assert not [name for name in swept if name.startswith(prefix)]
+        assert segment.exists()
+        assert (run_dir / "lock").exists()
+    finally:
+        holder.communicate(timeout=30)  # closes stdin: the holder ends, its locks go
+    # now it is dead: the next start sweeps what it left
+    proc = start(tiny)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert not segment.exists()
+    assert not (SHM_DIR / (prefix + ".lock")).exists()
+    assert not run_dir.exists()

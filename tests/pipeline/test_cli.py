@@ -98,6 +98,8 @@ def test_public_api_is_exactly_all():
         "cli",
         "bench",
         "cluster",  # pipeline.cluster, once imported (the Ray launcher)
+        "rpc",
+        "serve",
     }
     assert public == set(pipeline.__all__) - {"__version__"}
 

@@ -259,6 +259,8 @@ def parse_labels(text: str) -> tuple[str, ...]:
             parsed = json.loads(stripped)
         except json.JSONDecodeError as exc:
             raise ValueError(f"labels look like JSON but do not parse: {exc}") from exc
+        except RecursionError:  # "[[[[..." from a damaged or hostile model file
+            raise ValueError("labels look like JSON but nest too deep to be a list") from None
         if not isinstance(parsed, list) or not all(isinstance(item, str) for item in parsed):
             raise ValueError("labels in JSON must be a list of strings")
         return tuple(parsed)

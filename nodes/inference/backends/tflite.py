@@ -18,6 +18,7 @@ import importlib
 import logging
 import threading
 import zipfile
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -98,8 +99,12 @@ def _tensor_info(details: Mapping[str, Any]) -> TensorInfo:
     return TensorInfo(name=str(details["name"]), dtype=np.dtype(details["dtype"]).name, shape=shape)
 
 
+MAX_LABELS_BYTES = 1 << 20  # a label file of 10 000 classes is about 100 KB
+
+
 def _packed_labels(path: Path) -> tuple[str, ...]:
     # TFLite metadata packs associated files (label maps) as a zip appended to the flatbuffer.
+    # The archive is untrusted input: a damaged, encrypted or bomb entry gives no labels.
     try:
         if not zipfile.is_zipfile(path):
             return ()
@@ -111,8 +116,27 @@ def _packed_labels(path: Path) -> tuple[str, ...]:
             )
             if not names:
                 return ()
-            return parse_labels(archive.read(names[0]).decode("utf-8"))
-    except (zipfile.BadZipFile, OSError, UnicodeDecodeError, ValueError) as exc:
+            with archive.open(names[0]) as member:
+                data = member.read(MAX_LABELS_BYTES + 1)  # never more, whatever the header says
+            if len(data) > MAX_LABELS_BYTES:
+                logger.warning(
+                    "%s: the packed label file %s is over %d bytes: ignored",
+                    path,
+                    names[0],
+                    MAX_LABELS_BYTES,
+                )
+                return ()
+            return parse_labels(data.decode("utf-8"))
+    except (
+        zipfile.BadZipFile,
+        OSError,
+        EOFError,
+        zlib.error,
+        RuntimeError,  # an encrypted member
+        NotImplementedError,  # a compression method zipfile lacks
+        UnicodeDecodeError,
+        ValueError,
+    ) as exc:
         # Weights can contain the zip end-of-directory signature by chance: not an archive.
         logger.debug("no packed label file read from %s: %s", path, exc)
         return ()

@@ -1,13 +1,21 @@
-"""Tests of the JSONL sink: records of detections and classifications, and rotation by size."""
+"""Tests of the JSONL sink: records of detections and classifications, rotation by size, and
+output that survives a failed start, a kill and a power cut."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from nodes.sinks.jsonl import JsonlSink, message_record, rotate, writable_folder
+from nodes.files import partial_path, writable_folder
+from nodes.sinks.jsonl import JsonlSink, message_record, rotate
 from pipeline import Classifications, Detections, Tensors
 from pipeline.testing import make_frame, run_node
 
@@ -146,3 +154,173 @@ def test_writable_folder_is_created(tmp_path):
     folder = writable_folder(tmp_path / "a" / "b", node_id="n", param="folder")
     assert folder.is_dir()
     assert list(folder.iterdir()) == []  # the probe file is gone
+
+
+# what was written survives --------------------------------------------------------------------
+
+
+YESTERDAY = '{"seq": 1, "note": "yesterday"}\n'
+
+
+def test_a_run_without_records_leaves_the_previous_file(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text(YESTERDAY)
+    run = run_node(JsonlSink, {"path": str(path)}, inputs={"messages": []})
+    assert run.calls == ["open", "flush", "close"]
+    assert path.read_text() == YESTERDAY
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]  # no partial left
+
+
+def test_the_first_record_replaces_the_old_file_and_each_line_is_flushed(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text(YESTERDAY)
+    node = JsonlSink(JsonlSink.Params(path=str(path), fsync_interval_s=3600), node_id="log")
+    node.open()
+    assert path.read_text() == YESTERDAY  # open() alone changes nothing
+    node.process(messages=two_people().replace(seq=1))
+    # the new file, with its first line, took the old one's place in one rename
+    assert [json.loads(line)["seq"] for line in path.read_text().splitlines()] == [1]
+    assert not partial_path(path).exists()
+    node.process(messages=two_people().replace(seq=2))
+    # flushed per record: another reader sees both lines before close()
+    assert [json.loads(line)["seq"] for line in path.read_text().splitlines()] == [1, 2]
+    node.close()
+
+
+def test_lines_are_synced_at_most_fsync_interval_after_writing(tmp_path, monkeypatch):
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    path = tmp_path / "log.jsonl"
+    messages = [two_people().replace(seq=i) for i in range(5)]
+    run_node(JsonlSink, {"path": str(path), "fsync_interval_s": 0}, inputs={"messages": messages})
+    assert len(synced) >= 5  # every line, then the folder at the end
+    synced.clear()
+    run_node(
+        JsonlSink, {"path": str(path), "fsync_interval_s": 3600}, inputs={"messages": messages}
+    )
+    # the folder after the first line's rename, then the file and the folder at close
+    assert len(synced) == 3
+
+
+def test_append_keeps_the_old_lines_and_adds_after_them(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text(YESTERDAY)
+    run_node(JsonlSink, {"path": str(path), "append": True}, inputs={"messages": [two_people()]})
+    lines = path.read_text().splitlines()
+    assert lines[0] == YESTERDAY.strip()
+    assert json.loads(lines[1])["seq"] == 7
+
+
+def children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def holder_of(path: Path, parent: int) -> int | None:
+    """The child of ``parent`` that has ``path`` open (the node that writes it)."""
+    for child in children(parent):
+        try:
+            fds = list(Path(f"/proc/{child}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) == str(path):
+                    return child
+            except OSError:
+                continue
+    return None
+
+
+LOG_GRAPH = """
+    graph: log
+    nodes:
+      - {id: camera, node: synthetic, params: {width: 64, height: 48, fps: 200, frames: 0}}
+      - id: log
+        node: jsonl
+        params: {path: {tmp}/log.jsonl}
+        inputs: {messages: camera/frames}
+"""
+
+
+def start(graph: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", str(graph), "--no-live", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+SLOW_FAIL = """
+import time
+
+from pipeline import Frame, Input, Node
+
+
+class CameraTimesOut(Node):
+    frames = Input(Frame)
+
+    def open(self) -> None:
+        time.sleep(2.0)  # every other node has opened by now
+        raise TimeoutError("the camera did not answer in 2 s")
+
+    def process(self, frames: Frame) -> None:
+        pass
+"""
+
+
+@pytest.mark.integration
+def test_a_graph_that_fails_to_start_keeps_the_previous_output(write_graph, tmp_path):
+    (tmp_path / "log.jsonl").write_text(YESTERDAY)
+    (tmp_path / "slow_fail.py").write_text(SLOW_FAIL)
+    graph = write_graph(
+        LOG_GRAPH
+        + """
+      - id: broken
+        node: slow_fail:CameraTimesOut
+        inputs: {frames: camera/frames}
+"""
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", str(graph), "--no-live"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,  # slow_fail.py is found in the current folder
+    )
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert "the camera did not answer" in out
+    assert (tmp_path / "log.jsonl").read_text() == YESTERDAY
+
+
+@pytest.mark.integration
+def test_sigkilled_writer_loses_no_line_it_received(write_graph, tmp_path, shm_segments):
+    path = tmp_path / "log.jsonl"
+    proc = start(write_graph(LOG_GRAPH))
+    try:
+        deadline = time.monotonic() + 30
+        while not path.exists() or len(path.read_text().splitlines()) < 50:
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "no lines appeared"
+            time.sleep(0.05)
+        writer = holder_of(path, proc.pid)
+        assert writer is not None
+        os.kill(writer, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "node 'log' was killed by SIGKILL" in out
+    text = path.read_text()
+    assert text.endswith("\n")  # no torn line
+    seqs = [json.loads(line)["seq"] for line in text.splitlines()]
+    assert len(seqs) >= 50
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # none missing in between
+    assert shm_segments(proc.pid) == []

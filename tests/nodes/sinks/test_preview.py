@@ -347,7 +347,7 @@ def test_page_in_chromium_shows_a_moving_stream_and_the_graph_statistics(
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out
+    assert proc.returncode == 130, out  # stopped by Ctrl-C, drained
     assert shm_segments(proc.pid) == []
 
     # the stream sits at the top-left of the page, 320x240 at (16, 16)
@@ -364,3 +364,122 @@ def test_page_in_chromium_shows_a_moving_stream_and_the_graph_statistics(
     for node_id in ("camera", "overlay", "preview"):
         assert f'<tr data-node="{node_id}"><td>{node_id}</td><td>running</td>' in dom
     assert 'data-refreshes="0"' not in dom
+
+
+# strangers: DNS rebinding and the token ------------------------------------------------------
+
+
+TOKEN = "s3cret-token-0123456789"
+
+
+def raw_get(port: int, path: str, headers: dict[str, str], host: str = "127.0.0.1"):
+    """A GET with exactly these headers (no Host unless given), as a browser or attacker would."""
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+        for key, value in headers.items():
+            conn.putheader(key, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("127.0.0.1:{port}", 200),  # the bound address
+        ("localhost:{port}", 200),  # a loopback name
+        ("LOCALHOST", 200),  # names are case-insensitive, the port may be absent
+        ("[::1]:{port}", 200),  # an address literal cannot be rebound
+        ("10.1.2.3:{port}", 200),  # ditto (a proxy or port forward in front)
+        ("camera.example:{port}", 200),  # listed in allowed_hosts
+        ("evil.example:{port}", 403),  # a rebinding page's own name
+        ("localhost.evil.example", 403),  # a prefix is not a match
+        ("[::1", 403),  # malformed
+        ("localhost:http", 403),  # malformed port
+    ],
+)
+def test_host_header_must_name_this_server(host: str, status: int):
+    with opened(max_fps=0, allowed_hosts=["camera.example"]) as node:
+        node.process(frames=make_frame(16, 16, seq=1))
+        port = node._server.server_address[1]
+        for path in ("/snapshot.jpg", "/stats.json", "/"):
+            got, _, body = raw_get(port, path, {"Host": host.format(port=port)})
+            assert got == status, (path, body)
+        if status == 403:
+            assert b"allowed_hosts" in body
+            assert node.requests_refused == 3
+
+
+def test_request_without_host_header_is_no_browser_and_passes_only_with_the_token():
+    with opened() as node:
+        assert raw_get(node._server.server_address[1], "/stats.json", {})[0] == 200
+    with opened(token=TOKEN) as node:
+        port = node._server.server_address[1]
+        assert raw_get(port, "/stats.json", {})[0] == 401
+        assert raw_get(port, f"/stats.json?token={TOKEN}", {})[0] == 200
+
+
+def test_refused_requests_are_counted_in_the_statistics():
+    with opened(max_fps=0) as node:
+        port = node._server.server_address[1]
+        raw_get(port, "/snapshot.jpg", {"Host": "evil.example"})
+        raw_get(port, "/snapshot.jpg", {"Host": "evil.example"})
+        counted: dict[str, int] = {}
+        node.count = lambda name, n=1: counted.__setitem__(name, counted.get(name, 0) + n)
+        node.process(frames=make_frame(8, 8, seq=1))
+        assert counted == {"refused_host": 2}
+
+
+def test_with_a_token_every_path_needs_it():
+    with opened(max_fps=0, host="0.0.0.0", token=TOKEN) as node:
+        node.process(frames=make_frame(16, 16, seq=1))
+        port = node._server.server_address[1]
+        assert node.url.endswith(f"/?token={TOKEN}")
+        host = {"Host": f"127.0.0.1:{port}"}
+        for path in ("/", "/snapshot.jpg", "/stats.json", "/stream.mjpg"):
+            status, headers, body = raw_get(port, path, host)
+            assert status == 401, path
+            assert b"token" in body
+            assert headers["WWW-Authenticate"].startswith("Bearer")
+        # a wrong token, in each place it may be given
+        assert raw_get(port, "/snapshot.jpg?token=nope", host)[0] == 401
+        assert raw_get(port, "/snapshot.jpg", {**host, "Authorization": "Bearer nope"})[0] == 401
+        assert raw_get(port, "/snapshot.jpg", {**host, "Cookie": "preview_token=nope"})[0] == 401
+        # the right one
+        status, headers, _ = raw_get(port, f"/?token={TOKEN}", host)
+        assert status == 200
+        cookie = headers["Set-Cookie"]
+        assert cookie.startswith(f"preview_token={TOKEN};")
+        assert "HttpOnly" in cookie
+        assert "SameSite=Strict" in cookie
+        # the page's own requests carry the cookie; scripts may use a bearer token
+        assert (
+            raw_get(port, "/stats.json", {**host, "Cookie": f"a=b; preview_token={TOKEN}"})[0]
+            == 200
+        )
+        status, headers, body = raw_get(
+            port, "/snapshot.jpg", {**host, "Authorization": f"Bearer {TOKEN}"}
+        )
+        assert status == 200
+        assert body[:2] == b"\xff\xd8"
+        assert "Set-Cookie" not in headers  # only a token in the query sets the cookie
+        # the Host check still applies with the right token
+        assert raw_get(port, f"/stats.json?token={TOKEN}", {"Host": "evil.example"})[0] == 403
+
+
+def test_a_short_token_is_a_params_error():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="token"):
+        Preview.Params(token="short")
+
+
+def test_listening_beyond_loopback_without_token_warns(caplog):
+    with caplog.at_level("WARNING"), opened(host="0.0.0.0"):
+        pass
+    assert any("without a token" in r.getMessage() for r in caplog.records)

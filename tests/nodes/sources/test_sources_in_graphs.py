@@ -165,7 +165,7 @@ def test_camera_in_a_running_graph_reconnects_after_its_server_restarts(tmp_path
         if restarted is not None:
             restarted.stop()
         server.stop()
-    assert proc.returncode == 0, out
+    assert proc.returncode == 130, out  # stopped by Ctrl-C, drained
     assert segments(proc.pid) == []
     rows = read_jsonl(log)
     seqs = [r["seq"] for r in rows]

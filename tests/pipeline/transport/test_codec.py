@@ -10,7 +10,9 @@ from pipeline.transport import codec
 
 
 def roundtrip(message, where="i"):
-    arrays = [(n, a, "i", np.ascontiguousarray(a).tobytes()) for n, a in message._arrays().items()]
+    arrays = [
+        (n, a, "i", np.ascontiguousarray(a).tobytes()) for n, a in message.wire_arrays().items()
+    ]
     body = codec.pack_body(message, arrays)
     return codec.decode_body(body, lambda *a: None)
 
@@ -50,8 +52,8 @@ def test_codec_roundtrip_keeps_every_field(message):
         message.t_capture_ns,
     )
     assert dict(back.meta) == dict(message.meta)
-    assert back._fields() == message._fields()
-    for (name, a), (name_b, b) in zip(message._arrays().items(), back._arrays().items()):
+    assert back.wire_fields() == message.wire_fields()
+    for (name, a), (name_b, b) in zip(message.wire_arrays().items(), back.wire_arrays().items()):
         assert name == name_b
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_array_equal(a, b)

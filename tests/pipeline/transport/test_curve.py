@@ -69,7 +69,10 @@ def test_the_runs_producer_gets_through_with_its_frames_intact(keys, guarded):
     ctx: zmq.Context[Any] = zmq.Context()
     pool = SlotPool(f"pipeline-test-{secrets.token_hex(4)}", max_slots=slot_pool_size([PLAN]))
     port = RuntimeOutput(
-        "frames", pool, [EdgeSender(ctx, PLAN, guarded.edge.endpoint, keys=keys)], Frame
+        "frames",
+        pool,
+        [EdgeSender(ctx, PLAN, guarded.edge.endpoint, guarded.edge.key, keys=keys)],
+        Frame,
     )
     try:
         for seq in range(5):
@@ -117,7 +120,7 @@ def test_a_peer_with_other_keys_is_refused_and_counted(keys, guarded):
         sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
 
     def wrong_client(sock: zmq.Socket[Any]) -> None:  # knows it, but is not the run's client
-        sock.curve_serverkey = keys.server_public.encode()
+        sock.curve_serverkey = guarded.edge.key.encode()
         sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
 
     a = _stranger(ctx, guarded.edge.endpoint, wrong_server)

@@ -1,0 +1,59 @@
+"""Errors of the cloud, each one mapped to a gRPC status for remote callers.
+
+::
+
+    CloudError                 (a message a user can act on)
+    ├── InvalidArgument        bad request: missing field, bad value         INVALID_ARGUMENT
+    ├── NotFound               no such data, model, version or organisation  NOT_FOUND
+    ├── PermissionDenied       exists, but not for this key                  PERMISSION_DENIED
+    ├── AlreadyExists          a name or version taken                       ALREADY_EXISTS
+    ├── Unauthenticated        no, bad or expired credentials                UNAUTHENTICATED
+    └── ModelFailed            the model could not load or run               FAILED_PRECONDITION
+
+Another organisation's data is always ``NotFound`` (its existence is not revealed); naming
+another organisation is ``PermissionDenied``.
+"""
+
+from __future__ import annotations
+
+from grpclib.const import Status
+
+__all__ = [
+    "AlreadyExists",
+    "CloudError",
+    "InvalidArgument",
+    "ModelFailed",
+    "NotFound",
+    "PermissionDenied",
+    "Unauthenticated",
+]
+
+
+class CloudError(Exception):
+    """A request the cloud refuses; ``status`` is what a gRPC caller sees."""
+
+    status: Status = Status.INTERNAL
+
+
+class InvalidArgument(CloudError):
+    status = Status.INVALID_ARGUMENT
+
+
+class NotFound(CloudError):
+    status = Status.NOT_FOUND
+
+
+class PermissionDenied(CloudError):
+    status = Status.PERMISSION_DENIED
+
+
+class AlreadyExists(CloudError):
+    status = Status.ALREADY_EXISTS
+
+
+class Unauthenticated(CloudError):
+    status = Status.UNAUTHENTICATED
+
+
+class ModelFailed(CloudError):
+    status = Status.FAILED_PRECONDITION

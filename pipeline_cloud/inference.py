@@ -1,0 +1,162 @@
+"""Cloud inference: a bounded pool of worker processes that run registry models on images.
+
+Each request becomes a :class:`Job` (paths, not bytes: the worker reads the image and model
+files itself, so nothing big is pickled). A worker keeps the models it has loaded in a small
+LRU cache keyed by model version id, so a model is loaded once per worker. Models run through
+``nodes.inference.vision`` (``Detector`` / ``Classifier``): the same input preparation,
+decoders and thresholds as the graph's ``detector`` and ``classifier`` nodes. Each worker runs
+its runtime with one thread, and the pool has one worker per CPU core by default, so ``N``
+requests run in parallel on ``N`` cores without oversubscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline_cloud.errors import CloudError, InvalidArgument, ModelFailed
+
+__all__ = ["InferencePool", "InferenceResult", "Job", "default_workers", "run_job"]
+
+_CACHE_SIZE = 8
+
+
+def default_workers() -> int:
+    """One worker per CPU core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One inference: which model version (file and how to run it) on which stored image."""
+
+    version_id: str
+    model_type: str
+    framework: str
+    model_path: str
+    run_params: dict[str, Any]
+    image_path: str
+    binary_data_id: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceResult:
+    """Output tensors by name, boxes (label, xyxy 0..1, confidence), classes (label, conf)."""
+
+    outputs: dict[str, np.ndarray]
+    boxes: list[tuple[str, tuple[float, float, float, float], float]]
+    classifications: list[tuple[str, float]]
+
+
+_models: collections.OrderedDict[str, Any] = collections.OrderedDict()
+
+
+def _load(job: Job) -> Any:
+    """The worker's loaded model for ``job`` (loaded on first use, LRU-evicted)."""
+    model = _models.get(job.version_id)
+    if model is not None:
+        _models.move_to_end(job.version_id)
+        return model
+    from pipeline_cloud.runners import load_runner
+
+    model = load_runner(job.model_type, job.framework, Path(job.model_path), job.run_params)
+    _models[job.version_id] = model
+    while len(_models) > _CACHE_SIZE:
+        _, old = _models.popitem(last=False)
+        old.close()
+    return model
+
+
+def decode_image(data: bytes, what: str) -> np.ndarray:
+    """A stored file as an (H, W, 3) uint8 BGR image."""
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InvalidArgument(f"{what} is not an image OpenCV can decode (JPEG, PNG, ...)")
+    return np.asarray(image)
+
+
+def run_job(job: Job) -> InferenceResult:
+    """Run one job in this process (what each pool worker does)."""
+    try:
+        data = Path(job.image_path).read_bytes()
+    except OSError as exc:
+        raise ModelFailed(f"binary data {job.binary_data_id!r} is missing its file") from exc
+    image = decode_image(data, f"binary data {job.binary_data_id!r}")
+    try:
+        runner = _load(job)
+    except CloudError:
+        raise
+    except Exception as exc:
+        raise ModelFailed(f"the model could not be loaded: {type(exc).__name__}: {exc}") from exc
+    try:
+        result: InferenceResult = runner.infer(image)
+    except Exception as exc:
+        raise ModelFailed(f"the model failed on this image: {type(exc).__name__}: {exc}") from exc
+    return result
+
+
+def _init_worker() -> None:
+    # One runtime thread per worker: the pool, not the runtime, uses the cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+
+
+class InferencePool:
+    """``await pool.run(job)`` runs the job on one of ``workers`` processes."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or default_workers()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+        )
+
+    async def run(self, job: Job) -> InferenceResult:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, run_job, job)
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            # A worker died (out of memory, a crash in a runtime): start a fresh pool.
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+            raise ModelFailed("the inference worker died running this model") from exc
+
+    def inspect(self, path: Path, file_name: str) -> Any:
+        """``registry.inspect_model`` in a worker (blocking; call it from a thread)."""
+        from pipeline_cloud.model_files import inspect_model
+
+        try:
+            return self._pool.submit(inspect_model, path, file_name).result()
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+            raise InvalidArgument(f"{file_name}: loading the model crashed its worker") from exc
+
+    def warm_up(self) -> None:
+        """Start every worker now rather than on the first requests."""
+        list(self._pool.map(_noop, range(self.workers)))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _noop(_: int) -> None:
+    return None
