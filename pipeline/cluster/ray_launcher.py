@@ -19,6 +19,7 @@ supervisor names the machine and the graph nodes it held.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ from pipeline.errors import ClusterError, NodePlacementError
 from pipeline.graph.spec import PlacementSpec
 from pipeline.graph.validate import ValidatedGraph
 from pipeline.runtime.plan import Layout, WorkerConfig
-from pipeline.transport.shm import remove_run_segments
+from pipeline.transport.shm import LOCK_SUFFIX, SHM_DIR, remove_run_segments
 
 __all__ = ["NodeHost", "RayLauncher"]
 
@@ -56,6 +57,7 @@ class NodeHost:
         self.popen: subprocess.Popen[str] | None = None
         self.made_dir: str | None = None
         self.segments = ""
+        self.lock: tuple[int, Path] | None = None  # the run's lock file here, if this made it
 
     def __repr__(self) -> str:  # Ray prefixes the node's log lines with it
         return self.node_id
@@ -80,6 +82,7 @@ class NodeHost:
             config = {**config, "activity_path": ""}
         cfg = WorkerConfig.from_wire(config)
         self.segments = f"{cfg.shm_prefix}-{cfg.plan.index}-"
+        self._hold_run_lock(SHM_DIR / (cfg.shm_prefix + LOCK_SUFFIX))
         # the supervisor's path where it exists here (its working folder), then this machine's
         path = list(dict.fromkeys([*(p for p in sys_path if os.path.exists(p)), *sys.path]))
         self.popen = subprocess.Popen(
@@ -96,6 +99,24 @@ class NodeHost:
         sys.stderr.flush()
         return code
 
+    def _hold_run_lock(self, path: Path) -> None:
+        """Make sure this machine has the run's lock file, held, so that no other run's
+        start-up sweep here takes the run's segments for a dead run's (the supervisor holds
+        it on its own machine; on another, the first of the run's actors there does)."""
+        if path.exists():
+            return
+        hidden = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(hidden, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.link(hidden, path)  # atomic, and never over another actor's lock file
+            self.lock = (fd, path)
+        except OSError:
+            os.close(fd)
+        finally:
+            with contextlib.suppress(OSError):
+                hidden.unlink()
+
     def signal(self, signum: int) -> None:
         if self.popen is not None and self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -110,6 +131,12 @@ class NodeHost:
             remove_run_segments(self.segments)
         if self.made_dir:
             shutil.rmtree(self.made_dir, ignore_errors=True)
+        if self.lock is not None:
+            fd, path = self.lock
+            with contextlib.suppress(OSError):
+                path.unlink()
+            os.close(fd)
+            self.lock = None
 
 
 def _import_ray() -> Any:
