@@ -6,6 +6,7 @@ This package is the framework; the built-in nodes live in ``nodes`` and use only
 exported here, exactly as a plugin does.
 """
 
+from pipeline.checks import ParamIssue
 from pipeline.errors import (
     ConfigError,
     ConfigIssue,
@@ -48,6 +49,7 @@ __all__ = [
     "NodeStats",
     "Output",
     "OutputPort",
+    "ParamIssue",
     "PipelineError",
     "RegistryError",
     "RunResult",

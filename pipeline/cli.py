@@ -1,10 +1,10 @@
-"""The ``pipeline`` command: check, run, nodes, schema; plugins add more.
+"""The ``pipeline`` command: check, run, nodes, graph, new-node, schema; plugins add more.
 
 Exit codes: 0 success (a graph that ended by itself), 1 runtime failure (a node failed, or a
 stop had to be forced), 2 invalid graph or usage, and ``128 + signal`` for a run stopped by a
 signal that drained cleanly: 130 Ctrl-C (SIGINT), 143 SIGTERM (``systemctl stop``: set
-``SuccessExitStatus=143`` in the unit), 129 SIGHUP (the terminal or ssh session closed).
-Packages add commands
+``SuccessExitStatus=143`` in the unit), 129 SIGHUP (the terminal or ssh session closed);
+130 also for Ctrl-C before a graph started (while checking or loading). Packages add commands
 through the ``pipeline.commands`` entry-point group: each entry point is a function
 ``register(subparsers)`` that adds its sub-command (``nodes.inference`` adds ``models``).
 """
@@ -21,15 +21,18 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from pipeline import __version__
 from pipeline.errors import ConfigIssue, RegistryError
 from pipeline.graph.load import check_graph
 from pipeline.graph.spec import graph_json_schema
+from pipeline.graph.validate import ValidatedGraph
 from pipeline.registry import available_nodes, load_node_class
 from pipeline.serve.options import add_serve_arguments, serve_config
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: a stop on purpose, not a failure
 SCHEMA_PATH = Path(__file__).parent / "graph" / "schema.json"
 
 
@@ -64,7 +67,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runtime.runner import Launcher, launch_local, run_graph
     from pipeline.runtime.table import render_table
 
-    graph, issues = check_graph(args.file)
+    graph: ValidatedGraph | None
+    if args.set:
+        from pipeline.bench.prepare import ParamSet, parse_set, prepare_graph
+
+        sets = []
+        for text in args.set:
+            try:
+                node, path, values = parse_set(text)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            sets.append(ParamSet(node, path, values[0]))
+        prepared, issues = prepare_graph(args.file, sets)
+        graph = prepared.graph if prepared is not None else None
+    else:
+        graph, issues = check_graph(args.file)
     errors, _ = _print_issues(issues)
     if graph is None:
         print(f"{_plural(errors, 'error')}; nothing was started", file=sys.stderr)
@@ -80,6 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ClusterError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    log_level = args.log_level or ("WARNING" if args.quiet else "INFO")
     server = None
     try:
         serving = serve_config(args, graph.spec.serve)
@@ -90,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from pipeline.serve.app import ServeError, start_server
 
         try:
-            graph, server = start_server(graph, serving, log_level=args.log_level)
+            graph, server = start_server(graph, serving, log_level=log_level)
         except ServeError as exc:
             print(f"cannot serve the graph: {exc}; nothing was started", file=sys.stderr)
             return EXIT_USAGE
@@ -98,7 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = run_graph(
             graph,
-            log_level=args.log_level,
+            log_level=log_level,
             live=live,
             stats_json=args.stats_json,
             grace_s=args.grace,
@@ -182,7 +201,24 @@ def describe_node(type_id: str) -> str:
     return "\n".join(lines)
 
 
+def summary_line(type_id: str, width: int) -> str:
+    """``detector   Detect objects ...``: a type and its doc's first line."""
+    try:
+        cls = load_node_class(type_id)
+    except RegistryError as exc:
+        return f"{type_id.ljust(width)}  (cannot load: {exc})"
+    doc = (cls.__doc__ or "").strip().splitlines()
+    return f"{type_id.ljust(width)}  {doc[0] if doc else ''}".rstrip()
+
+
 def cmd_nodes(args: argparse.Namespace) -> int:
+    if not args.names and not args.all:
+        names = available_nodes()
+        width = max(map(len, names), default=0)
+        for name in names:
+            print(summary_line(name, width))
+        print("\n`pipeline nodes NAME` shows a type's ports and params; --all shows every type's")
+        return EXIT_OK
     names = args.names or available_nodes()
     failed = False
     for i, name in enumerate(names):
@@ -212,21 +248,65 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_graph(args: argparse.Namespace) -> int:
+    from pipeline.graph.draw import draw
+
+    graph, issues = check_graph(args.file)
+    errors, _ = _print_issues(issues)
+    if graph is None:
+        print(f"{_plural(errors, 'error')}; nothing drawn", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(draw(graph.spec, args.format))
+    return EXIT_OK
+
+
+def cmd_new_node(args: argparse.Namespace) -> int:
+    from pipeline.scaffold import class_name, scaffold_node
+
+    try:
+        paths = scaffold_node(args.name, Path(args.dir), force=args.force)
+    except (ValueError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for path in paths:
+        print(f"wrote {path}")
+    print(
+        f"use it in a graph next to it as `node: {args.name}:{class_name(args.name)}`; "
+        f"test it with `pytest {paths[1]}`"
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline", description="Streaming vision pipelines: YAML graphs of node processes."
     )
+    parser.add_argument("--version", action="version", version=f"pipeline {__version__}")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="only warnings and errors (no INFO lines)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("check", help="validate graph files without starting anything")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE", help="graph files (YAML)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("run", help="run a graph until its sinks see end of stream or Ctrl-C")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="the graph file (YAML)")
     p.add_argument("--stats-json", metavar="FILE", help="write every node's statistics at the end")
     p.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper
+        "--set",
+        action="append",
+        default=[],
+        metavar="NODE.PARAM=VALUE",
+        help="change a param for this run (YAML value; repeatable), e.g. camera.path=a.mp4",
+    )
+    p.add_argument(
+        "--log-level",
+        default=None,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="the nodes' log level (default INFO; WARNING with -q)",
     )
     live = p.add_mutually_exclusive_group()
     live.add_argument(
@@ -244,7 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds to drain after Ctrl-C before forcing (default 5)",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="no final statistics table")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="no INFO lines and no final statistics table",
+    )
     p.add_argument(
         "--cluster",
         metavar="ADDRESS",
@@ -254,9 +340,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("nodes", help="list node types with their ports and params")
-    p.add_argument("names", nargs="*", metavar="NAME")
+    p = sub.add_parser("nodes", help="list node types (with a NAME: its ports and params)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="node types to describe in full")
+    p.add_argument("--all", action="store_true", help="describe every node type in full")
     p.set_defaults(func=cmd_nodes)
+
+    p = sub.add_parser("graph", help="draw a graph file (Mermaid, Graphviz dot or SVG)")
+    p.add_argument("file", metavar="FILE", help="the graph file (YAML)")
+    p.add_argument(
+        "--format",
+        choices=["mermaid", "dot", "svg"],
+        default="mermaid",
+        help="mermaid (default), dot (Graphviz) or svg (an image, as the preview page shows)",
+    )
+    p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("new-node", help="write a node module and its test, ready to edit")
+    p.add_argument("name", metavar="NAME", help="module name in snake_case, e.g. face_blur")
+    p.add_argument("--dir", default=".", help="where to write the files (default: here)")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.set_defaults(func=cmd_new_node)
 
     p = sub.add_parser("schema", help="print the graph file's JSON Schema")
     g = p.add_mutually_exclusive_group()
@@ -283,15 +386,18 @@ def _current_folder_last() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _current_folder_last()
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         code: int = args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_FAILED
+    except KeyboardInterrupt:  # Ctrl-C before a graph started (while checking, loading)
+        print("interrupted: stopped before anything started", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `pipeline nodes | head`: the reader left; not an error
         sys.stderr.close()
         return EXIT_OK

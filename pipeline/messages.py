@@ -153,8 +153,9 @@ class Detections(Message):
         xyxy: ``(N, 4)`` float32, box corners (x_min, y_min, x_max, y_max) normalised to 0..1
             of the source image, origin at the top-left.
         confidence: ``(N,)`` float32 in 0..1.
-        class_id: ``(N,)`` int32.
-        class_names: ``N`` label strings.
+        class_id: ``(N,)`` int32. Given ``class_names`` alone, the ids number the distinct
+            names in order of first appearance (pass ``class_id`` for a model's own ids).
+        class_names: ``N`` label strings (default: the ids as strings).
         keypoints: ``(N, K, 2)`` float32 normalised x, y, or ``None``.
         image_wh: (width, height) in pixels of the image the boxes refer to; 0 when unknown.
     """
@@ -178,13 +179,20 @@ class Detections(Message):
         names = tuple(str(s) for s in self.class_names)
         if not names and n:
             names = tuple(str(int(i)) for i in class_id)
-        for label, size in (
-            ("confidence", len(confidence)),
-            ("class_id", len(class_id)),
-            ("class_names", len(names)),
+        if not len(class_id) and n and len(names) == n:
+            # names only: ids number the distinct names in order of first appearance
+            first: dict[str, int] = {}
+            class_id = np.array([first.setdefault(s, len(first)) for s in names], np.int32)
+        for label, size, what in (
+            ("confidence", len(confidence), "one score in 0..1 per box"),
+            ("class_id", len(class_id), "one int per box, or class_names alone"),
+            ("class_names", len(names), "one label per box, or class_id alone"),
         ):
             if size != n:
-                raise ValueError(f"Detections.{label} has {size} entries for {n} boxes")
+                raise ValueError(
+                    f"Detections.{label} has {size} entries for {n} boxes: pass {label}=[...] "
+                    f"with {what}"
+                )
         keypoints = self.keypoints
         if keypoints is not None:
             keypoints = np.asarray(keypoints, np.float32)

@@ -56,12 +56,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, Protocol, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.checks import ParamIssue
 from pipeline.errors import NodeDefinitionError
 from pipeline.messages import Message
 from pipeline.params import NodeParams
@@ -233,6 +234,17 @@ class Node:
         """True for a node with no inputs."""
         return not cls.inputs
 
+    @classmethod
+    def check(cls, params: Any) -> Iterable[ParamIssue]:
+        """Problems with ``params`` that would fail the first second of a run.
+
+        ``pipeline check`` and ``pipeline run`` (before starting anything) call it with the
+        validated ``Params`` and report each ``ParamIssue`` at its param's line and column:
+        an input file that does not exist, an output that cannot be written, a port in use.
+        Cheap and side-effect free; the helpers are in ``pipeline.checks``.
+        """
+        return ()
+
     def open(self) -> None:
         """Acquire resources (devices, models). If it raises, nothing else is called."""
 
@@ -279,6 +291,14 @@ class Node:
         if self._services is None:
             return {}
         return self._services.graph_statistics()
+
+    def graph_drawing(self) -> str:
+        """The graph this node runs in, as an SVG image (``pipeline graph --format svg``).
+
+        Empty outside a graph (``run_node``). A preview page shows it.
+        """
+        drawing = getattr(self._services, "graph_drawing", None)
+        return str(drawing()) if drawing is not None else ""
 
 
 def _where(cls: type) -> str:

@@ -5,20 +5,21 @@ Built-in nodes register exactly as a plugin does, in ``pyproject.toml``::
     [project.entry-points."pipeline.nodes"]
     score_filter = "my_package.nodes:ScoreFilter"
 
-A graph file may also name a class directly: ``node: my_package.nodes:ScoreFilter``.
+A graph file may also name a class directly: ``node: my_package.nodes:ScoreFilter`` (looked up
+next to the graph file, then in the current folder, then installed packages:
+``pipeline.usercode``).
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
-import os
-import sys
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib.metadata import EntryPoint, entry_points
 
 from pipeline.errors import RegistryError
 from pipeline.node import Node
+from pipeline.usercode import import_user_module, search_folders
 
 __all__ = ["available_nodes", "load_node_class", "suggest"]
 
@@ -41,30 +42,38 @@ def suggest(name: str, choices: list[str]) -> str | None:
     return match[0] if match else None
 
 
-def load_node_class(type_id: str) -> type[Node]:
+def load_node_class(type_id: str, search: Sequence[str] | None = None) -> type[Node]:
     """The Node class for an entry-point name or a ``package.module:Class`` path.
 
+    ``search``: the folders a ``module:Class`` module is looked for in before installed
+    packages (``pipeline.usercode.search_folders(graph_file)``; default: the current folder).
+    A registered name never touches ``sys.path``.
+
     Raises:
-        RegistryError: unknown name, import failure, or not a Node subclass.
+        RegistryError: unknown name, import failure, or not a Node subclass
+            (``UserImportError``, with ``hints``, for a ``module:Class`` import failure).
+        NodeDefinitionError: the class is malformed (its process() signature).
     """
     if ":" in type_id:
         module_name, _, attr = type_id.partition(":")
-        # A module path is looked up from the current folder too, so a node in ./my_nodes.py
-        # works from a graph file without installing anything; the folder goes *last*, so a
-        # stray cv2.py or numpy.py there never shadows the installed library.
-        if "" not in sys.path and os.getcwd() not in sys.path:
-            sys.path.append(os.getcwd())
-        try:
-            module = importlib.import_module(module_name)
-        except Exception as exc:
-            raise RegistryError(
-                f"cannot import module {module_name!r} for node {type_id!r}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        folders = tuple(search) if search is not None else search_folders()
+        module = import_user_module(module_name, folders)
         try:
             obj = getattr(module, attr)
         except AttributeError:
-            raise RegistryError(f"module {module_name!r} has no attribute {attr!r}") from None
+            names = [
+                n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, Node)
+            ]
+            hint = suggest(attr, names)
+            extra = (
+                f"; did you mean {hint!r}?"
+                if hint
+                else (f"; its node classes: {', '.join(names)}" if names else "")
+            )
+            raise RegistryError(
+                f"module {module_name!r} ({getattr(module, '__file__', '?')}) has no "
+                f"attribute {attr!r}{extra}"
+            ) from None
     else:
         eps = _entry_points()
         if type_id not in eps:

@@ -224,7 +224,7 @@ def register_cloud(subparsers: Subparsers) -> None:
     org.set_defaults(func=usage(org))
     osub = org.add_subparsers(dest="org_command", metavar="{create,ls}")
     p = osub.add_parser("create", help="create an organisation; prints its id")
-    p.add_argument("name")
+    p.add_argument("name", help="the new organisation's name")
     _add_data_dir(p)
     p.set_defaults(func=_cmd_org_create)
     p = osub.add_parser("ls", help="list organisations")

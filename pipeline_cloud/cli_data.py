@@ -265,7 +265,7 @@ def register(subparsers: Subparsers) -> None:
     sub = data.add_subparsers(dest="data_command", metavar="{upload,ls,export,rm}")
 
     p = sub.add_parser("upload", help="upload files; prints each one's binary data id")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE", help="files to upload")
     p.add_argument("--org", help="organisation (name or id) the key must belong to")
     p.add_argument("--tags", help="tags for every file: a,b")
     p.add_argument("--part-id", default="", help="machine part the data comes from")
@@ -283,13 +283,13 @@ def register(subparsers: Subparsers) -> None:
     p.set_defaults(func=_cmd_ls)
 
     p = sub.add_parser("export", help="download data and its metadata into a folder")
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("dir", metavar="DIR", help="folder to write the data and metadata into")
     p.add_argument("--org", help="organisation (name or id) the key must belong to")
     _add_filter(p)
     add_client_options(p)
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("rm", help="delete uploaded data by id")
-    p.add_argument("ids", nargs="+", metavar="ID")
+    p.add_argument("ids", nargs="+", metavar="ID", help="binary data ids (from upload or ls)")
     add_client_options(p)
     p.set_defaults(func=_cmd_rm)

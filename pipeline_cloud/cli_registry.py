@@ -273,20 +273,22 @@ def register(subparsers: Subparsers) -> None:
     p.set_defaults(func=_cmd_ls)
 
     p = sub.add_parser("share", help="let another organisation see and run a model")
-    p.add_argument("name")
+    p.add_argument("name", help="the model's name")
     p.add_argument("--with", dest="with_org", required=True, help="organisation name or id")
     p.add_argument("--remove", action="store_true", help="stop sharing")
     add_client_options(p)
     p.set_defaults(func=_cmd_share)
 
     p = sub.add_parser("visibility", help="make a model private or public")
-    p.add_argument("name")
-    p.add_argument("visibility", choices=["private", "public"])
+    p.add_argument("name", help="the model's name")
+    p.add_argument("visibility", choices=["private", "public"], help="private or public")
     add_client_options(p)
     p.set_defaults(func=_cmd_visibility)
 
     p = sub.add_parser("download", help="download a model version's file")
-    p.add_argument("ref", metavar="ORG:NAME[@VERSION]")
+    p.add_argument(
+        "ref", metavar="ORG:NAME[@VERSION]", help="the model (latest version by default)"
+    )
     p.add_argument("-o", "--output", help="file to write (default: the uploaded file name)")
     add_client_options(p)
     p.set_defaults(func=_cmd_download)

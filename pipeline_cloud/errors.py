@@ -8,6 +8,7 @@
     ├── PermissionDenied       exists, but not for this key                  PERMISSION_DENIED
     ├── AlreadyExists          a name or version taken                       ALREADY_EXISTS
     ├── Unauthenticated        no, bad or expired credentials                UNAUTHENTICATED
+    ├── Busy                   too many inferences waiting; retry later      RESOURCE_EXHAUSTED
     └── ModelFailed            the model could not load or run               FAILED_PRECONDITION
 
 Another organisation's data is always ``NotFound`` (its existence is not revealed); naming
@@ -20,6 +21,7 @@ from grpclib.const import Status
 
 __all__ = [
     "AlreadyExists",
+    "Busy",
     "CloudError",
     "InvalidArgument",
     "ModelFailed",
@@ -53,6 +55,10 @@ class AlreadyExists(CloudError):
 
 class Unauthenticated(CloudError):
     status = Status.UNAUTHENTICATED
+
+
+class Busy(CloudError):
+    status = Status.RESOURCE_EXHAUSTED
 
 
 class ModelFailed(CloudError):

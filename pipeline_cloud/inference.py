@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline_cloud.errors import CloudError, InvalidArgument, ModelFailed
+from pipeline_cloud.errors import Busy, CloudError, InvalidArgument, ModelFailed
 
 __all__ = ["InferencePool", "InferenceResult", "Job", "default_workers", "run_job"]
 
@@ -116,10 +116,16 @@ def _init_worker() -> None:
 
 
 class InferencePool:
-    """``await pool.run(job)`` runs the job on one of ``workers`` processes."""
+    """``await pool.run(job)`` runs the job on one of ``workers`` processes.
 
-    def __init__(self, workers: int | None = None) -> None:
+    At most ``max_pending`` jobs wait or run at once (default 32 per worker); past that a
+    request is refused at once with RESOURCE_EXHAUSTED rather than queued without bound.
+    """
+
+    def __init__(self, workers: int | None = None, max_pending: int | None = None) -> None:
         self.workers = workers or default_workers()
+        self.max_pending = max_pending or 32 * self.workers
+        self.pending = 0
         self._pool = self._new_pool()
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
@@ -130,7 +136,13 @@ class InferencePool:
         )
 
     async def run(self, job: Job) -> InferenceResult:
+        if self.pending >= self.max_pending:
+            raise Busy(
+                f"{self.pending} inferences are already waiting on {self.workers} workers; "
+                "retry in a moment"
+            )
         loop = asyncio.get_running_loop()
+        self.pending += 1
         try:
             return await loop.run_in_executor(self._pool, run_job, job)
         except concurrent.futures.process.BrokenProcessPool as exc:
@@ -138,6 +150,8 @@ class InferencePool:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = self._new_pool()
             raise ModelFailed("the inference worker died running this model") from exc
+        finally:
+            self.pending -= 1
 
     def inspect(self, path: Path, file_name: str) -> Any:
         """``registry.inspect_model`` in a worker (blocking; call it from a thread)."""

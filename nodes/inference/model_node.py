@@ -5,18 +5,26 @@ Each node builds its :class:`~nodes.inference.vision.VisionModel` (a ``Detector`
 the preparation of each frame, the decoding and the thresholds live in
 :mod:`nodes.inference.vision`, the same code ``load_detector`` and ``load_classifier`` return.
 Every node sends one message per frame with the frame's seq, so a downstream overlay can join
-them.
+them. Every ``process()`` call counts ``frames_on_<provider>`` (the execution provider or
+delegate the model really runs on, e.g. ``frames_on_CPUExecutionProvider`` after a CUDA
+request fell back): ``pipeline bench`` records it per node.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Generic, TypeVar
+import functools
+from collections.abc import Iterator
+from typing import Any, ClassVar, Generic, TypeVar
 
+from nodes.inference.models.store import check_model
 from nodes.inference.params import ModelParams
 from nodes.inference.vision import VisionModel
-from pipeline import Node, NodeParams
+from pipeline import Node, NodeParams, ParamIssue
+from pipeline.checks import input_file
 
-__all__ = ["ModelNode"]
+__all__ = ["PROVIDER_COUNTER", "ModelNode"]
+
+PROVIDER_COUNTER = "frames_on_"  # + the provider in use; read by pipeline.bench
 
 M = TypeVar("M", bound=VisionModel)
 
@@ -27,15 +35,36 @@ class ModelNode(Node, Generic[M]):
     Params: ClassVar[type[NodeParams]] = ModelParams
 
     vision: M
+    provider_counter = PROVIDER_COUNTER + "unknown"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)  # checks process() against the ports first
+        process = cls.__dict__.get("process")
+        if process is not None:
+
+            @functools.wraps(process)
+            def counted(self: ModelNode[Any], *args: Any, **inputs: Any) -> None:
+                self.count(self.provider_counter)
+                process(self, *args, **inputs)
+
+            cls.process = counted  # type: ignore[method-assign,assignment]
 
     def load(self) -> M:
         """The model object for ``self.params``."""
         raise NotImplementedError
 
+    @classmethod
+    def check(cls, params: ModelParams) -> Iterator[ParamIssue]:
+        yield from check_model("model", params.model)
+        if isinstance(params.labels, str):
+            yield from input_file("labels", params.labels, "label file")
+
     def open(self) -> None:
         self.vision = self.load()
         v = self.vision
         meta = v.model.metadata()
+        if meta.providers:
+            self.provider_counter = PROVIDER_COUNTER + meta.providers[0]
         self.log.info(
             "model %s (%s, %s): input %s %s %s",
             self.params.model,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,7 +27,8 @@ import numpy as np
 from pydantic import Field
 
 from nodes.files import fsync_folder, partial_path, publish, writable_file
-from pipeline import Classifications, Detections, Input, Message, Node, NodeParams
+from pipeline import Classifications, Detections, Input, Message, Node, NodeParams, ParamIssue
+from pipeline.checks import output_path
 
 _MAX_LISTED = 4096  # arrays larger than this are summarised, not listed
 
@@ -173,6 +175,10 @@ class JsonlSink(Node):
         )
 
     messages = Input(Message, description="Any message.")
+
+    @classmethod
+    def check(cls, params: Params) -> Iterator[ParamIssue]:
+        yield from output_path("path", params.path)
 
     def open(self) -> None:
         # checks only: the file is opened (and an old one replaced) on the first record

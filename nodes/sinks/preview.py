@@ -28,7 +28,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -39,7 +39,8 @@ from pydantic import Field
 from nodes.dependencies import import_cv2
 from nodes.sinks.preview_page import render_page
 from nodes.transforms.color import to_bgr
-from pipeline import Frame, Input, Node, NodeParams
+from pipeline import Frame, Input, Node, NodeParams, ParamIssue
+from pipeline.checks import port_in_use
 
 BOUNDARY = "frame"
 IDLE_INTERVAL_S = 1.0  # encoding rate while no one watches the stream (snapshot freshness)
@@ -295,6 +296,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._stream()
             elif path == "/snapshot.jpg":
                 self._snapshot()
+            elif path == "/graph.svg":
+                self._reply(self.server.preview.graph_drawing().encode(), "image/svg+xml")
             elif path == "/stats.json":
                 body = json.dumps(self.server.preview.page_statistics()).encode("utf-8")
                 self._reply(body, "application/json")
@@ -401,6 +404,17 @@ class Preview(Node):
         )
 
     frames = Input(Frame, description="(H, W[, C]) uint8 frames in meta['color'].")
+
+    @classmethod
+    def check(cls, params: Params) -> Iterator[ParamIssue]:
+        if port_in_use(params.host, params.port):
+            yield ParamIssue(
+                "port",
+                f"port {params.port} on {params.host} is in use by another program (another "
+                "graph's preview or server?): this node will fail to start",
+                ("set params.port to a free port, or 0 to pick one",),
+                severity="warning",
+            )
 
     def open(self) -> None:
         cv2 = import_cv2(f"the preview node {self.id!r}")

@@ -3,8 +3,8 @@
 It is a Python string rather than an ``.html`` file so that it ships with the module in any
 install (the package has no data-file list for ``nodes``). The page shows
 ``<img src="/stream.mjpg">`` (reconnecting if the stream drops) and a table of every node's
-statistics, fetched from ``/stats.json`` every second. ``{{node_id}}`` is replaced, escaped,
-by the preview node's id.
+statistics, fetched from ``/stats.json`` every second, and the graph's drawing
+(``/graph.svg``). ``{{node_id}}`` is replaced, escaped, by the preview node's id.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ PAGE = """<!doctype html>
       <tbody></tbody>
     </table>
     <p id="status">waiting for statistics</p>
+    <img id="graph" src="/graph.svg" alt="the graph" onerror="this.remove()">
   </section>
 </main>
 <script>

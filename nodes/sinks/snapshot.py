@@ -10,7 +10,7 @@ file.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -18,7 +18,8 @@ from pydantic import Field, field_validator
 from nodes.colors import frame_color, to_bgr
 from nodes.dependencies import import_cv2
 from nodes.files import writable_folder
-from pipeline import Detections, Frame, Input, Node, NodeParams
+from pipeline import Detections, Frame, Input, Node, NodeParams, ParamIssue
+from pipeline.checks import output_path
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -101,6 +102,10 @@ class SnapshotSink(Node):
     detections = Input(
         Detections, required=False, description="Detections of the same frames (for labels)."
     )
+
+    @classmethod
+    def check(cls, params: Params) -> Iterator[ParamIssue]:
+        yield from output_path("folder", params.folder, "folder")
 
     def open(self) -> None:
         cv2 = import_cv2(f"the snapshot node {self.id!r}")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
@@ -36,7 +37,8 @@ from pydantic import Field
 from nodes.dependencies import import_cv2
 from nodes.files import fsync_folder, partial_path, publish, writable_file
 from nodes.transforms.color import to_bgr
-from pipeline import Frame, Input, MissingDependencyError, Node, NodeParams
+from pipeline import Frame, Input, MissingDependencyError, Node, NodeParams, ParamIssue
+from pipeline.checks import output_path
 
 Codec = Literal["h264", "mpeg4", "mjpeg"]
 
@@ -165,6 +167,10 @@ class VideoWriterSink(Node):
         )
 
     frames = Input(Frame, description="(H, W[, C]) uint8 frames in meta['color'].")
+
+    @classmethod
+    def check(cls, params: Params) -> Iterator[ParamIssue]:
+        yield from output_path("path", params.path)
 
     def open(self) -> None:
         av = self._av = _import_av(self.id)

@@ -12,6 +12,7 @@ import glob
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
 from nodes.dependencies import import_cv2
-from pipeline import EndOfStream, Frame, Node, NodeParams, Output
+from pipeline import EndOfStream, Frame, Node, NodeParams, Output, ParamIssue
+from pipeline.checks import input_folder
 
 __all__ = ["IMAGE_SUFFIXES", "ImageFolderSource", "natural_key"]
 
@@ -97,6 +99,15 @@ class ImageFolderSource(Node):
             return value
 
     frames = Output(Frame, description="(H, W, 3) uint8 BGR images; meta: file, path, index, loop.")
+
+    @classmethod
+    def check(cls, params: Params) -> Iterator[ParamIssue]:
+        path = os.path.expanduser(params.path)
+        if _GLOB_CHARS.search(path) and not os.path.isdir(path):
+            if not any(os.path.isfile(f) for f in glob.iglob(path, recursive=True)):
+                yield ParamIssue("path", f"no file matches {params.path!r}")
+        else:
+            yield from input_folder("path", params.path, "image folder")
 
     def open(self) -> None:
         self._cv2 = import_cv2("image_folder")

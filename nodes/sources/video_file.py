@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
 from nodes.dependencies import import_cv2
-from pipeline import EndOfStream, Frame, Node, NodeParams, Output
+from pipeline import EndOfStream, Frame, Node, NodeParams, Output, ParamIssue
+from pipeline.checks import input_file
 
 __all__ = ["VideoFileSource"]
 
@@ -92,6 +94,11 @@ class VideoFileSource(Node):
         Frame,
         description="(H, W, 3) uint8 BGR frames; meta: frame_index, pos_ms, video_fps, path, loop.",
     )
+
+    @classmethod
+    def check(cls, params: Params) -> Iterator[ParamIssue]:
+        if "://" not in params.path:
+            yield from input_file("path", params.path, "video file")
 
     def open(self) -> None:
         self._cv2 = import_cv2("video_file")

@@ -20,7 +20,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from pipeline.bench.compare import CompareError, compare_files, render_compare, write_chart
+from pipeline.bench.compare import (
+    CompareError,
+    compare_files,
+    load_result,
+    render_compare,
+    write_chart,
+)
 from pipeline.bench.monitor import BenchSettings, Progress
 from pipeline.bench.prepare import ParamSet, PreparedGraph, parse_set, prepare_graph
 from pipeline.bench.report import render_run
@@ -223,13 +229,22 @@ def _bench(args: argparse.Namespace, graph: str) -> int:
     return bench.exit_code
 
 
+def _is_sweep(path: str) -> bool:
+    try:
+        return load_result(path).get("kind") == "sweep"
+    except CompareError:
+        return False
+
+
 def _compare(args: argparse.Namespace, files: list[str]) -> int:
-    if len(files) < 2:
-        return _error("`pipeline bench compare` needs two or more result files")
+    if len(files) < 2 and not (files and _is_sweep(files[0])):
+        return _error("`pipeline bench compare` needs two or more result files, or a sweep file")
     try:
         results = compare_files(files, args.force)
     except CompareError as exc:
         return _error(str(exc))
+    if len(results) < 2:
+        return _error("`pipeline bench compare` needs two or more results (a sweep has several)")
     print(render_compare(results))
     if len({r["graph"].get("hash") for r in results.values()}) > 1:
         print("warning: these results are of different graphs (--force)", file=sys.stderr)

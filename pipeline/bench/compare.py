@@ -2,7 +2,9 @@
 
 Results of different graphs (different graph hashes: the file changed, or ``--set`` or
 ``--pace`` changed params) measure different work, so they are refused unless forced;
-differences in the bench settings (window, warm-up, pinning) are listed as notes. The chart
+differences in the bench settings (window, warm-up, pinning) are listed as notes. A sweep
+file stands for its points (one column and one bar each, labelled with the ``--set`` values
+that differ); points of sweeps of one graph file compare without ``--force``. The chart
 (PNG, matplotlib's Agg backend, imported only here) shows throughput and capture-to-sink
 latency p50/p95 per device. matplotlib is optional (``pip install '.[bench]'``); without it
 the table still prints.
@@ -24,8 +26,10 @@ __all__ = [
     "CompareError",
     "check_same_graph",
     "compare_files",
+    "differing_sets",
     "load_result",
     "render_compare",
+    "sweep_points",
     "write_chart",
 ]
 
@@ -53,12 +57,41 @@ def load_result(path: str | Path) -> dict[str, Any]:
             f"{path}: written by a newer bench (schema version {data['schema_version']}, this "
             f"one reads up to {SCHEMA_VERSION}): upgrade edge-vision-pipeline"
         )
-    if data.get("kind") != "run":
+    if data.get("kind") not in ("run", "sweep"):
         raise CompareError(
             f"{path}: a {data.get('kind')} file; compare takes results of `pipeline bench "
-            "GRAPH --out FILE`"
+            "GRAPH --out FILE` and `pipeline bench sweep ... --out FILE`"
         )
+    if data.get("kind") == "sweep" and not data.get("points"):
+        raise CompareError(f"{path}: a sweep file with no points")
     return data
+
+
+def sweep_points(path: str | Path, sweep: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each point of a sweep file as a run result, named ``file [node.param=value ...]``."""
+    out = {}
+    for point in sweep.get("points", []):
+        result = dict(point["result"])
+        result["machine"] = sweep.get("machine") or {}
+        result["sweep"] = {"file": str(path), "set": point.get("set", {})}
+        label = " ".join(f"{k}={json.dumps(v)}" for k, v in point.get("set", {}).items())
+        out[f"{path} [{label}]"] = result
+    return out
+
+
+def differing_sets(results: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """For each result, the ``--set`` values that differ between the results (a bar label)."""
+    sets = {name: dict(r.get("settings", {}).get("sets") or {}) for name, r in results.items()}
+    keys: list[str] = []
+    for values in sets.values():
+        keys += [k for k in values if k not in keys]
+    differ = [
+        k for k in keys if len({json.dumps(v.get(k), sort_keys=True) for v in sets.values()}) > 1
+    ]
+    return {
+        name: " ".join(f"{k}={json.dumps(values.get(k))}" for k in differ)
+        for name, values in sets.items()
+    }
 
 
 def check_same_graph(results: Mapping[str, Mapping[str, Any]]) -> str | None:
@@ -66,6 +99,9 @@ def check_same_graph(results: Mapping[str, Mapping[str, Any]]) -> str | None:
     hashes = {name: str(r.get("graph", {}).get("hash")) for name, r in results.items()}
     if len(set(hashes.values())) <= 1:
         return None
+    bases = {str(r.get("graph", {}).get("base_hash")) for r in results.values()}
+    if all("sweep" in r for r in results.values()) and len(bases) == 1:
+        return None  # the points of sweeps of one graph file: their --set values differ
     lines = ["these results are of different graphs (their graph hashes differ):"]
     for name, r in results.items():
         g = r.get("graph", {})
@@ -88,6 +124,7 @@ def _settings_notes(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
             shown = ", ".join(f"{name}: {v}" for name, v in values.items())
             notes.append(f"settings differ in {key} ({shown})")
     for name, r in results.items():
+        notes += [f"{name}: WARNING: {w}" for w in r.get("warnings", [])]
         if r.get("run", {}).get("exit_code"):
             notes.append(f"{name}: that run failed ({r['run'].get('error')})")
         if not r.get("run", {}).get("warmup_complete", True):
@@ -129,6 +166,9 @@ def render_compare(results: Mapping[str, Mapping[str, Any]]) -> str:
     header = ["", *names]
     rows: list[list[str]] = [header, ["device", *(device_label(r) for r in results.values())]]
     rows.append(["graph", *(str(r["graph"].get("name")) for r in results.values())])
+    labels = differing_sets(results)
+    if any(labels.values()):
+        rows.append(["settings", *(labels[n] or "-" for n in names)])
 
     def add(label: str, get: Getter, digits: int, ratio: bool = True) -> None:
         base = get(first)
@@ -160,6 +200,12 @@ def render_compare(results: Mapping[str, Mapping[str, Any]]) -> str:
         add("  busy %", _get("nodes", node, "busy_pct"), 0, ratio=False)
         add("  CPU %", _get("nodes", node, "cpu_pct"), 0, ratio=False)
         add("  peak RSS MB", _get("nodes", node, "max_rss_mb"), 0)
+        used = [
+            ", ".join(r.get("nodes", {}).get(node, {}).get("execution_providers") or {}) or "-"
+            for r in results.values()
+        ]
+        if any(u != "-" for u in used):
+            rows.append(["  runs on", *used])
     text = format_table(rows, left=1)
     notes = _settings_notes(results)
     reasons = [f"{n}: {r.get('bottleneck', {}).get('reason')}" for n, r in results.items()]
@@ -180,9 +226,12 @@ def write_chart(results: Mapping[str, Mapping[str, Any]], path: str | Path) -> N
     matplotlib.use("Agg")
     plt = importlib.import_module("matplotlib.pyplot")
 
-    labels = [
-        textwrap.fill(device_label(r), 22) + "\n" + Path(name).name for name, r in results.items()
-    ]
+    settings = differing_sets(results)
+    labels = []
+    for name, r in results.items():
+        # the device, then what differs between the bars (the sweep's values), else the file
+        what = settings[name] or Path(str(r.get("sweep", {}).get("file") or name)).name
+        labels.append(textwrap.fill(device_label(r), 22) + "\n" + textwrap.fill(what, 22))
     fps = [float(r.get("end_to_end", {}).get("throughput_fps") or 0.0) for r in results.values()]
     lat = [r.get("end_to_end", {}).get("latency_ms", {}) for r in results.values()]
     p50 = [float(x.get("p50_ms") or 0.0) for x in lat]
@@ -224,11 +273,13 @@ def compare_files(paths: Sequence[str | Path], force: bool) -> dict[str, dict[st
     """
     results: dict[str, dict[str, Any]] = {}
     for path in paths:
-        name = str(path)
-        n = 2
-        while name in results:  # the same file twice still gets two columns
-            name, n = f"{path}#{n}", n + 1
-        results[name] = load_result(path)
+        data = load_result(path)
+        items = sweep_points(path, data) if data.get("kind") == "sweep" else {str(path): data}
+        for first_name, result in items.items():
+            name, n = first_name, 2
+            while name in results:  # the same file twice still gets two columns
+                name, n = f"{first_name}#{n}", n + 1
+            results[name] = result
     if not force:
         problem = check_same_graph(results)
         if problem:

@@ -132,7 +132,21 @@ def node_figures(
         "busy_pct": round(100 * _util(stats), 1),
         "cpu_pct": cpu_pct,
         "max_rss_mb": stats.max_rss_mb,
+        **_providers(stats),
     }
+
+
+PROVIDER_COUNTER = "frames_on_"  # counted per frame by the model nodes (nodes.inference)
+
+
+def _providers(stats: Stats) -> dict[str, Any]:
+    """``execution_providers``: the provider a model node really ran on, frames per provider."""
+    used = {
+        name.removeprefix(PROVIDER_COUNTER): int(n)
+        for name, n in stats.counters.items()
+        if name.startswith(PROVIDER_COUNTER)
+    }
+    return {"execution_providers": used} if used else {}
 
 
 def _consumers(topo: Topology, node: str) -> list[tuple[str, str, Mapping[str, Any]]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["device_label", "format_table", "render_run", "run_notes"]
+__all__ = ["device_label", "format_table", "providers_line", "render_run", "run_notes"]
 
 
 def format_table(rows: Sequence[Sequence[str]], left: int = 1, gap: str = "  ") -> str:
@@ -82,8 +82,9 @@ def _hottest(snapshot: Mapping[str, Any] | None) -> tuple[str, float] | None:
 
 
 def run_notes(result: Mapping[str, Any]) -> list[str]:
-    """Caveats about one result: incomplete warm-up, early end, throttling, governor."""
-    notes = []
+    """Caveats about one result: an accelerator that fell back to the CPU, incomplete warm-up,
+    early end, throttling, a busy machine, the governor."""
+    notes = [f"WARNING: {w}" for w in result.get("warnings", [])]
     run = result.get("run", {})
     settings = result.get("settings", {})
     if not run.get("warmup_complete", True):
@@ -139,6 +140,16 @@ def _conditions_line(result: Mapping[str, Any]) -> str | None:
     if start is None or end is None:
         return None
     return f"temperature {start[1]:.1f} -> {end[1]:.1f} °C ({end[0]})"
+
+
+def providers_line(result: Mapping[str, Any]) -> str:
+    """``faces: CPUExecutionProvider``: what each model node's frames really ran on."""
+    parts = []
+    for node, f in result.get("nodes", {}).items():
+        used = f.get("execution_providers")
+        if used:
+            parts.append(f"{node}: {', '.join(used)}")
+    return "; ".join(parts)
 
 
 def render_run(result: Mapping[str, Any]) -> str:
@@ -217,6 +228,9 @@ def render_run(result: Mapping[str, Any]) -> str:
         f"({e2e.get('drop_pct', 0.0):.1f}%)"
     )
     lines.append(f"  bottleneck   {result.get('bottleneck', {}).get('reason')}")
+    used = providers_line(result)
+    if used:
+        lines.append(f"  runs on      {used}")
     extra = _conditions_line(result)
     if extra:
         lines.append(f"  conditions   {extra}")

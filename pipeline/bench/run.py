@@ -172,6 +172,7 @@ def run_prepared(
         summary["nodes"],
     )
     duration_s, frames = settings.window()
+    warnings = provider_warnings(prepared, summary["nodes"])
     result = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -206,8 +207,36 @@ def run_prepared(
         **summary,
         "machine": machine,
         "conditions": {"start": start_conditions, "end": conditions(root)},
+        "warnings": warnings,
     }
     return BenchRun(result, code, error)
+
+
+_ACCELERATED = ("tensorrt", "cuda", "rocm", "openvino", "coreml", "dml", "migraphx", "qnn")
+
+
+def provider_warnings(prepared: PreparedGraph, nodes: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """A line per model node that asked for an accelerator (``providers``) but ran without one.
+
+    ONNX Runtime falls back to the CPU when a requested provider is missing from its build
+    (a CPU wheel on a Jetson) or fails to start; the figures are then the CPU's.
+    """
+    warnings = []
+    for node_id, figures in nodes.items():
+        used = figures.get("execution_providers")
+        params = prepared.graph.params.get(node_id)
+        requested = getattr(params, "providers", None)
+        if not used or not requested:
+            continue
+        asked = [str(p) for p in requested if any(a in str(p).lower() for a in _ACCELERATED)]
+        ran = [p for p in used if any(a in p.lower() for a in _ACCELERATED)]
+        if asked and not ran:
+            warnings.append(
+                f"node {node_id!r} asked for {', '.join(asked)} but ran on "
+                f"{', '.join(used)}: this onnxruntime build lacks them or they failed to start, "
+                "so these are CPU figures (benchmarks/README.md: a GPU build on a Jetson)"
+            )
+    return warnings
 
 
 def _cpu_usage(

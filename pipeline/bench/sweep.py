@@ -20,7 +20,7 @@ from typing import IO, Any
 from pipeline import __version__
 from pipeline.bench.monitor import BenchSettings
 from pipeline.bench.prepare import ParamSet, PreparedGraph, parse_set
-from pipeline.bench.report import format_table
+from pipeline.bench.report import format_table, run_notes
 from pipeline.bench.run import SCHEMA, SCHEMA_VERSION, BenchRun
 
 __all__ = [
@@ -171,4 +171,19 @@ def render_sweep(document: dict[str, Any]) -> str:
         )
     graph = document.get("graph", {})
     title = f"sweep of {graph.get('name')!r} ({graph.get('file')}): {len(rows) - 1} points"
-    return title + "\n\n" + format_table(rows, left=len(keys))
+    # as `pipeline bench` does for a run: a busy machine, throttling, an incomplete warm-up;
+    # a note that holds for every point (the governor) once
+    by_note: dict[str, list[int]] = {}
+    points = document.get("points", [])
+    for i, point in enumerate(points, 1):
+        for note in run_notes(point["result"]):
+            by_note.setdefault(note, []).append(i)
+    notes = []
+    for note, where in by_note.items():
+        if len(where) == len(points):
+            notes.append(f"note: {note}")
+        else:
+            notes.append(
+                f"note: point{'s' if len(where) > 1 else ''} {', '.join(map(str, where))}: {note}"
+            )
+    return "\n".join([title, "", format_table(rows, left=len(keys)), *notes])

@@ -1,6 +1,8 @@
 """Read a graph file into a ``GraphSpec``, keeping the line and column of every value.
 
-Phases, each reporting every issue it finds before stopping: YAML syntax; the graph schema
+Values may use ``${VAR}`` / ``${VAR:-default}`` from the environment
+(``pipeline.graph.envsubst``). Phases, each reporting every issue it finds before stopping:
+YAML syntax; the graph schema
 (unknown, missing or mistyped keys); then wiring and node params (``pipeline.graph.validate``).
 Issues point at ``file:line:col`` through a table of YAML marks keyed by document path.
 """
@@ -17,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import ConfigError, ConfigIssue
 from pipeline.graph import limits
+from pipeline.graph.envsubst import UnsetVariableError, substitute
 from pipeline.graph.shm_need import shm_issues
 from pipeline.graph.spec import EdgeSpec, GraphSpec, NodeSpec, PlacementSpec
 from pipeline.graph.validate import ValidatedGraph, validate_spec
@@ -120,6 +123,14 @@ class _Builder:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        if isinstance(node, yaml.ScalarNode) and "${" in node.value:
+            try:
+                value = substitute(node)
+            except UnsetVariableError as exc:
+                self.issues.append(self.marks.issue(path, str(exc), hints=exc.hints))
+                return node.value
+            if value is not None:
+                return value
         return self.constructor.construct_object(node, deep=True)
 
 

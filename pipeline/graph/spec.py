@@ -236,7 +236,10 @@ class GraphSpec(_Strict):
 
 
 def graph_json_schema() -> str:
-    """The JSON Schema of a graph file, as committed in ``pipeline/graph/schema.json``."""
+    """The JSON Schema of a graph file, as committed in ``pipeline/graph/schema.json``.
+
+    It knows every registered node type's params (``pipeline.graph.node_schema``).
+    """
     schema = GraphSpec.model_json_schema(by_alias=True)
     # An input may also be written in short form, "node/port".
     inputs = schema["$defs"]["NodeSpec"]["properties"]["inputs"]
@@ -246,6 +249,9 @@ def graph_json_schema() -> str:
             {"$ref": "#/$defs/EdgeSpec"},
         ]
     }
+    from pipeline.graph.node_schema import add_node_types  # imports every node type
+
+    add_node_types(schema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "pipeline graph"
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"

@@ -15,11 +15,12 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
-from pipeline.errors import ConfigIssue, RegistryError
+from pipeline.errors import ConfigIssue, NodeDefinitionError, RegistryError
 from pipeline.graph.spec import EdgeSpec, GraphSpec, NodeSpec
 from pipeline.node import Node
 from pipeline.params import NodeParams
 from pipeline.registry import load_node_class, suggest
+from pipeline.usercode import search_folders
 
 __all__ = ["Edge", "Marks", "ValidatedGraph", "validate_spec"]
 
@@ -119,18 +120,26 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
 
     classes: dict[str, type[Node]] = {}
     params: dict[str, NodeParams] = {}
+    folders = search_folders(marks.file)
     for i, node in enumerate(spec.nodes):
         if node.id in classes:
             continue
         try:
-            cls = load_node_class(node.node)
-        except RegistryError as exc:
+            cls = load_node_class(node.node, search=folders)
+        except NodeDefinitionError as exc:
             issues.append(
                 marks.issue(
                     ("nodes", i, "node"),
-                    f"node {node.id!r}: {exc}",
-                    hints=["`pipeline nodes` lists the available node types"],
+                    f"node {node.id!r}: node type {node.node!r} is malformed: {exc}",
                 )
+            )
+            continue
+        except RegistryError as exc:
+            hints = list(getattr(exc, "hints", ()))
+            if ":" not in node.node:
+                hints.append("`pipeline nodes` lists the available node types")
+            issues.append(
+                marks.issue(("nodes", i, "node"), f"node {node.id!r}: {exc}", hints=hints)
             )
             continue
         classes[node.id] = cls
@@ -138,6 +147,10 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
             params[node.id] = cls.Params.model_validate(node.params)
         except ValidationError as exc:
             issues.extend(_param_issues(exc, cls, node, i, marks))
+
+    for i, node in enumerate(spec.nodes):
+        if node.id in params and index.get(node.id) == i:
+            issues.extend(_node_checks(classes[node.id], params[node.id], node, i, marks))
 
     edges: list[Edge] = []
     for i, node in enumerate(spec.nodes):
@@ -266,6 +279,43 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
 
     graph = ValidatedGraph(spec, marks.file, classes, params, edges)
     return graph, issues
+
+
+def _node_checks(
+    cls: type[Node], params: NodeParams, node: NodeSpec, index: int, marks: Marks
+) -> list[ConfigIssue]:
+    """The node type's own ``check(params)``: missing inputs, unwritable outputs, ports."""
+    hook = next((vars(k)["check"] for k in cls.__mro__ if "check" in vars(k)), None)
+    if not isinstance(hook, (classmethod, staticmethod)):
+        return [
+            marks.issue(
+                ("nodes", index, "node"),
+                f"node {node.id!r}: {cls.__qualname__}.check is not a classmethod: "
+                "Node.check(cls, params) is the pre-run check hook",
+                hints=["make it a @classmethod check(cls, params), or rename your method"],
+            )
+        ]
+    try:
+        found = list(cls.check(params))
+    except Exception as exc:
+        return [
+            marks.issue(
+                ("nodes", index, "node"),
+                f"node {node.id!r}: {cls.__qualname__}.check() raised {type(exc).__name__}: {exc}",
+            )
+        ]
+    issues = []
+    for found_issue in found:
+        parts = [p for p in found_issue.param.split(".") if p]
+        issues.append(
+            marks.issue(
+                ("nodes", index, "params", *parts),
+                f"params.{found_issue.param} of node {node.id!r}: {found_issue.message}",
+                hints=found_issue.hints,
+                severity=found_issue.severity,
+            )
+        )
+    return issues
 
 
 def _cycles(nodes: list[str], links: list[tuple[str, str]]) -> list[list[str]]:

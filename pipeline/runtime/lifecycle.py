@@ -39,6 +39,13 @@ class CallScoped(Protocol):
     def end_call(self) -> None: ...
 
 
+READ_ONLY_HINT = (
+    " (inputs are read-only views of shared memory: copy the array first, "
+    "image = frames.image.copy(), or write into a buffer from "
+    "self.<output>.allocate(shape, dtype) and send that)"
+)
+
+
 class ActivityLike(Protocol):
     """Where a driver notes the call it is in (``pipeline.runtime.activity.Activity``)."""
 
@@ -108,7 +115,12 @@ class NodeDriver:
         kind = NodeOpenError if method == "open" else NodeProcessError
         seq = self.seq if method == "process" else None
         source = self.source if method == "process" else ""
-        error = kind(self.node.id, method, f"{type(exc).__name__}: {exc}", seq, source)
+        cause = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, ValueError) and "read-only" in str(exc):
+            cause += READ_ONLY_HINT
+            if hasattr(exc, "add_note"):  # Python 3.11+: shown with the traceback too
+                exc.add_note(READ_ONLY_HINT.strip(" ()"))
+        error = kind(self.node.id, method, cause, seq, source)
         error.__cause__ = exc
         self.failure = error
         self.exception = exc

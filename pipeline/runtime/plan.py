@@ -19,6 +19,7 @@ from typing import Any
 from pipeline.graph.validate import ValidatedGraph
 from pipeline.transport.curve import RunKeys
 from pipeline.transport.plan import EdgePlan, PortPlan, release_batch, slot_pool_size
+from pipeline.usercode import search_folders
 
 __all__ = ["GraphPlan", "Layout", "NodePlan", "WorkerConfig", "plan_graph"]
 
@@ -36,6 +37,7 @@ class NodePlan:
     is_source: bool
     inputs: tuple[EdgePlan, ...]
     outputs: tuple[PortPlan, ...]
+    module_paths: tuple[str, ...] = ()  # where a module:Class type's module is looked up
     pace: str = "realtime"  # a source's pace (pipeline.runtime.pacing)
     max_fps: float | None = None
 
@@ -48,6 +50,7 @@ class NodePlan:
             "is_source": self.is_source,
             "inputs": [e.to_wire() for e in self.inputs],
             "outputs": [p.to_wire() for p in self.outputs],
+            "module_paths": list(self.module_paths),
             "pace": self.pace,
             "max_fps": self.max_fps,
         }
@@ -62,6 +65,7 @@ class NodePlan:
             is_source=bool(d["is_source"]),
             inputs=tuple(EdgePlan.from_wire(e) for e in d["inputs"]),
             outputs=tuple(PortPlan.from_wire(p) for p in d["outputs"]),
+            module_paths=tuple(d.get("module_paths", ())),
             pace=d.get("pace", "realtime"),
             max_fps=d.get("max_fps"),
         )
@@ -191,6 +195,7 @@ def plan_graph(
                 is_source=cls.is_source(),
                 inputs=tuple(e for e in edges if e.consumer == node.id),
                 outputs=tuple(outputs),
+                module_paths=search_folders(graph.file) if ":" in node.node else (),
                 pace=node.pace or "realtime",
                 max_fps=node.max_fps,
             )

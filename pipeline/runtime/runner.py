@@ -319,6 +319,7 @@ class _Supervisor:
     def _run(self) -> RunResult:
         sweep_stale()
         _sweep_run_dirs()
+        _write_drawing(self.graph, self.run_dir / "graph.svg")
         self.board = ActivityBoard(self.run_dir / "activity", len(self.plan.nodes))
         t0 = time.monotonic()
         ctx: zmq.Context[Any] = zmq.Context()
@@ -370,6 +371,7 @@ class _Supervisor:
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
             self._terminate_all()
+            self._last_reports()
             for proc in self.procs.values():
                 proc.process.close()
             if self.cluster is not None:
@@ -627,8 +629,7 @@ class _Supervisor:
             if all(proc.state is NodeState.READY for proc in self.procs.values()):
                 return True
             if self.stop_deadline is not None:
-                self._print("stopped before the graph started")
-                self.forced = True
+                self._print("stopped before the graph started")  # a stop, not a failure
                 return False
 
     def _running(self) -> None:
@@ -696,6 +697,20 @@ class _Supervisor:
             self.out.write("\x1b[H\x1b[J" + text + "\n")
             self.out.flush()
 
+    def _last_reports(self) -> None:
+        """Statistics the stopped nodes sent as they went: real counts in the final table."""
+        with contextlib.suppress(zmq.ZMQError):
+            while self.router.poll(0):
+                ident, raw = self.router.recv_multipart()
+                proc = self.procs.get(ident.decode())
+                try:
+                    message = p.decode(raw)
+                except p.ProtocolError:
+                    continue
+                stats = getattr(message, "stats", None)
+                if proc is not None and stats:
+                    proc.stats = NodeStats.from_wire(stats)
+
     def _terminate_all(self) -> None:
         alive = [proc for proc in self.procs.values() if proc.process.is_alive()]
         for proc in alive:
@@ -718,6 +733,14 @@ class _Supervisor:
 
 def _tcp_host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
+
+
+def _write_drawing(graph: ValidatedGraph, path: Path) -> None:
+    """The graph as an SVG beside the statistics, for nodes that show it (a preview page)."""
+    from pipeline.graph.draw import to_svg
+
+    with contextlib.suppress(OSError):
+        path.write_text(to_svg(graph.spec), encoding="utf-8")
 
 
 def _describe_exit(code: int | None) -> str:

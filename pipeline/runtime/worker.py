@@ -70,6 +70,9 @@ FORCE_SIGNAL = signal.SIGUSR2  # the supervisor's forced stop: unwind now
 SELF_STOP_MARGIN_S = 2.0
 
 
+_NOT_STARTED = (NodeState.CREATED, NodeState.OPENING, NodeState.READY)
+
+
 class _Terminated(BaseException):
     """Raised by the forced-stop handlers: unwind, close the node, exit."""
 
@@ -123,6 +126,7 @@ def worker_main(cfg: WorkerConfig) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _StopSignal.grace_s = cfg.stop_grace_s
     signal.signal(signal.SIGTERM, _on_sigterm)
+    _set_title(cfg)
     signal.signal(FORCE_SIGNAL, _on_force)
     signal.signal(signal.SIGALRM, _on_force)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints where a node is stuck
@@ -133,10 +137,22 @@ def worker_main(cfg: WorkerConfig) -> None:
         stream=sys.stderr,
         force=True,
     )
-    _watch_parent()
-    code = Worker(cfg).run()
+    try:
+        _watch_parent()
+        code = Worker(cfg).run()
+    except _Terminated:  # stopped before the worker could even start: nothing to report
+        code = EXIT_TERMINATED
     sys.stderr.flush()
     os._exit(code)  # skip interpreter teardown: nothing is left to flush, and it is slow
+
+
+def _set_title(cfg: WorkerConfig) -> None:
+    """``ps`` shows ``pipeline: faces (detector)`` instead of ``python -c ...``."""
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        return
+    setproctitle(f"pipeline: {cfg.node_id} ({cfg.plan.node_type})")
 
 
 def _watch_parent() -> None:
@@ -255,6 +271,14 @@ class Worker:
             return {}
         return data
 
+    def graph_drawing(self) -> str:
+        if not self.cfg.stats_path:
+            return ""
+        try:
+            return Path(self.cfg.stats_path).with_name("graph.svg").read_text(encoding="utf-8")
+        except OSError:
+            return ""
+
     # set-up ------------------------------------------------------------------------------------
     def _wire(self, endpoints: Mapping[str, str], keys: Mapping[str, str]) -> None:
         for port in self.plan.outputs:
@@ -271,7 +295,7 @@ class Worker:
 
     def _build(self) -> Node:
         plan = self.plan
-        cls = load_node_class(plan.node_type)
+        cls = load_node_class(plan.node_type, search=plan.module_paths or None)
         params = cls.Params.model_validate(dict(plan.params))
         for i, port in enumerate(plan.outputs):
             pool = SlotPool(f"{self.cfg.shm_prefix}-{plan.index}-{i}", max_slots=port.slots)
@@ -306,12 +330,22 @@ class Worker:
             return self._run()
         except _Terminated:
             self.log.debug("terminated")
+            self._last_report()
             return EXIT_TERMINATED
         except p.ProtocolError as exc:  # a supervisor of another version: nothing to agree on
             self.log.error("control: %s", exc)
             return 1
         finally:
             self._teardown()
+
+    def _last_report(self) -> None:
+        """Final statistics on a forced stop: the table after a failure shows real counts."""
+        if self.driver is None or self.driver.state in _NOT_STARTED:
+            return  # nothing was counted: a node stopped before the start reports nothing
+        try:
+            self.report(force=True)
+        except (zmq.ZMQError, _Terminated):
+            pass
 
     def _run(self) -> int:
         try:

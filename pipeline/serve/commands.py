@@ -53,7 +53,7 @@ def register_call(sub: Any) -> None:
     )
     p.add_argument("address", help="HOST:PORT, https://HOST:PORT or a Unix socket path")
     p.add_argument("resource", help="the node id (resource name)")
-    p.add_argument("method", choices=sorted(METHODS))
+    p.add_argument("method", choices=sorted(METHODS), help="the API method to call")
     p.add_argument("--camera", default="", help="camera (source node) for *FromCamera calls")
     p.add_argument("--image", metavar="FILE", help="an image file to send (JPEG/PNG)")
     p.add_argument(

@@ -46,7 +46,8 @@ class Recorder(Node):
 
 
 class Relay(Node):
-    """Forward each frame after ``delay_ms``; raise at seq ``fail_at``; mark close()."""
+    """Forward each frame after ``delay_ms``; raise at seq ``fail_at``; mark the first
+    process() call (``.busy``) and close()."""
 
     class Params(NodeParams):
         delay_ms: float = Field(0.0, ge=0)
@@ -66,6 +67,9 @@ class Relay(Node):
     def process(self, frames: Frame) -> None:
         if frames.seq == self.params.fail_at:
             raise ValueError(f"boom at {frames.seq}")
+        busy = Path(self.params.marker + ".busy")
+        if self.params.marker and not busy.exists():
+            busy.write_text(str(frames.seq))
         if self.params.delay_ms:
             time.sleep(self.params.delay_ms / 1000)
         self.out.send(frames)

@@ -82,7 +82,7 @@ class ServedGraph:
         return self.process.poll() is None
 
     def stop(self) -> int:
-        """Ctrl-C (SIGINT to `pipeline run` alone), then its exit code."""
+        """Ctrl-C (SIGINT to `pipeline run` alone), then its exit code (130 after a drained stop)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:

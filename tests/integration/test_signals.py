@@ -200,8 +200,7 @@ def test_a_node_that_does_not_drain_after_sigterm_is_unwound_at_the_grace(write_
     )
     proc = start(graph, "--grace", "1", session=True)
     try:
-        wait_for(tmp_path / "relay.pid")
-        time.sleep(0.5)  # the relay is inside its slow process() now
+        wait_for(tmp_path / "relay.busy")  # the relay is inside its slow process() now
         t0 = time.monotonic()
         os.killpg(proc.pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)

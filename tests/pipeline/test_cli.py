@@ -66,7 +66,7 @@ def test_nodes_lists_ports_and_params_with_ranges(capsys):
     assert "frames: Frame" in out
     assert "fps: number | null (default 30.0, >= 0, <= 10000)" in out
     assert "Its frame rate, the one pace: realtime holds it to" in out
-    assert main(["nodes"]) == 0
+    assert main(["nodes", "--all"]) == 0
     listing = capsys.readouterr().out
     for name in ("synthetic", "resize", "discard", "jsonl"):
         assert f"\n{name}  (" in "\n" + listing
@@ -92,6 +92,9 @@ def test_public_api_is_exactly_all():
         "node",
         "params",
         "registry",
+        "usercode",
+        "checks",
+        "scaffold",
         "runtime",
         "transport",
         "testing",

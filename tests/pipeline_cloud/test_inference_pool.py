@@ -66,3 +66,25 @@ def test_pool_reports_undecodable_images_and_broken_models(pool, tmp_path, catal
               str(_astronaut_jpeg(tmp_path)))  # fmt: skip
     with pytest.raises(ModelFailed, match="could not be loaded"):
         asyncio.run(pool.run(job))
+
+
+def test_a_full_pool_refuses_instead_of_queueing_without_bound(tmp_path, catalog_model):
+    from pipeline_cloud.errors import Busy
+
+    image_path = _astronaut_jpeg(tmp_path)
+    job = Job("v1", "object_detection", "tflite", str(catalog_model),
+              params_from_catalog("face_short_range"), str(image_path))  # fmt: skip
+    small = InferencePool(1, max_pending=2)
+    try:
+
+        async def three_at_once() -> list[object]:
+            return await asyncio.gather(*(small.run(job) for _ in range(3)), return_exceptions=True)
+
+        results = asyncio.run(three_at_once())
+        assert [type(r).__name__ for r in results] == ["InferenceResult", "InferenceResult", "Busy"]
+        assert isinstance(results[2], Busy)
+        assert "2 inferences are already waiting on 1 workers" in str(results[2])
+        assert small.pending == 0
+        assert len(asyncio.run(small.run(job)).boxes) == 1  # room again
+    finally:
+        small.close()

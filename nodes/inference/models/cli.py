@@ -9,7 +9,7 @@ one-line ``error:`` message on stderr; argparse itself exits with 2 on usage err
 ::
 
     pipeline models fetch [--dir DIR] [NAME ...]
-    pipeline models list [--dir DIR] [--json]
+    pipeline models list [--dir DIR] [--json] [--wide]
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ from nodes.inference.models.store import ModelNotFoundError, default_models_dir,
 from pipeline.errors import MissingDependencyError
 
 __all__ = ["main", "register"]
+
+TABLE_WIDTH = 100  # `models list` fits a 100-column terminal; --wide shows every column
+NARROW_COLUMNS = ("name", "format", "task", "fetched", "size", "description")
+WIDE_COLUMNS = ("name", "format", "task", "fetched", "size", "source", "licence", "description")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _add_dir(listing)
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.add_argument(
+        "--wide", action="store_true", help="every column (source, licence), nothing cut"
+    )
     listing.set_defaults(func=_cmd_list)
 
 
@@ -131,15 +138,24 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"models_dir": str(folder), "models": rows}, indent=2))
         return 0
-    columns = ("name", "format", "task", "fetched", "size", "source", "licence", "description")
+    if args.wide:
+        columns: tuple[str, ...] = WIDE_COLUMNS
+    else:
+        columns = NARROW_COLUMNS
     table = [
         [str(row[c]) if c != "size" else _human_size(row["size"]) for c in columns] for row in rows
     ]
     widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns[:-1])]
+    room = TABLE_WIDTH - sum(w + 2 for w in widths)
     print(f"models folder: {folder}")
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)) + "  DESCRIPTION")
     for r in table:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
+        text = r[-1]
+        if not args.wide and len(text) > room:
+            text = text[: max(room - 3, 0)].rstrip() + "..."
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + text)
+    if not args.wide:
+        print("\n--wide adds source and licence and the whole description; --json has everything")
     return 0
 
 

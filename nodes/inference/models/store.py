@@ -18,15 +18,21 @@ import difflib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from nodes.inference.models.catalog import CATALOG, catalog_names
+from pipeline import ParamIssue
+from pipeline.checks import input_file
 from pipeline.errors import PipelineError
+
+MODEL_SUFFIXES = (".onnx", ".tflite")
 
 __all__ = [
     "MANIFEST_NAME",
     "ModelNotFoundError",
+    "check_model",
     "default_models_dir",
     "file_sha256",
     "model_info",
@@ -163,6 +169,28 @@ def resolve_model(name_or_path: str | Path, models_dir: Path | None = None) -> P
             f"{name}`" + (f" --dir {folder}" if models_dir is not None else ""),
         )
     return path
+
+
+def check_model(param: str, name_or_path: str) -> Iterator[ParamIssue]:
+    """``pipeline check``'s view of a model param: a file that exists, a fetched catalog model.
+
+    An unknown name gets a did-you-mean; a catalog model not fetched yet, the command that
+    fetches it.
+    """
+    path = Path(name_or_path).expanduser()
+    looks_like_file = path.suffix.lower() in MODEL_SUFFIXES or "/" in name_or_path
+    try:
+        resolve_model(name_or_path)
+    except ModelNotFoundError as exc:
+        if looks_like_file and name_or_path not in CATALOG:
+            yield from input_file(param, name_or_path, "model file")
+            return
+        hints: tuple[str, ...] = ()
+        if name_or_path in CATALOG or any(s.file == name_or_path for s in CATALOG.values()):
+            hints = (f"run: pipeline models fetch {exc.name}",)
+        else:
+            hints = ("`pipeline models list` shows the catalog",)
+        yield ParamIssue(param, exc.message, hints)
 
 
 def model_info(name: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ RESULT_KEYS = {
     "bottleneck",
     "machine",
     "conditions",
+    "warnings",
 }
 NODE_KEYS = {
     "type",

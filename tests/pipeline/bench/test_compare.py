@@ -69,7 +69,10 @@ def test_compare_rejects_files_that_are_not_bench_results(results, tmp_path, cap
     sweep = tmp_path / "sweep.json"
     sweep.write_text(json.dumps({"schema": "pipeline-bench", "schema_version": 1, "kind": "sweep"}))
     assert main(["bench", "compare", a, str(sweep)]) == 2
-    assert "a sweep file; compare takes results of" in capsys.readouterr().err
+    assert "a sweep file with no points" in capsys.readouterr().err
+    other.write_text(json.dumps({"schema": "pipeline-bench", "schema_version": 1, "kind": "x"}))
+    assert main(["bench", "compare", a, str(other)]) == 2
+    assert "a x file; compare takes results of" in capsys.readouterr().err
     assert main(["bench", "compare", a, str(tmp_path / "missing.json")]) == 2
     assert "cannot read it" in capsys.readouterr().err
 

