@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[vision,onnx,tflite,convert,bench,serve,cloud,tensorflow,dev]'
+	$(PY) -m pip install --quiet -e '.[vision,onnx,tflite,convert,bench,serve,cloud,tensorflow,cluster,dev]'
 	touch $(STAMP)
 
 # The default job: face detection (BlazeFace on LiteRT) on the shipped sample video.

@@ -64,7 +64,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.runtime.runner import run_graph
+    from pipeline.runtime.runner import Launcher, launch_local, run_graph
     from pipeline.runtime.table import render_table
 
     graph: ValidatedGraph | None
@@ -88,6 +88,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{_plural(errors, 'error')}; nothing was started", file=sys.stderr)
         return EXIT_USAGE
     live = sys.stderr.isatty() if args.live is None else args.live
+    launcher: Launcher = launch_local
+    if args.cluster:
+        from pipeline.cluster import RayLauncher
+        from pipeline.errors import ClusterError
+
+        try:
+            launcher = RayLauncher(args.cluster)
+        except ClusterError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     log_level = args.log_level or ("WARNING" if args.quiet else "INFO")
     server = None
     try:
@@ -111,6 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             live=live,
             stats_json=args.stats_json,
             grace_s=args.grace,
+            launcher=launcher,
         )
     finally:
         if server is not None:
@@ -321,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=argparse.SUPPRESS,
         help="no INFO lines and no final statistics table",
+    )
+    p.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run the nodes on a Ray cluster: auto, HEAD:6379 or ray://HEAD:10001; each node "
+        "goes where its placement says, edges between machines are tcp with CURVE",
     )
     add_serve_arguments(p)
     p.set_defaults(func=cmd_run)

@@ -7,7 +7,9 @@
     ├── NodeError                 a node failed at run time (node id, method, seq, cause)
     │   ├── NodeOpenError
     │   ├── NodeProcessError
-    │   └── NodeExitError         its process ended without a word (killed, crashed)
+    │   ├── NodeExitError         its process ended without a word (killed, crashed)
+    │   └── NodePlacementError    no machine of the cluster can run it
+    ├── ClusterError              the cluster cannot be reached or used
     ├── NodeDefinitionError       a Node subclass is malformed (ports vs process signature)
     ├── RegistryError             a node type cannot be found or imported
     ├── TransportError            a socket or shared-memory failure
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 __all__ = [
+    "ClusterError",
     "ConfigError",
     "ConfigIssue",
     "MissingDependencyError",
@@ -31,6 +34,7 @@ __all__ = [
     "NodeError",
     "NodeExitError",
     "NodeOpenError",
+    "NodePlacementError",
     "NodeProcessError",
     "PipelineError",
     "RegistryError",
@@ -148,3 +152,19 @@ class NodeExitError(NodeError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class NodePlacementError(NodeError):
+    """No machine of the cluster can run a node as its ``placement`` asks (or none did in
+    time). ``method`` is ``place``."""
+
+    def __init__(self, node_id: str, cause: str) -> None:
+        super().__init__(node_id, "place", cause)
+        self.args = (f"node {node_id!r} cannot be placed: {cause}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ClusterError(PipelineError):
+    """The cluster cannot be reached or used (a wrong address, Ray not installed)."""

@@ -21,7 +21,7 @@ from pipeline.errors import ConfigError, ConfigIssue
 from pipeline.graph import limits
 from pipeline.graph.envsubst import UnsetVariableError, substitute
 from pipeline.graph.shm_need import shm_issues
-from pipeline.graph.spec import EdgeSpec, GraphSpec, NodeSpec
+from pipeline.graph.spec import EdgeSpec, GraphSpec, NodeSpec, PlacementSpec
 from pipeline.graph.validate import ValidatedGraph, validate_spec
 from pipeline.registry import suggest
 
@@ -192,6 +192,8 @@ def _model_for(loc: PathKey) -> type[BaseModel] | None:
         return NodeSpec
     if len(loc) in (4, 5) and loc[0] == "nodes" and loc[2] == "inputs":
         return EdgeSpec
+    if loc[-1:] == ("placement",):
+        return PlacementSpec
     return None
 
 
@@ -229,6 +231,12 @@ def _schema_issues(exc: ValidationError, data: Any, marks: Marks) -> list[Config
                     "a node id must start with a letter or '_' and hold only letters, "
                     "digits, '_' and '-'"
                 )
+            if kind == "value_error":  # a validator's own sentence names what it got
+                message = str(err.get("ctx", {}).get("error", message))
+                issues.append(
+                    marks.issue(loc, f"{format_path(loc) or 'document'}{where}: {message}")
+                )
+                continue
             issues.append(
                 marks.issue(loc, f"{format_path(loc) or 'document'}{where}: {message}, got {got!r}")
             )

@@ -11,14 +11,32 @@ here: each node type validates its own ``Params`` model in ``pipeline.graph.vali
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.serve.config import ServeConfig
 
-__all__ = ["EdgeSpec", "GraphSpec", "NodeSpec", "Pace", "WhenFull", "graph_json_schema"]
+__all__ = [
+    "EdgeSpec",
+    "GraphSpec",
+    "NodeSpec",
+    "Pace",
+    "PlacementSpec",
+    "WhenFull",
+    "graph_json_schema",
+]
 
 ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 REF_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*/[A-Za-z_][A-Za-z0-9_]*$"
@@ -86,6 +104,90 @@ InputRefs = Annotated[
 """One edge into an input, or (a streams input) a list of them."""
 
 
+# Ray's rules: a label key is an optional DNS prefix and '/' then a name of up to 63
+# characters; a value is up to 63 characters of the same kind (or empty).
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
+ResourceName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class PlacementSpec(_Strict):
+    """Where a node runs on a cluster (``pipeline run --cluster``): Ray-style resources and
+    labels, or one machine by name. Ignored when the graph runs on one machine."""
+
+    resources: dict[ResourceName, float] = Field(
+        default_factory=dict,
+        description="Ray resources the node needs, e.g. {GPU: 1} or {CPU: 2, camera: 1}; it "
+        "runs on a Ray node that has them free, and holds them while it runs.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Ray node labels the node's machine must carry, e.g. {site: dock-3} "
+        "(set with `ray start --labels`).",
+    )
+    host: str | None = Field(
+        None,
+        min_length=1,
+        description="Run on this machine: its host name or IP address as Ray knows it.",
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _amounts(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if amount <= 0:
+                raise ValueError(f"resource {name!r} must be more than 0, got {amount:g}")
+            if amount > 1 and amount != int(amount):
+                raise ValueError(
+                    f"resource {name!r}: an amount above 1 must be a whole number (Ray's "
+                    f"rule), got {amount:g}"
+                )
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _label_syntax(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():
+            if key.startswith("ray.io/"):
+                raise ValueError(f"label {key!r}: keys under ray.io/ are Ray's own")
+            if not re.match(LABEL_KEY_PATTERN, key):
+                raise ValueError(
+                    f"label key {key!r}: letters, digits, '-', '_' and '.', up to 63, "
+                    "optionally after a 'domain/' prefix"
+                )
+            if not re.match(LABEL_VALUE_PATTERN, text):
+                raise ValueError(
+                    f"label {key}={text!r}: a value is up to 63 letters, digits, '-', '_' "
+                    "and '.', starting and ending with a letter or digit"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _host_or_labels(self) -> PlacementSpec:
+        if self.host is not None and self.labels:
+            raise ValueError(
+                "give either host (one machine) or labels (any machine that has them), not both"
+            )
+        return self
+
+    def merged_over(self, default: PlacementSpec | None) -> PlacementSpec:
+        """This placement on top of a graph's default: each resource and label of the node
+        wins over the default's; a node's host replaces the default's labels and host."""
+        if default is None:
+            return self
+        host = self.host if self.host is not None else (None if self.labels else default.host)
+        labels = {} if self.host is not None else {**default.labels, **self.labels}
+        return PlacementSpec(
+            resources={**default.resources, **self.resources}, labels=labels, host=host
+        )
+
+    @property
+    def empty(self) -> bool:
+        return not (self.resources or self.labels or self.host)
+
+
 class NodeSpec(_Strict):
     """One node of the graph."""
 
@@ -126,6 +228,11 @@ class NodeSpec(_Strict):
     close_timeout_s: float | None = Field(
         30.0, gt=0, description="The longest close() may take; null: no limit."
     )
+    placement: PlacementSpec | None = Field(
+        None,
+        description="On a cluster (`pipeline run --cluster`): which machine runs this node, by "
+        "Ray resources, labels or host; over the graph's default placement.",
+    )
 
     def input_refs(self) -> Iterator[tuple[str, int | None, EdgeSpec]]:
         """Every edge into this node: ``(port, index in the port's list or None, spec)``."""
@@ -143,6 +250,17 @@ class GraphSpec(_Strict):
     graph: str = Field(min_length=1, description="Name of the graph.")
     description: str = Field("", description="What the graph does.")
     nodes: list[NodeSpec] = Field(min_length=1, description="The nodes, in any order.")
+    placement: PlacementSpec | None = Field(
+        None,
+        description="On a cluster: the default placement of every node (a node's own "
+        "placement adds to it).",
+    )
+
+    def placement_of(self, node: NodeSpec) -> PlacementSpec:
+        """A node's placement over the graph's default (empty when neither gives one)."""
+        own = node.placement or PlacementSpec.model_validate({})
+        return own.merged_over(self.placement)
+
     serve: ServeConfig | None = Field(
         None, description="Serve Viam's vision, ML model and camera APIs beside the graph."
     )

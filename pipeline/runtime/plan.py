@@ -4,7 +4,9 @@
 where its consumer binds (an ``EdgePlan``), and for every output port the size of its slot
 pool (a ``PortPlan``); ``NodePlan`` gathers one node's part. The supervisor sends each
 worker its ``NodePlan`` inside a ``WorkerConfig``; the transport takes only the plans.
-A launcher that starts workers elsewhere (another host) changes ``bind`` addresses here.
+On a cluster, a ``Layout`` says which machine runs each node: an edge between two machines
+is planned ``tcp`` (its consumer binds on its machine's address), one within a machine stays
+on shared memory; the placement decides, not the graph file.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.graph.validate import ValidatedGraph
+from pipeline.transport.curve import RunKeys
 from pipeline.transport.plan import EdgePlan, PortPlan, release_batch, slot_pool_size
 from pipeline.usercode import search_folders
 
-__all__ = ["GraphPlan", "NodePlan", "WorkerConfig", "plan_graph"]
+__all__ = ["GraphPlan", "Layout", "NodePlan", "WorkerConfig", "plan_graph"]
 
 TCP_BIND = "tcp://127.0.0.1:*"
 
@@ -91,6 +94,7 @@ class WorkerConfig:
     shm_prefix: str  # names of this run's shared-memory segments start with it
     log_level: str = "INFO"
     stats_path: str = ""  # where the supervisor publishes every node's statistics
+    keys: RunKeys | None = None  # CURVE keys of the run, for its tcp sockets (a cluster)
     stop_grace_s: float = 5.0  # after a SIGTERM, how long the node may drain before it unwinds
     activity_path: str = ""  # the run's activity board (pipeline.runtime.activity)
 
@@ -105,6 +109,7 @@ class WorkerConfig:
             "shm_prefix": self.shm_prefix,
             "log_level": self.log_level,
             "stats_path": self.stats_path,
+            "keys": self.keys.to_wire() if self.keys else None,
             "stop_grace_s": self.stop_grace_s,
             "activity_path": self.activity_path,
         }
@@ -117,18 +122,49 @@ class WorkerConfig:
             shm_prefix=d["shm_prefix"],
             log_level=d.get("log_level", "INFO"),
             stats_path=d.get("stats_path", ""),
+            keys=RunKeys.from_wire(d["keys"]) if d.get("keys") else None,
             stop_grace_s=float(d.get("stop_grace_s", 5.0)),
             activity_path=d.get("activity_path", ""),
         )
 
 
-def plan_graph(graph: ValidatedGraph, run_dir: str | Path) -> GraphPlan:
-    """Plan every node and edge of ``graph``; ipc sockets go in ``run_dir``."""
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where each node of a graph runs on a cluster.
+
+    Attributes:
+        hosts: node id -> the machine it runs on (a Ray node id): nodes with the same one
+            share memory.
+        addresses: node id -> that machine's address, where its tcp edges bind.
+        names: node id -> how messages name that machine (host name or address).
+    """
+
+    hosts: Mapping[str, str]
+    addresses: Mapping[str, str]
+    names: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def crosses(self, producer: str, consumer: str) -> bool:
+        return self.hosts[producer] != self.hosts[consumer]
+
+
+def plan_graph(
+    graph: ValidatedGraph, run_dir: str | Path, layout: Layout | None = None
+) -> GraphPlan:
+    """Plan every node and edge of ``graph``; ipc sockets go in ``run_dir``.
+
+    With a ``layout`` (a cluster), an edge between machines is ``tcp``, bound on the
+    consumer's machine's address, whatever its ``transport`` in the graph file says.
+    """
     index = {node.id: i for i, node in enumerate(graph.spec.nodes)}
     edges: list[EdgePlan] = []
     for edge in graph.edges:
         spec = edge.spec
         tcp = spec.transport == "tcp"
+        bind_tcp = TCP_BIND
+        if layout is not None:
+            tcp = tcp or layout.crosses(edge.producer, edge.consumer)
+            address = layout.addresses[edge.consumer]
+            bind_tcp = f"tcp://[{address}]:*" if ":" in address else f"tcp://{address}:*"
         i = index[edge.consumer]
         # a streams input has one edge (and one socket) per upstream
         bind = f"ipc://{run_dir}/{i}-{edge.input}"
@@ -142,9 +178,9 @@ def plan_graph(graph: ValidatedGraph, run_dir: str | Path) -> GraphPlan:
                 input=edge.input,
                 queue=spec.queue,
                 when_full=spec.when_full,
-                transport=spec.transport,
+                transport="tcp" if tcp else "shm",
                 release_batch=release_batch(spec.queue, spec.when_full),
-                bind=TCP_BIND if tcp else bind,
+                bind=bind_tcp if tcp else bind,
                 source=spec.source,
             )
         )

@@ -39,7 +39,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol, runtime_checkable
 
 import zmq
 
@@ -49,11 +49,12 @@ from pipeline.runtime import protocol as p
 from pipeline.runtime.activity import ActivityBoard
 from pipeline.runtime.forkserver import ForkServer
 from pipeline.runtime.perf import RunPerf
-from pipeline.runtime.plan import WorkerConfig, plan_graph
+from pipeline.runtime.plan import Layout, WorkerConfig, plan_graph
 from pipeline.runtime.protocol import NodeState
 from pipeline.runtime.stats import NodeStats
 from pipeline.runtime.table import render_table
 from pipeline.runtime.worker import FORCE_SIGNAL
+from pipeline.transport.curve import Gatekeeper, RunKeys, serve
 from pipeline.transport.shm import (
     LOCK_SUFFIX,
     SHM_DIR,
@@ -63,7 +64,15 @@ from pipeline.transport.shm import (
     sweep_stale,
 )
 
-__all__ = ["Launcher", "NodeProcess", "RunMonitor", "RunResult", "launch_local", "run_graph"]
+__all__ = [
+    "ClusterLauncher",
+    "Launcher",
+    "NodeProcess",
+    "RunMonitor",
+    "RunResult",
+    "launch_local",
+    "run_graph",
+]
 
 
 class RunMonitor(Protocol):
@@ -142,8 +151,27 @@ class NodeProcess(Protocol):
 
 
 Launcher = Callable[[WorkerConfig], NodeProcess]
-"""Starts one worker for a config. ``launch_local`` runs it here; a cluster launcher would
-start ``python -m pipeline.runtime.worker`` elsewhere and give back a handle on it."""
+"""Starts one worker for a config. ``launch_local`` runs it here; a ``ClusterLauncher``
+(``pipeline.cluster.RayLauncher``) starts it on the machine its placement chose."""
+
+
+@runtime_checkable
+class ClusterLauncher(Protocol):
+    """A launcher whose nodes run on several machines.
+
+    The supervisor asks it first to ``place`` every node (which machine runs it: a
+    ``Layout``, from which the edges are planned: tcp between machines, shared memory within
+    one), then launches each worker with the run's CURVE keys in its config, binds its own
+    control socket on ``control_address`` (CURVE too), and calls ``close`` at the end.
+    """
+
+    control_address: str
+
+    def __call__(self, cfg: WorkerConfig) -> NodeProcess: ...
+
+    def place(self, graph: ValidatedGraph, run_dir: Path, run_prefix: str) -> Layout: ...
+
+    def close(self) -> None: ...
 
 
 _NO_CWD = "-P" if sys.version_info >= (3, 11) else "-I"
@@ -242,6 +270,11 @@ class _Supervisor:
         self.prefix = f"pipeline-{os.getpid()}-{self.run_id}"
         self.run_dir = _run_dir_root() / self.prefix
         self.plan = plan_graph(graph, self.run_dir)
+        self.cluster = launcher if isinstance(launcher, ClusterLauncher) else None
+        # A cluster's tcp sockets (edges between machines, the control socket) speak CURVE
+        # with keys made for this run and handed to the nodes through the launcher only.
+        self.run_keys = RunKeys.generate() if self.cluster is not None else None
+        self.gate: Gatekeeper | None = None
         self.procs: dict[str, _Proc] = {}
         self.error: NodeError | None = None
         self.stop_deadline: float | None = None
@@ -264,6 +297,7 @@ class _Supervisor:
                 stats_path=str(self.run_dir / "stats.json"),
                 stop_grace_s=self.grace_s,
                 activity_path=str(self.run_dir / "activity"),
+                keys=self.run_keys,
             )
             for node in self.plan.nodes
         ]
@@ -298,11 +332,26 @@ class _Supervisor:
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        control = f"ipc://{self.run_dir}/control"
-        router.bind(control)
+        if self.cluster is not None and self.run_keys is not None:
+            self.gate = Gatekeeper(ctx, self.run_keys)
+            serve(router, self.run_keys)
+            self.gate.watch(router)
+            router.bind(f"tcp://{_tcp_host(self.cluster.control_address)}:*")
+            control = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        else:
+            control = f"ipc://{self.run_dir}/control"
+            router.bind(control)
         self.router = router
         old_handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         try:
+            if self.cluster is not None:
+                try:
+                    layout = self.cluster.place(self.graph, self.run_dir, self.prefix)
+                except NodeError as exc:
+                    self._fail(exc, None)
+                    return self._result(t0)
+                self.plan = plan_graph(self.graph, self.run_dir, layout)
+                self._print_layout(layout)
             if server is None:
                 # Children inherit "ignore" across exec, so a Ctrl-C or a closed terminal
                 # reaches only the supervisor, even before a child has installed its handlers.
@@ -345,10 +394,22 @@ class _Supervisor:
             if server is not None:
                 server.close()
                 server.thaw()
+            if self.cluster is not None:
+                self.cluster.close()
             router.close(linger=0)
+            if self.gate is not None:
+                if self.gate.refused:
+                    self._print(
+                        f"refused {self.gate.refused} connection(s) to the control socket "
+                        "without the run's keys"
+                    )
+                self.gate.close()
             ctx.term()
             self.board.close()
             remove_run_segments(self.prefix)
+        return self._result(t0)
+
+    def _result(self, t0: float) -> RunResult:
         stats = {n: proc.stats for n, proc in self.procs.items() if proc.stats is not None}
         stats = self.perf.annotate(stats)
         if self.error or self.forced:
@@ -372,6 +433,17 @@ class _Supervisor:
         if self.launcher is not None:
             return None
         return ForkServer.start(node.node_type for node in self.plan.nodes)
+
+    def _print_layout(self, layout: Layout) -> None:
+        """Which machine runs which nodes, and which edges cross machines (tcp, CURVE)."""
+        machines: dict[str, list[str]] = {}
+        for node in self.plan.nodes:
+            machines.setdefault(layout.names.get(node.node_id, "?"), []).append(node.node_id)
+        for name, nodes in machines.items():
+            self._print(f"on {name}: {', '.join(nodes)}")
+        crossing = [e.name for e in self.plan.edges() if layout.crosses(e.producer, e.consumer)]
+        if crossing:
+            self._print(f"between machines (tcp, CURVE): {', '.join(crossing)}")
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.interrupts += 1
@@ -571,7 +643,9 @@ class _Supervisor:
         while not proc.state.ended and time.monotonic() < last_words and self.router.poll(50):
             self._receive()
         if proc.state is not NodeState.CLOSED and not self.error and not self.forced:
-            self._fail(NodeExitError(proc.node_id, _describe_exit(code), proc.state.value), None)
+            # a launcher may know better how it ended (a cluster: its machine left)
+            how = getattr(proc.process, "exit_reason", None) or _describe_exit(code)
+            self._fail(NodeExitError(proc.node_id, how, proc.state.value), None)
 
     def _all_exited(self) -> bool:
         return all(proc.exited for proc in self.procs.values())
@@ -686,6 +760,10 @@ class _Supervisor:
         with contextlib.suppress(zmq.ZMQError):
             while self.router.poll(50):
                 self._receive()
+
+
+def _tcp_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
 
 
 def _write_drawing(graph: ValidatedGraph, path: Path) -> None:

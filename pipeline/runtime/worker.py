@@ -59,6 +59,7 @@ from pipeline.runtime.plan import WorkerConfig
 from pipeline.runtime.protocol import NodeState
 from pipeline.runtime.stats import NodeStats, StatsCollector
 from pipeline.transport.channels import InputEdge, RuntimeOutput
+from pipeline.transport.curve import Gatekeeper, connect_as_client
 from pipeline.transport.fastpath import open_input, open_sender
 from pipeline.transport.shm import ShmReader, SlotPool
 
@@ -175,9 +176,14 @@ class Worker:
         self.plan = cfg.plan
         self.log = logging.getLogger(f"pipeline.node.{cfg.node_id}")
         self.ctx: zmq.Context[Any] = zmq.Context()
+        # On a cluster, tcp sockets speak CURVE with the run's keys; the gatekeeper admits
+        # only the run's peers to this worker's input edges and counts the refused.
+        self.gate = Gatekeeper(self.ctx, cfg.keys) if cfg.keys else None
         self.control = self.ctx.socket(zmq.DEALER)
         self.control.setsockopt(zmq.LINGER, 2000)
         self.control.setsockopt_string(zmq.IDENTITY, cfg.node_id)
+        if cfg.keys and cfg.control.startswith("tcp://"):
+            connect_as_client(self.control, cfg.keys)
         self.control.connect(cfg.control)
         self.stats = StatsCollector(
             cfg.node_id, [e.input for e in self.plan.inputs], [o.port for o in self.plan.outputs]
@@ -241,6 +247,8 @@ class Worker:
             self.tell(p.StatsReport(self._wire_stats(now)))
 
     def _wire_stats(self, now: float) -> dict[str, Any]:
+        if self.gate is not None and self.gate.refused:
+            self.stats.counters["refused_connections"] = self.gate.refused
         for name, out in self.outputs.items():
             self.stats.out_sent[name] = out.sent
             self.stats.out_dropped[name] = sum(e.dropped for e in out.edges)
@@ -277,7 +285,13 @@ class Worker:
         for port in self.plan.outputs:
             out = self.outputs[port.port]
             for edge in port.edges:
-                sender = open_sender(self.ctx, edge, endpoints[edge.name], keys.get(edge.name, ""))
+                sender = open_sender(
+                    self.ctx,
+                    edge,
+                    endpoints[edge.name],
+                    keys.get(edge.name, ""),
+                    keys=self.cfg.keys,
+                )
                 out.connect(sender)
 
     def _build(self) -> Node:
@@ -290,7 +304,12 @@ class Worker:
                 port.port, pool, type=cls.outputs[port.port].type
             )
         for edge in plan.inputs:
-            self.inputs.append(open_input(self.ctx, edge, self.reader, self.cfg.shm_prefix))
+            input_edge = open_input(
+                self.ctx, edge, self.reader, self.cfg.shm_prefix, keys=self.cfg.keys
+            )
+            if self.gate is not None and edge.tcp:
+                self.gate.watch(input_edge.sock)
+            self.inputs.append(input_edge)
         node = cls(
             params, node_id=plan.node_id, ports=dict(self.outputs), services=self, log=self.log
         )
@@ -537,4 +556,6 @@ class Worker:
             edge.close()
         self.reader.close()
         self.control.close(linger=2000)
+        if self.gate is not None:
+            self.gate.close()
         self.ctx.term()

@@ -35,6 +35,7 @@ from pipeline.errors import TransportError
 from pipeline.messages import Message
 from pipeline.node import refuse_message
 from pipeline.transport import codec
+from pipeline.transport.curve import RunKeys, connect_as_client, require_run_client
 from pipeline.transport.plan import EdgePlan
 from pipeline.transport.shm import ShmReader, Slot, SlotPool
 
@@ -59,10 +60,18 @@ class _Pending:
 
 
 class EdgeSender:
-    """The producer's end of one edge: connects to ``endpoint``, where the consumer bound."""
+    """The producer's end of one edge: connects to ``endpoint``, where the consumer bound
+    (a tcp edge is a CURVE client of the consumer's ``server_key``; with ``keys``, of the
+    run's client keys: ``pipeline.transport.curve``)."""
 
     def __init__(
-        self, ctx: zmq.Context[Any], plan: EdgePlan, endpoint: str, server_key: str = ""
+        self,
+        ctx: zmq.Context[Any],
+        plan: EdgePlan,
+        endpoint: str,
+        server_key: str = "",
+        *,
+        keys: RunKeys | None = None,
     ) -> None:
         self.plan = plan
         self.name = plan.name
@@ -77,11 +86,16 @@ class EdgeSender:
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
         if server_key:
-            # the consumer's key came from the supervisor: only this producer knows it
-            public, secret = zmq.curve_keypair()
-            self.sock.curve_serverkey = server_key.encode("ascii")
-            self.sock.curve_publickey = public
-            self.sock.curve_secretkey = secret
+            # the consumer's key came from the supervisor: only this producer knows it. On a
+            # cluster the client keys are the run's (``keys``), which the consumer's
+            # gatekeeper checks; otherwise a fresh pair
+            if keys is not None:
+                connect_as_client(self.sock, keys, server_key)
+            else:
+                public, secret = zmq.curve_keypair()
+                self.sock.curve_serverkey = server_key.encode("ascii")
+                self.sock.curve_publickey = public
+                self.sock.curve_secretkey = secret
         self.sock.connect(endpoint)
         self.inflight: collections.deque[tuple[int, list[Slot]]] = collections.deque()
         self.waiting: collections.deque[_Pending] = collections.deque()
@@ -353,10 +367,18 @@ class RuntimeOutput:
 
 
 class InputEdge:
-    """The consumer's end of one edge: binds ``plan.bind``; ``endpoint`` is the bound address."""
+    """The consumer's end of one edge: binds ``plan.bind``; ``endpoint`` is the bound address
+    (a tcp edge is a CURVE server with a key of its own, ``key``; with ``keys`` it also
+    admits only the run's client key: ``pipeline.transport.curve``)."""
 
     def __init__(
-        self, ctx: zmq.Context[Any], plan: EdgePlan, reader: ShmReader, segment_prefix: str = ""
+        self,
+        ctx: zmq.Context[Any],
+        plan: EdgePlan,
+        reader: ShmReader,
+        segment_prefix: str = "",
+        *,
+        keys: RunKeys | None = None,
     ) -> None:
         self.plan = plan
         self.segment_prefix = segment_prefix
@@ -383,6 +405,9 @@ class InputEdge:
             self.sock.curve_secretkey = secret
             self.sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
             self.key = public.decode("ascii")
+            if keys is not None:
+                # on a cluster, the context's gatekeeper also wants the run's client key
+                require_run_client(self.sock)
         self.sock.bind(plan.bind)
         self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.reader = reader

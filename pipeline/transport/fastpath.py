@@ -49,6 +49,7 @@ from pipeline.errors import TransportError
 from pipeline.messages import Message
 from pipeline.transport import codec
 from pipeline.transport.channels import EdgeSender, InputEdge, _Pending
+from pipeline.transport.curve import RunKeys
 from pipeline.transport.plan import EdgePlan
 from pipeline.transport.shm import ShmReader, Slot
 
@@ -423,17 +424,27 @@ class UnixInputEdge(InputEdge):
                 self.mm.close()
 
 
-def open_sender(ctx: Any, plan: EdgePlan, endpoint: str, server_key: str = "") -> EdgeSender:
-    """The producer's end for the address the consumer bound (fast path or ZeroMQ)."""
+def open_sender(
+    ctx: Any, plan: EdgePlan, endpoint: str, server_key: str = "", *, keys: RunKeys | None = None
+) -> EdgeSender:
+    """The producer's end for the address the consumer bound (fast path or ZeroMQ; ``keys``:
+    the run's CURVE keys for an edge that crosses machines)."""
     if endpoint.startswith(SCHEME):
         return UnixEdgeSender(plan, endpoint)
-    return EdgeSender(ctx, plan, endpoint, server_key)
+    return EdgeSender(ctx, plan, endpoint, server_key, keys=keys)
 
 
-def open_input(ctx: Any, plan: EdgePlan, reader: ShmReader, segment_prefix: str = "") -> InputEdge:
+def open_input(
+    ctx: Any,
+    plan: EdgePlan,
+    reader: ShmReader,
+    segment_prefix: str = "",
+    *,
+    keys: RunKeys | None = None,
+) -> InputEdge:
     """The consumer's end: the fast path for a same-host edge where enabled, else ZeroMQ."""
     # A Unix socket path has at most 107 bytes (a very long TMPDIR keeps ZeroMQ's ipc://).
     same_host = not plan.tcp and enabled() and plan.bind.startswith("ipc://")
     if same_host and len(input_path(plan).encode()) + 2 <= 107:
         return UnixInputEdge(plan, reader, segment_prefix)
-    return InputEdge(ctx, plan, reader, segment_prefix)
+    return InputEdge(ctx, plan, reader, segment_prefix, keys=keys)

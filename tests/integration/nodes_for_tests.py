@@ -53,11 +53,14 @@ class Relay(Node):
         delay_ms: float = Field(0.0, ge=0)
         fail_at: int = -1
         marker: str = ""
+        say: str = ""  # logged once in open()
 
     frames = Input(Frame)
     out = Output(Frame)
 
     def open(self) -> None:
+        if self.params.say:
+            self.log.info(self.params.say)
         if self.params.marker:
             Path(self.params.marker + ".pid").write_text(str(os.getpid()))
 

@@ -100,6 +100,7 @@ def test_public_api_is_exactly_all():
         "testing",
         "cli",
         "bench",
+        "cluster",  # pipeline.cluster, once imported (the Ray launcher)
         "rpc",
         "serve",
     }
