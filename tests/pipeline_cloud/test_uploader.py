@@ -173,6 +173,7 @@ def _run_graph(graph: Path, stats: Path) -> subprocess.Popen[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(150)  # a 10 s outage on purpose, then the backlog drains
 def test_server_stopped_for_10_seconds_loses_and_doubles_nothing(tmp_path):
     import json
 
@@ -205,6 +206,7 @@ def test_server_stopped_for_10_seconds_loses_and_doubles_nothing(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(150)  # two graph runs and a stopped server on purpose
 def test_kill_9_of_the_uploader_mid_upload_loses_and_doubles_nothing(tmp_path):
     server = CloudServer(Path(tempfile.mkdtemp(prefix="pipeline-cloud-")), None)
     server.start()
