@@ -22,9 +22,10 @@ GRAPH = """
     graph: full
     nodes:
       - {id: camera, node: synthetic, params: {width: 1920, height: 1080, fps: 0, frames: 0}}
-      - id: sink
-        node: discard
-        inputs: {messages: {from: camera/frames, queue: 16}}
+      - id: sink                    # slow: the 16 frames in flight each hold a slot
+        node: tests.integration.nodes_for_tests:Relay
+        params: {delay_ms: 200}
+        inputs: {frames: {from: camera/frames, queue: 16}}
 """
 
 
@@ -48,7 +49,7 @@ def test_a_full_dev_shm_is_a_clear_error_not_a_sigbus(tmp_path: Path):
     assert done.returncode == 1, out
     assert "SIGBUS" not in out
     assert "error: node 'camera' failed in process()" in out
-    assert "output 'frames' (to sink.messages)" in out
+    assert "output 'frames' (to sink.frames)" in out
     assert "cannot reserve 6221824 bytes of shared memory in /dev/shm" in out
     assert "bytes free of 67108864" in out
     # and `pipeline check` said so before: 36 slots of 1080p do not fit in 64 MiB
