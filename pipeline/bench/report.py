@@ -236,5 +236,6 @@ def render_run(result: Mapping[str, Any]) -> str:
         lines.append(f"  conditions   {extra}")
     if run.get("error"):
         lines.append(f"error: {run['error']}")
-    lines += [f"note: {n}" for n in run_notes(result)]
+    if result.get("nodes"):  # notes qualify figures; a run that measured nothing has none
+        lines += [f"note: {n}" for n in run_notes(result)]
     return "\n".join(lines)
