@@ -157,6 +157,7 @@ class LatestFrame:
         self._seq = -1
         self._version = 0
         self._closed = False
+        self._waiting = 0
 
     def publish(self, jpeg: bytes, seq: int) -> None:
         """Make ``jpeg`` (of frame ``seq``) the newest frame and wake every waiting viewer."""
@@ -173,7 +174,11 @@ class LatestFrame:
     def wait_newer(self, version: int, timeout: float) -> tuple[int, int, bytes] | None:
         """The newest frame once its version is above ``version``; ``None`` on timeout or close."""
         with self._cond:
-            self._cond.wait_for(lambda: self._closed or self._version > version, timeout)
+            self._waiting += 1
+            try:
+                self._cond.wait_for(lambda: self._closed or self._version > version, timeout)
+            finally:
+                self._waiting -= 1
             if self._closed or self._version <= version:
                 return None
             return self._version, self._seq, self._jpeg
@@ -187,6 +192,12 @@ class LatestFrame:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def viewers_waiting(self) -> int:
+        """How many viewers wait for a newer frame right now."""
+        with self._cond:
+            return self._waiting
 
 
 class StreamState:

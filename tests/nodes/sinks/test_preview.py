@@ -67,10 +67,11 @@ def test_latest_frame_wakes_a_waiting_viewer_with_the_newest_only():
     got = []
     waiter = threading.Thread(target=lambda: got.append(latest.wait_newer(0, timeout=5)))
     waiter.start()
-    time.sleep(0.05)
+    wait_until(lambda: latest.viewers_waiting == 1, what="the viewer to wait")
     latest.publish(b"x", seq=1)
     waiter.join(5)
     assert got == [(1, 1, b"x")]
+    assert latest.viewers_waiting == 0
     latest.publish(b"y", seq=2)
     latest.publish(b"z", seq=3)
     assert latest.wait_newer(1, timeout=0.01) == (3, 3, b"z")  # skips straight to the newest
@@ -81,7 +82,7 @@ def test_latest_frame_close_releases_waiters_at_once():
     got = []
     waiter = threading.Thread(target=lambda: got.append(latest.wait_newer(0, timeout=30)))
     waiter.start()
-    time.sleep(0.05)
+    wait_until(lambda: latest.viewers_waiting == 1, what="the viewer to wait")
     t0 = time.monotonic()
     latest.close()
     waiter.join(5)

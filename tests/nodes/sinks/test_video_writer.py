@@ -201,7 +201,11 @@ def test_file_is_complete_after_ctrl_c(write_graph, tmp_path, shm_segments):
             assert proc.poll() is None, proc.communicate()[0]
             assert time.monotonic() < deadline, "the video never appeared"
             time.sleep(0.05)
-        time.sleep(1.0)  # about 30 more frames
+        first = video.stat().st_size
+        while video.stat().st_size <= first:  # a later fragment (1 s, ~30 frames) is written
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the video never grew"
+            time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
