@@ -441,21 +441,14 @@ class Worker:
                     got += 1
                     push(joiner, edge.port, message, (edge, n))
             processed = drain(joiner, release)
-            waiting = False
-            for out in outputs:
-                if out.has_waiting():
-                    out.poll_waiting()
-                    waiting = True
+            waiting = _move_waiting(outputs)
             now = time.monotonic()
             if now >= next_check:
                 next_check = now + 0.01
                 self._poll_control()
                 self.report()
             if not got and not processed and not joiner.all_ended:
-                for edge in inputs:
-                    edge.flush_releases()
-                if all([edge.may_sleep() for edge in inputs]):  # every edge, no short cut
-                    poller.poll(5 if waiting else 200)
+                _sleep(poller, inputs, 5 if waiting else 200)
         for edge in inputs:
             edge.flush_releases()
 
@@ -498,24 +491,18 @@ class Worker:
                     got += 1
                     driver.push_stream(streams, edge.plan.name, message, (edge, n))
             processed = driver.drain_streams(streams, release)
-            waiting = False
-            for out in outputs:
-                if out.has_waiting():
-                    out.poll_waiting()
-                    waiting = True
+            waiting = _move_waiting(outputs)
             now = time.monotonic()
             if now >= next_check:
                 next_check = now + 0.01
                 self._poll_control()
                 self.report()
             if not got and not processed and not streams.all_ended:
-                for edge in inputs:
-                    edge.flush_releases()
                 timeout_ms = 5 if waiting else 200
                 if driver.batch_due is not None:
                     due_ms = max(0, int((driver.batch_due - time.monotonic()) * 1000) + 1)
                     timeout_ms = min(timeout_ms, due_ms)
-                poller.poll(timeout_ms)
+                _sleep(poller, inputs, timeout_ms)
         for edge in inputs:
             edge.flush_releases()
 
@@ -559,3 +546,23 @@ class Worker:
         if self.gate is not None:
             self.gate.close()
         self.ctx.term()
+
+
+def _move_waiting(outputs: list[RuntimeOutput]) -> bool:
+    """Let outputs that wait for a consumer's credit move on; True if one still waits."""
+    waiting = False
+    for out in outputs:
+        if out.has_waiting():
+            out.poll_waiting()
+            waiting = True
+    return waiting
+
+
+def _sleep(poller: zmq.Poller, inputs: list[InputEdge], timeout_ms: int) -> None:
+    """Nothing to do: give back batched credits, then sleep until an input or the control
+    socket has something. Every edge is asked whether it may sleep (no short cut: a
+    fast-path edge asks its producer for a doorbell there)."""
+    for edge in inputs:
+        edge.flush_releases()
+    if all([edge.may_sleep() for edge in inputs]):
+        poller.poll(timeout_ms)
