@@ -64,7 +64,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.runtime.runner import Launcher, launch_local, run_graph
+    from pipeline.runtime.runner import Launcher, run_graph
     from pipeline.runtime.table import render_table
 
     graph: ValidatedGraph | None
@@ -88,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{_plural(errors, 'error')}; nothing was started", file=sys.stderr)
         return EXIT_USAGE
     live = sys.stderr.isatty() if args.live is None else args.live
-    launcher: Launcher = launch_local
+    launcher: Launcher | None = None  # None: nodes forked from a template where supported
     if args.cluster:
         from pipeline.cluster import RayLauncher
         from pipeline.errors import ClusterError

@@ -88,3 +88,30 @@ def test_the_template_stops_when_its_channel_closes():
     assert pid in children()
     server.close()
     assert pid not in children()  # reaped, not left as a zombie
+
+
+def test_pipeline_run_forks_its_nodes_from_the_template(write_graph, tmp_path):
+    # the command, not only run_graph: `pipeline run` must not pick the one-interpreter launcher
+    import subprocess
+    import sys
+
+    stats = tmp_path / "stats.json"
+    graph = str(write_graph(GRAPH))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "run",
+            graph,
+            "--no-live",
+            "--stats-json",
+            str(stats),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(stats.read_text())["memory"]["launcher"] == "fork_server"
