@@ -9,22 +9,18 @@ Ray's health checks are made fast, so a Ray node that disappears is noticed with
 from __future__ import annotations
 
 import gc
-import os
 import socket
-import textwrap
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pipeline.transport.shm import SHM_DIR
-
 ray = pytest.importorskip("ray", reason="the cluster tests need the 'cluster' extra (ray)")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-T = "tests.integration.nodes_for_tests"
+# the same fixtures as the one-machine tests: graphs in tmp folders, no leaked segment
+from tests.integration.conftest import no_leaked_segments, write_graph  # noqa: E402, F401
 
 HEALTH = {
     "health_check_initial_delay_ms": 0,
@@ -64,25 +60,3 @@ def ray_cluster() -> Iterator[Any]:
     cluster.wait_for_nodes()
     yield cluster
     cluster.shutdown()
-
-
-def segments() -> set[str]:
-    return {p.name for p in SHM_DIR.glob(f"pipeline-{os.getpid()}-*")}
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_segments() -> Iterator[None]:
-    before = segments()
-    yield
-    leaked = segments() - before
-    assert not leaked, f"shared-memory segments left behind: {sorted(leaked)}"
-
-
-@pytest.fixture
-def write_graph(tmp_path: Path):
-    def write(text: str, name: str = "graph.yaml") -> Path:
-        path = tmp_path / name
-        path.write_text(textwrap.dedent(text).replace("{T}", T).replace("{tmp}", str(tmp_path)))
-        return path
-
-    return write
