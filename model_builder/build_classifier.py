@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The exit code (0).
     """
-    from nodes.inference.models.store import default_models_dir
+    from pipeline_nodes.inference.models.store import default_models_dir
 
     parser = argparse.ArgumentParser(
         prog="python -m model_builder.build_classifier", description=__doc__.split("\n")[0]

@@ -29,7 +29,7 @@ The converted model (``person_ssdlite.onnx``):
 * output ``scores``: float32 ``[N, 1917]``, the person probability per anchor.
 
 A consumer only thresholds the scores and runs NMS (IoU 0.6 as in the TF export); the
-``ssd`` decoder of ``nodes.inference.decoders`` does both with ``iou_threshold`` set.
+``ssd`` decoder of ``pipeline_nodes.inference.decoders`` does both with ``iou_threshold`` set.
 :func:`convert_ssdlite_tflite` translates the same graph to TFLite (batch 1, NHWC, same
 tensor names) with :mod:`._ssdlite_tflite`.
 """

@@ -6,7 +6,7 @@ signal that drained cleanly: 130 Ctrl-C (SIGINT), 143 SIGTERM (``systemctl stop`
 ``SuccessExitStatus=143`` in the unit), 129 SIGHUP (the terminal or ssh session closed);
 130 also for Ctrl-C before a graph started (while checking or loading). Packages add commands
 through the ``pipeline.commands`` entry-point group: each entry point is a function
-``register(subparsers)`` that adds its sub-command (``nodes.inference`` adds ``models``).
+``register(subparsers)`` that adds its sub-command (``pipeline_nodes.inference`` adds ``models``).
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def _cmd_upload(args: argparse.Namespace) -> int:
         return fail(f"{path} is a folder: archive a SavedModel as .zip or .tar.gz first")
     labels: list[str] = []
     if args.labels:
-        from nodes.inference.backends.base import read_labels
+        from pipeline_nodes.inference.backends.base import read_labels
 
         labels = list(read_labels(Path(args.labels)))
     parsed: object = json.loads(args.params) if args.params else {}

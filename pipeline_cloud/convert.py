@@ -80,7 +80,7 @@ def convert_saved_model(source: Path, to: str, output: Path | None = None) -> Pa
             tf = _import_tf()
             converter = tf.lite.TFLiteConverter.from_saved_model(str(folder))
             output.write_bytes(converter.convert())
-    from nodes.inference.service import load_model
+    from pipeline_nodes.inference.service import load_model
 
     with load_model(output) as model:
         model.metadata()

@@ -3,7 +3,7 @@
 Each request becomes a :class:`Job` (paths, not bytes: the worker reads the image and model
 files itself, so nothing big is pickled). A worker keeps the models it has loaded in a small
 LRU cache keyed by model version id, so a model is loaded once per worker. Models run through
-``nodes.inference.vision`` (``Detector`` / ``Classifier``): the same input preparation,
+``pipeline_nodes.inference.vision`` (``Detector`` / ``Classifier``): the same input preparation,
 decoders and thresholds as the graph's ``detector`` and ``classifier`` nodes. Each worker runs
 its runtime with one thread, and the pool has one worker per CPU core by default, so ``N``
 requests run in parallel on ``N`` cores without oversubscription.

@@ -108,7 +108,7 @@ def inspect_model(path: Path, file_name: str | None = None) -> ModelFileInfo:
             with model:
                 meta = model.metadata()
     else:
-        from nodes.inference.service import load_model
+        from pipeline_nodes.inference.service import load_model
 
         try:
             with load_model(path, backend="onnxruntime" if framework == "onnx" else "tflite") as m:
@@ -139,8 +139,8 @@ def _sha256(path: Path) -> str:
 def _catalog_match(path: Path) -> str | None:
     """The catalog model whose file has these bytes, if any."""
     try:
-        from nodes.inference.models.catalog import CATALOG
-        from nodes.inference.models.store import read_manifest
+        from pipeline_nodes.inference.models.catalog import CATALOG
+        from pipeline_nodes.inference.models.store import read_manifest
     except ImportError:
         return None
     digest = _sha256(path)
@@ -155,7 +155,7 @@ def _catalog_match(path: Path) -> str | None:
 
 def params_from_catalog(name: str) -> dict[str, Any]:
     """The detector/classifier node params that run catalog model ``name`` from a file."""
-    from nodes.inference.models.store import model_info
+    from pipeline_nodes.inference.models.store import model_info
 
     info = model_info(name)
     spec = dict(info.get("input") or {})

@@ -1,6 +1,7 @@
 """Registry models as the inference workers run them: the graph nodes' own model objects.
 
-:func:`load_runner` builds a ``nodes.inference.vision.Detector`` or ``Classifier`` (what the
+:func:`load_runner` builds a ``pipeline_nodes.inference.vision.Detector`` or ``Classifier``
+(what the
 ``detector`` and ``classifier`` nodes run) from a model file and the node params stored with
 its version, and keeps the raw outputs of the last run, so one pass over the model gives both
 the output tensors and the decoded annotations of ``GetInference``. A TensorFlow SavedModel
@@ -69,8 +70,8 @@ def load_runner(
     model_type: str, framework: str, path: Path, run_params: Mapping[str, Any]
 ) -> Runner:
     """Load a registry model version for inference."""
-    from nodes.inference import vision
-    from nodes.inference.params import ClassifierParams, DetectorParams
+    from pipeline_nodes.inference import vision
+    from pipeline_nodes.inference.params import ClassifierParams, DetectorParams
 
     params = dict(run_params)
     params.setdefault("num_threads", 1)
@@ -93,7 +94,7 @@ def load_runner(
     folder = extract_saved_model(path, Path(cleanup.name))
     params.pop("num_threads", None)
     model = TensorFlowModel.load(folder, labels=params.get("labels"))
-    # The vision objects load their model with nodes.inference.service.load_model, which
+    # The vision objects load their model with pipeline_nodes.inference.service.load_model, which
     # knows ONNX and TFLite; hand them the TensorFlow model instead (a worker runs one job at
     # a time, so swapping the loader for the construction is safe).
     original = vision.__dict__["load_model"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from nodes.inference.backends.base import Model, ModelMetadata, TensorInfo, choose_labels
+from pipeline_nodes.inference.backends.base import Model, ModelMetadata, TensorInfo, choose_labels
 
 __all__ = ["SIGNATURE", "TensorFlowModel"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nodes.inference.models import fetch_models
+from pipeline_nodes.inference.models import fetch_models
 
 
 @pytest.fixture(scope="session")

@@ -136,7 +136,7 @@ def node_figures(
     }
 
 
-PROVIDER_COUNTER = "frames_on_"  # counted per frame by the model nodes (nodes.inference)
+PROVIDER_COUNTER = "frames_on_"  # counted per frame by the model nodes (pipeline_nodes.inference)
 
 
 def _providers(stats: Stats) -> dict[str, Any]:

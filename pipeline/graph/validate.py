@@ -15,6 +15,7 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
+from pipeline.checks import port_in_use
 from pipeline.errors import ConfigIssue, NodeDefinitionError, RegistryError
 from pipeline.graph.spec import EdgeSpec, GraphSpec, NodeSpec
 from pipeline.node import Node
@@ -159,6 +160,7 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
     for i, node in enumerate(spec.nodes):
         if node.id in params and index.get(node.id) == i:
             issues.extend(_node_checks(classes[node.id], params[node.id], node, i, marks))
+    issues.extend(_serve_checks(spec, marks))
 
     edges: list[Edge] = []
     for i, node in enumerate(spec.nodes):
@@ -419,6 +421,35 @@ def _edge_carries(edge: Edge, carried: dict[str, set[str]]) -> set[str]:
     upstream = carried.get(edge.producer, set())
     want = edge.spec.source
     return ({want} & upstream) if want else set(upstream)
+
+
+def _serve_checks(spec: GraphSpec, marks: Marks) -> list[ConfigIssue]:
+    """The ``serve:`` section: its address is ``HOST:PORT``, and warn when the port is taken."""
+    serve = spec.serve
+    if serve is None or not serve.address:
+        return []
+    host, sep, port_text = serve.address.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        return [
+            marks.issue(
+                ("serve", "address"),
+                f"serve.address {serve.address!r} is not HOST:PORT",
+                hints=["e.g. address: 127.0.0.1:8081 (port 0 picks a free one)"],
+            )
+        ]
+    port = int(port_text)
+    if not port_in_use(host, port):
+        return []
+    return [
+        marks.issue(
+            ("serve", "address"),
+            f"serve.address: port {port} on {host} is in use by another program (another "
+            "graph's server or preview?): serving this graph will fail",
+            hints=["set serve.address to a free port, or to HOST:0 to pick one"],
+            severity="warning",
+        )
+    ]
 
 
 def _node_checks(

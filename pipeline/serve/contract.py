@@ -2,7 +2,7 @@
 
 A node type that can be served returns a :class:`NodeService` from a ``remote_service``
 classmethod on its class, or from a ``pipeline.services`` entry point named like the node type
-(``detector = "nodes.services:detector_service"``): a callable ``(params) -> NodeService``
+(``detector = "pipeline_nodes.services:detector_service"``): a callable ``(params) -> NodeService``
 taking the node's validated ``Params``. The service is built and ``open()``-ed in the server
 process, so a client's request never runs inside the graph's node process and a bad request
 cannot disturb it; it uses the very code the node runs (same params, same preprocessing and

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import zmq
 
-from nodes.sources.synthetic import SyntheticSource
 from pipeline import load_graph, run_graph
 from pipeline.cluster import RayLauncher
 from pipeline.runtime.plan import WorkerConfig, plan_graph
 from pipeline.testing import run_node
+from pipeline_nodes.sources.synthetic import SyntheticSource
 
 pytestmark = [
     pytest.mark.cluster,

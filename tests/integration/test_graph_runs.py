@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nodes.sources.synthetic import SyntheticSource
 from pipeline import NodeOpenError, NodeProcessError, load_graph, run_graph
 from pipeline.testing import run_node
+from pipeline_nodes.sources.synthetic import SyntheticSource
 
 pytestmark = pytest.mark.integration
 

@@ -142,7 +142,7 @@ def test_capture_all_detections_equal_what_the_jsonl_sink_wrote_for_that_frame(m
 
 
 def test_get_detections_on_a_client_image_uses_the_nodes_model_and_preprocessing(machine):
-    from nodes.inference import load_detector
+    from pipeline_nodes.inference import load_detector
 
     async def scenario():
         robot = await _connect(machine.address, insecure=True)
@@ -207,7 +207,7 @@ def test_classifications_properties_and_camera(machine):
 
 
 def test_infer_and_metadata_match_the_model_in_process(machine):
-    from nodes.inference import load_model
+    from pipeline_nodes.inference import load_model
 
     tensor = np.random.default_rng(3).random((1, 128, 128, 3), dtype=np.float32)
 

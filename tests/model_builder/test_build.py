@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from model_builder.build import ModelBuilder, ModelBuildError
-from nodes.inference.models.catalog import CATALOG
+from pipeline_nodes.inference.models.catalog import CATALOG
 
 
 def test_a_source_that_does_not_convert_is_a_build_error_naming_the_model(tmp_path):

@@ -13,7 +13,7 @@ from model_builder.build_classifier import (
     stratified_split,
     train_classifier,
 )
-from nodes.inference.models import model_info
+from pipeline_nodes.inference.models import model_info
 
 pytest.importorskip("skimage")
 

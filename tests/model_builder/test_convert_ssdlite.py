@@ -9,7 +9,7 @@ import pytest
 
 from model_builder.convert_ssdlite import _same_pads, convert_ssdlite, ssd_anchors
 from model_builder.tf_graphdef import parse_graph_def
-from nodes.inference.models import model_info
+from pipeline_nodes.inference.models import model_info
 
 ort = pytest.importorskip("onnxruntime")
 cv2 = pytest.importorskip("cv2")

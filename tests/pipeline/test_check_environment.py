@@ -144,6 +144,37 @@ def test_port_taken_by_another_program_is_a_warning(tmp_path, capsys):
     assert "ok (1 warning)" in out
 
 
+def test_serve_port_taken_is_a_warning_and_a_bad_address_an_error(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        graph = write(
+            tmp_path,
+            f"""
+            graph: g
+            nodes:
+              - {{id: camera, node: synthetic}}
+              - {{id: sink, node: discard, inputs: {{messages: camera/frames}}}}
+            serve:
+              address: 127.0.0.1:{port}
+            """,
+        )
+        code, out = check(capsys, graph)
+    assert code == 0
+    assert f"6:12: warning: serve.address: port {port} on 127.0.0.1 is in use" in out
+    assert "ok (1 warning)" in out
+
+    # The same file once the other program is gone: no warning.
+    code, out = check(capsys, graph)
+    assert code == 0 and "warning" not in out
+
+    graph.write_text(graph.read_text().replace(f"127.0.0.1:{port}", "localhost"))
+    code, out = check(capsys, graph)
+    assert code == 2
+    assert "6:12: error: serve.address 'localhost' is not HOST:PORT" in out
+
+
 def test_a_node_declares_its_own_check(tmp_path, capsys, monkeypatch):
     (tmp_path / "checked_nodes.py").write_text(
         textwrap.dedent(

@@ -167,3 +167,35 @@ def test_stray_library_file_in_user_folders_never_runs_in_nodes(tmp_path):
     lines = (elsewhere / "out.jsonl").read_text().splitlines()
     assert len(lines) == 5
     assert "32" in lines[0]
+
+
+@pytest.mark.integration
+def test_a_users_package_called_nodes_runs_beside_the_built_in_nodes(tmp_path):
+    """The built-ins live in ``pipeline_nodes``: a user's own ``nodes/`` package is not shadowed.
+
+    The graph mixes the user's ``nodes.blur:FaceBlur`` with built-in ``synthetic``, ``resize``
+    and ``jsonl`` nodes, so both packages are imported in the same run.
+    """
+    folder = tmp_path / "somewhere"
+    package = folder / "nodes"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "blur.py").write_text(textwrap.dedent(NODE_MODULE))
+    (folder / "blurhelp.py").write_text("FACTOR = 2\n")
+    graph = folder / "blur.yaml"
+    graph.write_text(textwrap.dedent(GRAPH).replace("{module}", "nodes.blur"))
+    validated, issues = check_graph(graph)
+    assert validated is not None, "\n".join(i.format() for i in issues)
+    assert validated.classes["blur"].__module__ == "nodes.blur"
+    assert validated.classes["small"].__module__.startswith("pipeline_nodes.")
+    pipeline = Path(sys.executable).parent / "pipeline"
+    done = subprocess.run(
+        [str(pipeline), "run", str(graph), "--no-live", "-q"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert len(lines) == 5

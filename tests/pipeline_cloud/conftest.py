@@ -171,6 +171,6 @@ def cloud(request: pytest.FixtureRequest) -> CloudServer:
 @pytest.fixture(scope="session")
 def catalog_model() -> Path:
     """BlazeFace short-range from the catalog (`pipeline models fetch`), as a file."""
-    from nodes.inference.models.store import resolve_model
+    from pipeline_nodes.inference.models.store import resolve_model
 
     return Path(resolve_model("face_short_range"))

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-from nodes.inference import load_detector
 from pipeline.cli import main
+from pipeline_nodes.inference import load_detector
 
 pytestmark = pytest.mark.integration
 
@@ -224,8 +224,8 @@ def test_data_ls_and_export(capsys, as_org, astronaut, tmp_path):
 
 
 def test_infer_with_an_onnx_classifier_prints_its_classes(capsys, as_org, astronaut):
-    from nodes.inference import load_classifier
-    from nodes.inference.models.store import resolve_model
+    from pipeline_nodes.inference import load_classifier
+    from pipeline_nodes.inference.models.store import resolve_model
 
     org_id, _ = as_org()
     model = resolve_model("face_classifier")  # ONNX, a catalog model uploaded as it is

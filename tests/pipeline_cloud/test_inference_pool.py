@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-from nodes.inference import load_detector
 from pipeline_cloud.errors import InvalidArgument, ModelFailed
 from pipeline_cloud.inference import InferencePool, Job, decode_image
 from pipeline_cloud.registry import params_from_catalog
+from pipeline_nodes.inference import load_detector
 
 
 @pytest.fixture(scope="module")

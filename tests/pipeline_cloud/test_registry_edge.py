@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-from nodes.inference import load_detector
-from nodes.inference.registry_models import parse_registry_ref, registry_cache_dir
 from pipeline.cli import main
 from pipeline.testing import run_node
+from pipeline_nodes.inference import load_detector
+from pipeline_nodes.inference.registry_models import parse_registry_ref, registry_cache_dir
 
 pytestmark = pytest.mark.integration
 

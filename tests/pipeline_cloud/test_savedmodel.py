@@ -133,7 +133,7 @@ def test_savedmodel_converts_for_the_edge(saved_model, tmp_path, target):
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    from nodes.inference import load_classifier
+    from pipeline_nodes.inference import load_classifier
 
     red = np.zeros((48, 64, 3), np.uint8)
     red[..., 2] = 255

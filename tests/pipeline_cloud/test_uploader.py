@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from nodes.sinks.uploader import UploaderSink
 from pipeline import Detections
 from pipeline.testing import make_frame, run_node
 from pipeline_cloud.db import BinaryItem, BoundingBox
+from pipeline_nodes.sinks.uploader import UploaderSink
 from tests.pipeline_cloud.conftest import CloudServer
 
 pytestmark = pytest.mark.integration
