@@ -8,6 +8,7 @@
     │   ├── NodeOpenError
     │   ├── NodeProcessError
     │   ├── NodeExitError         its process ended without a word (killed, crashed)
+    │   ├── NodeCrashLoopError    it crashed more often than its max_restarts allow
     │   └── NodePlacementError    no machine of the cluster can run it
     ├── ClusterError              the cluster cannot be reached or used
     ├── NodeDefinitionError       a Node subclass is malformed (ports vs process signature)
@@ -149,6 +150,22 @@ class NodeExitError(NodeError):
     def __init__(self, node_id: str, exit: str, state: str) -> None:
         super().__init__(node_id, state, exit)
         self.args = (f"node {node_id!r} {exit} while {state}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class NodeCrashLoopError(NodeError):
+    """A node under a ``restart:`` policy failed more than ``max_restarts`` times within
+    ``restart_window_s``: the graph gives up. ``cause`` is its last error."""
+
+    def __init__(self, node_id: str, failures: int, window_s: float, limit: int, last: str) -> None:
+        super().__init__(node_id, "restart", last)
+        self.failures = failures
+        self.args = (
+            f"node {node_id!r} is in a crash loop: it failed {failures} times within "
+            f"{window_s:g} s (max_restarts: {limit}); its last error: {last}",
+        )
 
     def __str__(self) -> str:
         return str(self.args[0])

@@ -29,11 +29,13 @@ from pydantic import (
 from pipeline.serve.config import ServeConfig
 
 __all__ = [
+    "BackoffSpec",
     "EdgeSpec",
     "GraphSpec",
     "NodeSpec",
     "Pace",
     "PlacementSpec",
+    "RestartPolicy",
     "WhenFull",
     "graph_json_schema",
 ]
@@ -43,6 +45,7 @@ REF_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*/[A-Za-z_][A-Za-z0-9_]*$"
 
 WhenFull = Literal["block", "drop_oldest", "drop_newest"]
 Pace = Literal["realtime", "fast"]
+RestartPolicy = Literal["never", "on-failure", "always"]
 
 
 class _Strict(BaseModel):
@@ -188,6 +191,20 @@ class PlacementSpec(_Strict):
         return not (self.resources or self.labels or self.host)
 
 
+class BackoffSpec(_Strict):
+    """The wait before a restart: ``initial`` after the first failure, doubling with every
+    failure within the window, never more than ``max``."""
+
+    initial: float = Field(0.5, gt=0, le=3600, description="Seconds before the first restart.")
+    max: float = Field(30.0, gt=0, le=3600, description="The longest wait between restarts.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BackoffSpec:
+        if self.max < self.initial:
+            raise ValueError(f"max ({self.max:g}) is less than initial ({self.initial:g})")
+        return self
+
+
 class NodeSpec(_Strict):
     """One node of the graph."""
 
@@ -232,6 +249,27 @@ class NodeSpec(_Strict):
         None,
         description="On a cluster (`pipeline run --cluster`): which machine runs this node, by "
         "Ray resources, labels or host; over the graph's default placement.",
+    )
+    restart: RestartPolicy = Field(
+        "never",
+        description="Nodes with inputs only. never: a failure stops the graph; on-failure: a "
+        "node that raised, crashed, was killed or hung is started again and the graph goes on; "
+        "always: also one that exited cleanly before its inputs ended. A node whose stream "
+        "ended is never restarted.",
+    )
+    restart_backoff_s: BackoffSpec = Field(
+        default_factory=lambda: BackoffSpec.model_validate({}),
+        description="The wait before each restart: {initial: 0.5, max: 30}, doubling.",
+    )
+    max_restarts: int = Field(
+        5,
+        ge=0,
+        le=1000,
+        description="More failures than this within restart_window_s is a crash loop: the "
+        "graph stops, naming the node and its last error.",
+    )
+    restart_window_s: float = Field(
+        60.0, gt=0, le=86400, description="The window max_restarts counts failures in."
     )
 
     def input_refs(self) -> Iterator[tuple[str, int | None, EdgeSpec]]:

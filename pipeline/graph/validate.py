@@ -263,6 +263,33 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
                 )
                 continue
             edges.append(Edge(producer, ref.port, node.id, port, ref, i, k))
+        if node_cls.is_source():
+            for key in ("restart", "restart_backoff_s", "max_restarts", "restart_window_s"):
+                if key in node.model_fields_set and (key != "restart" or node.restart != "never"):
+                    issues.append(
+                        marks.issue(
+                            ("nodes", i, key),
+                            f"node {node.id!r}: {key} applies to nodes with inputs only, and "
+                            f"{node.node!r} is a source",
+                            key=True,
+                            hints=[
+                                "a restarted source would start its stream over (a file from "
+                                "its first frame): restart the nodes after it instead"
+                            ],
+                        )
+                    )
+        elif node.restart == "never":
+            for key in ("restart_backoff_s", "max_restarts", "restart_window_s"):
+                if key in node.model_fields_set:
+                    issues.append(
+                        marks.issue(
+                            ("nodes", i, key),
+                            f"node {node.id!r}: {key} has no effect without a restart policy",
+                            key=True,
+                            severity="warning",
+                            hints=["add 'restart: on-failure' (or always) to the node"],
+                        )
+                    )
         if not node_cls.is_source():
             for key in ("pace", "max_fps"):
                 if getattr(node, key) is not None:

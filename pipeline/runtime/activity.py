@@ -62,6 +62,13 @@ class ActivityBoard:
                 return METHODS[code], (None if seq < 0 else seq), since
         return None
 
+    def clear(self, index: int) -> None:
+        """Node ``index`` is idle (before a restarted node's first record: the dead one's
+        last call must not look like a call of the new one)."""
+        at = index * RECORD_SIZE
+        _BODY.pack_into(self._mm, at + 4, 0, -1, 0)
+        _VERSION.pack_into(self._mm, at, 0)
+
     def close(self) -> None:
         self._mm.close()
 

@@ -97,6 +97,7 @@ class WorkerConfig:
     keys: RunKeys | None = None  # CURVE keys of the run, for its tcp sockets (a cluster)
     stop_grace_s: float = 5.0  # after a SIGTERM, how long the node may drain before it unwinds
     activity_path: str = ""  # the run's activity board (pipeline.runtime.activity)
+    generation: int = 0  # 0 at the start; 1, 2, ... for each restart of the node
 
     @property
     def node_id(self) -> str:
@@ -112,6 +113,7 @@ class WorkerConfig:
             "keys": self.keys.to_wire() if self.keys else None,
             "stop_grace_s": self.stop_grace_s,
             "activity_path": self.activity_path,
+            "generation": self.generation,
         }
 
     @classmethod
@@ -125,6 +127,7 @@ class WorkerConfig:
             keys=RunKeys.from_wire(d["keys"]) if d.get("keys") else None,
             stop_grace_s=float(d.get("stop_grace_s", 5.0)),
             activity_path=d.get("activity_path", ""),
+            generation=int(d.get("generation", 0)),
         )
 
 

@@ -5,9 +5,12 @@ place where one becomes bytes (msgpack: ``{"t": kind, **fields}``) and back. A m
 whose kind or fields are unknown is a ``ProtocolError``, never silently ignored.
 
 Worker -> supervisor: ``Hello`` (the endpoints it bound), ``Ready`` (opened), ``OpenFailed``,
-``StatsReport`` (twice a second), ``Failed`` (a lifecycle method raised), ``Done``.
+``StatsReport`` (twice a second), ``Failed`` (a lifecycle method raised), ``Done``,
+``Rewired`` (it reconnected edges to a restarted consumer).
 Supervisor -> worker: ``Wiring`` (where its outputs connect), ``Start``, ``Stop`` (a source
-ends its stream), ``Reset`` (statistics afresh), ``Abort`` (unwind now).
+ends its stream), ``Reset`` (statistics afresh), ``Abort`` (unwind now), ``Rewire`` (a
+consumer was restarted: connect again, count what was in flight), ``InputEnded`` (to a
+restarted node: these producers had already ended their streams).
 
 To add a kind: write a dataclass here, decorate it with ``@control("kind")``, and handle it
 in ``Worker.on_control`` (supervisor -> worker) or ``Supervisor.on_message`` (worker ->
@@ -35,11 +38,14 @@ __all__ = [
     "Done",
     "Failed",
     "Hello",
+    "InputEnded",
     "NodeState",
     "OpenFailed",
     "ProtocolError",
     "Ready",
     "Reset",
+    "Rewire",
+    "Rewired",
     "Start",
     "StatsReport",
     "Stop",
@@ -218,6 +224,14 @@ class Done(ControlMessage):
     stats: Mapping[str, Any]
 
 
+@control("rewired")
+@dataclasses.dataclass(frozen=True)
+class Rewired(ControlMessage):
+    """The producer connected these edges to their restarted consumers (``Rewire``)."""
+
+    edges: list[str]
+
+
 # supervisor -> worker ------------------------------------------------------------------------
 
 
@@ -253,3 +267,24 @@ class Reset(ControlMessage):
 @dataclasses.dataclass(frozen=True)
 class Abort(ControlMessage):
     """Unwind now: close the node and exit."""
+
+
+@control("rewire")
+@dataclasses.dataclass(frozen=True)
+class Rewire(ControlMessage):
+    """The consumers of these edges were restarted: connect to their new endpoints (and
+    CURVE keys, for tcp). ``delivered``: edge name -> the last message number the dead
+    consumer was done with; what was in flight after it is counted as lost."""
+
+    endpoints: Mapping[str, str]
+    keys: Mapping[str, str]
+    delivered: Mapping[str, int]
+
+
+@control("input_ended")
+@dataclasses.dataclass(frozen=True)
+class InputEnded(ControlMessage):
+    """To a restarted node: the producers of these input edges had already sent end of
+    stream to its previous incarnation; take it as this one's."""
+
+    edges: list[str]

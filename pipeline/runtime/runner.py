@@ -43,7 +43,13 @@ from typing import IO, Any, Literal, Protocol, runtime_checkable
 
 import zmq
 
-from pipeline.errors import NodeError, NodeExitError, NodeOpenError, NodeProcessError
+from pipeline.errors import (
+    NodeCrashLoopError,
+    NodeError,
+    NodeExitError,
+    NodeOpenError,
+    NodeProcessError,
+)
 from pipeline.graph.validate import ValidatedGraph
 from pipeline.runtime import protocol as p
 from pipeline.runtime.activity import ActivityBoard
@@ -53,7 +59,7 @@ from pipeline.runtime.plan import Layout, WorkerConfig, plan_graph
 from pipeline.runtime.protocol import NodeState
 from pipeline.runtime.stats import NodeStats
 from pipeline.runtime.table import render_table
-from pipeline.runtime.worker import FORCE_SIGNAL
+from pipeline.runtime.worker import FORCE_SIGNAL, progress_path, read_progress
 from pipeline.transport.curve import Gatekeeper, RunKeys, serve
 from pipeline.transport.shm import (
     LOCK_SUFFIX,
@@ -246,6 +252,25 @@ class _Proc:
     exited: bool = False
     stalled: str = ""  # "stalled in process() 6 s", while a call lasts past half its limit
     warned_since: int = 0  # the call (by its start) already warned about
+    cfg: WorkerConfig | None = None
+    # restart: policies (``_Supervisor._crashed``)
+    restart: str = "never"
+    backoff: tuple[float, float] = (0.5, 30.0)
+    max_restarts: int = 5
+    window_s: float = 60.0
+    restarts: int = 0
+    generation: int = 0
+    failures: list[float] = dataclasses.field(default_factory=list)  # when, in the window
+    last_error: str = ""  # what the incarnation that is ending said, if it said anything
+    restart_at: float | None = None  # dead, to be started again then
+    died_at: float = 0.0
+    delivered: dict[str, int] = dataclasses.field(default_factory=dict)  # per input edge
+    killing: bool = False  # stuck: being killed, to be restarted
+
+    @property
+    def gone(self) -> bool:
+        """Exited, and not to be started again."""
+        return self.exited and self.restart_at is None
 
 
 class _Supervisor:
@@ -285,6 +310,10 @@ class _Supervisor:
         self.keys: dict[str, str] = {}
         self.hello: set[str] = set()
         self.perf = RunPerf()
+        self.started = False
+        # (producer, edge) -> consumer: a restarted consumer's edge its producer has not yet
+        # connected again (``Rewire`` sent, no ``Rewired`` yet)
+        self.rewiring: dict[tuple[str, str], str] = {}
 
     # set-up ------------------------------------------------------------------------------------
     def _configs(self, control: str) -> list[WorkerConfig]:
@@ -345,6 +374,21 @@ class _Supervisor:
         old_handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         try:
             if self.cluster is not None:
+                restarting = [n.id for n in self.graph.spec.nodes if n.restart != "never"]
+                if restarting:
+                    # stage 1: restarts on one machine; a lost machine's nodes are not placed
+                    # again yet
+                    self._fail(
+                        NodeError(
+                            restarting[0],
+                            "restart",
+                            "restart policies are not supported with --cluster yet; remove "
+                            f"'restart:' from node(s) {', '.join(map(repr, restarting))} or "
+                            "run the graph on one machine",
+                        ),
+                        None,
+                    )
+                    return self._result(t0)
                 try:
                     layout = self.cluster.place(self.graph, self.run_dir, self.prefix)
                 except NodeError as exc:
@@ -377,6 +421,11 @@ class _Supervisor:
                         "flush": spec.health_timeout_s,
                         "close": spec.close_timeout_s,
                     },
+                    cfg=cfg,
+                    restart=spec.restart,
+                    backoff=(spec.restart_backoff_s.initial, spec.restart_backoff_s.max),
+                    max_restarts=spec.max_restarts,
+                    window_s=spec.restart_window_s,
                 )
             if server is not None:
                 server.close()  # every node is this process's child now; the template goes
@@ -409,8 +458,18 @@ class _Supervisor:
             remove_run_segments(self.prefix)
         return self._result(t0)
 
+    def _rows(self) -> dict[str, NodeStats]:
+        """Each node's latest statistics, with its restarts."""
+        return {
+            n: dataclasses.replace(proc.stats, restarts=proc.restarts)
+            if proc.restarts
+            else proc.stats
+            for n, proc in self.procs.items()
+            if proc.stats is not None
+        }
+
     def _result(self, t0: float) -> RunResult:
-        stats = {n: proc.stats for n, proc in self.procs.items() if proc.stats is not None}
+        stats = self._rows()
         stats = self.perf.annotate(stats)
         if self.error or self.forced:
             code = EXIT_FAILED
@@ -488,16 +547,30 @@ class _Supervisor:
         node_id = proc.node_id
         match message:
             case p.Hello(endpoints=endpoints, keys=keys):
-                self.perf.mark(node_id, "hello")
                 self._follow(proc, NodeState.OPENING)
-                self.hello.add(node_id)
                 self.endpoints.update(endpoints)
                 self.keys.update(keys)
+                if proc.generation:
+                    self._reconnect(proc)
+                    return
+                self.perf.mark(node_id, "hello")
+                self.hello.add(node_id)
                 if len(self.hello) == len(self.procs):
                     self._send_wiring()
             case p.Ready():
-                self.perf.mark(node_id, "ready")
                 self._follow(proc, NodeState.READY)
+                if proc.generation:
+                    self._send(node_id, p.Start())
+                    self._print(
+                        f"node {node_id!r} restarted (pid {proc.process.pid}, restart "
+                        f"{proc.restarts}); running again {time.monotonic() - proc.died_at:.2f} s "
+                        "after its end"
+                    )
+                    return
+                self.perf.mark(node_id, "ready")
+            case p.OpenFailed(error=error, tb=tb) if proc.generation and self._restartable(proc):
+                self._follow(proc, NodeState.FAILED)
+                proc.last_error = f"failed in open() after its restart: {error}"
             case p.OpenFailed(error=error, tb=tb):
                 self._follow(proc, NodeState.FAILED)
                 # Usually a user's mistake (a missing file, a busy port): the message says
@@ -516,10 +589,20 @@ class _Supervisor:
                 failure = NodeProcessError(
                     node_id, message.method, message.error, message.seq, message.source
                 )
+                if self._restartable(proc):
+                    # its process exits next; _check_exit restarts it (or calls a crash loop)
+                    proc.last_error = str(failure)
+                    if message.tb:
+                        self._print(message.tb.rstrip())
+                    return
                 self._fail(failure, message.tb)
             case p.Done(stats=stats):
                 proc.stats = NodeStats.from_wire(stats)
                 self._follow(proc, NodeState.CLOSED)
+                self._ended_before_rewire(node_id)
+            case p.Rewired(edges=edges):
+                for edge in edges:
+                    self.rewiring.pop((node_id, edge), None)
             case _:
                 raise p.ProtocolError(f"a supervisor does not take {message.kind!r} messages")
 
@@ -534,11 +617,122 @@ class _Supervisor:
 
     def _send_wiring(self) -> None:
         for node_id in self.procs:
-            edges = self.plan.edges_from(node_id)
-            mine = {e.name: self.endpoints[e.name] for e in edges}
-            # a tcp consumer's key goes to its producer only: nobody else can get in
-            keys = {e.name: self.keys[e.name] for e in edges if e.name in self.keys}
-            self._send(node_id, p.Wiring(mine, keys))
+            self._send(node_id, self._wiring(node_id))
+
+    def _wiring(self, node_id: str) -> p.Wiring:
+        edges = self.plan.edges_from(node_id)
+        mine = {e.name: self.endpoints[e.name] for e in edges}
+        # a tcp consumer's key goes to its producer only: nobody else can get in
+        keys = {e.name: self.keys[e.name] for e in edges if e.name in self.keys}
+        return p.Wiring(mine, keys)
+
+    # restarts ------------------------------------------------------------------------------
+    def _restartable(self, proc: _Proc, code: int | None = 1) -> bool:
+        """Whether the node's end (exit ``code``) is one its ``restart:`` policy restarts.
+
+        Only once the graph runs (a node that cannot start is a configuration problem), and
+        not after the run failed or was forced to stop. ``on-failure``: a raise, a crash, a
+        kill or a hang; a clean exit (0) before the end of its stream is not one, ``always``
+        restarts that too. A node whose stream ended (``Done``) is never restarted.
+        """
+        if proc.restart == "never" or not self.started or self.error or self.forced:
+            return False
+        failed = code != 0 or proc.state is NodeState.FAILED or bool(proc.last_error)
+        return failed or proc.restart == "always"
+
+    def _crashed(self, proc: _Proc, how: str) -> None:
+        """A node under a restart policy ended: start it again after its backoff, unless it
+        has failed more than ``max_restarts`` times within ``restart_window_s``."""
+        now = time.monotonic()
+        proc.died_at = now
+        proc.failures = [t for t in proc.failures if now - t < proc.window_s] + [now]
+        last = proc.last_error or f"node {proc.node_id!r} {how} while {proc.state.value}"
+        proc.last_error = ""
+        # the producers of a consumer that died after it was restarted: nothing to connect
+        for key, consumer in list(self.rewiring.items()):
+            if key[0] == proc.node_id or consumer == proc.node_id:
+                del self.rewiring[key]
+        if len(proc.failures) > proc.max_restarts:
+            self._fail(
+                NodeCrashLoopError(
+                    proc.node_id, len(proc.failures), proc.window_s, proc.max_restarts, last
+                ),
+                None,
+            )
+            return
+        initial, longest = proc.backoff
+        delay = min(longest, initial * 2 ** (len(proc.failures) - 1))
+        assert proc.cfg is not None
+        inputs = proc.cfg.plan.inputs
+        if proc.cfg.activity_path and inputs:
+            done = read_progress(progress_path(proc.cfg.activity_path, proc.index), len(inputs))
+            proc.delivered = {e.name: n for e, n in zip(inputs, done)}
+        proc.restart_at = now + delay
+        self._print(
+            f"{last}; restarting it in {delay:.2g} s (restart: {proc.restart}, failure "
+            f"{len(proc.failures)} of at most {proc.max_restarts + 1} within "
+            f"{proc.window_s:g} s)"
+        )
+
+    def _due_restarts(self) -> None:
+        now = time.monotonic()
+        for proc in self.procs.values():
+            if proc.restart_at is not None and now >= proc.restart_at and not self.error:
+                self._relaunch(proc)
+
+    def _relaunch(self, proc: _Proc) -> None:
+        """Start a dead node's next incarnation: a fresh interpreter (the fork server's
+        template is gone once every node was launched), its own slot pools (generation)."""
+        assert proc.cfg is not None
+        proc.generation += 1
+        proc.restarts += 1
+        self.board.clear(proc.index)
+        cfg = dataclasses.replace(proc.cfg, generation=proc.generation)
+        proc.process.close()
+        proc.process = (self.launcher or launch_local)(cfg)
+        if proc.process.sentinel is not None:
+            self.poller.register(proc.process.sentinel, zmq.POLLIN)
+        proc.exited = False
+        proc.killing = False
+        proc.stalled = ""
+        proc.state = NodeState.CREATED
+        proc.restart_at = None
+
+    def _reconnect(self, proc: _Proc) -> None:
+        """A restarted node bound its inputs: its outputs are wired, its producers told to
+        connect again (or, for those that already ended, it is told so)."""
+        node_id = proc.node_id
+        self._send(node_id, self._wiring(node_id))
+        assert proc.cfg is not None
+        ended: list[str] = []
+        rewire: dict[str, list[str]] = {}
+        for edge in proc.cfg.plan.inputs:
+            producer = self.procs[edge.producer]
+            if producer.state is NodeState.CLOSED or producer.gone:
+                ended.append(edge.name)
+            elif not producer.exited:  # a dead producer gets the endpoint with its Wiring
+                rewire.setdefault(edge.producer, []).append(edge.name)
+        if ended:
+            self._send(node_id, p.InputEnded(ended))
+        for producer_id, names in rewire.items():
+            self._send(
+                producer_id,
+                p.Rewire(
+                    {n: self.endpoints[n] for n in names},
+                    {n: self.keys[n] for n in names if n in self.keys},
+                    {n: proc.delivered.get(n, 0) for n in names},
+                ),
+            )
+            for name in names:
+                self.rewiring[(producer_id, name)] = node_id
+
+    def _ended_before_rewire(self, producer_id: str) -> None:
+        """A producer ended without connecting to a restarted consumer: its end of stream
+        went to the dead one, so the supervisor tells the new one."""
+        for (producer, edge), consumer in list(self.rewiring.items()):
+            if producer == producer_id:
+                del self.rewiring[(producer, edge)]
+                self._send(consumer, p.InputEnded([edge]))
 
     # supervision -------------------------------------------------------------------------------
     def _supervise(self) -> None:
@@ -551,6 +745,7 @@ class _Supervisor:
         if not self._starting():
             return
         self._send_all(p.Start())
+        self.started = True
         self._running()
 
     def _pump(self, timeout_ms: int) -> None:
@@ -562,6 +757,7 @@ class _Supervisor:
             if not proc.exited:
                 self._check_exit(proc, events)
         self._watch()
+        self._due_restarts()
 
     def _watch(self) -> None:
         """Warn about, then stop on, a node that has been in one call for too long."""
@@ -611,6 +807,8 @@ class _Supervisor:
     def _stuck(
         self, proc: _Proc, method: str, seq: int | None, elapsed: float, limit: float
     ) -> None:
+        if proc.killing:
+            return
         setting = {"open": "open_timeout_s", "close": "close_timeout_s"}.get(
             method, "health_timeout_s"
         )
@@ -620,6 +818,16 @@ class _Supervisor:
             error = NodeOpenError(proc.node_id, method, cause)
         else:
             error = NodeProcessError(proc.node_id, method, cause, seq)
+        if self._restartable(proc):
+            # as a liveness probe does: its stack is printed, it is killed, then restarted
+            proc.killing = True
+            proc.last_error = str(error)
+            self._print(f"error: {error}")
+            self._print(f"node {proc.node_id!r} (pid {proc.process.pid}) was here:")
+            proc.process.kill(signal.SIGUSR1)
+            time.sleep(0.2)
+            proc.process.kill(signal.SIGKILL)
+            return
         self._fail(error, None)
         self._print(f"node {proc.node_id!r} (pid {proc.process.pid}) was here:")
         # faulthandler in the node prints every thread's stack at once, even from inside C
@@ -645,10 +853,15 @@ class _Supervisor:
         if proc.state is not NodeState.CLOSED and not self.error and not self.forced:
             # a launcher may know better how it ended (a cluster: its machine left)
             how = getattr(proc.process, "exit_reason", None) or _describe_exit(code)
+            if self._restartable(proc, code):
+                self._crashed(proc, how)
+                return
             self._fail(NodeExitError(proc.node_id, how, proc.state.value), None)
+        if proc.state is NodeState.CLOSED:
+            self._ended_before_rewire(proc.node_id)
 
     def _all_exited(self) -> bool:
-        return all(proc.exited for proc in self.procs.values())
+        return all(proc.gone for proc in self.procs.values())
 
     def _starting(self) -> bool:
         """Until every node has opened: True to go on, False when the run is over."""
@@ -692,7 +905,7 @@ class _Supervisor:
                     self._live_table()
 
     def _consult_monitor(self, monitor: RunMonitor, now: float, elapsed_s: float) -> None:
-        rows = {n: proc.stats for n, proc in self.procs.items() if proc.stats}
+        rows = self._rows()
         verdict = monitor.on_stats(rows, elapsed_s)
         if verdict == "reset":
             self._send_all(p.Reset())
@@ -709,17 +922,18 @@ class _Supervisor:
 
     def _publish_stats(self) -> None:
         """Every node's latest statistics, for nodes that show them (a preview page)."""
-        rows = {n: proc.stats.to_dict() for n, proc in self.procs.items() if proc.stats}
+        rows = {n: stats.to_dict() for n, stats in self._rows().items()}
         tmp = self.run_dir / "stats.json.tmp"
         with contextlib.suppress(OSError):
             tmp.write_text(json.dumps(rows))
             tmp.replace(self.run_dir / "stats.json")
 
     def _live_table(self) -> None:
+        latest = self._rows()
         rows = {
-            n: dataclasses.replace(proc.stats, state=proc.stalled)
-            if proc.stats is not None and proc.stalled
-            else proc.stats
+            n: dataclasses.replace(latest[n], state=proc.stalled)
+            if n in latest and proc.stalled
+            else latest.get(n)
             for n, proc in self.procs.items()
         }
         text = render_table(rows)

@@ -134,6 +134,7 @@ class NodeStats:
     pss_mb: float = 0.0  # proportional set size while the graph ran (the supervisor's sample)
     start_s: float = 0.0  # launch to Hello: process start, imports, building the node
     open_s: float = 0.0  # Hello to Ready: the node's open() (a model node loads its model)
+    restarts: int = 0  # times its restart: policy started it again (the supervisor's count)
     process_hist: Histogram | None = dataclasses.field(default=None, repr=False, compare=False)
     latency_hist: Histogram | None = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -190,6 +191,7 @@ class NodeStats:
             pss_mb=d.get("pss_mb", 0.0),
             start_s=d.get("start_s", 0.0),
             open_s=d.get("open_s", 0.0),
+            restarts=int(d.get("restarts", 0)),
             process_hist=Histogram.from_dict(process_hist) if process_hist else None,
             latency_hist=Histogram.from_dict(latency_hist) if latency_hist else None,
         )

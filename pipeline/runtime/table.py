@@ -35,14 +35,18 @@ def render_table(
 ) -> str:
     """One line per node from the statistics that workers report (None: not yet).
 
+    ``restarts`` (shown once a node was restarted) counts its restarts.
     ``start`` is launch to ready (process start and ``open()``); ``pss`` the node's
     proportional set size while the graph ran. ``memory`` (``RunResult.memory``) adds a
     line with the run's total PSS, supervisor and fork server included.
     """
-    lines = [list(_COLUMNS)]
+    # a restarts column once a node was restarted (restart: policies)
+    restarted = any(s is not None and s.restarts for s in rows.values())
+    columns = (*_COLUMNS, "restarts") if restarted else _COLUMNS
+    lines = [list(columns)]
     for node_id, s in rows.items():
         if not s:
-            lines.append([node_id, "starting", *[""] * (len(_COLUMNS) - 2)])
+            lines.append([node_id, "starting", *[""] * (len(columns) - 2)])
             continue
         qpeak = max((i.queue_peak for i in s.inputs.values()), default=0)
         lat = s.latency_ms
@@ -62,9 +66,10 @@ def render_table(
                 _fmt_ms(lat["p95_ms"]) if lat["p95_ms"] else "-",
                 f"{s.start_s + s.open_s:.2f}s" if s.start_s else "-",
                 f"{s.pss_mb:.0f}MB" if s.pss_mb else "-",
+                *([str(s.restarts)] if restarted else []),
             ]
         )
-    widths = [max(len(row[i]) for row in lines) for i in range(len(_COLUMNS))]
+    widths = [max(len(row[i]) for row in lines) for i in range(len(columns))]
     out = []
     for row in lines:
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]

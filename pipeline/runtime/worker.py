@@ -33,11 +33,14 @@ lane (asking a running node for something) would be one more socket registered i
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import logging
+import mmap
 import os
 import signal
+import struct
 import sys
 import threading
 import time
@@ -69,6 +72,7 @@ STATS_INTERVAL_S = 0.5
 EXIT_TERMINATED = 3
 FORCE_SIGNAL = signal.SIGUSR2  # the supervisor's forced stop: unwind now
 SELF_STOP_MARGIN_S = 2.0
+GENERATION_SHIFT = 40  # a restarted node's first message number: generation << 40
 
 
 _NOT_STARTED = (NodeState.CREATED, NodeState.OPENING, NodeState.READY)
@@ -194,6 +198,8 @@ class Worker:
         self.inputs: list[InputEdge] = []
         self.reader = ShmReader()
         self.last_report = 0.0
+        self._in_wait = False
+        self.progress: _Progress | None = None
 
     # control -------------------------------------------------------------------------------
     def tell(self, message: p.ControlMessage) -> None:
@@ -210,6 +216,12 @@ class Worker:
                     out.reset_counters()
             case p.Wiring(endpoints=endpoints, keys=keys):
                 self._wire(endpoints, keys)
+            case p.Rewire(endpoints=endpoints, keys=keys, delivered=delivered):
+                self._rewire(endpoints, keys, delivered)
+            case p.InputEnded(edges=edges):
+                for edge in self.inputs:
+                    if edge.name in edges and not edge.ended:
+                        edge.end_now()
             case p.Abort():
                 raise _Terminated()
             case p.Start():
@@ -231,6 +243,16 @@ class Worker:
         while self.control.poll(0):
             self._recv_control()
 
+    def _on_wait(self) -> None:
+        """An output waits for a credit: a Rewire may be what it waits for."""
+        if self._in_wait:
+            return  # already reading the control socket further up this stack
+        self._in_wait = True
+        try:
+            self._poll_control()
+        finally:
+            self._in_wait = False
+
     def _tick(self) -> bool:
         """Every 10 ms of a run: control messages, statistics; True when asked to stop."""
         self._poll_control()
@@ -249,6 +271,9 @@ class Worker:
     def _wire_stats(self, now: float) -> dict[str, Any]:
         if self.gate is not None and self.gate.refused:
             self.stats.counters["refused_connections"] = self.gate.refused
+        lost = sum(e.lost for out in self.outputs.values() for e in out.edges)
+        if lost:
+            self.stats.counters["lost_on_restart"] = lost
         for name, out in self.outputs.items():
             self.stats.out_sent[name] = out.sent
             self.stats.out_dropped[name] = sum(e.dropped for e in out.edges)
@@ -292,14 +317,42 @@ class Worker:
                     keys.get(edge.name, ""),
                     keys=self.cfg.keys,
                 )
+                # A restarted node numbers its messages after any of its previous lives:
+                # a consumer's late release of an old message frees nothing of this one.
+                sender.n = self.cfg.generation << GENERATION_SHIFT
+                sender.on_wait = self._on_wait
                 out.connect(sender)
+
+    def _rewire(
+        self, endpoints: Mapping[str, str], keys: Mapping[str, str], delivered: Mapping[str, int]
+    ) -> None:
+        """Consumers were restarted: connect to them again, counting what was in flight."""
+        done = []
+        for out in self.outputs.values():
+            for sender in out.edges:
+                if sender.name in endpoints:
+                    lost = sender.reconnect(
+                        endpoints[sender.name],
+                        keys.get(sender.name, ""),
+                        delivered.get(sender.name, 0),
+                    )
+                    self.log.info(
+                        "edge %s: its consumer restarted; %d message(s) in flight lost",
+                        sender.name,
+                        lost,
+                    )
+                    done.append(sender.name)
+        self.tell(p.Rewired(done))
 
     def _build(self) -> Node:
         plan = self.plan
         cls = load_node_class(plan.node_type, search=plan.module_paths or None)
         params = cls.Params.model_validate(dict(plan.params))
+        # a restarted node's segments have names of their own: nothing of the dead one's
+        # (which its consumers may still be reading) is reused
+        life = f"r{self.cfg.generation}" if self.cfg.generation else ""
         for i, port in enumerate(plan.outputs):
-            pool = SlotPool(f"{self.cfg.shm_prefix}-{plan.index}-{i}", max_slots=port.slots)
+            pool = SlotPool(f"{self.cfg.shm_prefix}-{plan.index}{life}-{i}", max_slots=port.slots)
             self.outputs[port.port] = RuntimeOutput(
                 port.port, pool, type=cls.outputs[port.port].type
             )
@@ -310,6 +363,10 @@ class Worker:
             if self.gate is not None and edge.tcp:
                 self.gate.watch(input_edge.sock)
             self.inputs.append(input_edge)
+        if self.cfg.activity_path and self.inputs:
+            self.progress = _Progress(
+                progress_path(self.cfg.activity_path, plan.index), self.inputs
+            )
         node = cls(
             params, node_id=plan.node_id, ports=dict(self.outputs), services=self, log=self.log
         )
@@ -542,10 +599,50 @@ class Worker:
         for edge in self.inputs:
             edge.close()
         self.reader.close()
+        if self.progress is not None:
+            self.progress.close()
         self.control.close(linger=2000)
         if self.gate is not None:
             self.gate.close()
         self.ctx.term()
+
+
+def progress_path(activity_path: str, index: int) -> Path:
+    """Where node ``index`` of a run notes, per input edge, the last message it is done with
+    (beside the run's activity board); the supervisor reads it when the node dies."""
+    return Path(activity_path).with_name(f"progress-{index}")
+
+
+def read_progress(path: Path, count: int) -> list[int]:
+    """The ``count`` numbers a (dead) node left in its progress file; zeros if none."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return [0] * count
+    if len(data) < 8 * count:
+        return [0] * count
+    return list(struct.unpack_from(f"<{count}q", data))
+
+
+class _Progress:
+    """The node's progress file, mapped: one int64 per input edge, written at each release."""
+
+    def __init__(self, path: Path, inputs: list[InputEdge]) -> None:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, 8 * len(inputs))
+            self._mm = mmap.mmap(fd, 8 * len(inputs))
+        finally:
+            os.close(fd)
+        self.view = memoryview(self._mm).cast("q")
+        for i, edge in enumerate(inputs):
+            edge.progress = self.view
+            edge.progress_at = i
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError):
+            self.view.release()
+            self._mm.close()
 
 
 def _move_waiting(outputs: list[RuntimeOutput]) -> bool:

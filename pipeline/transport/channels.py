@@ -25,6 +25,7 @@ import collections
 import math
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -79,24 +80,9 @@ class EdgeSender:
         self.queue = plan.queue
         self.policy = plan.when_full
         self.tcp = plan.tcp
-        if self.tcp and not server_key:
-            raise TransportError(f"edge {self.name}: a tcp edge needs its consumer's CURVE key")
-        self.sock = ctx.socket(zmq.PAIR)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        if server_key:
-            # the consumer's key came from the supervisor: only this producer knows it. On a
-            # cluster the client keys are the run's (``keys``), which the consumer's
-            # gatekeeper checks; otherwise a fresh pair
-            if keys is not None:
-                connect_as_client(self.sock, keys, server_key)
-            else:
-                public, secret = zmq.curve_keypair()
-                self.sock.curve_serverkey = server_key.encode("ascii")
-                self.sock.curve_publickey = public
-                self.sock.curve_secretkey = secret
-        self.sock.connect(endpoint)
+        self.ctx = ctx
+        self.keys = keys
+        self.sock = self._connect(endpoint, server_key)
         self.inflight: collections.deque[tuple[int, list[Slot]]] = collections.deque()
         self.waiting: collections.deque[_Pending] = collections.deque()
         self.n = 0
@@ -104,6 +90,70 @@ class EdgeSender:
         self.dropped = 0
         self.blocked_s = 0.0  # time the producer waited for this consumer (back-pressure)
         self.ended = False
+        self.lost = 0  # messages in flight to a consumer that died (restart: policies)
+        self.epoch = 0  # how many times the edge was connected again
+        # Called while the producer waits for a credit that does not come: the worker
+        # reads its control socket there, so a Rewire reaches a producer blocked on a
+        # consumer that died.
+        self.on_wait: Callable[[], None] | None = None
+
+    def _connect(self, endpoint: str, server_key: str) -> Any:
+        if self.tcp and not server_key:
+            raise TransportError(f"edge {self.name}: a tcp edge needs its consumer's CURVE key")
+        sock = self.ctx.socket(zmq.PAIR)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        if server_key:
+            # the consumer's key came from the supervisor: only this producer knows it. On a
+            # cluster the client keys are the run's (``keys``), which the consumer's
+            # gatekeeper checks; otherwise a fresh pair
+            if self.keys is not None:
+                connect_as_client(sock, self.keys, server_key)
+            else:
+                public, secret = zmq.curve_keypair()
+                sock.curve_serverkey = server_key.encode("ascii")
+                sock.curve_publickey = public
+                sock.curve_secretkey = secret
+        sock.connect(endpoint)
+        return sock
+
+    # a restarted consumer ------------------------------------------------------------------
+    def _forget_inflight(self, delivered: int) -> int:
+        """The consumer died: free what it held; the messages after ``delivered`` (the last
+        one it was done with) are lost, counted in ``lost``. Returns how many."""
+        lost = 0
+        while self.inflight:
+            n, slots = self.inflight.popleft()
+            if n > delivered:
+                lost += 1
+            for slot in slots:
+                slot.refs -= 1
+        self.lost += lost
+        self.epoch += 1
+        return lost
+
+    def reconnect(self, endpoint: str, server_key: str = "", delivered: int = 0) -> int:
+        """Connect to the restarted consumer at ``endpoint``; count what was in flight to the
+        dead one after ``delivered`` as lost. Waiting messages (``drop_oldest``) go to the new
+        one; an end of stream already sent is sent again. Returns the messages lost."""
+        lost = self._forget_inflight(delivered)
+        self.sock.close(linger=0)
+        self.endpoint = endpoint
+        self.sock = self._connect(endpoint, server_key)
+        self._resend_end()
+        return lost
+
+    def _resend_end(self) -> None:
+        if self.waiting:
+            self._flush_waiting()
+        if self.ended:
+            self.ended = False
+            self.send_eos()
+
+    def _waited(self) -> None:
+        if self.on_wait is not None:
+            self.on_wait()
 
     # credits -------------------------------------------------------------------------------
     def collect(self) -> None:
@@ -124,6 +174,7 @@ class EdgeSender:
         if self.sock.poll(timeout_ms, zmq.POLLIN):
             self.collect()
             return True
+        self._waited()
         return False
 
     # sending -------------------------------------------------------------------------------
@@ -412,6 +463,9 @@ class InputEdge:
         self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.reader = reader
         self.ended = False
+        self.eos_pending = False
+        self.progress: memoryview | None = None  # the node's progress board (int64 per input)
+        self.progress_at = 0
         self.malformed = 0
         # a tcp edge carries its arrays as frames: a shared-memory reference on it is refused
         self._view: codec.ShmView | None = None if self.tcp else self._shm_view
@@ -428,7 +482,7 @@ class InputEdge:
         return self.reader.view(name, shape, dtype)
 
     def has_message(self) -> bool:
-        return bool(self.sock.getsockopt(_EVENTS) & _POLLIN)
+        return self.eos_pending or bool(self.sock.getsockopt(_EVENTS) & _POLLIN)
 
     def may_sleep(self) -> bool:
         """Before the worker sleeps on ``sock``: False if it must look again first (a
@@ -437,6 +491,9 @@ class InputEdge:
 
     def recv(self) -> tuple[Message | None, int, int, int]:
         """(message or None at end of stream, n, dropped, t_send_ns) of the next message."""
+        if self.eos_pending:
+            self.eos_pending = False
+            return None, 0, 0, 0
         if self.tcp:  # big buffers follow: take them without a copy
             frames = self.sock.recv_multipart(copy=False)
             head = frames[0].bytes
@@ -466,8 +523,16 @@ class InputEdge:
             raise
         return message, n, dropped, t_send
 
+    def end_now(self) -> None:
+        """Take end of stream as received (its producer ended before this node restarted)."""
+        self.ended = True
+        self.eos_pending = True
+
     def release(self, n: int) -> None:
         """Give message ``n`` (and every one before it) back to the producer."""
+        progress = self.progress
+        if progress is not None and n > progress[self.progress_at]:
+            progress[self.progress_at] = n  # the supervisor reads it if this node dies
         self._release_upto = n
         self._unreleased += 1
         if self._unreleased >= self.release_every:

@@ -35,6 +35,7 @@ still sets up the run (control) and carries edges between hosts (``transport: tc
 from __future__ import annotations
 
 import _thread
+import array
 import collections
 import contextlib
 import mmap
@@ -43,6 +44,7 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.errors import TransportError
@@ -143,6 +145,20 @@ def _drain(sock: socket.socket, keep: collections.deque[bytes]) -> None:
             keep.append(data)
 
 
+_FDS_SPACE = socket.CMSG_SPACE(array.array("i").itemsize) if hasattr(socket, "CMSG_SPACE") else 0
+
+
+def _recv_fds(sock: socket.socket, size: int) -> tuple[bytes, list[int]]:
+    """One datagram and the file descriptor it carries, if any, without waiting
+    (``socket.recv_fds`` ignores its flags before Python 3.12: it would wait)."""
+    data, ancdata, _, _ = sock.recvmsg(size, _FDS_SPACE, _DONTWAIT)
+    fds = array.array("i")
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds)
+
+
 class UnixEdgeSender(EdgeSender):
     """The producer's end of a fast-path edge: ``EdgeSender``'s flow control on a ring."""
 
@@ -153,6 +169,24 @@ class UnixEdgeSender(EdgeSender):
         self.queue = plan.queue
         self.policy = plan.when_full
         self.tcp = False
+        self.entries = plan.queue + 2  # the queue, end of stream, and one spare
+        self.fence = _Fence()
+        self._side: collections.deque[bytes] = collections.deque()
+        self._open_ring(endpoint)
+        self.inflight: collections.deque[tuple[int, list[Slot]]] = collections.deque()
+        self.waiting: collections.deque[_Pending] = collections.deque()
+        self.n = 0
+        self.unreported_drops = 0
+        self.dropped = 0
+        self.blocked_s = 0.0
+        self.ended = False
+        self.lost = 0
+        self.epoch = 0
+        self.on_wait: Callable[[], None] | None = None
+
+    def _open_ring(self, endpoint: str) -> None:
+        """Bind the producer's socket, make a fresh ring and hand it to the consumer."""
+        self.endpoint = endpoint
         self.peer = endpoint[len(SCHEME) :]
         self.path = self.peer + ".r"
         self.usock = _dgram_socket(self.path)
@@ -160,10 +194,9 @@ class UnixEdgeSender(EdgeSender):
         self.sock = self.usock  # pollable like the ZeroMQ one
         self._poll = select.poll()
         self._poll.register(self.usock.fileno(), _POLLIN)
-        self._side: collections.deque[bytes] = collections.deque()
-        self.entries = plan.queue + 2  # the queue, end of stream, and one spare
+        self._side.clear()
         size = _HEADER + self.entries * ENTRY
-        fd = os.memfd_create(f"pipeline-ring-{plan.name}"[:200], os.MFD_CLOEXEC)
+        fd = os.memfd_create(f"pipeline-ring-{self.plan.name}"[:200], os.MFD_CLOEXEC)
         try:
             os.ftruncate(fd, size)
             self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -177,14 +210,21 @@ class UnixEdgeSender(EdgeSender):
         self.ctl = memoryview(self.mm).cast("Q")
         self.head = 0
         self.seen = 0  # the last release read from the ring
-        self.fence = _Fence()
-        self.inflight: collections.deque[tuple[int, list[Slot]]] = collections.deque()
-        self.waiting: collections.deque[_Pending] = collections.deque()
-        self.n = 0
-        self.unreported_drops = 0
-        self.dropped = 0
-        self.blocked_s = 0.0
-        self.ended = False
+
+    def _close_ring(self) -> None:
+        self.usock.close()
+        _unlink(self.path)
+        with contextlib.suppress(BufferError):
+            self.ctl.release()
+            self.mm.close()
+
+    def reconnect(self, endpoint: str, server_key: str = "", delivered: int = 0) -> int:
+        """Hand a fresh ring to the restarted consumer (``EdgeSender.reconnect``)."""
+        lost = self._forget_inflight(delivered)
+        self._close_ring()
+        self._open_ring(endpoint)
+        self._resend_end()
+        return lost
 
     # credits -------------------------------------------------------------------------------
     def collect(self) -> None:
@@ -211,6 +251,7 @@ class UnixEdgeSender(EdgeSender):
         if ctl[_RELEASED // 8] != self.seen:
             self.collect()
             return True
+        self._waited()
         return False
 
     # sending -------------------------------------------------------------------------------
@@ -227,11 +268,15 @@ class UnixEdgeSender(EdgeSender):
         """Write one descriptor into the ring (waiting for an entry if the ring is full)."""
         ctl = self.ctl
         head = self.head
+        epoch = self.epoch
         while head - ctl[_TAIL // 8] >= self.entries:
             if self.gone:
                 return
             self._poll.poll(10)  # only a consumer that stopped reading gets here
             _drain(self.usock, self._side)
+            self._waited()
+            if self.epoch != epoch:
+                return  # the consumer was restarted meanwhile: this one was counted lost
         off = _HEADER + (head % self.entries) * ENTRY
         small = len(data) + 4 <= ENTRY
         if small:
@@ -279,11 +324,7 @@ class UnixEdgeSender(EdgeSender):
 
     def close(self, linger_ms: int = 0) -> None:
         """Close (the ring stays mapped by the consumer until it closes too)."""
-        self.usock.close()
-        _unlink(self.path)
-        with contextlib.suppress(BufferError):
-            self.ctl.release()
-            self.mm.close()
+        self._close_ring()
 
 
 class UnixInputEdge(InputEdge):
@@ -305,8 +346,13 @@ class UnixInputEdge(InputEdge):
         self.endpoint = SCHEME + self.path
         self.reader = reader
         self.ended = False
+        self.eos_pending = False
+        self.progress: memoryview | None = None
+        self.progress_at = 0
         self.malformed = 0
         self.key = ""  # same host, in the run's 0700 folder: no CURVE handshake
+        # rings handed over after the first: a restarted producer's (its data, its fd)
+        self._rings: collections.deque[tuple[bytes, int]] = collections.deque()
         self._view = self._shm_view
         self._side: collections.deque[bytes] = collections.deque()
         self.mm: mmap.mmap | None = None
@@ -317,31 +363,63 @@ class UnixInputEdge(InputEdge):
         self._sleeping = False
         self.fence = _Fence()
 
+    def _take(self) -> None:
+        """Read every waiting datagram: wake-ups are dropped, parts of descriptors kept, and
+        a ring (the producer's first datagram; a restarted producer's) kept to be mapped."""
+        while True:
+            try:
+                data, fds = _recv_fds(self.usock, DATAGRAM + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if fds:
+                if data.startswith(_RING) and len(fds) == 1:
+                    self._rings.append((data, fds[0]))
+                else:
+                    for fd in fds:
+                        os.close(fd)
+                    raise TransportError(f"edge {self.name}: a file came that is not a ring")
+            elif data.startswith(_RING):
+                raise TransportError(f"edge {self.name}: a ring came without its file")
+            elif data != _WAKE:
+                self._side.append(data)
+
     def _attach(self) -> bool:
-        """Map the ring the producer sent (its first datagram); False until it came."""
-        try:
-            data, fds, _, _ = socket.recv_fds(self.usock, 64, 1, _DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return False
-        if not data.startswith(_RING) or len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            raise TransportError(f"edge {self.name}: the producer's first message is not a ring")
+        """Map the next ring the producer sent; False until one came. A ring after the
+        first is a restarted producer's: it is taken once the old ring is read to its end
+        (the dead producer wrote nothing after its last head)."""
+        if not self._rings:
+            self._take()
+            if not self._rings:
+                return False
+        data, fd = self._rings.popleft()
         try:
             entries = _REL.unpack_from(data, 1)[0]
             size = _HEADER + entries * ENTRY
-            if os.fstat(fds[0]).st_size < size:
+            if os.fstat(fd).st_size < size:
                 raise TransportError(f"edge {self.name}: the ring is smaller than it says")
-            self.mm = mmap.mmap(fds[0], size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
-            os.close(fds[0])
-        self.ctl = memoryview(self.mm).cast("Q")
+            os.close(fd)
+        self._unmap()
+        self.mm = mm
+        self.ctl = memoryview(mm).cast("Q")
         self.entries = entries
-        self.usock.connect(self.peer)
+        self.tail = 0
+        self._sleeping = False
         return True
 
+    def _unmap(self) -> None:
+        if self.ctl is not None and self.mm is not None:
+            with contextlib.suppress(BufferError):
+                self.ctl.release()
+                self.mm.close()
+        self.ctl = None
+        self.mm = None
+
     def has_message(self) -> bool:
-        if self._next is not None:
+        if self._next is not None or self.eos_pending:
             return True
         ctl = self.ctl
         if ctl is None:
@@ -354,6 +432,8 @@ class UnixInputEdge(InputEdge):
             ctl[_C_SLEEPING // 8] = 0
         tail = self.tail
         if ctl[_HEAD // 8] == tail:
+            if self._rings and self._attach():  # the producer was restarted
+                return self.has_message()
             return False
         self.fence()  # the head is read before the entry
         mm = self.mm
@@ -373,7 +453,7 @@ class UnixInputEdge(InputEdge):
         while True:
             while not self._side:
                 select.select([self.usock], [], [], 1.0)
-                _drain(self.usock, self._side)
+                self._take()
             data = self._side.popleft()
             chunks.append(data[1:])
             if data[:1] == _LAST:
@@ -385,9 +465,11 @@ class UnixInputEdge(InputEdge):
         ctl = self.ctl
         if ctl is None:
             return not self._attach()
-        if self._next is not None:
+        if self._next is not None or self.eos_pending:
             return False
-        _drain(self.usock, self._side)  # old wake-ups would end the sleep at once
+        self._take()  # old wake-ups would end the sleep at once
+        if self._rings:
+            return False  # a restarted producer's ring: look again
         self._sleeping = True
         ctl[_C_SLEEPING // 8] = 1
         self.fence()  # the flag is stored before we look at the head once more
@@ -395,6 +477,9 @@ class UnixInputEdge(InputEdge):
 
     def recv(self) -> tuple[Message | None, int, int, int]:
         """(message or None at end of stream, n, dropped, t_send_ns) of the next message."""
+        if self.eos_pending:
+            self.eos_pending = False
+            return None, 0, 0, 0
         if self._next is None and not self.has_message():
             raise TransportError(f"edge {self.name}: recv() with no message waiting")
         head = self._next
@@ -412,16 +497,16 @@ class UnixInputEdge(InputEdge):
         ctl[_RELEASED // 8] = self._release_upto
         self.fence()  # the release is stored before we look whether the producer sleeps
         if ctl[_P_SLEEPING // 8]:
+            # not connected: a restarted producer binds the same path with a new socket
             with contextlib.suppress(OSError):  # BlockingIOError: it has a wake-up already
-                self.usock.send(_WAKE, _DONTWAIT)
+                self.usock.sendto(_WAKE, _DONTWAIT, self.peer)
 
     def close(self) -> None:
         self.usock.close()
         _unlink(self.path)
-        if self.ctl is not None and self.mm is not None:
-            with contextlib.suppress(BufferError):
-                self.ctl.release()
-                self.mm.close()
+        self._unmap()
+        while self._rings:
+            os.close(self._rings.popleft()[1])
 
 
 def open_sender(

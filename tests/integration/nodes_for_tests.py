@@ -253,3 +253,46 @@ class StreamsLog(Node):
 
     def close(self) -> None:
         self._file.close()
+
+
+class Crasher(Node):
+    """Forward each frame; at the first seq >= ``at`` of its first life (of every life with
+    ``every_life``) end as ``how`` says: ``kill`` (SIGKILL to itself, before sending),
+    ``raise``, ``exit0`` (a clean exit before the end of its stream) or ``hang`` (write
+    ``<marker>.hang`` and sleep until killed). ``<marker>.lives`` counts its lives."""
+
+    class Params(NodeParams):
+        marker: str
+        at: int = -1
+        how: str = "kill"
+        every_life: bool = False
+        delay_ms: float = Field(0.0, ge=0)
+
+    frames = Input(Frame)
+    out = Output(Frame)
+
+    def open(self) -> None:
+        lives = Path(self.params.marker + ".lives")
+        self.life = (int(lives.read_text()) if lives.exists() else 0) + 1
+        lives.write_text(str(self.life))
+        Path(self.params.marker + ".pid").write_text(str(os.getpid()))
+        self.armed = self.params.at >= 0 and (self.life == 1 or self.params.every_life)
+
+    def process(self, frames: Frame) -> None:
+        if self.params.delay_ms:
+            time.sleep(self.params.delay_ms / 1000)
+        if self.armed and frames.seq >= self.params.at:
+            self.armed = False
+            how = self.params.how
+            if how == "kill":
+                os.kill(os.getpid(), 9)
+                time.sleep(60)
+            elif how == "raise":
+                raise RuntimeError(f"crashed at seq {frames.seq} in life {self.life}")
+            elif how == "exit0":
+                os._exit(0)
+            elif how == "hang":
+                Path(self.params.marker + ".hang").write_text(str(frames.seq))
+                while True:
+                    time.sleep(0.05)
+        self.out.send(frames)
