@@ -493,6 +493,7 @@ class InputEdge:
         """(message or None at end of stream, n, dropped, t_send_ns) of the next message."""
         if self.eos_pending:
             self.eos_pending = False
+            self.ended = True
             return None, 0, 0, 0
         if self.tcp:  # big buffers follow: take them without a copy
             frames = self.sock.recv_multipart(copy=False)
@@ -524,8 +525,8 @@ class InputEdge:
         return message, n, dropped, t_send
 
     def end_now(self) -> None:
-        """Take end of stream as received (its producer ended before this node restarted)."""
-        self.ended = True
+        """Take end of stream as received (its producer ended before this node restarted):
+        the next ``recv`` returns it."""
         self.eos_pending = True
 
     def release(self, n: int) -> None:

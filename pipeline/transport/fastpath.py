@@ -479,6 +479,7 @@ class UnixInputEdge(InputEdge):
         """(message or None at end of stream, n, dropped, t_send_ns) of the next message."""
         if self.eos_pending:
             self.eos_pending = False
+            self.ended = True
             return None, 0, 0, 0
         if self._next is None and not self.has_message():
             raise TransportError(f"edge {self.name}: recv() with no message waiting")

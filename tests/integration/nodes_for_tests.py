@@ -267,9 +267,15 @@ class Crasher(Node):
         how: str = "kill"
         every_life: bool = False
         delay_ms: float = Field(0.0, ge=0)
+        die_in_flush: bool = False  # SIGKILL in flush() of the first life
 
     frames = Input(Frame)
     out = Output(Frame)
+
+    def flush(self) -> None:
+        if self.params.die_in_flush and self.life == 1:
+            os.kill(os.getpid(), 9)
+            time.sleep(60)
 
     def open(self) -> None:
         lives = Path(self.params.marker + ".lives")
