@@ -53,6 +53,7 @@ class RunPerf:
         self.t_hello: dict[str, float] = {}
         self.t_ready: dict[str, float] = {}
         self.procs: Mapping[str, _Watched] = {}
+        self.template_pid = 0  # a fork server kept alive for the run (restart: policies)
         self.forked = False  # nodes came from the fork server (its template is gone by now)
         self.next_sample = 0.0
         self.peak_total = 0.0
@@ -82,6 +83,8 @@ class RunPerf:
                 return
             rows[node_id] = mb
         rows["(supervisor)"] = read_pss_mb(os.getpid()) or 0.0
+        if self.template_pid:  # kept for restarts
+            rows["(fork server)"] = read_pss_mb(self.template_pid) or 0.0
         total = sum(rows.values())
         if total > self.peak_total:
             self.peak_total = total

@@ -311,6 +311,7 @@ class _Supervisor:
         self.hello: set[str] = set()
         self.perf = RunPerf()
         self.started = False
+        self.server: ForkServer | None = None  # kept for restarts
         # (producer, edge) -> consumer: a restarted consumer's edge its producer has not yet
         # connected again (``Rewire`` sent, no ``Rewired`` yet)
         self.rewiring: dict[tuple[str, str], str] = {}
@@ -427,8 +428,14 @@ class _Supervisor:
                     max_restarts=spec.max_restarts,
                     window_s=spec.restart_window_s,
                 )
-            if server is not None:
+            if server is not None and not self._restarts_possible():
                 server.close()  # every node is this process's child now; the template goes
+            elif server is not None:
+                # restart: policies: a restarted node is forked from the template too, in
+                # milliseconds instead of a fresh interpreter's second or more
+                # (benchmarks/restart.py); the template stays for the run
+                self.server = server
+                self.perf.template_pid = server.pid
             self.perf.watch(self.procs, forked=server is not None)
             for sig in STOP_SIGNALS:
                 signal.signal(sig, self._on_signal)
@@ -627,6 +634,9 @@ class _Supervisor:
         return p.Wiring(mine, keys)
 
     # restarts ------------------------------------------------------------------------------
+    def _restarts_possible(self) -> bool:
+        return any(proc.restart != "never" for proc in self.procs.values())
+
     def _restartable(self, proc: _Proc, code: int | None = 1) -> bool:
         """Whether the node's end (exit ``code``) is one its ``restart:`` policy restarts.
 
@@ -689,7 +699,14 @@ class _Supervisor:
         self.board.clear(proc.index)
         cfg = dataclasses.replace(proc.cfg, generation=proc.generation)
         proc.process.close()
-        proc.process = (self.launcher or launch_local)(cfg)
+        launch = self.launcher or launch_local
+        if self.server is not None and self.server.alive:
+            launch = self.server.launch
+        try:
+            proc.process = launch(cfg)
+        except OSError as exc:  # the template died: a fresh interpreter then
+            self._print(f"warning: {exc}; starting node {proc.node_id!r} in a new interpreter")
+            proc.process = launch_local(cfg)
         if proc.process.sentinel is not None:
             self.poller.register(proc.process.sentinel, zmq.POLLIN)
         proc.exited = False

@@ -181,9 +181,9 @@ def test_a_producer_that_ended_before_the_restart_is_taken_as_ended(write_graph,
 def test_a_node_sigkilled_from_outside_by_pipeline_run(write_graph, tmp_path):
     graph = write_graph(graph_text(how="hang", at=50))
     stats = tmp_path / "stats.json"
+    command = [sys.executable, "-m", "pipeline.cli", "run", str(graph), "--no-live"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", str(graph), "--no-live"]
-        + ["--stats-json", str(stats)],
+        [*command, "--stats-json", str(stats)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
