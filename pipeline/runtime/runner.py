@@ -20,6 +20,9 @@ finished (end of stream reached every sink). It also:
   At half the limit it warns (the log, and ``stalled`` in the live table); at the limit it
   reports the node by id, method and input seq, has it print its Python stack (SIGUSR1)
   and handles it as a crash;
+- restarts a node whose ``restart:`` policy says so instead of stopping (see
+  ``_Supervisor._crashed``, and ARCHITECTURE.md "A node restarted"): backoff, a crash-loop
+  limit, its producers reconnected (``Rewire``) and what was in flight counted;
 - removes every shared-memory segment and socket file of the run when it ends, whatever
   happened, and sweeps those of dead runs before it starts.
 """
@@ -48,6 +51,7 @@ from pipeline.errors import (
     NodeError,
     NodeExitError,
     NodeOpenError,
+    NodePlacementError,
     NodeProcessError,
 )
 from pipeline.graph.validate import ValidatedGraph
@@ -356,6 +360,22 @@ class _Supervisor:
         _write_drawing(self.graph, self.run_dir / "graph.svg")
         self.board = ActivityBoard(self.run_dir / "activity", len(self.plan.nodes))
         t0 = time.monotonic()
+        if self.cluster is not None:
+            restarting = [n.id for n in self.graph.spec.nodes if n.restart != "never"]
+            if restarting:
+                # stage 1: restarts on one machine; a lost machine's nodes are not placed
+                # again yet
+                self._fail(
+                    NodePlacementError(
+                        restarting[0],
+                        "restart policies are not supported with --cluster yet; remove "
+                        f"'restart:' from node(s) {', '.join(map(repr, restarting))} or "
+                        "run the graph on one machine",
+                    ),
+                    None,
+                )
+                self.board.close()
+                return self._result(t0)
         # Before the ZeroMQ context: the fork server's template must be forked thread-free.
         server = self._fork_server()
         ctx: zmq.Context[Any] = zmq.Context()
@@ -375,21 +395,6 @@ class _Supervisor:
         old_handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         try:
             if self.cluster is not None:
-                restarting = [n.id for n in self.graph.spec.nodes if n.restart != "never"]
-                if restarting:
-                    # stage 1: restarts on one machine; a lost machine's nodes are not placed
-                    # again yet
-                    self._fail(
-                        NodeError(
-                            restarting[0],
-                            "restart",
-                            "restart policies are not supported with --cluster yet; remove "
-                            f"'restart:' from node(s) {', '.join(map(repr, restarting))} or "
-                            "run the graph on one machine",
-                        ),
-                        None,
-                    )
-                    return self._result(t0)
                 try:
                     layout = self.cluster.place(self.graph, self.run_dir, self.prefix)
                 except NodeError as exc:

@@ -25,10 +25,15 @@ I/O threads compete with the nodes themselves; that was most of a small frame's 
 
 A consumer that crashed leaves the producer's messages in flight (``block`` waits, the drop
 policies drop and count) until the supervisor, which saw the crash through the node's
-pidfd, stops the graph; a doorbell to a dead consumer is ignored. The sockets live in the run
-folder (mode 0700: nobody else can reach them): the consumer's at ``<edge address>.dg``, the
-producer's beside it with ``.r``; the consumer's address travels as ``unix://PATH``. ZeroMQ
-still sets up the run (control) and carries edges between hosts (``transport: tcp``).
+pidfd, stops the graph; a doorbell to a dead consumer is ignored. Under a ``restart:``
+policy the supervisor sends the producer a ``Rewire`` instead: ``reconnect`` counts what was
+in flight as lost and hands a fresh ring to the new consumer. A restarted *producer* sends
+its consumer a second ring: the consumer reads the old one to its last head, then switches
+(its socket is not connected to one peer, so the new producer's datagrams get through).
+The sockets live in the run folder (mode 0700: nobody else can reach them): the
+consumer's at ``<edge address>.dg``, the producer's beside it with ``.r``; the consumer's
+address travels as ``unix://PATH``. ZeroMQ still sets up the run (control) and carries
+edges between hosts (``transport: tcp``).
 ``PIPELINE_FAST_PATH=0`` sends same-host edges through ZeroMQ again.
 """
 
@@ -452,6 +457,8 @@ class UnixInputEdge(InputEdge):
         chunks = []
         while True:
             while not self._side:
+                if self._rings:  # the producer died half-way through it: a malformed one
+                    return b""
                 select.select([self.usock], [], [], 1.0)
                 self._take()
             data = self._side.popleft()
@@ -462,11 +469,11 @@ class UnixInputEdge(InputEdge):
     def may_sleep(self) -> bool:
         """Called before the worker sleeps on this edge's socket: ask for a doorbell, and
         say False if a message came in the meantime (then it must not sleep)."""
+        if self._next is not None or self.eos_pending:
+            return False
         ctl = self.ctl
         if ctl is None:
             return not self._attach()
-        if self._next is not None or self.eos_pending:
-            return False
         self._take()  # old wake-ups would end the sleep at once
         if self._rings:
             return False  # a restarted producer's ring: look again

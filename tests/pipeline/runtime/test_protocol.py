@@ -22,6 +22,9 @@ EVERY_KIND = [
     p.Stop(),
     p.Reset(),
     p.Abort(),
+    p.Rewire({"a/o->b.i": "unix:///tmp/x.dg"}, {}, {"a/o->b.i": 41}),
+    p.Rewired(["a/o->b.i"]),
+    p.InputEnded(["a/o->b.i"]),
 ]
 
 
@@ -32,7 +35,7 @@ def test_every_kind_survives_the_wire(message):
 
 def test_kinds_are_distinct_names_on_the_wire():
     kinds = [type(m).kind for m in EVERY_KIND]
-    assert len(set(kinds)) == len({type(m) for m in EVERY_KIND}) == 11
+    assert len(set(kinds)) == len({type(m) for m in EVERY_KIND}) == 14
 
 
 def test_an_unknown_kind_is_an_error_naming_it():

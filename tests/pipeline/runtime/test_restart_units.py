@@ -1,0 +1,147 @@
+"""The parts of restart: policies that need no running graph: the table's column, the
+statistics on the wire, the edge's accounting of a dead consumer, the cluster refusal."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+from pipeline import load_graph, run_graph
+from pipeline.errors import NodeCrashLoopError
+from pipeline.messages import Detections
+from pipeline.runtime.plan import Layout, WorkerConfig
+from pipeline.runtime.runner import NodeProcess
+from pipeline.runtime.stats import NodeStats, StatsCollector
+from pipeline.runtime.table import render_table
+from pipeline.transport import codec
+from pipeline.transport.channels import _Pending
+from pipeline.transport.fastpath import UnixEdgeSender, UnixInputEdge
+from pipeline.transport.plan import EdgePlan
+from pipeline.transport.shm import ShmReader
+
+
+def stats(node: str, restarts: int = 0) -> NodeStats:
+    s = StatsCollector(node, ["frames"], ["out"]).snapshot(0.0)
+    return dataclasses.replace(s, restarts=restarts)
+
+
+def test_the_table_shows_restarts_once_a_node_restarted():
+    quiet = render_table({"a": stats("a"), "b": stats("b")})
+    assert "restarts" not in quiet
+    table = render_table({"a": stats("a"), "b": stats("b", restarts=2), "c": None})
+    header, row_a, row_b, _ = table.splitlines()
+    assert header.split()[-1] == "restarts"
+    assert row_a.split()[-1] == "0"
+    assert row_b.split()[-1] == "2"
+
+
+def test_restarts_cross_the_wire():
+    s = stats("a", restarts=3)
+    assert NodeStats.from_wire(s.to_wire()).restarts == 3
+    assert s.to_dict()["restarts"] == 3
+
+
+def test_crash_loop_message_names_the_node_the_count_and_the_last_error():
+    error = NodeCrashLoopError("faces", 6, 60.0, 5, "node 'faces' was killed by SIGKILL")
+    assert str(error) == (
+        "node 'faces' is in a crash loop: it failed 6 times within 60 s (max_restarts: 5); "
+        "its last error: node 'faces' was killed by SIGKILL"
+    )
+    assert error.node_id == "faces"
+
+
+def item(seq: int = 0) -> _Pending:
+    message = Detections(seq=seq)
+    inline = [(k, a, "i", a.tobytes()) for k, a in message.wire_arrays().items()]
+    return _Pending(codec.pack_body(message, inline), None, [], [])
+
+
+def _plan(tmp_path: Path) -> EdgePlan:
+    return EdgePlan("a", "o", "b", "i", 4, "block", "shm", 2, f"ipc://{tmp_path}/e")
+
+
+def test_a_reconnected_edge_counts_what_the_dead_consumer_had_not_done(tmp_path):
+    plan = _plan(tmp_path)
+    reader = ShmReader()
+    dead = UnixInputEdge(plan, reader)
+    sender = UnixEdgeSender(plan, dead.endpoint)
+    for _ in range(4):
+        sender.offer(item())
+    got = []
+    while dead.has_message():
+        got.append(dead.recv()[1])
+    assert got == [1, 2, 3, 4]
+    dead.close()  # it was done with 1 and 2 only (its progress file says so)
+    new = UnixInputEdge(plan, reader)
+    assert sender.reconnect(new.endpoint, "", delivered=2) == 2
+    assert sender.lost == 2 and not sender.inflight
+    sender.offer(item())
+    assert new.has_message()
+    assert new.recv()[1] == 5  # numbering goes on: late releases free nothing new
+    sender.send_eos()
+    assert new.has_message() and new.recv()[0] is None
+    sender.close()
+    new.close()
+
+
+def test_a_restarted_producer_s_ring_is_taken_after_the_old_one_is_read(tmp_path):
+    plan = _plan(tmp_path)
+    edge = UnixInputEdge(plan, ShmReader())
+    old = UnixEdgeSender(plan, edge.endpoint)
+    old.offer(item())
+    old.offer(item())
+    assert edge.has_message()  # maps the first ring
+    old.usock.close()  # it dies: its ring stays mapped by the consumer
+    new = UnixEdgeSender(plan, edge.endpoint)
+    new.n = 1 << 40
+    new.offer(item())
+    numbers = []
+    while edge.has_message() or not edge.may_sleep():  # as the worker's loop asks
+        if edge.has_message():
+            numbers.append(edge.recv()[1])
+    assert numbers == [1, 2, (1 << 40) + 1]
+    edge.release((1 << 40) + 1)
+    edge.flush_releases()
+    new.collect()
+    assert not new.inflight
+    new.close()
+    edge.close()
+
+
+def test_an_ended_input_is_taken_as_ended(tmp_path):
+    edge = UnixInputEdge(_plan(tmp_path), ShmReader())
+    edge.end_now()
+    assert edge.has_message() and not edge.may_sleep()
+    assert edge.recv()[0] is None and edge.ended
+    edge.close()
+
+
+class _Cluster:
+    """A cluster launcher that must not be asked anything: restart: is refused first."""
+
+    control_address = "127.0.0.1"
+
+    def __call__(self, cfg: WorkerConfig) -> NodeProcess:
+        raise AssertionError("no node may be launched")
+
+    def place(self, graph: object, run_dir: Path, run_prefix: str) -> Layout:
+        raise AssertionError("nothing may be placed")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_cluster_refuses_restart_policies_with_a_clear_error(tmp_path):
+    graph = tmp_path / "g.yaml"
+    graph.write_text(
+        "graph: g\n"
+        "nodes:\n"
+        "  - {id: camera, node: synthetic}\n"
+        "  - {id: sink, node: discard, inputs: {messages: camera/frames}, restart: always}\n"
+    )
+    out = io.StringIO()
+    result = run_graph(load_graph(graph), launcher=_Cluster(), out=out)
+    assert result.exit_code == 1
+    assert "restart policies are not supported with --cluster yet" in str(result.error)
+    assert "'sink'" in str(result.error)
