@@ -163,7 +163,8 @@ class NodeCrashLoopError(NodeError):
         super().__init__(node_id, "restart", last)
         self.failures = failures
         self.args = (
-            f"node {node_id!r} is in a crash loop: it failed {failures} times within "
+            f"node {node_id!r} is in a crash loop: it failed {failures} "
+            f"time{'' if failures == 1 else 's'} within "
             f"{window_s:g} s (max_restarts: {limit}); its last error: {last}",
         )
 

@@ -382,6 +382,10 @@ class _Supervisor:
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if any(node.restart != "never" for node in self.graph.spec.nodes):
+            # a restarted node connects under its old identity, maybe before the dead one's
+            # connection is seen closed: the new connection takes it over
+            router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         if self.cluster is not None and self.run_keys is not None:
             self.gate = Gatekeeper(ctx, self.run_keys)
             serve(router, self.run_keys)
