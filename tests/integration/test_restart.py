@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 GRAPH = """
     graph: restarts
     nodes:
-      - {{id: camera, node: synthetic, params: {{width: 64, height: 48, fps: 0, frames: {frames}}}}}
+      - {{id: camera, node: synthetic, params: {{width: 64, height: 48, fps: {fps}, frames: {frames}}}}}
       - id: relay
         node: {{T}}:Crasher
         params: {{marker: {{tmp}}/relay, at: {at}, how: {how}{extra}}}
@@ -39,6 +39,7 @@ GRAPH = """
 def graph_text(
     *,
     frames: int = 200,
+    fps: int = 0,
     at: int = 60,
     how: str = "kill",
     queue: int = 4,
@@ -55,7 +56,14 @@ def graph_text(
         if more:
             policy += f"\n        {more}"
     return GRAPH.format(
-        frames=frames, at=at, how=how, queue=queue, when_full=when_full, policy=policy, extra=extra
+        frames=frames,
+        fps=fps,
+        at=at,
+        how=how,
+        queue=queue,
+        when_full=when_full,
+        policy=policy,
+        extra=extra,
     )
 
 
@@ -144,9 +152,12 @@ def test_a_clean_exit_before_the_end_is_restarted_by_always_only(write_graph, tm
 
 
 def test_drop_newest_counts_drops_and_losses_apart(write_graph, tmp_path):
-    graph = write_graph(graph_text(when_full="drop_newest", extra=", delay_ms: 1"))
+    # paced, so that the relay sees frames up to its crash at seq 60 (a camera flat out
+    # would drop most of them and could end before the relay got there)
+    graph = write_graph(graph_text(fps=400, when_full="drop_newest", extra=", delay_ms: 1"))
     result = run_graph(load_graph(graph))
     assert result.exit_code == 0, result.error
+    assert result.stats["relay"].restarts == 1
     camera = result.stats["camera"]
     dropped = camera.outputs["frames"].dropped
     lost = camera.counters["lost_on_restart"]
