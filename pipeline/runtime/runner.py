@@ -695,8 +695,12 @@ class _Supervisor:
 
     def _due_restarts(self) -> None:
         now = time.monotonic()
+        # a stop drains the graph through the dead node: its restart does not wait
+        draining = self.stop_deadline is not None
+        if self.error or self.forced:
+            return
         for proc in self.procs.values():
-            if proc.restart_at is not None and now >= proc.restart_at and not self.error:
+            if proc.restart_at is not None and (draining or now >= proc.restart_at):
                 self._relaunch(proc)
 
     def _relaunch(self, proc: _Proc) -> None:

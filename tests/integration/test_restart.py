@@ -224,3 +224,40 @@ def test_a_node_sigkilled_from_outside_by_pipeline_run(write_graph, tmp_path):
     # nothing of the run is left: segments (both lives' pools), sockets, the run folder
     assert list(SHM_DIR.glob(f"pipeline-{proc.pid}-*")) == []
     assert run_dirs(proc.pid) == []
+
+
+def test_a_stop_while_a_restart_waits_restarts_it_at_once_and_drains(write_graph, tmp_path):
+    graph = write_graph(
+        graph_text(frames=0, fps=100).replace("initial: 0.05, max: 0.2", "initial: 30, max: 30")
+    )
+    stats = tmp_path / "stats.json"
+    command = [sys.executable, "-m", "pipeline.cli", "run", str(graph), "--no-live"]
+    proc = subprocess.Popen(
+        [*command, "--stats-json", str(stats)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:  # until the relay died and waits 30 s for its restart
+            seen.append(line)
+            if "restarting it in 30 s" in line:
+                break
+        else:
+            raise AssertionError("".join(seen))
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, "".join(seen) + out
+    assert time.monotonic() - t0 < 20  # not the 30 s backoff
+    nodes = json.loads(stats.read_text())["nodes"]
+    assert nodes["relay"]["restarts"] == 1
+    sent = nodes["camera"]["outputs"]["frames"]["sent"]
+    lost = nodes["camera"]["counters"]["lost_on_restart"]
+    assert len(seqs(tmp_path / "rec.jsonl")) == sent - lost
+    assert list(SHM_DIR.glob(f"pipeline-{proc.pid}-*")) == []
