@@ -71,7 +71,7 @@ START_TIMEOUT_S = 120.0
 TICK_S = 0.5
 
 
-class WorkersError(ValueError):
+class WorkersError(Exception):
     """The Ray workers cannot be used (Ray missing, the cluster unreachable, a bad option)."""
 
 
@@ -109,9 +109,9 @@ def decide(scaling: Scaling, replicas: int, starting: int, pending: int, idle_s:
 
 def parse_replicas(text: str) -> tuple[int, int]:
     """``N`` (a fixed count) or ``MIN:MAX`` -> ``(min, max)``."""
-    low, _, high = text.partition(":")
+    low, sep, high = text.partition(":")
     try:
-        lo, hi = int(low), int(high or low)
+        lo, hi = int(low), int(high if sep else low)
     except ValueError:
         raise WorkersError(f"replicas {text!r} must be N or MIN:MAX (whole numbers)") from None
     if lo < 1 or hi < lo:

@@ -34,7 +34,7 @@ pytest.importorskip("sqlalchemy", reason="the cloud extra is not installed")
 @pytest.fixture(scope="module")
 def ray_cloud(ray_cluster: Any) -> Iterator[SimpleNamespace]:
     """The cloud server on the Ray cluster (Ray Client): model ``blazeface`` with two fixed
-    replicas, ``burst`` (the same file) with one that may grow to two."""
+    replicas, ``burst`` (the same file) with one that may grow to two, ``fragile`` with one."""
     from pipeline_cloud.blobs import BlobStore
     from pipeline_cloud.registry import Registry, params_from_catalog
     from pipeline_cloud.store import UploadMeta
@@ -48,7 +48,7 @@ def ray_cloud(ray_cluster: Any) -> Iterator[SimpleNamespace]:
         tls=False,
         workers=ray_cluster.client_address,  # type: ignore[arg-type]
         extra_args=(
-            "--replicas", "2", "--model-replicas", "burst=1:2",
+            "--replicas", "2", "--model-replicas", "burst=1:2", "--model-replicas", "fragile=1",
             "--scale-up-queue", "1", "--scale-down-after", "1",
         ),
     )  # fmt: skip
@@ -59,7 +59,7 @@ def ray_cloud(ray_cluster: Any) -> Iterator[SimpleNamespace]:
         registry = Registry(store.sessions, BlobStore(data / "blobs"))
         model = Path(resolve_model("face_short_range"))
         params = params_from_catalog("face_short_range")
-        for name in ("blazeface", "burst"):
+        for name in ("blazeface", "burst", "fragile"):
             registry.create_version(
                 org_id, name, "object_detection", model.name, model.read_bytes(), "1",
                 run_params=params,
@@ -244,3 +244,44 @@ def test_autoscaling_adds_a_replica_under_a_burst_and_removes_it_when_idle(ray_c
     log = "".join(ray_cloud.server.output)
     assert "burst@1: replica 2 ready" in log
     assert "stopped (idle)" in log
+
+
+def test_a_request_that_loses_two_replicas_answers_unavailable(ray_cloud):
+    from grpclib import GRPCError
+    from grpclib.const import Status
+
+    get = _status_of(ray_cloud)
+
+    async def body(client: Any) -> list[Any]:
+        await infer(client, ray_cloud, "fragile")
+        outcomes: list[Any] = []
+        killed: list[int] = []
+        done = asyncio.Event()
+
+        async def one() -> None:
+            while not done.is_set():
+                try:
+                    outcomes.append(await infer(client, ray_cloud, "fragile"))
+                except GRPCError as exc:
+                    outcomes.append(exc)
+
+        loops = [asyncio.create_task(one()) for _ in range(6)]
+        deadline = time.monotonic() + 60
+        while len(killed) < 2 or not any(isinstance(o, GRPCError) for o in outcomes):
+            assert time.monotonic() < deadline, (killed, await get(client, "fragile"))
+            for r in (await get(client, "fragile")).get("replica", []):
+                # the one replica, then its replacement, each with requests in flight
+                if r["inflight"] > 0 and int(r["pid"]) not in killed and len(killed) < 2:
+                    killed.append(int(r["pid"]))
+                    os.kill(killed[-1], signal.SIGKILL)
+            await asyncio.sleep(0.005)
+        done.set()
+        await asyncio.gather(*loops)
+        outcomes.append(await infer(client, ray_cloud, "fragile"))  # a third replica serves
+        return outcomes
+
+    outcomes = with_client(ray_cloud, body)
+    errors = [o for o in outcomes if isinstance(o, GRPCError)]
+    assert errors and all(e.status == Status.UNAVAILABLE for e in errors)
+    assert "were lost twice running this request" in str(errors[0].message)
+    assert not isinstance(outcomes[-1], GRPCError)
