@@ -10,6 +10,7 @@ server down); 2 usage (argparse).
     pipeline cloud org create NAME --data DIR          # prints the organisation id
     pipeline cloud key create --org ORG --data DIR     # prints the key id and the key
     pipeline cloud login --address A --key-id ID --key KEY
+    pipeline cloud workers                              # inference workers, replicas per model
     pipeline infer --binary-data-id ID --model-name N --model-org-id O --model-version V --org-id O
 """
 
@@ -256,6 +257,31 @@ def _cmd_login(args: argparse.Namespace) -> int:
     return 0
 
 
+@guarded
+def _cmd_workers(args: argparse.Namespace) -> int:
+    status = run_client(args, lambda c: c.admin("InferenceStatus"))
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"workers: {status.get('workers')}  in flight: {int(status.get('pending', 0))}", end="")
+    if "retried" in status:
+        lost, retried = int(status.get("lost", 0)), int(status.get("retried", 0))
+        print(f"  replicas lost: {lost}  requests retried: {retried}", end="")
+    print()
+    for name, model in sorted(status.get("models", {}).items()):
+        print(
+            f"{name}: {int(model['replicas'])} replicas "
+            f"({int(model['min_replicas'])}..{int(model['max_replicas'])}, "
+            f"{int(model['starting'])} starting), {int(model['pending'])} in flight"
+        )
+        for r in model.get("replica", []):
+            print(
+                f"  replica {int(r['number'])}: Ray node {str(r['node'])[:8]} ({r['address']}) "
+                f"pid {int(r['pid'])}  in flight {int(r['inflight'])}  served {int(r['served'])}"
+            )
+    return 0
+
+
 def usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     def show(_: argparse.Namespace) -> int:
         parser.print_help(sys.stderr)
@@ -268,7 +294,7 @@ def register_cloud(subparsers: Subparsers) -> None:
     """``pipeline cloud``: serve, org, key, login."""
     cloud = subparsers.add_parser("cloud", help="run the cloud server; organisations and keys")
     cloud.set_defaults(func=usage(cloud))
-    sub = cloud.add_subparsers(dest="cloud_command", metavar="{serve,org,key,login}")
+    sub = cloud.add_subparsers(dest="cloud_command", metavar="{serve,org,key,login,workers}")
 
     p = sub.add_parser("serve", help="serve the data API, registry and inference (gRPC)")
     _add_data_dir(p)
@@ -342,6 +368,13 @@ def register_cloud(subparsers: Subparsers) -> None:
     )
     _add_data_dir(p)
     p.set_defaults(func=_cmd_key_create)
+
+    p = sub.add_parser(
+        "workers", help="the server's inference workers: Ray replicas per model, queue depth"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    add_client_options(p)
+    p.set_defaults(func=_cmd_workers)
 
     p = sub.add_parser("login", help="check an API key and save it for later commands")
     add_client_options(p)

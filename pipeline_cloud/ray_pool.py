@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline_cloud.errors import Busy, CloudError, Unavailable
+from pipeline_cloud.errors import Busy, CloudError, ModelFailed, Unavailable
 from pipeline_cloud.inference import (
     InferencePool,
     InferenceResult,
@@ -350,7 +350,11 @@ class RayInferencePool:
     def _start(self, model: _Model) -> None:
         if not model.shipped:
             # once per model version: the file for replicas on machines without the data folder
-            model.shipped.append(self.ray.put(Path(model.job.model_path).read_bytes()))
+            try:
+                data = Path(model.job.model_path).read_bytes()
+            except OSError as exc:
+                raise ModelFailed(f"the file of {model.name} cannot be read: {exc}") from None
+            model.shipped.append(self.ray.put(data))
         model.started += 1
         replica = _Replica(None, model.started)
         self._actors.append(replica)
@@ -415,7 +419,10 @@ class RayInferencePool:
         while True:
             await asyncio.sleep(TICK_S)
             for model in list(self._models.values()):
-                self._scale(model)
+                try:
+                    self._scale(model)
+                except Exception as exc:  # a deleted model file, Ray refusing: try again later
+                    log.warning("%s: scaling failed: %s", model.name, exc)
 
     def _where(self, replica: _Replica) -> str:
         w = replica.where
@@ -440,7 +447,8 @@ class RayInferencePool:
         count = f"{s.min_replicas}" + (
             f"..{s.max_replicas}" if s.max_replicas > s.min_replicas else ""
         )
-        return f"Ray workers at {self.address}, {count} replicas per model"
+        plural = "" if count == "1" else "s"
+        return f"Ray workers at {self.address}, {count} replica{plural} per model"
 
     def stats(self) -> dict[str, Any]:
         """Replicas per model (where each runs, what it served), requests in flight."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import tempfile
 import time
@@ -160,7 +161,7 @@ def _status_of(cloud: SimpleNamespace) -> Callable[[Any, str], Awaitable[dict[st
     return get
 
 
-def test_two_replicas_on_the_two_ray_nodes_both_serve(ray_cloud):
+def test_two_replicas_on_the_two_ray_nodes_both_serve(ray_cloud, capsys):
     get = _status_of(ray_cloud)
 
     async def body(client: Any) -> dict[str, Any]:
@@ -180,6 +181,20 @@ def test_two_replicas_on_the_two_ray_nodes_both_serve(ray_cloud):
     # Ray's SPREAD strategy put them on different Ray nodes
     assert len({r["node"] for r in replicas}) == 2
     assert s["pool"]["workers"].startswith("ray://")
+
+    # the same through the command line
+    from pipeline.cli import main
+
+    code = main(
+        ["cloud", "workers", "--address", ray_cloud.server.address, "--key-id",
+         ray_cloud.key_id, "--key", ray_cloud.key, "--insecure"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith(f"workers: {s['pool']['workers']}  in flight: 0  replicas lost: ")
+    assert f"{ray_cloud.org}:blazeface@1: 2 replicas (2..2, 0 starting), 0 in flight" in out
+    for r in replicas:
+        assert re.search(rf"replica \d: Ray node \w{{8}} \(\S+\) pid {int(r['pid'])} ", out)
 
 
 def test_a_replica_killed_mid_request_is_retried_on_another_and_replaced(ray_cloud):
