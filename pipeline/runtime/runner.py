@@ -877,9 +877,14 @@ class _Supervisor:
         code = proc.process.exitcode
         # Its last words (Done, Failed) may still be on their way through ZeroMQ: read them
         # before judging the exit.
+        # On a loaded machine they can come more than one poll after the exit: a clean exit
+        # (0) waits for them up to a second; a node killed by a signal has nothing more to say.
         last_words = time.monotonic() + (1.0 if code == 0 else 0.2)
-        while not proc.state.ended and time.monotonic() < last_words and self.router.poll(50):
-            self._receive()
+        while not proc.state.ended and time.monotonic() < last_words:
+            if self.router.poll(50):
+                self._receive()
+            elif code is None or code < 0:
+                break
         if proc.state is not NodeState.CLOSED and not self.error and not self.forced:
             # a launcher may know better how it ended (a cluster: its machine left)
             how = getattr(proc.process, "exit_reason", None) or _describe_exit(code)
