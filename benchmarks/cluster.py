@@ -22,8 +22,16 @@ table with ratios and go to ``benchmarks/results/cluster.json``.
     .venv/bin/python benchmarks/cluster.py            # about a minute
     .venv/bin/python benchmarks/cluster.py --quick
 
-Not here (see the cluster note): the face graph with 1 vs 2 detector replicas (``replicas:``
-is not built yet).
+``--replicas`` measures instead the face graph with 1 vs 2 detector replicas (``replicas:``,
+``pipeline.runtime.replicas``): a decode-light source (the sample video's first 50 frames,
+decoded once, sent over and over) -> BlazeFace (``face_full_range``, one thread) -> jsonl of
+the detections, on one machine (``run_graph``) and on a local Ray cluster of two Ray nodes
+(one CPU each; the detector placed by ``{CPU: 1}``, so two replicas land one on each). It
+prints frames/s at the sink, the ratio 2 vs 1 replica, and CPU seconds per frame (every
+node's, and the detectors'), and writes ``benchmarks/results/cluster-replicas.json``:
+
+    .venv/bin/python benchmarks/cluster.py --replicas          # a few minutes
+    .venv/bin/python benchmarks/cluster.py --replicas --quick
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ from pipeline.transport.plan import EdgePlan, slot_pool_size
 from pipeline.transport.shm import ShmReader, SlotPool
 
 RESULTS = Path(__file__).parent / "results" / "cluster.json"
+REPLICA_RESULTS = Path(__file__).parent / "results" / "cluster-replicas.json"
+ROOT = Path(__file__).resolve().parent
 W, H = 1920, 1080
 PLAN = EdgePlan(
     producer="p",
@@ -228,11 +238,149 @@ METHODS = {
 }
 
 
+FACE_GRAPH = """\
+graph: faces_replicated
+nodes:
+  - id: camera
+    node: benchmarks.bench_nodes:PreloadedVideo
+    params: {{path: {video}, frames: {frames}, preload: 50}}
+    placement: {{labels: {{site: a}}}}
+  - id: faces
+    node: detector
+    params: {{model: face_full_range, num_threads: 1, default_minimum_confidence: 0.6}}
+    replicas: {replicas}
+    inputs: {{frames: {{from: camera/frames, queue: 2}}}}
+    placement: {{resources: {{CPU: 1}}}}
+  - id: sink
+    node: jsonl
+    params: {{path: {out}}}
+    inputs: {{messages: faces/detections}}
+    placement: {{labels: {{site: a}}}}
+"""
+
+
+def _face_run(replicas: int, frames: int, tmp: Path, launcher: Any) -> dict[str, Any]:
+    """One run of the face graph; frames/s at the sink and CPU seconds per frame."""
+    from pipeline import load_graph, run_graph
+
+    path = tmp / f"faces-{replicas}.yaml"
+    path.write_text(
+        FACE_GRAPH.format(
+            video=ROOT.parent / "samples" / "people.mp4",
+            frames=frames,
+            replicas=replicas,
+            out=tmp / "faces.jsonl",
+        )
+    )
+    result = run_graph(load_graph(path), launcher=launcher)
+    if result.exit_code != 0:
+        raise RuntimeError(f"the face graph failed: {result.error}")
+    stats = result.stats
+    sink = stats["sink"]
+    assert sink.received == frames, f"{sink.received} of {frames} detections arrived"
+    detectors = [s for k, s in stats.items() if k.startswith("faces")]
+    return {
+        "fps": sink.received / sink.elapsed_s,
+        "cpu_ms_per_frame": 1000 * sum(s.cpu_s for s in stats.values()) / frames,
+        "detector_cpu_ms_per_frame": 1000 * sum(s.cpu_s for s in detectors) / frames,
+        "detector_p50_ms": max(s.process_ms["p50_ms"] for s in detectors),
+        "per_replica": {s.node_id: s.received for s in detectors},
+    }
+
+
+def replicas_main(args: argparse.Namespace) -> int:
+    import tempfile
+
+    sys.path.insert(0, str(ROOT.parent))  # benchmarks.bench_nodes, in every node process
+    frames = 150 if args.quick else 400
+    places = ["one machine"]
+    cluster = None
+    try:
+        import ray
+        from ray.cluster_utils import Cluster
+
+        from pipeline.cluster import RayLauncher
+
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 1, "include_dashboard": False, "labels": {"site": "a"}},
+        )
+        cluster.add_node(num_cpus=1, labels={"site": "b"})
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level="WARNING")
+        places.append("Ray, 2 nodes")
+    except ImportError:
+        print("ray is not installed (the 'cluster' extra): one machine only")
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for _ in range(args.rounds):  # alternate, keep each one's best: a shared machine
+                for place in places:
+                    for replicas in (1, 2):
+                        launcher = None
+                        if place != "one machine" and cluster is not None:
+                            launcher = RayLauncher(cluster.address)
+                        run = _face_run(replicas, frames, Path(tmp), launcher)
+                        key = f"{place}, {replicas} replica{'s' if replicas > 1 else ''}"
+                        best = results.get(key)
+                        if best is None or run["fps"] > best["fps"]:
+                            results[key] = run
+    finally:
+        if cluster is not None:
+            import ray
+
+            ray.shutdown()
+            cluster.shutdown()
+    print(f"face graph: {frames} preloaded 640x360 frames -> BlazeFace (1 thread) -> jsonl")
+    print(
+        f"{'where, detector copies':<28}{'frames/s':>9}{'vs 1':>7}{'CPU ms/frame':>14}"
+        f"{'detector CPU ms/frame':>23}"
+    )
+    ratios = {}
+    for key, r in results.items():
+        one = results[key.rsplit(",", 1)[0] + ", 1 replica"]["fps"]
+        ratio = r["fps"] / one
+        if key.endswith("2 replicas"):
+            ratios[key.rsplit(",", 1)[0]] = ratio
+        print(
+            f"{key:<28}{r['fps']:>9.1f}{ratio:>6.2f}x{r['cpu_ms_per_frame']:>14.1f}"
+            f"{r['detector_cpu_ms_per_frame']:>23.1f}"
+        )
+    print(
+        f"this machine has {os.cpu_count()} cores (load {os.getloadavg()[0]:.1f}): two "
+        "machines' worth of cores is not available here"
+    )
+    REPLICA_RESULTS.write_text(
+        json.dumps(
+            {
+                "machine": {
+                    "platform": platform.platform(),
+                    "python": sys.version.split()[0],
+                    "cpus": os.cpu_count(),
+                    "load": os.getloadavg()[0],
+                },
+                "frames": frames,
+                "results": results,
+                "ratio_2_vs_1": ratios,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"written to {REPLICA_RESULTS}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer frames")
     parser.add_argument("--rounds", type=int, default=2, help="alternated rounds; best kept")
+    parser.add_argument(
+        "--replicas", action="store_true", help="the face graph with 1 vs 2 detector replicas"
+    )
     args = parser.parse_args(argv)
+    if args.replicas:
+        return replicas_main(args)
     mp.set_start_method("spawn")
     n = 150 if args.quick else 400
     lat_n = 45 if args.quick else 90
