@@ -26,7 +26,9 @@ table with ratios and go to ``benchmarks/results/cluster.json``.
 ``pipeline.runtime.replicas``): a decode-light source (the sample video's first 50 frames,
 decoded once, sent over and over) -> BlazeFace (``face_full_range``, one thread) -> jsonl of
 the detections, on one machine (``run_graph``) and on a local Ray cluster of two Ray nodes
-(one CPU each; the detector placed by ``{CPU: 1}``, so two replicas land one on each). It
+(one CPU each; the detector placed by ``{CPU: 1}``, so two replicas land one on each, and
+one replica is measured both where Ray puts it and pinned to the other Ray node, so that
+its frames cross tcp with CURVE as one of the two replicas' do). It
 prints frames/s at the sink, the ratio 2 vs 1 replica, and CPU seconds per frame (every
 node's, and the detectors'), and writes ``benchmarks/results/cluster-replicas.json``:
 
@@ -250,7 +252,7 @@ nodes:
     params: {{model: face_full_range, num_threads: 1, default_minimum_confidence: 0.6}}
     replicas: {replicas}
     inputs: {{frames: {{from: camera/frames, queue: 2}}}}
-    placement: {{resources: {{CPU: 1}}}}
+    placement: {{resources: {{CPU: 1}}{where}}}
   - id: sink
     node: jsonl
     params: {{path: {out}}}
@@ -259,7 +261,9 @@ nodes:
 """
 
 
-def _face_run(replicas: int, frames: int, tmp: Path, launcher: Any) -> dict[str, Any]:
+def _face_run(
+    replicas: int, frames: int, tmp: Path, launcher: Any, remote: bool = False
+) -> dict[str, Any]:
     """One run of the face graph; frames/s at the sink and CPU seconds per frame."""
     from pipeline import load_graph, run_graph
 
@@ -270,6 +274,7 @@ def _face_run(replicas: int, frames: int, tmp: Path, launcher: Any) -> dict[str,
             frames=frames,
             replicas=replicas,
             out=tmp / "faces.jsonl",
+            where=", labels: {site: b}" if remote else "",
         )
     )
     result = run_graph(load_graph(path), launcher=launcher)
@@ -316,12 +321,14 @@ def replicas_main(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             for _ in range(args.rounds):  # alternate, keep each one's best: a shared machine
                 for place in places:
-                    for replicas in (1, 2):
-                        launcher = None
-                        if place != "one machine" and cluster is not None:
-                            launcher = RayLauncher(cluster.address)
-                        run = _face_run(replicas, frames, Path(tmp), launcher)
+                    ray_run = place != "one machine" and cluster is not None
+                    for replicas, remote in ((1, False), (1, True), (2, False)):
+                        if remote and not ray_run:
+                            continue
+                        launcher = RayLauncher(cluster.address) if ray_run else None
+                        run = _face_run(replicas, frames, Path(tmp), launcher, remote)
                         key = f"{place}, {replicas} replica{'s' if replicas > 1 else ''}"
+                        key += " (other node: tcp)" if remote else ""
                         best = results.get(key)
                         if best is None or run["fps"] > best["fps"]:
                             results[key] = run
@@ -342,6 +349,9 @@ def replicas_main(args: argparse.Namespace) -> int:
         ratio = r["fps"] / one
         if key.endswith("2 replicas"):
             ratios[key.rsplit(",", 1)[0]] = ratio
+            tcp = results.get(key.rsplit(",", 1)[0] + ", 1 replica (other node: tcp)")
+            if tcp:
+                ratios[key.rsplit(",", 1)[0] + " vs 1 replica across tcp"] = r["fps"] / tcp["fps"]
         print(
             f"{key:<28}{r['fps']:>9.1f}{ratio:>6.2f}x{r['cpu_ms_per_frame']:>14.1f}"
             f"{r['detector_cpu_ms_per_frame']:>23.1f}"

@@ -135,3 +135,33 @@ def test_a_failure_in_a_copy_names_the_copy(write_graph, tmp_path):
     assert result.error is not None
     assert result.error.node_id in ("relay[0]", "relay[1]")
     assert "seq 7" in str(result.error) and "boom at 7" in str(result.error)
+
+
+def test_a_streams_input_fed_by_copies_sees_one_ordered_stream(write_graph, tmp_path):
+    path = write_graph(
+        """
+        graph: streams
+        nodes:
+          - {id: cam1, node: synthetic, params: {width: 32, height: 32, fps: 0, frames: 50}}
+          - {id: cam2, node: synthetic, params: {width: 32, height: 32, fps: 0, frames: 30}}
+          - id: relay
+            node: {T}:Relay
+            params: {delay_ms: 2}
+            replicas: 3
+            inputs: {frames: cam1/frames}
+          - id: log
+            node: {T}:StreamsLog
+            params: {path: {tmp}/log.jsonl}
+            inputs: {frames: [relay/out, cam2/frames]}
+          - id: rec
+            node: {T}:Recorder
+            params: {path: {tmp}/rec.jsonl}
+            inputs: {frames: log/out}
+        """
+    )
+    result = run_graph(load_graph(path))
+    assert result.exit_code == 0, result.error
+    calls = [pair for line in read_jsonl(tmp_path / "log.jsonl") for pair in line]
+    assert [seq for source, seq in calls if source == "cam1"] == list(range(50))
+    assert [seq for source, seq in calls if source == "cam2"] == list(range(30))
+    assert sum(result.stats[f"relay[{k}]"].received for k in range(3)) == 50
