@@ -340,7 +340,7 @@ def replicas_main(args: argparse.Namespace) -> int:
             cluster.shutdown()
     print(f"face graph: {frames} preloaded 640x360 frames -> BlazeFace (1 thread) -> jsonl")
     print(
-        f"{'where, detector copies':<28}{'frames/s':>9}{'vs 1':>7}{'CPU ms/frame':>14}"
+        f"{'where, detector copies':<42}{'frames/s':>9}{'vs 1':>7}{'CPU ms/frame':>14}"
         f"{'detector CPU ms/frame':>23}"
     )
     ratios = {}
@@ -353,7 +353,7 @@ def replicas_main(args: argparse.Namespace) -> int:
             if tcp:
                 ratios[key.rsplit(",", 1)[0] + " vs 1 replica across tcp"] = r["fps"] / tcp["fps"]
         print(
-            f"{key:<28}{r['fps']:>9.1f}{ratio:>6.2f}x{r['cpu_ms_per_frame']:>14.1f}"
+            f"{key:<42}{r['fps']:>9.1f}{ratio:>6.2f}x{r['cpu_ms_per_frame']:>14.1f}"
             f"{r['detector_cpu_ms_per_frame']:>23.1f}"
         )
     print(
