@@ -321,3 +321,13 @@ def test_the_table_shows_each_copy_and_the_group_total():
     total = lines[3].split()
     assert total[:5] == ["faces", "(2", "copies)", "50", "50"]
     assert "50.0" in total
+
+
+def test_a_drawing_marks_a_replicated_node_with_its_copies(tmp_path: Path):
+    from pipeline.graph.draw import to_mermaid, to_svg
+
+    path = tmp_path / "g.yaml"
+    path.write_text(GRAPH)
+    spec = load_graph(path).spec
+    assert "detector x2" in to_mermaid(spec) and "overlay x3" in to_svg(spec)
+    assert "synthetic x" not in to_mermaid(spec)
