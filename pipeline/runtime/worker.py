@@ -345,8 +345,10 @@ class Worker:
 
     def _last_report(self) -> None:
         """Final statistics on a forced stop: the table after a failure shows real counts."""
-        if self.driver is None or self.driver.state in _NOT_STARTED:
-            return  # nothing was counted: a node stopped before the start reports nothing
+        if self.driver is None or self.driver.state in _NOT_STARTED or self.stats.t_start is None:
+            # nothing was counted: a node stopped before the start (or whose open() failed,
+            # stopped while it said so) reports nothing
+            return
         try:
             self.report(force=True)
         except (zmq.ZMQError, _Terminated):
