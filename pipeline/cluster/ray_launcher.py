@@ -43,7 +43,7 @@ from pipeline.runtime.plan import Layout, WorkerConfig
 from pipeline.runtime.replicas import instance_ids
 from pipeline.transport.shm import LOCK_SUFFIX, SHM_DIR, remove_run_segments
 
-__all__ = ["NodeHost", "RayLauncher"]
+__all__ = ["NodeHost", "RayLauncher", "connect", "import_ray"]
 
 log = logging.getLogger("pipeline.cluster")
 
@@ -142,7 +142,7 @@ class NodeHost:
             self.lock = None
 
 
-def _import_ray() -> Any:
+def import_ray() -> Any:
     try:
         import ray
     except ImportError:
@@ -151,6 +151,50 @@ def _import_ray() -> Any:
             "(on every machine of the cluster)"
         ) from None
     return ray
+
+
+_START_HINT = (
+    "start one with `ray start --head` on the head machine and "
+    "`ray start --address=HEAD:6379` on the others"
+)
+
+
+def connect(ray: Any, address: str) -> bool:
+    """Connect this process to the Ray cluster at ``address`` (``auto``, the head's
+    ``HOST:PORT`` or ``ray://HOST:PORT``) unless it is connected already; True if this call
+    connected (so the caller disconnects when done). A ``ClusterError`` naming the address
+    when the cluster cannot be reached: an address that refuses connections is found out in
+    seconds, not after Ray's own retries (half a minute for Ray Client, two for the GCS)."""
+    if ray.is_initialized():
+        return False
+    if address != "auto":
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        default = 10001 if address.startswith("ray://") else 6379
+        try:
+            number = int(port) if host else default
+        except ValueError:
+            raise ClusterError(
+                f"the Ray address {address!r} is not auto, HOST:PORT or ray://HOST:PORT"
+            ) from None
+        try:
+            socket.create_connection((host or port, number), timeout=5.0).close()
+        except OSError as exc:
+            raise ClusterError(
+                f"cannot connect to the Ray cluster at {address!r}: "
+                f"{exc.strerror or type(exc).__name__}\n{_START_HINT}"
+            ) from None
+    try:
+        ray.init(
+            address=address,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+            configure_logging=False,
+        )
+    except Exception as exc:  # ConnectionError, ValueError, RuntimeError: Ray's words
+        raise ClusterError(
+            f"cannot connect to the Ray cluster at {address!r}: {exc}\n{_START_HINT}"
+        ) from None
+    return True
 
 
 def _route_to(host: str, port: int) -> str:
@@ -244,28 +288,14 @@ class RayLauncher:
     """
 
     def __init__(self, address: str = "auto", *, place_timeout_s: float = PLACE_TIMEOUT_S) -> None:
-        self.ray = _import_ray()
+        self.ray = import_ray()
         self.address = address
         self.place_timeout_s = place_timeout_s
         self.actors: dict[str, Any] = {}
         self.wheres: dict[str, dict[str, Any]] = {}
         self.layout: Layout | None = None
         self.run_dir = Path()
-        self._owns_connection = not self.ray.is_initialized()
-        if self._owns_connection:
-            try:
-                self.ray.init(
-                    address=address,
-                    logging_level=logging.WARNING,
-                    log_to_driver=True,
-                    configure_logging=False,
-                )
-            except Exception as exc:  # ConnectionError, ValueError, RuntimeError: Ray's words
-                raise ClusterError(
-                    f"cannot connect to the Ray cluster at {address!r}: {exc}\n"
-                    "start one with `ray start --head` on the head machine and "
-                    "`ray start --address=HEAD:6379` on the others"
-                ) from None
+        self._owns_connection = connect(self.ray, address)
         if address.startswith("ray://"):
             host, _, port = address[len("ray://") :].partition(":")
             self.control_address = _route_to(host, int(port or 10001))
