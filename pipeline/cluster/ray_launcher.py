@@ -5,7 +5,9 @@ head, or ``ray://HOST:10001`` with Ray Client). For a run, the supervisor asks i
 ``place`` the graph: one ``NodeHost`` actor per node, created with the node's placement as
 Ray options (``resources`` -> ``num_cpus``/``num_gpus``/``memory``/custom resources,
 ``labels`` -> ``label_selector``, ``host`` -> the ``node:<address>`` resource of that
-machine), so Ray chooses the machine and holds the resources while the node runs. Each actor
+machine), so Ray chooses the machine and holds the resources while the node runs. The
+copies of a replicated node (``replicas: N``) are one actor each, spread over the machines
+that fit (Ray's ``SPREAD`` strategy) unless the placement names one host. Each actor
 says where it landed (Ray node id, address, host name): that ``Layout`` plans the edges
 (shared memory within a Ray node, tcp between Ray nodes). Then each actor starts the node's
 worker process on its machine (``pipeline.runtime.worker``, exactly as the local launcher
@@ -38,6 +40,7 @@ from pipeline.errors import ClusterError, NodePlacementError
 from pipeline.graph.spec import PlacementSpec
 from pipeline.graph.validate import ValidatedGraph
 from pipeline.runtime.plan import Layout, WorkerConfig
+from pipeline.runtime.replicas import instance_ids
 from pipeline.transport.shm import LOCK_SUFFIX, SHM_DIR, remove_run_segments
 
 __all__ = ["NodeHost", "RayLauncher", "connect", "import_ray"]
@@ -320,9 +323,13 @@ class RayLauncher:
                     + "; ".join(_describe_machine(m) for m in machines),
                 )
             options = _ray_options(placement, fits)
-            actor = host_cls.options(max_concurrency=4, **options).remote(node.id)
-            self.actors[node.id] = actor
-            refs[node.id] = actor.where.remote()
+            if node.replicas > 1 and "scheduling_strategy" not in options:
+                # the copies of a replicated node go to different machines where they can
+                options["scheduling_strategy"] = "SPREAD"
+            for node_id in instance_ids(node.id, node.replicas):
+                actor = host_cls.options(max_concurrency=4, **options).remote(node_id)
+                self.actors[node_id] = actor
+                refs[node_id] = actor.where.remote()
         deadline = time.monotonic() + self.place_timeout_s
         pending = dict(refs)
         while pending:

@@ -271,6 +271,15 @@ class NodeSpec(_Strict):
     restart_window_s: float = Field(
         60.0, gt=0, le=86400, description="The window max_restarts counts failures in."
     )
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Run this many copies of the node (processes `id[0]`, `id[1]`, ...; on a "
+        "cluster each placed on its own, spread over the machines): each message goes to one "
+        "copy (the next with room; by seq when the node joins several inputs) and their "
+        "results are merged back in seq order. Not for sources.",
+    )
 
     def input_refs(self) -> Iterator[tuple[str, int | None, EdgeSpec]]:
         """Every edge into this node: ``(port, index in the port's list or None, spec)``."""

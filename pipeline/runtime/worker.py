@@ -60,8 +60,9 @@ from pipeline.runtime.join import Joiner, Streams
 from pipeline.runtime.lifecycle import NodeDriver
 from pipeline.runtime.plan import WorkerConfig
 from pipeline.runtime.protocol import NodeState
+from pipeline.runtime.replicas import Distributor, connect_senders, merge_inputs, sockets_of
 from pipeline.runtime.stats import NodeStats, StatsCollector
-from pipeline.transport.channels import InputEdge, RuntimeOutput
+from pipeline.transport.channels import EdgeSender, InputEdge, RuntimeOutput
 from pipeline.transport.curve import Gatekeeper, connect_as_client
 from pipeline.transport.fastpath import open_input, open_sender
 from pipeline.transport.shm import ShmReader, SlotPool
@@ -271,7 +272,7 @@ class Worker:
     def _wire_stats(self, now: float) -> dict[str, Any]:
         if self.gate is not None and self.gate.refused:
             self.stats.counters["refused_connections"] = self.gate.refused
-        lost = sum(e.lost for out in self.outputs.values() for e in out.edges)
+        lost = sum(e.lost for e in self._senders())
         if lost:
             self.stats.counters["lost_on_restart"] = lost
         for name, out in self.outputs.items():
@@ -308,41 +309,51 @@ class Worker:
     # set-up ------------------------------------------------------------------------------------
     def _wire(self, endpoints: Mapping[str, str], keys: Mapping[str, str]) -> None:
         for port in self.plan.outputs:
-            out = self.outputs[port.port]
-            for edge in port.edges:
-                sender = open_sender(
+            senders = [
+                open_sender(
                     self.ctx,
                     edge,
                     endpoints[edge.name],
                     keys.get(edge.name, ""),
                     keys=self.cfg.keys,
                 )
+                for edge in port.edges
+            ]
+            for sender in senders:
                 # A restarted node numbers its messages after any of its previous lives:
                 # a consumer's late release of an old message frees nothing of this one.
                 sender.n = self.cfg.generation << GENERATION_SHIFT
                 sender.on_wait = self._on_wait
-                out.connect(sender)
+            # the edges to the copies of a replicated node are spread over, not each sent to
+            connect_senders(self.outputs[port.port], senders)
 
     def _rewire(
         self, endpoints: Mapping[str, str], keys: Mapping[str, str], delivered: Mapping[str, int]
     ) -> None:
         """Consumers were restarted: connect to them again, counting what was in flight."""
         done = []
-        for out in self.outputs.values():
-            for sender in out.edges:
-                if sender.name in endpoints:
-                    lost = sender.reconnect(
-                        endpoints[sender.name],
-                        keys.get(sender.name, ""),
-                        delivered.get(sender.name, 0),
-                    )
-                    self.log.info(
-                        "edge %s: its consumer restarted; %d message(s) in flight lost",
-                        sender.name,
-                        lost,
-                    )
-                    done.append(sender.name)
+        for sender in self._senders():
+            if sender.name in endpoints:
+                lost = sender.reconnect(
+                    endpoints[sender.name],
+                    keys.get(sender.name, ""),
+                    delivered.get(sender.name, 0),
+                )
+                self.log.info(
+                    "edge %s: its consumer restarted; %d message(s) in flight lost",
+                    sender.name,
+                    lost,
+                )
+                done.append(sender.name)
         self.tell(p.Rewired(done))
+
+    def _senders(self) -> list[EdgeSender]:
+        """Every output edge's sender (those to the copies of a replicated node included)."""
+        found: list[EdgeSender] = []
+        for out in self.outputs.values():
+            for edge in out.edges:
+                found.extend(edge.subs if isinstance(edge, Distributor) else [edge])
+        return found
 
     def _build(self) -> Node:
         plan = self.plan
@@ -370,6 +381,7 @@ class Worker:
         node = cls(
             params, node_id=plan.node_id, ports=dict(self.outputs), services=self, log=self.log
         )
+        node.replica, node.replicas = plan.replica, plan.replicas
         activity = Activity(self.cfg.activity_path, plan.index) if self.cfg.activity_path else None
         self.driver = NodeDriver(
             node,
@@ -398,8 +410,10 @@ class Worker:
 
     def _last_report(self) -> None:
         """Final statistics on a forced stop: the table after a failure shows real counts."""
-        if self.driver is None or self.driver.state in _NOT_STARTED:
-            return  # nothing was counted: a node stopped before the start reports nothing
+        if self.driver is None or self.driver.state in _NOT_STARTED or self.stats.t_start is None:
+            # nothing was counted: a node stopped before the start (or whose open() failed,
+            # stopped while it said so) reports nothing
+            return
         try:
             self.report(force=True)
         except (zmq.ZMQError, _Terminated):
@@ -419,6 +433,8 @@ class Worker:
                 {e.name: e.key for e in self.inputs if e.key},
             )
         )
+        # the edges from the copies of a replicated node into one input: merged in seq order
+        self.inputs = merge_inputs(self.inputs, self.stats.count)
         if not driver.open():
             assert driver.failure is not None
             self.tell(p.OpenFailed(driver.failure.cause, driver.traceback))
@@ -469,7 +485,8 @@ class Worker:
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         for edge in self.inputs:
-            poller.register(edge.sock, zmq.POLLIN)
+            for sock in sockets_of(edge):
+                poller.register(sock, zmq.POLLIN)
         inputs = self.inputs
         outputs = list(self.outputs.values())
         push = driver.push
@@ -520,7 +537,8 @@ class Worker:
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         for edge in inputs:
-            poller.register(edge.sock, zmq.POLLIN)
+            for sock in sockets_of(edge):
+                poller.register(sock, zmq.POLLIN)
         outputs = list(self.outputs.values())
 
         def release(token: tuple[InputEdge, int]) -> None:
