@@ -261,3 +261,30 @@ def test_a_stop_while_a_restart_waits_restarts_it_at_once_and_drains(write_graph
     lost = nodes["camera"]["counters"]["lost_on_restart"]
     assert len(seqs(tmp_path / "rec.jsonl")) == sent - lost
     assert list(SHM_DIR.glob(f"pipeline-{proc.pid}-*")) == []
+
+
+def test_a_restarted_node_feeding_a_replicated_node(write_graph, tmp_path):
+    graph = write_graph("""
+        graph: restart_into_replicas
+        nodes:
+          - {id: camera, node: synthetic, params: {width: 64, height: 48, fps: 0, frames: 120}}
+          - id: relay
+            node: {T}:Crasher
+            params: {marker: {tmp}/relay, at: 30, how: kill}
+            inputs: {frames: {from: camera/frames, queue: 4}}
+            restart: on-failure
+            restart_backoff_s: {initial: 0.05, max: 0.2}
+          - id: tag
+            node: {T}:SlowTagger
+            replicas: 2
+            inputs: {frames: relay/out}
+          - id: sink
+            node: discard
+            inputs: {messages: tag/detections}
+    """)
+    result = run_graph(load_graph(graph))
+    assert result.exit_code == 0, result.error
+    assert result.stats["relay"].restarts == 1
+    lost = result.stats["camera"].counters["lost_on_restart"]
+    assert 1 <= lost <= 4
+    assert result.stats["sink"].received == 120 - lost
