@@ -34,7 +34,7 @@ import zmq
 from pipeline.errors import TransportError
 from pipeline.messages import Message
 from pipeline.node import refuse_message
-from pipeline.transport import codec
+from pipeline.transport import bulk, codec
 from pipeline.transport.curve import RunKeys, connect_as_client, require_run_client
 from pipeline.transport.plan import EdgePlan
 from pipeline.transport.shm import ShmReader, Slot, SlotPool
@@ -50,12 +50,13 @@ HANDSHAKE_MS = 2000  # a peer that has not completed the handshake by then is dr
 
 
 class _Pending:
-    __slots__ = ("body_b", "body_s", "buffers", "slots")
+    __slots__ = ("body_b", "body_s", "buffers", "bulk_bytes", "slots")
 
     def __init__(self, body_s: bytes, body_b: bytes | None, buffers: list[Any], slots: list[Slot]):
         self.body_s = body_s
         self.body_b = body_b
         self.buffers = buffers
+        self.bulk_bytes = sum(b.nbytes for b in buffers)
         self.slots = slots
 
 
@@ -81,6 +82,12 @@ class EdgeSender:
         self.tcp = plan.tcp
         if self.tcp and not server_key:
             raise TransportError(f"edge {self.name}: a tcp edge needs its consumer's CURVE key")
+        # a tcp edge's big arrays go sealed on a socket of their own (pipeline.transport.bulk)
+        self.bulk: bulk.BulkSender | None = None
+        if self.tcp:
+            edge_secrets = bulk.EdgeSecrets.from_wire(server_key, self.name)
+            server_key = edge_secrets.curve_key
+            self.bulk = bulk.BulkSender(ctx, self.name, edge_secrets)
         self.sock = ctx.socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
@@ -116,6 +123,8 @@ class EdgeSender:
             while inflight and inflight[0][0] <= upto:
                 for slot in inflight.popleft()[1]:
                     slot.refs -= 1
+            if self.bulk is not None:
+                self.bulk.released(upto, self.queue + 1)
         if self.waiting:
             self._flush_waiting()
 
@@ -172,7 +181,12 @@ class EdgeSender:
         self.unreported_drops = 0
         if self.tcp:
             assert item.body_b is not None
-            self.sock.send_multipart([env + item.body_b, *item.buffers], copy=False)
+            head = env + item.body_b
+            if self.bulk is not None and item.bulk_bytes >= bulk.BULK_MIN:
+                desc = self.bulk.send(self.n, head, item.buffers)
+                self.sock.send_multipart([head, desc], copy=False)
+            else:
+                self.sock.send_multipart([head, *item.buffers], copy=False)
         else:
             self.sock.send(env + item.body_s, copy=True)
 
@@ -187,6 +201,8 @@ class EdgeSender:
 
     def close(self, linger_ms: int = 0) -> None:
         """Close; ``linger_ms`` lets queued messages (end of stream) still go out."""
+        if self.bulk is not None:
+            self.bulk.close(linger_ms)
         self.sock.close(linger=linger_ms)
 
 
@@ -394,7 +410,8 @@ class InputEdge:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.key = ""  # the CURVE server key a producer needs (tcp edges)
+        self.key = ""  # what a producer needs (tcp edges: bulk.EdgeSecrets, on the wire)
+        self.curve_key = ""  # the CURVE server key (tcp edges)
         if self.tcp:
             # Anyone on the machine (or the network) can reach a tcp port: only a peer that
             # knows this key, handed to the producer through the supervisor, gets through the
@@ -404,12 +421,19 @@ class InputEdge:
             self.sock.curve_publickey = public
             self.sock.curve_secretkey = secret
             self.sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
-            self.key = public.decode("ascii")
+            self.curve_key = public.decode("ascii")
             if keys is not None:
                 # on a cluster, the context's gatekeeper also wants the run's client key
                 require_run_client(self.sock)
         self.sock.bind(plan.bind)
         self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.bulk: bulk.BulkReceiver | None = None
+        if self.tcp:
+            # big arrays come sealed on a socket of their own; its keys and token go to the
+            # producer with the CURVE key, through the supervisor (pipeline.transport.bulk)
+            self.bulk = bulk.BulkReceiver(ctx, self.name, plan.bind, self.curve_key, plan.queue)
+            self.bulk.gate.watch(self.sock)
+            self.key = self.bulk.secrets.to_wire()
         self.reader = reader
         self.ended = False
         self.malformed = 0
@@ -440,11 +464,29 @@ class InputEdge:
         if self.tcp:  # big buffers follow: take them without a copy
             frames = self.sock.recv_multipart(copy=False)
             head = frames[0].bytes
+            if len(frames) == 2 and len(frames[1]) == bulk.DESC_SIZE and self.bulk is not None:
+                return self._decode(head, [head, *self._open_bulk(head, frames[1].bytes)])
             buffers: list[Any] = [f.buffer for f in frames]
         else:  # one small frame: bytes are cheaper than a zmq.Frame here
             head = self.sock.recv(copy=True)
             buffers = []
         return self._decode(head, buffers)
+
+    def _open_bulk(self, head: bytes, desc: bytes) -> list[memoryview]:
+        """The arrays of a message whose bytes came sealed on the bulk socket; a message
+        whose part failed is dropped, counted, and its credit given back."""
+        assert self.bulk is not None
+        try:
+            _, n, _, _ = codec.unpack_envelope(head)
+        except codec.MalformedMessage:
+            self.malformed += 1
+            raise
+        try:
+            return self.bulk.parts_for(head, desc)
+        except codec.MalformedMessage:
+            self.malformed += 1
+            self.release(n)  # the producer must not run out of credit
+            raise
 
     def _decode(self, head: bytes, buffers: list[Any]) -> tuple[Message | None, int, int, int]:
         """The message in ``head`` (envelope + body) and ``buffers`` (its tcp frames)."""
@@ -484,4 +526,6 @@ class InputEdge:
             pass  # the producer is gone; nothing waits for this credit
 
     def close(self) -> None:
+        if self.bulk is not None:
+            self.bulk.close()
         self.sock.close(linger=0)
