@@ -273,6 +273,7 @@ class BulkSender:
 
     def __init__(self, ctx: zmq.Context[Any], edge: str, secrets_: EdgeSecrets) -> None:
         self.sealer = Sealer(secrets_, edge)
+        self.MIN_BYTES = BULK_MIN
         self.sock = ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)  # credits bound what is in flight
@@ -320,6 +321,7 @@ class BulkReceiver:
         from pipeline.transport.curve import Gatekeeper
 
         self.edge = edge
+        self.DESC_SIZE = DESC_SIZE
         self.sock = ctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, queue + 2)  # per peer: its producer has <= queue

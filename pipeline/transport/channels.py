@@ -25,7 +25,7 @@ import collections
 import math
 import struct
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,10 +34,13 @@ import zmq
 from pipeline.errors import TransportError
 from pipeline.messages import Message
 from pipeline.node import refuse_message
-from pipeline.transport import bulk, codec
+from pipeline.transport import codec
 from pipeline.transport.curve import RunKeys, connect_as_client, require_run_client
 from pipeline.transport.plan import EdgePlan
 from pipeline.transport.shm import ShmReader, Slot, SlotPool
+
+if TYPE_CHECKING:
+    from pipeline.transport import bulk
 
 __all__ = ["EdgeSender", "InputEdge", "RuntimeOutput"]
 
@@ -47,6 +50,18 @@ _POLLIN = int(zmq.POLLIN)  # plain ints: enum arithmetic costs a microsecond per
 
 
 HANDSHAKE_MS = 2000  # a peer that has not completed the handshake by then is dropped
+
+
+def _bulk(edge: str) -> Any:
+    """``pipeline.transport.bulk`` (it needs ``cryptography``: the cluster extra)."""
+    try:
+        from pipeline.transport import bulk
+    except ImportError as exc:
+        raise TransportError(
+            f"edge {edge}: a tcp edge is encrypted with the cryptography package, which is not "
+            f"installed ({exc}): pip install 'edge-vision-pipeline[cluster]'"
+        ) from None
+    return bulk
 
 
 class _Pending:
@@ -85,9 +100,10 @@ class EdgeSender:
         # a tcp edge's big arrays go sealed on a socket of their own (pipeline.transport.bulk)
         self.bulk: bulk.BulkSender | None = None
         if self.tcp:
-            edge_secrets = bulk.EdgeSecrets.from_wire(server_key, self.name)
+            sealed = _bulk(self.name)
+            edge_secrets = sealed.EdgeSecrets.from_wire(server_key, self.name)
             server_key = edge_secrets.curve_key
-            self.bulk = bulk.BulkSender(ctx, self.name, edge_secrets)
+            self.bulk = sealed.BulkSender(ctx, self.name, edge_secrets)
         self.sock = ctx.socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
@@ -182,7 +198,7 @@ class EdgeSender:
         if self.tcp:
             assert item.body_b is not None
             head = env + item.body_b
-            if self.bulk is not None and item.bulk_bytes >= bulk.BULK_MIN:
+            if self.bulk is not None and item.bulk_bytes >= self.bulk.MIN_BYTES:
                 desc = self.bulk.send(self.n, head, item.buffers)
                 self.sock.send_multipart([head, desc], copy=False)
             else:
@@ -431,7 +447,8 @@ class InputEdge:
         if self.tcp:
             # big arrays come sealed on a socket of their own; its keys and token go to the
             # producer with the CURVE key, through the supervisor (pipeline.transport.bulk)
-            self.bulk = bulk.BulkReceiver(ctx, self.name, plan.bind, self.curve_key, plan.queue)
+            receiver = _bulk(self.name).BulkReceiver
+            self.bulk = receiver(ctx, self.name, plan.bind, self.curve_key, plan.queue)
             self.bulk.gate.watch(self.sock)
             self.key = self.bulk.secrets.to_wire()
         self.reader = reader
@@ -464,7 +481,7 @@ class InputEdge:
         if self.tcp:  # big buffers follow: take them without a copy
             frames = self.sock.recv_multipart(copy=False)
             head = frames[0].bytes
-            if len(frames) == 2 and len(frames[1]) == bulk.DESC_SIZE and self.bulk is not None:
+            if self.bulk is not None and len(frames) == 2 and len(frames[1]) == self.bulk.DESC_SIZE:
                 return self._decode(head, [head, *self._open_bulk(head, frames[1].bytes)])
             buffers: list[Any] = [f.buffer for f in frames]
         else:  # one small frame: bytes are cheaper than a zmq.Frame here
