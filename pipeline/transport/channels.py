@@ -80,6 +80,8 @@ class EdgeSender:
     (a tcp edge is a CURVE client of the consumer's ``server_key``; with ``keys``, of the
     run's client keys: ``pipeline.transport.curve``)."""
 
+    bulk: bulk.BulkSender | None = None  # a tcp edge's sealed arrays (pipeline.transport.bulk)
+
     def __init__(
         self,
         ctx: zmq.Context[Any],
@@ -97,9 +99,7 @@ class EdgeSender:
         self.tcp = plan.tcp
         if self.tcp and not server_key:
             raise TransportError(f"edge {self.name}: a tcp edge needs its consumer's CURVE key")
-        # a tcp edge's big arrays go sealed on a socket of their own (pipeline.transport.bulk)
-        self.bulk: bulk.BulkSender | None = None
-        if self.tcp:
+        if self.tcp:  # its big arrays go sealed on a socket of their own
             sealed = _bulk(self.name)
             edge_secrets = sealed.EdgeSecrets.from_wire(server_key, self.name)
             server_key = edge_secrets.curve_key
@@ -403,6 +403,8 @@ class InputEdge:
     (a tcp edge is a CURVE server with a key of its own, ``key``; with ``keys`` it also
     admits only the run's client key: ``pipeline.transport.curve``)."""
 
+    bulk: bulk.BulkReceiver | None = None  # a tcp edge's sealed arrays (pipeline.transport.bulk)
+
     def __init__(
         self,
         ctx: zmq.Context[Any],
@@ -443,7 +445,6 @@ class InputEdge:
                 require_run_client(self.sock)
         self.sock.bind(plan.bind)
         self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.bulk: bulk.BulkReceiver | None = None
         if self.tcp:
             # big arrays come sealed on a socket of their own; its keys and token go to the
             # producer with the CURVE key, through the supervisor (pipeline.transport.bulk)
