@@ -9,10 +9,11 @@ has two sockets:
   authentication (the ``Gatekeeper``), releases, end of stream, small messages, and for a
   message with big arrays its head (envelope + body: seq, kind, shapes, dtypes) and a
   **descriptor** (the producer's salt, a 64-bit counter, how many parts);
-- the **bulk socket** (PUSH -> PULL, the consumer binds), ZeroMQ PLAIN: the array bytes, each
-  part sealed with AES-256-GCM or ChaCha20-Poly1305 (``cryptography``: OpenSSL, never a
-  primitive of our own) by ``encrypt_into`` into a buffer of the producer's, and opened by
-  ``decrypt_into`` in place, in the ZeroMQ frame that the consumer's node then reads.
+- the **bulk socket** (PAIR, the consumer binds: one peer at a time), ZeroMQ PLAIN: the
+  array bytes, each part sealed with AES-256-GCM or ChaCha20-Poly1305 (``cryptography``:
+  OpenSSL, never a primitive of our own) by ``encrypt_into`` into a buffer of the
+  producer's, and opened by ``decrypt_into`` in place, in the ZeroMQ frame that the
+  consumer's node then reads.
 
 Keys. The consumer makes, when it binds, per edge: a CURVE key pair, a 256-bit AEAD key and a
 PLAIN token, and hands them (``EdgeSecrets``, inside ``InputEdge.key``) to its producer through
@@ -35,8 +36,9 @@ Threat model (the network between the hosts is hostile; the hosts and the launch
   refused and counted. To the bulk socket: only a peer presenting the edge's PLAIN token
   (checked by the same gatekeeper, in constant time); others are refused and counted. The
   token travels in the clear in the PLAIN handshake: someone who can read the traffic can
-  learn it and connect, which gains them no more than what reading the traffic already gave
-  (see next) — it authenticates nothing; the AEAD does.
+  learn it and connect while the producer is not connected (the socket is a PAIR: one peer
+  at a time), which gains them no more than being on the path already gave (see next): it
+  authenticates nothing; the AEAD does.
 - What they can learn. Someone reading the wire sees, on the bulk socket, the sizes of the
   sealed parts, the counters and salts and the token, never a byte of a frame; the CURVE
   socket hides everything else (heads, metadata, small messages). Timing and sizes show.
@@ -274,7 +276,7 @@ class BulkSender:
     def __init__(self, ctx: zmq.Context[Any], edge: str, secrets_: EdgeSecrets) -> None:
         self.sealer = Sealer(secrets_, edge)
         self.MIN_BYTES = BULK_MIN
-        self.sock = ctx.socket(zmq.PUSH)
+        self.sock = ctx.socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)  # credits bound what is in flight
         self.sock.plain_username = edge.encode()
@@ -322,9 +324,11 @@ class BulkReceiver:
 
         self.edge = edge
         self.DESC_SIZE = DESC_SIZE
-        self.sock = ctx.socket(zmq.PULL)
+        # PAIR: once its producer is connected nobody else gets a pipe, so what waits here
+        # is bounded by the producer's credits (queue) and this high-water mark
+        self.sock = ctx.socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVHWM, queue + 2)  # per peer: its producer has <= queue
+        self.sock.setsockopt(zmq.RCVHWM, queue + 2)
         self.sock.plain_server = True
         self.sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
         self.sock.setsockopt(zmq.HANDSHAKE_IVL, 2000)

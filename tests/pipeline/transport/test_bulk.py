@@ -121,7 +121,7 @@ def test_the_secrets_never_show_and_a_wrong_string_is_refused_naming_the_edge(co
 @pytest.mark.parametrize("how", ["no mechanism", "wrong token", "other edge", "curve"])
 def test_a_stranger_on_the_bulk_socket_is_refused_and_counted(consumer, how):
     ctx: zmq.Context[Any] = zmq.Context()
-    sock = ctx.socket(zmq.PUSH)
+    sock = ctx.socket(zmq.PAIR)
     sock.setsockopt(zmq.LINGER, 0)
     if how == "wrong token":
         sock.plain_username = consumer.edge.name.encode()
@@ -158,7 +158,7 @@ class Insider:
         else:
             self.curve.curve_publickey, self.curve.curve_secretkey = zmq.curve_keypair()
         self.curve.connect(consumer.edge.endpoint)
-        self.bulk = self.ctx.socket(zmq.PUSH)
+        self.bulk = self.ctx.socket(zmq.PAIR)
         self.bulk.setsockopt(zmq.LINGER, 0)
         self.bulk.plain_username = consumer.edge.name.encode()
         self.bulk.plain_password = consumer.secrets.token
