@@ -83,13 +83,14 @@ def _pace(i: int, t0: float, fps: float) -> None:
             time.sleep(max(0.0, min(0.002, due - time.perf_counter())))
 
 
-def _summary(stamps: list[int], latencies: list[int]) -> dict[str, Any]:
+def _summary(stamps: list[int], latencies: list[int], cpu_s: float) -> dict[str, Any]:
     n = len(stamps)
     seconds = (stamps[-1] - stamps[0]) / 1e9 if n > 1 else 0.0
     return {
         "frames": n,
         "fps": (n - 1) / seconds if seconds else 0.0,
         "p50_ms": float(np.percentile(latencies, 50)) / 1e6 if latencies else 0.0,
+        "cpu_ms": cpu_s / max(n - 1, 1) * 1e3,  # the consumer's, all its threads
     }
 
 
@@ -118,6 +119,7 @@ def ours_consumer(conn: Any, mode: str, keys_wire: dict[str, str] | None, n: int
     stamps: list[int] = []
     latencies: list[int] = []
     touched = 0
+    cpu0 = 0.0
     while len(stamps) < n:
         edge.sock.poll(10_000)
         message, k, _, t_send = edge.recv()
@@ -126,11 +128,13 @@ def ours_consumer(conn: Any, mode: str, keys_wire: dict[str, str] | None, n: int
             break
         assert isinstance(message, Frame)
         touched += int(message.image[0, 0, 0])
+        if not stamps:
+            cpu0 = time.process_time()
         stamps.append(now)
         latencies.append(now - t_send)
         edge.release(k)
     edge.flush_releases()
-    conn.send(_summary(stamps, latencies))
+    conn.send(_summary(stamps, latencies, time.process_time() - cpu0))
     edge.close()
     reader.close()
     if gate:
@@ -139,6 +143,7 @@ def ours_consumer(conn: Any, mode: str, keys_wire: dict[str, str] | None, n: int
 
 
 def ours_producer(
+    conn: Any,
     endpoint: str,
     server_key: str,
     mode: str,
@@ -157,6 +162,7 @@ def ours_producer(
         sender = EdgeSender(ctx, PLAN, endpoint, server_key, keys=keys)
     port = RuntimeOutput("frames", pool, [sender], Frame)
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     for i in range(n):
         _pace(i, t0, fps)
         image = port.allocate(shape)
@@ -165,6 +171,7 @@ def ours_producer(
         port.end_call()
     port.send_eos()
     port.wait_released()
+    conn.send((time.process_time() - cpu0) / n * 1e3)
     port.close(linger_ms=1000)
     ctx.term()
 
@@ -175,11 +182,13 @@ def run_ours(mode: str, n: int, fps: float, shape: Shape) -> dict[str, Any]:
     consumer = mp.Process(target=ours_consumer, args=(child, mode, keys, n))
     consumer.start()
     endpoint, server_key = parent.recv()
+    mine, theirs = mp.Pipe()
     producer = mp.Process(
-        target=ours_producer, args=(endpoint, server_key, mode, keys, n, fps, shape)
+        target=ours_producer, args=(theirs, endpoint, server_key, mode, keys, n, fps, shape)
     )
     producer.start()
     result: dict[str, Any] = parent.recv()
+    result["cpu_ms_producer"] = mine.recv()
     producer.join(60)
     consumer.join(60)
     return result
@@ -206,8 +215,11 @@ def zmq_consumer(
     stamps: list[int] = []
     latencies: list[int] = []
     touched = 0
+    cpu0 = 0.0
     for _ in range(n):
         head, frame = sock.recv_multipart(copy=False)
+        if not stamps:
+            cpu0 = time.process_time()
         _, t_send = STAMP.unpack(head.bytes)
         if opener is not None:  # open in place, in the received frame
             buf = np.frombuffer(frame, np.uint8)
@@ -219,12 +231,13 @@ def zmq_consumer(
         touched += int(image[0, 0, 0])
         stamps.append(now)
         latencies.append(now - t_send)
-    conn.send(_summary(stamps, latencies))
+    conn.send(_summary(stamps, latencies, time.process_time() - cpu0))
     sock.close(0)
     ctx.term()
 
 
 def zmq_producer(
+    conn: Any,
     endpoint: str,
     n: int,
     fps: float,
@@ -248,6 +261,7 @@ def zmq_producer(
     # sealed copies, reused: more than can be queued (HWM 4 each side, one on the wire)
     sealed = [np.empty(frames[0].nbytes + 16, np.uint8) for _ in range(16)]
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     for i in range(n):
         _pace(i, t0, fps)
         image = frames[i % len(frames)]
@@ -261,7 +275,8 @@ def zmq_producer(
             sock.send(head, zmq.SNDMORE)
             sock.send(image, copy=copy)
     sock.close(linger=5000)
-    ctx.term()
+    ctx.term()  # waits until everything was sent
+    conn.send((time.process_time() - cpu0) / n * 1e3)
 
 
 def run_zmq(
@@ -273,11 +288,13 @@ def run_zmq(
     consumer = mp.Process(target=zmq_consumer, args=(child, n, shape, keys, aead, key))
     consumer.start()
     endpoint = parent.recv()
+    mine, theirs = mp.Pipe()
     producer = mp.Process(
-        target=zmq_producer, args=(endpoint, n, fps, copy, shape, keys, aead, key)
+        target=zmq_producer, args=(theirs, endpoint, n, fps, copy, shape, keys, aead, key)
     )
     producer.start()
     result: dict[str, Any] = parent.recv()
+    result["cpu_ms_producer"] = mine.recv()
     producer.join(60)
     consumer.join(60)
     return result
@@ -314,8 +331,12 @@ def measure(
             flat = METHODS[name](n, 0.0, shape)
             paced = METHODS[name](lat_n, 30.0, shape) if lat_n else {"p50_ms": 0.0}
             best = results.get(name)
+            cpu = (flat["cpu_ms_producer"], flat["cpu_ms"])
+            if best is not None:  # the least contended round's CPU time, per side
+                cpu = (min(cpu[0], best["cpu_ms"][0]), min(cpu[1], best["cpu_ms"][1]))
             if best is None or flat["fps"] > best["fps"]:
                 results[name] = {"fps": flat["fps"], "frames": flat["frames"]}
+            results[name]["cpu_ms"] = list(cpu)
             p50 = min(paced["p50_ms"], results[name].get("p50_ms", float("inf")))
             results[name]["p50_ms"] = p50
     return results
@@ -327,10 +348,18 @@ def table(title: str, results: dict[str, dict[str, Any]], latency: bool = True) 
     print(
         f"{'method':<27}{'frames/s':>10}{'vs pyzmq copy=False':>21}"
         + (f"{'p50 ms':>9}" if latency else "")
+        + f"{'CPU ms/frame: producer':>24}{'consumer':>10}"
     )
     for name, r in results.items():
         line = f"{name:<27}{r['fps']:>10.0f}{r['fps'] / base:>20.2f}x"
-        print(line + (f"{r['p50_ms']:>9.2f}" if latency else ""))
+        line += f"{r['p50_ms']:>9.2f}" if latency else ""
+        print(line + f"{r['cpu_ms'][0]:>24.2f}{r['cpu_ms'][1]:>10.2f}")
+
+
+def cpu_cost(results: dict[str, dict[str, Any]], name: str, base: str) -> float:
+    """What ``name`` costs against ``base`` where the cores are the limit: 1 - the ratio of
+    their CPU time per frame (producer and consumer together)."""
+    return 1 - sum(results[base]["cpu_ms"]) / sum(results[name]["cpu_ms"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         "pyzmq_aes_gcm_cost": 1 - hd["pyzmq + AES-256-GCM"]["fps"] / base,
         "pyzmq_chacha_cost": 1 - hd["pyzmq + ChaCha20-Poly1305"]["fps"] / base,
     }
+    ratios["sealed_cpu_cost"] = cpu_cost(hd, "ours tcp, sealed", "ours tcp, CURVE off")
+    ratios["pyzmq_curve_cpu_cost"] = cpu_cost(hd, "pyzmq copy=False, CURVE", "pyzmq copy=False")
+    ratios["pyzmq_aes_gcm_cpu_cost"] = cpu_cost(hd, "pyzmq + AES-256-GCM", "pyzmq copy=False")
     print(
         f"our tcp edge, CURVE off: {ratios['ours_curve_off_vs_pyzmq_copy_false']:.2f}x pyzmq "
         f"copy=False; encrypted (sealed) it costs {ratios['sealed_cost']:.0%} "
@@ -370,12 +402,22 @@ def main(argv: list[str] | None = None) -> int:
         f"AES-256-GCM {ratios['pyzmq_aes_gcm_cost']:.0%}, "
         f"ChaCha20-Poly1305 {ratios['pyzmq_chacha_cost']:.0%}"
     )
+    print(
+        f"in CPU time per frame (producer + consumer; what counts when the cores are the "
+        f"limit): sealed costs our edge {ratios['sealed_cpu_cost']:.0%}; on plain pyzmq CURVE "
+        f"costs {ratios['pyzmq_curve_cpu_cost']:.0%}, AES-256-GCM "
+        f"{ratios['pyzmq_aes_gcm_cpu_cost']:.0%}"
+    )
     for size, res in smaller.items():
         print()
         table(f"{size} BGR frames, {n * 4} flat out", res, latency=False)
         cost = 1 - res["ours tcp, sealed"]["fps"] / res["ours tcp, CURVE off"]["fps"]
         ratios[f"sealed_cost_{size}"] = cost
-        print(f"sealed costs our edge {cost:.0%} at {size}")
+        ratios[f"sealed_cpu_cost_{size}"] = cpu_cost(res, "ours tcp, sealed", "ours tcp, CURVE off")
+        print(
+            f"sealed costs our edge {cost:.0%} at {size} "
+            f"({ratios[f'sealed_cpu_cost_{size}']:.0%} in CPU time per frame)"
+        )
     print(
         f"\nbulk cipher on this machine: {default_cipher()}; "
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
