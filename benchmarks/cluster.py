@@ -10,7 +10,9 @@ in one run, side by side:
 - ours, sealed: a real tcp edge as a run makes it: CURVE for the handshake, heads and small
   messages, the frame's bytes sealed once with an AEAD on the edge's bulk socket
   (``pipeline.transport.bulk``); "cluster" adds the run's keys and the ZAP gatekeeper, as
-  ``pipeline run --cluster`` plans an edge between machines;
+  ``pipeline run --cluster`` plans an edge between machines; "CURVE only" is the edge as it
+  was before the bulk path (every byte through libzmq's CURVE; the producer's threshold
+  raised, benchmark only);
 - plain pyzmq PUSH/PULL tcp, ``copy=False`` (zero-copy send of a ready array) and
   ``copy=True``, HWM 4;
 - plain pyzmq ``copy=False`` with CURVE: libzmq's own encryption (what every tcp edge used
@@ -160,6 +162,8 @@ def ours_producer(
         sender.tcp = True
     else:
         sender = EdgeSender(ctx, PLAN, endpoint, server_key, keys=keys)
+        if mode == "curve" and sender.bulk is not None:  # every message on CURVE: as before
+            sender.bulk.MIN_BYTES = 1 << 62
     port = RuntimeOutput("frames", pool, [sender], Frame)
     t0 = time.perf_counter()
     cpu0 = time.process_time()
@@ -302,6 +306,7 @@ def run_zmq(
 
 METHODS = {
     "ours tcp, CURVE off": lambda n, fps, sh: run_ours("off", n, fps, sh),
+    "ours tcp, CURVE only": lambda n, fps, sh: run_ours("curve", n, fps, sh),
     "ours tcp, sealed": lambda n, fps, sh: run_ours("edge", n, fps, sh),
     "ours cluster, sealed": lambda n, fps, sh: run_ours("cluster", n, fps, sh),
     "pyzmq copy=False": lambda n, fps, sh: run_zmq(False, n, fps, sh),
@@ -314,6 +319,7 @@ METHODS = {
 }
 SMALLER_METHODS = (
     "ours tcp, CURVE off",
+    "ours tcp, CURVE only",
     "ours tcp, sealed",
     "pyzmq copy=False",
     "pyzmq copy=False, CURVE",
@@ -390,11 +396,14 @@ def main(argv: list[str] | None = None) -> int:
         "pyzmq_chacha_cost": 1 - hd["pyzmq + ChaCha20-Poly1305"]["fps"] / base,
     }
     ratios["sealed_cpu_cost"] = cpu_cost(hd, "ours tcp, sealed", "ours tcp, CURVE off")
+    ratios["curve_only_cost"] = 1 - hd["ours tcp, CURVE only"]["fps"] / off
+    ratios["curve_only_cpu_cost"] = cpu_cost(hd, "ours tcp, CURVE only", "ours tcp, CURVE off")
     ratios["pyzmq_curve_cpu_cost"] = cpu_cost(hd, "pyzmq copy=False, CURVE", "pyzmq copy=False")
     ratios["pyzmq_aes_gcm_cpu_cost"] = cpu_cost(hd, "pyzmq + AES-256-GCM", "pyzmq copy=False")
     print(
         f"our tcp edge, CURVE off: {ratios['ours_curve_off_vs_pyzmq_copy_false']:.2f}x pyzmq "
         f"copy=False; encrypted (sealed) it costs {ratios['sealed_cost']:.0%} "
+        f"(CURVE only {ratios['curve_only_cost']:.0%}) "
         f"(cluster form {ratios['cluster_sealed_cost']:.0%}) at 1080p"
     )
     print(
@@ -404,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"in CPU time per frame (producer + consumer; what counts when the cores are the "
-        f"limit): sealed costs our edge {ratios['sealed_cpu_cost']:.0%}; on plain pyzmq CURVE "
+        f"limit): sealed costs our edge {ratios['sealed_cpu_cost']:.0%} (CURVE only "
+        f"{ratios['curve_only_cpu_cost']:.0%}); on plain pyzmq CURVE "
         f"costs {ratios['pyzmq_curve_cpu_cost']:.0%}, AES-256-GCM "
         f"{ratios['pyzmq_aes_gcm_cpu_cost']:.0%}"
     )
@@ -414,9 +424,12 @@ def main(argv: list[str] | None = None) -> int:
         cost = 1 - res["ours tcp, sealed"]["fps"] / res["ours tcp, CURVE off"]["fps"]
         ratios[f"sealed_cost_{size}"] = cost
         ratios[f"sealed_cpu_cost_{size}"] = cpu_cost(res, "ours tcp, sealed", "ours tcp, CURVE off")
+        curve_cpu = cpu_cost(res, "ours tcp, CURVE only", "ours tcp, CURVE off")
+        ratios[f"curve_only_cpu_cost_{size}"] = curve_cpu
         print(
             f"sealed costs our edge {cost:.0%} at {size} "
-            f"({ratios[f'sealed_cpu_cost_{size}']:.0%} in CPU time per frame)"
+            f"({ratios[f'sealed_cpu_cost_{size}']:.0%} in CPU time per frame; "
+            f"CURVE only {curve_cpu:.0%})"
         )
     print(
         f"\nbulk cipher on this machine: {default_cipher()}; "

@@ -23,7 +23,10 @@ the run's keys, which reached the nodes through the launcher). Never over the da
 restarted consumer binds anew and makes new ones.
 
 Nonces never repeat under a key: each producer incarnation (``EdgeSender``) draws a 128-bit
-salt and seals under its own key, HKDF-SHA256(edge key, salt, edge name); the nonce is the
+salt and seals under its own key, HKDF-SHA256(edge key, salt, edge name). The salt travels
+only inside CURVE (the descriptor; the bulk socket shows 8 bytes of its hash), so someone who
+records the traffic and later learns an edge key still cannot open it: CURVE's ephemeral
+session keys protected the salt (forward secrecy as good as CURVE's); the nonce is the
 part's index and the producer's 64-bit message counter (refused before it could wrap). The
 associated data of every part is the edge's name, the descriptor (salt, counter, parts) and
 the message's head (envelope and body: seq, shape, dtype), so a part opens only under the
@@ -40,7 +43,8 @@ Threat model (the network between the hosts is hostile; the hosts and the launch
   at a time), which gains them no more than being on the path already gave (see next): it
   authenticates nothing; the AEAD does.
 - What they can learn. Someone reading the wire sees, on the bulk socket, the sizes of the
-  sealed parts, the counters and salts and the token, never a byte of a frame; the CURVE
+  sealed parts, the counters, a hash of each incarnation's salt and the token, never a
+  byte of a frame; the CURVE
   socket hides everything else (heads, metadata, small messages). Timing and sizes show.
 - What they can do. A forged, altered, truncated, replayed (within or across producer
   incarnations), reordered or misplaced bulk part fails its tag or its counter: the message
@@ -103,7 +107,7 @@ MAX_COUNTER = (1 << 63) - 1
 ZAP_DOMAIN = "pipeline-bulk"
 _MAGIC = b"PB1"
 _DESC = struct.Struct("<3s16sQB")  # magic, salt, counter, parts
-_BULK_HEAD = struct.Struct("<3s16sQ")  # magic, salt, counter
+_BULK_HEAD = struct.Struct("<3s8sQ")  # magic, the salt's id, counter
 _NONCE = struct.Struct("<IQ")  # part, counter
 DESC_SIZE = _DESC.size  # far below codec.INLINE_MAX: never an array's frame
 
@@ -177,6 +181,19 @@ class EdgeSecrets:
         return f"EdgeSecrets(curve_key={self.curve_key!r}, bulk={self.bulk_endpoint!r})"
 
 
+def salt_id(salt: bytes) -> bytes:
+    """What the bulk socket shows of a salt (which only the CURVE socket carries): 8 bytes of
+    its SHA-256, enough to tell incarnations apart, nothing to derive its key from."""
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(salt)
+    return digest.finalize()[:8]
+
+
+def bulk_head(salt: bytes, counter: int) -> bytes:
+    """The first frame of a bulk message: which producer incarnation, which message."""
+    return _BULK_HEAD.pack(_MAGIC, salt_id(salt), counter)
+
+
 def _derive(secrets_: EdgeSecrets, edge: str, salt: bytes) -> Aead:
     key = HKDF(
         algorithm=hashes.SHA256(), length=32, salt=salt, info=b"pipeline bulk v1 " + edge.encode()
@@ -190,8 +207,9 @@ class Sealer:
 
     def __init__(self, secrets_: EdgeSecrets, edge: str) -> None:
         self.edge = edge.encode()
-        self.salt = os.urandom(16)
+        self.salt = os.urandom(16)  # secret too: it travels on the CURVE socket only
         self.aead = _derive(secrets_, edge, self.salt)
+        self._salt_id = salt_id(self.salt)
         self.counter = 0
 
     def seal(self, head: bytes, parts: Sequence[Any], out: Sequence[Any]) -> tuple[bytes, bytes]:
@@ -204,7 +222,7 @@ class Sealer:
         ad = self.edge + desc + head
         for i, (part, dst) in enumerate(zip(parts, out, strict=True)):
             self.aead.encrypt_into(_NONCE.pack(i, self.counter), part, ad, dst)
-        return desc, _BULK_HEAD.pack(_MAGIC, self.salt, self.counter)
+        return desc, _BULK_HEAD.pack(_MAGIC, self._salt_id, self.counter)
 
 
 class Opener:
@@ -216,6 +234,7 @@ class Opener:
         self.edge = edge.encode()
         self._salt = b""
         self._aead: Aead | None = None
+        self.salt_id = b""  # of the last salt seen
 
     @staticmethod
     def descriptor(desc: bytes) -> tuple[bytes, int, int]:
@@ -233,11 +252,18 @@ class Opener:
 
     @staticmethod
     def bulk_head(data: bytes) -> tuple[bytes, int] | None:
-        """(salt, counter) of a bulk message's first frame, or None if it is not one."""
+        """(salt id, counter) of a bulk message's first frame, or None if it is not one."""
         if len(data) != _BULK_HEAD.size:
             return None
-        magic, salt, counter = _BULK_HEAD.unpack(data)
-        return (salt, counter) if magic == _MAGIC else None
+        magic, sid, counter = _BULK_HEAD.unpack(data)
+        return (sid, counter) if magic == _MAGIC else None
+
+    def use(self, salt: bytes) -> None:
+        """Open with the key of the producer incarnation that drew ``salt``."""
+        if salt != self._salt or self._aead is None:
+            self._aead = _derive(self.secrets, self.edge_name, salt)
+            self._salt = salt
+            self.salt_id = salt_id(salt)
 
     def open(self, head: bytes, desc: bytes, sealed: Sequence[Any]) -> list[memoryview]:
         """Open each part of ``sealed`` (writable buffers) in place; the plain bytes.
@@ -249,9 +275,8 @@ class Opener:
         salt, counter, n = self.descriptor(desc)
         if len(sealed) != n:
             raise MalformedMessage(f"the bulk message has {len(sealed)} parts, not {n}")
-        if salt != self._salt or self._aead is None:
-            self._aead = _derive(self.secrets, self.edge_name, salt)
-            self._salt = salt
+        self.use(salt)
+        assert self._aead is not None
         ad = self.edge + desc + head
         plain: list[memoryview] = []
         for i, part in enumerate(sealed):
@@ -351,6 +376,8 @@ class BulkReceiver:
             MalformedMessage: its bulk message failed its tag, or did not come in ``WAIT_MS``.
         """
         salt, counter, _ = Opener.descriptor(desc)
+        self.opener.use(salt)
+        sid = self.opener.salt_id
         for c in [c for c in self._early if c < counter]:  # their heads never came
             del self._early[c]
             self.rejected += 1
@@ -362,7 +389,7 @@ class BulkReceiver:
                 raise MalformedMessage(f"the bulk part of message {counter} did not come")
             frames = self.sock.recv_multipart(copy=False)
             named = Opener.bulk_head(frames[0].bytes)
-            if named is None or named[0] != salt or named[1] < counter:
+            if named is None or named[0] != sid or named[1] < counter:
                 self.rejected += 1  # not ours, another incarnation's, or seen before
             elif named[1] > counter:  # ahead of its head (or forged): keep it for its head
                 if named[1] in self._early or len(self._early) >= STASH:
