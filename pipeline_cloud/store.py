@@ -90,7 +90,7 @@ class Store:
         """
         org_id = self.find_org(org).id
         key_id = str(uuid.uuid4())
-        key = secrets.token_urlsafe(32)
+        key = secrets.token_hex(32)  # hex: never starts with "-", so it pastes as an argument
         with self.sessions.begin() as s:
             s.add(ApiKey(id=key_id, org_id=org_id, name=name, key_hash=hash_key(key)))
         return key_id, key

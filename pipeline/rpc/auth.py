@@ -189,7 +189,7 @@ class ApiKeys:
     @staticmethod
     def generate() -> tuple[str, str]:
         """A new random ``(key_id, key)`` pair; the id is a UUID, as the Viam SDK requires."""
-        return str(uuid.uuid4()), secrets.token_urlsafe(32)
+        return str(uuid.uuid4()), secrets.token_hex(32)  # hex: never read as an option
 
 
 class AuthService(auth_grpc.AuthServiceBase):

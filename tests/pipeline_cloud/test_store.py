@@ -50,6 +50,17 @@ def test_api_key_is_stored_as_a_hash_and_verifies(stores):
     assert len(row.key_hash) == 64
 
 
+def test_new_api_keys_paste_as_command_line_arguments(stores):
+    """A key starting with "-" would be read as an option (``--key -abc``): keys are hex."""
+    from pipeline.rpc.auth import ApiKeys
+
+    store, _ = stores
+    store.create_org("acme")
+    keys = [store.create_key("acme")[1] for _ in range(40)]
+    keys += [ApiKeys.generate()[1] for _ in range(200)]
+    assert all(re.fullmatch(r"[0-9a-f]{64}", key) for key in keys), keys
+
+
 def test_upload_with_the_same_idempotency_key_stores_one_copy(stores):
     store, _ = stores
     org = store.create_org("acme")
