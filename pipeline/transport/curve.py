@@ -24,7 +24,6 @@ from typing import Any
 
 import zmq
 from zmq.utils import z85
-from zmq.utils.monitor import parse_monitor_message
 
 __all__ = [
     "HANDSHAKE_MS",
@@ -143,6 +142,9 @@ class Gatekeeper:
             self._bound.set()
             return
         self._bound.set()
+        # here, not at the top: zmq.utils.monitor imports asyncio (~20 ms of every start-up)
+        from zmq.utils.monitor import parse_monitor_message
+
         poller = zmq.Poller()
         poller.register(zap, zmq.POLLIN)
         monitors: list[zmq.Socket[Any]] = []
