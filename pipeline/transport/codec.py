@@ -63,6 +63,10 @@ MAX_ARRAYS = 64
 MAX_RANK = 32  # numpy's own limit is 64
 MAX_ARRAY_BYTES = 1 << 40
 _SEGMENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
+# Segment names already checked: a producer reuses a few slots, so the next message's name
+# costs a set look-up (bounded: the names come from the wire).
+_GOOD_NAMES: set[str] = set()
+_MAX_GOOD_NAMES = 1024
 
 
 class MalformedMessage(TransportError):
@@ -78,8 +82,13 @@ def check_segment_name(name: object) -> str:
     Raises:
         MalformedMessage: anything else (a path, an empty or a too long name, not a str).
     """
+    if type(name) is str and name in _GOOD_NAMES:  # a producer reuses a few slots
+        return name
     if not isinstance(name, str) or not _SEGMENT_NAME.match(name) or ".." in name:
         raise MalformedMessage(f"not a shared-memory segment name: {name!r:.80}")
+    if len(_GOOD_NAMES) >= _MAX_GOOD_NAMES:
+        _GOOD_NAMES.clear()
+    _GOOD_NAMES.add(name)
     return name
 
 
@@ -121,7 +130,7 @@ def pack_body(message: Message, arrays: Sequence[tuple[str, np.ndarray, str, Any
             "m": dict(message.meta),
             "f": message.wire_fields(),
             "a": [
-                [name, arr.dtype.str, list(arr.shape), where, ref]
+                (name, arr.dtype.str, arr.shape, where, ref)  # tuples pack as arrays
                 for name, arr, where, ref in arrays
             ],
         }
@@ -155,8 +164,9 @@ def _dtype(code: object) -> np.dtype:
 def _shape(shape: object, dt: np.dtype) -> tuple[int, ...]:
     if not isinstance(shape, list) or len(shape) > MAX_RANK:
         raise MalformedMessage(f"not an array shape: {shape!r:.80}")
-    if not all(type(d) is int and d >= 0 for d in shape):
-        raise MalformedMessage(f"not an array shape: {shape!r:.80}")
+    for d in shape:
+        if type(d) is not int or d < 0:
+            raise MalformedMessage(f"not an array shape: {shape!r:.80}")
     if math.prod(shape) * dt.itemsize > MAX_ARRAY_BYTES:
         raise MalformedMessage(f"an array of shape {shape} is larger than any frame")
     return tuple(shape)
