@@ -35,7 +35,8 @@ import msgpack
 import numpy as np
 
 from pipeline.errors import TransportError
-from pipeline.messages import Message, message_type
+from pipeline.messages import _REGISTRY as _KINDS
+from pipeline.messages import Message
 
 __all__ = [
     "INLINE_MAX",
@@ -92,7 +93,8 @@ def check_segment_name(name: object) -> str:
     return name
 
 
-_ENVELOPE = struct.Struct("<cqiq")
+ENVELOPE_FORMAT = "<cqiq"
+_ENVELOPE = struct.Struct(ENVELOPE_FORMAT)
 ENVELOPE_SIZE = _ENVELOPE.size
 
 
@@ -242,11 +244,13 @@ def decode_body(
         raise MalformedMessage("the body's source, meta or fields have the wrong type")
     if not isinstance(entries, list) or len(entries) > MAX_ARRAYS:
         raise MalformedMessage("the body's array list is not a list of at most 64 entries")
-    try:
-        cls = message_type(kind)
-    except KeyError:
-        raise MalformedMessage(f"unknown message kind {kind!r:.80}") from None
-    arrays = dict(_array(entry, shm_view, buffers) for entry in entries)
+    cls = _KINDS.get(kind)  # message_type() without its exception on the hot path
+    if cls is None:
+        raise MalformedMessage(f"unknown message kind {kind!r:.80}")
+    arrays: dict[str, np.ndarray] = {}
+    for entry in entries:
+        name, arr = _array(entry, shm_view, buffers)
+        arrays[name] = arr
     header = {"seq": seq, "t_capture_ns": t_capture, "source": source, "meta": meta}
     try:
         return cls._from_parts(header, fields, arrays)
