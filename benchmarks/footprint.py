@@ -173,6 +173,7 @@ def main() -> int:
             {
                 "benchmark": "footprint",
                 "machine": machine(),
+                "load_avg_at_end": os.getloadavg(),
                 "command": " ".join(["benchmarks/footprint.py", *sys.argv[1:]]),
                 "results": results,
                 "ratios": ratios,
