@@ -236,6 +236,6 @@ def render_run(result: Mapping[str, Any]) -> str:
         lines.append(f"  conditions   {extra}")
     if run.get("error"):
         lines.append(f"error: {run['error']}")
-    if result.get("nodes"):  # notes qualify figures; a run that measured nothing has none
+    if result.get("nodes") and not run.get("error"):  # notes qualify figures; none on failure
         lines += [f"note: {n}" for n in run_notes(result)]
     return "\n".join(lines)
