@@ -126,6 +126,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5, help="start-up runs per launcher")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    started = machine()  # the load average before this run added its own
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -172,7 +173,7 @@ def main() -> int:
         json.dumps(
             {
                 "benchmark": "footprint",
-                "machine": machine(),
+                "machine": started,
                 "load_avg_at_end": os.getloadavg(),
                 "command": " ".join(["benchmarks/footprint.py", *sys.argv[1:]]),
                 "results": results,

@@ -255,6 +255,7 @@ def main() -> int:
     parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated subset")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    started = machine()  # the load average before this run added its own
     sizes = {k: SIZES[k] for k in args.sizes.split(",")}
     skipped: dict[str, str] = {}
     peer_fns: dict[str, Any] = {}
@@ -386,7 +387,7 @@ def main() -> int:
         json.dumps(
             {
                 "benchmark": "transport",
-                "machine": machine(),
+                "machine": started,
                 "load_avg_at_end": os.getloadavg(),
                 "command": " ".join(["benchmarks/transport.py", *sys.argv[1:]]),
                 "results": results,

@@ -128,6 +128,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    started = machine()  # the load average before this run added its own
     if not hasattr(os, "eventfd"):
         print("os.eventfd is not available here (Linux, Python 3.10+)")
         return 1
@@ -156,7 +157,7 @@ def main() -> int:
         json.dumps(
             {
                 "benchmark": "wakeup",
-                "machine": machine(),
+                "machine": started,
                 "load_avg_at_end": os.getloadavg(),
                 "command": " ".join(["benchmarks/wakeup.py", *sys.argv[1:]]),
                 "results": results,
