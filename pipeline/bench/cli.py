@@ -29,7 +29,7 @@ from pipeline.bench.compare import (
 )
 from pipeline.bench.monitor import BenchSettings, Progress
 from pipeline.bench.prepare import ParamSet, PreparedGraph, parse_set, prepare_graph
-from pipeline.bench.report import render_run
+from pipeline.bench.report import measured_something, render_run
 from pipeline.bench.run import BenchError, BenchRun, check_cpus, run_prepared, write_json
 from pipeline.bench.sweep import (
     grid_points,
@@ -221,7 +221,7 @@ def _bench(args: argparse.Namespace, graph: str) -> int:
         return EXIT_USAGE
     bench = _runner(args)(prepared, _settings(args))
     print(render_run(bench.result))
-    if args.out and bench.result["nodes"]:
+    if args.out and measured_something(bench.result):
         write_json(bench.result, args.out)
         print(f"result written to {args.out}", file=sys.stderr)
     elif args.out:

@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["device_label", "format_table", "providers_line", "render_run", "run_notes"]
+__all__ = [
+    "device_label",
+    "format_table",
+    "measured_something",
+    "providers_line",
+    "render_run",
+    "run_notes",
+]
 
 
 def format_table(rows: Sequence[Sequence[str]], left: int = 1, gap: str = "  ") -> str:
@@ -79,6 +86,11 @@ def _hottest(snapshot: Mapping[str, Any] | None) -> tuple[str, float] | None:
         return None
     zone = max(zones, key=lambda z: z["temp_c"])
     return str(zone.get("type") or zone.get("zone")), float(zone["temp_c"])
+
+
+def measured_something(result: Mapping[str, Any]) -> bool:
+    """True when a sink received frames: a run that failed before that has no figures."""
+    return bool(result.get("nodes")) and result.get("end_to_end", {}).get("frames", 0) > 0
 
 
 def run_notes(result: Mapping[str, Any]) -> list[str]:
@@ -236,6 +248,6 @@ def render_run(result: Mapping[str, Any]) -> str:
         lines.append(f"  conditions   {extra}")
     if run.get("error"):
         lines.append(f"error: {run['error']}")
-    if result.get("nodes") and not run.get("error"):  # notes qualify figures; none on failure
+    if measured_something(result):  # notes qualify figures: a run that measured nothing has none
         lines += [f"note: {n}" for n in run_notes(result)]
     return "\n".join(lines)
