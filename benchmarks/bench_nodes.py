@@ -62,3 +62,42 @@ class Touch(Node):
     def process(self, frames: Message) -> None:
         if isinstance(frames, Frame):
             _ = frames.image[0, 0, 0]
+
+
+class PreloadedVideo(Node):
+    """Send the first ``preload`` frames of a video, decoded once in ``open()``, over and over
+    until ``frames`` are sent, as fast as the graph takes them: a source that costs a copy per
+    frame, not a decode, so that the nodes after it are what is measured."""
+
+    class Params(NodeParams):
+        path: str
+        frames: int = Field(300, ge=1)
+        preload: int = Field(50, ge=1)
+
+    frames = Output(Frame)
+
+    def open(self) -> None:
+        import cv2
+
+        capture = cv2.VideoCapture(self.params.path)
+        self._images: list[np.ndarray] = []
+        while len(self._images) < self.params.preload:
+            ok, image = capture.read()
+            if not ok:
+                break
+            self._images.append(image)
+        capture.release()
+        if not self._images:
+            raise ValueError(f"no frame could be read from {self.params.path}")
+        self._seq = 0
+
+    def process(self) -> None:
+        if self._seq >= self.params.frames:
+            raise EndOfStream
+        ready = self._images[self._seq % len(self._images)]
+        image = self.frames.allocate(ready.shape, np.uint8)
+        image[:] = ready
+        self.frames.send(
+            Frame(image=image, seq=self._seq, t_capture_ns=time.monotonic_ns(), source=self.id)
+        )
+        self._seq += 1

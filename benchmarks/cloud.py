@@ -19,12 +19,19 @@ and go to ``benchmarks/results/cloud.json``.
 
     .venv/bin/python benchmarks/cloud.py                 # about 1 minute
     .venv/bin/python benchmarks/cloud.py --seconds 3     # quicker, noisier
+    .venv/bin/python benchmarks/cloud.py --ray           # local pool vs Ray workers (~3 min)
+
+``--ray`` instead compares, on the same data and 8 clients, the local pool (1 and 2 worker
+processes) with Ray workers (``--workers ray://...``, 1 and 2 replicas; and 2 replicas with
+the server as a Ray driver) on a one-machine Ray cluster it starts, to
+``benchmarks/results/cloud_ray.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -43,13 +50,14 @@ import numpy as np
 from skimage import data as skdata
 
 RESULTS = Path(__file__).parent / "results" / "cloud.json"
+RAY_RESULTS = Path(__file__).parent / "results" / "cloud_ray.json"
 MODELS = ("face_short_range", "centerface")  # a 1 ms model and a 30 ms one
 
 
-def start_server(data: Path, workers: int) -> tuple[subprocess.Popen[str], str]:
+def start_server(data: Path, workers: int | str, *extra: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "cloud", "serve", "--data", str(data),
-         "--address", "127.0.0.1:0", "--workers", str(workers)],
+         "--address", "127.0.0.1:0", "--workers", str(workers), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -167,12 +175,137 @@ def in_process(model: str, image_jpeg: bytes, seconds: float) -> dict[str, Any]:
     return row
 
 
+def ray_comparison(seconds: float, out: Path) -> int:
+    """GetInference requests/s with 8 clients: the local pool (1 and 2 worker processes)
+    against Ray workers (1 and 2 replicas) on a one-machine Ray cluster started here, reached
+    with Ray Client (``ray://``) and as a driver (the head's ``HOST:PORT``)."""
+    import socket
+    import warnings
+
+    from ray.cluster_utils import Cluster
+    from viam.gen.app.mlinference.v1 import ml_inference_pb2
+
+    from pipeline_cloud.blobs import BlobStore
+    from pipeline_cloud.client import Credentials
+    from pipeline_cloud.db import open_database
+    from pipeline_cloud.registry import Registry
+    from pipeline_cloud.store import Store, UploadMeta
+    from pipeline_nodes.inference.models.store import resolve_model
+
+    load_at_start = os.getloadavg()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        client_port = sock.getsockname()[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 2,
+                "include_dashboard": False,
+                "ray_client_server_port": client_port,
+            },
+        )
+    client = f"ray://127.0.0.1:{client_port}"
+    setups: list[tuple[str, int | str, tuple[str, ...], int]] = [
+        ("local pool, 1 worker", 1, (), 1),
+        ("local pool, 2 workers", 2, (), 2),
+        ("ray:// (Ray Client), 1 replica", client, ("--replicas", "1"), 1),
+        ("ray:// (Ray Client), 2 replicas", client, ("--replicas", "2"), 2),
+        ("Ray driver (HEAD:PORT), 2 replicas", cluster.address, ("--replicas", "2"), 2),
+    ]  # fmt: skip
+    astronaut_jpeg = jpeg(cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR))
+    rows: list[dict[str, Any]] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="cloud-bench-ray-") as tmp:
+            data = Path(tmp)
+            sessions = open_database(data)
+            blobs = BlobStore(data / "blobs")
+            store, registry = Store(sessions, blobs), Registry(sessions, blobs)
+            org = store.create_org("bench")
+            key_id, key = store.create_key(org.id)
+            items = {}
+            for name in MODELS:
+                model = Path(resolve_model(name))
+                items[name] = registry.create_version(
+                    org.id, name, "object_detection", model.name, model.read_bytes(), version="1"
+                ).item_id
+            image_id, _ = store.upload(
+                org.id, UploadMeta(file_ext=".jpg", mime_type="image/jpeg"), astronaut_jpeg
+            )
+            sessions.kw["bind"].dispose()
+            for (label, workers, extra, n), (name, item_id) in itertools.product(
+                setups, items.items()
+            ):
+                # a server per model: each replica holds a CPU of the 2-CPU cluster
+                proc, address = start_server(data, workers, *extra)
+                try:
+                    creds = Credentials(address, key_id, key)
+                    request = ml_inference_pb2.GetInferenceRequest(
+                        registry_item_id=item_id, registry_item_version="1",
+                        binary_data_id=image_id, organization_id=org.id,
+                    )  # fmt: skip
+                    asyncio.run(infer_clients(creds, request, 8, 3.0))  # start, load, warm
+                    row = asyncio.run(infer_clients(creds, request, 8, seconds))
+                    row.update(setup=label, model=name, workers_or_replicas=n)
+                    rows.append(row)
+                    print(
+                        f"{name:16s} {label:36s} {row['per_s']:8.1f}/s  p50 "
+                        f"{row['p50_ms']} ms  p95 {row['p95_ms']} ms"
+                    )
+                finally:
+                    proc.terminate()
+                    proc.wait(60)
+    finally:
+        cluster.shutdown()
+    ratios: dict[str, dict[str, float]] = {}
+    for name in items:
+        by = {r["setup"]: r["per_s"] for r in rows if r["model"] == name}
+        ratios[name] = {
+            "ray_client_1_vs_local_1": round(by[setups[2][0]] / by[setups[0][0]], 3),
+            "ray_client_2_vs_local_2": round(by[setups[3][0]] / by[setups[1][0]], 3),
+            "ray_driver_2_vs_local_2": round(by[setups[4][0]] / by[setups[1][0]], 3),
+            "ray_client_2_vs_ray_client_1": round(by[setups[3][0]] / by[setups[2][0]], 3),
+        }
+        print(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios[name].items()))
+    report = {
+        "benchmark": "cloud, local pool vs Ray workers",
+        "command": "python benchmarks/cloud.py " + " ".join(sys.argv[1:]),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "ray_cluster": "one Ray node on this machine, 2 CPUs; one CPU per replica",
+        },
+        "clients": 8,
+        "inference_image": "skimage astronaut 512x512 JPEG",
+        "rows": rows,
+        "ratios": ratios,
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": os.getloadavg(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results: {out}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=6.0, help="per measurement")
     parser.add_argument("--workers", type=int, default=0, help="inference workers (0: cores)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="instead: the local pool against Ray workers (1 and 2 replicas), to "
+        "results/cloud_ray.json",
+    )
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.ray:
+        return ray_comparison(args.seconds, args.out or RAY_RESULTS)
+    args.out = args.out or RESULTS
 
     from pipeline_cloud.blobs import BlobStore
     from pipeline_cloud.client import Credentials

@@ -22,8 +22,19 @@ table with ratios and go to ``benchmarks/results/cluster.json``.
     .venv/bin/python benchmarks/cluster.py            # about a minute
     .venv/bin/python benchmarks/cluster.py --quick
 
-Not here (see the cluster note): the face graph with 1 vs 2 detector replicas (``replicas:``
-is not built yet).
+``--replicas`` measures instead the face graph with 1 vs 2 detector replicas (``replicas:``,
+``pipeline.runtime.replicas``): a decode-light source (the sample video's first 50 frames,
+decoded once, sent over and over) -> BlazeFace (``face_full_range``, one thread) -> jsonl of
+the detections, on one machine (``run_graph``) and on a local Ray cluster of two Ray nodes
+(one CPU each; the detector placed by ``{CPU: 1}``, so two replicas land one on each, and
+one replica is measured both where Ray puts it and pinned to the other Ray node, so that
+its frames cross tcp with CURVE as one of the two replicas' do). It
+prints frames/s at the sink, the ratio 2 vs 1 replica, and CPU seconds per frame (every
+node's, and the detectors', per process() call after a warm-up: the supervisor's and Ray's
+own processes are not counted), and writes ``benchmarks/results/cluster-replicas.json``:
+
+    .venv/bin/python benchmarks/cluster.py --replicas          # a few minutes
+    .venv/bin/python benchmarks/cluster.py --replicas --quick
 """
 
 from __future__ import annotations
@@ -50,6 +61,8 @@ from pipeline.transport.plan import EdgePlan, slot_pool_size
 from pipeline.transport.shm import ShmReader, SlotPool
 
 RESULTS = Path(__file__).parent / "results" / "cluster.json"
+REPLICA_RESULTS = Path(__file__).parent / "results" / "cluster-replicas.json"
+ROOT = Path(__file__).resolve().parent
 W, H = 1920, 1080
 PLAN = EdgePlan(
     producer="p",
@@ -228,11 +241,182 @@ METHODS = {
 }
 
 
+FACE_GRAPH = """\
+graph: faces_replicated
+nodes:
+  - id: camera
+    node: benchmarks.bench_nodes:PreloadedVideo
+    params: {{path: {video}, frames: {frames}, preload: 50}}
+    placement: {{labels: {{site: a}}}}
+  - id: faces
+    node: detector
+    params: {{model: face_full_range, num_threads: 1, default_minimum_confidence: 0.6}}
+    replicas: {replicas}
+    inputs: {{frames: {{from: camera/frames, queue: 2}}}}
+    placement: {{resources: {{CPU: 1}}{where}}}
+  - id: sink
+    node: jsonl
+    params: {{path: {out}}}
+    inputs: {{messages: faces/detections}}
+    placement: {{labels: {{site: a}}}}
+"""
+
+
+def _face_run(
+    replicas: int, frames: int, tmp: Path, launcher: Any, remote: bool = False
+) -> dict[str, Any]:
+    """One run of the face graph; frames/s at the sink and CPU seconds per frame."""
+    from pipeline import load_graph, run_graph
+
+    path = tmp / f"faces-{replicas}.yaml"
+    path.write_text(
+        FACE_GRAPH.format(
+            video=ROOT.parent / "samples" / "people.mp4",
+            frames=frames,
+            replicas=replicas,
+            out=tmp / "faces.jsonl",
+            where=", labels: {site: b}" if remote else "",
+        )
+    )
+    warm = _AfterWarmUp()
+    result = run_graph(load_graph(path), launcher=launcher, monitor=warm)
+    if result.exit_code != 0:
+        raise RuntimeError(f"the face graph failed: {result.error}")
+    stats = result.stats
+    sink = stats["sink"]
+    assert sink.received == frames, f"{sink.received} of {frames} detections arrived"
+    first = warm.first
+    assert first, "the run ended before its warm-up did: give it more frames"
+    copies = [k for k in stats if k.startswith("faces")]
+
+    def cpu_per_call(nodes: list[str]) -> float:
+        """CPU seconds per process() call of these nodes since the warm-up (each node's
+        figures are from its own reports: consistent within a node)."""
+        cpu = sum(stats[n].cpu_s - first[n].cpu_s for n in nodes)
+        calls = sum(stats[n].calls - first[n].calls for n in nodes)
+        return cpu / calls
+
+    detector = cpu_per_call(copies)
+    return {
+        "fps": (sink.received - first["sink"].received)
+        / (sink.elapsed_s - first["sink"].elapsed_s),
+        "cpu_ms_per_frame": 1000 * (cpu_per_call(["camera"]) + detector + cpu_per_call(["sink"])),
+        "detector_cpu_ms_per_frame": 1000 * detector,
+        "detector_p50_ms": max(stats[k].process_ms["p50_ms"] for k in copies),
+        "per_replica": {k: stats[k].received for k in copies},
+    }
+
+
+class _AfterWarmUp:
+    """Keeps every node's statistics from the first report after 0.5 s of running (the
+    warm-up: first inferences, connections): the figures count from there."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, Any] = {}
+
+    def on_stats(self, stats: Any, elapsed_s: float) -> None:
+        if not self.first and elapsed_s >= 0.5 and all(s.calls for s in stats.values()):
+            self.first = dict(stats)
+
+
+def replicas_main(args: argparse.Namespace) -> int:
+    import tempfile
+
+    sys.path.insert(0, str(ROOT.parent))  # benchmarks.bench_nodes, in every node process
+    frames = 400 if args.quick else 1200
+    places = ["one machine"]
+    cluster = None
+    try:
+        import ray
+        from ray.cluster_utils import Cluster
+
+        from pipeline.cluster import RayLauncher
+
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 1, "include_dashboard": False, "labels": {"site": "a"}},
+        )
+        cluster.add_node(num_cpus=1, labels={"site": "b"})
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level="WARNING")
+        places.append("Ray, 2 nodes")
+    except ImportError:
+        print("ray is not installed (the 'cluster' extra): one machine only")
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for _ in range(args.rounds):  # alternate, keep each one's best: a shared machine
+                for place in places:
+                    ray_run = place != "one machine" and cluster is not None
+                    for replicas, remote in ((1, False), (1, True), (2, False)):
+                        if remote and not ray_run:
+                            continue
+                        launcher = RayLauncher(cluster.address) if ray_run else None
+                        run = _face_run(replicas, frames, Path(tmp), launcher, remote)
+                        key = f"{place}, {replicas} replica{'s' if replicas > 1 else ''}"
+                        key += " (other node: tcp)" if remote else ""
+                        best = results.get(key)
+                        if best is None or run["fps"] > best["fps"]:
+                            results[key] = run
+    finally:
+        if cluster is not None:
+            import ray
+
+            ray.shutdown()
+            cluster.shutdown()
+    print(f"face graph: {frames} preloaded 640x360 frames -> BlazeFace (1 thread) -> jsonl")
+    print(
+        f"{'where, detector copies':<42}{'frames/s':>9}{'vs 1':>7}{'CPU ms/frame':>14}"
+        f"{'detector CPU ms/frame':>23}"
+    )
+    ratios = {}
+    for key, r in results.items():
+        one = results[key.rsplit(",", 1)[0] + ", 1 replica"]["fps"]
+        ratio = r["fps"] / one
+        if key.endswith("2 replicas"):
+            ratios[key.rsplit(",", 1)[0]] = ratio
+            tcp = results.get(key.rsplit(",", 1)[0] + ", 1 replica (other node: tcp)")
+            if tcp:
+                ratios[key.rsplit(",", 1)[0] + " vs 1 replica across tcp"] = r["fps"] / tcp["fps"]
+        print(
+            f"{key:<42}{r['fps']:>9.1f}{ratio:>6.2f}x{r['cpu_ms_per_frame']:>14.1f}"
+            f"{r['detector_cpu_ms_per_frame']:>23.1f}"
+        )
+    print(
+        f"this machine has {os.cpu_count()} cores (load {os.getloadavg()[0]:.1f}): two "
+        "machines' worth of cores is not available here"
+    )
+    REPLICA_RESULTS.write_text(
+        json.dumps(
+            {
+                "machine": {
+                    "platform": platform.platform(),
+                    "python": sys.version.split()[0],
+                    "cpus": os.cpu_count(),
+                    "load": os.getloadavg()[0],
+                },
+                "frames": frames,
+                "results": results,
+                "ratio_2_vs_1": ratios,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"written to {REPLICA_RESULTS}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer frames")
     parser.add_argument("--rounds", type=int, default=2, help="alternated rounds; best kept")
+    parser.add_argument(
+        "--replicas", action="store_true", help="the face graph with 1 vs 2 detector replicas"
+    )
     args = parser.parse_args(argv)
+    if args.replicas:
+        return replicas_main(args)
     mp.set_start_method("spawn")
     n = 150 if args.quick else 400
     lat_n = 45 if args.quick else 90

@@ -215,6 +215,10 @@ class Node:
     #: before it forks the graph's nodes, so that every node shares them (see
     #: ``pipeline.runtime.forkserver``). An import error here is not fatal.
     preload_modules: ClassVar[tuple[str, ...]] = ()
+    #: Which copy of a replicated node this is (``replicas: N`` in the graph file), and how
+    #: many there are: for logs; a node needs not know it is replicated.
+    replica: int = 0
+    replicas: int = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

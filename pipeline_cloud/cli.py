@@ -10,6 +10,7 @@ server down); 2 usage (argparse).
     pipeline cloud org create NAME --data DIR          # prints the organisation id
     pipeline cloud key create --org ORG --data DIR     # prints the key id and the key
     pipeline cloud login --address A --key-id ID --key KEY
+    pipeline cloud workers                              # inference workers, replicas per model
     pipeline infer --binary-data-id ID --model-name N --model-org-id O --model-version V --org-id O
 """
 
@@ -125,8 +126,73 @@ def _admin_store(args: argparse.Namespace) -> Any:
     return Store(open_database(args.data, args.database), BlobStore(args.data / "blobs"))
 
 
-@guarded
+def _workers_options(args: argparse.Namespace) -> tuple[int | str | None, dict[str, Any] | None]:
+    """``--workers`` (a count, or a Ray address) and the Ray pool's options."""
+    from pipeline_cloud.ray_pool import Scaling, WorkersError, parse_replicas
+
+    ray_flags = [
+        flag
+        for flag, value in (
+            ("--replicas", args.replicas),
+            ("--model-replicas", args.model_replicas),
+            ("--scale-up-queue", args.scale_up_queue),
+            ("--scale-down-after", args.scale_down_after),
+            ("--replica-cpus", args.replica_cpus),
+        )
+        if value is not None
+    ]
+    text = args.workers
+    if text is None or text.isdigit():
+        if ray_flags:
+            raise WorkersError(
+                f"{ray_flags[0]} is for Ray workers: add --workers ray://HOST:PORT (or auto)"
+            )
+        count = int(text) if text else None
+        if count == 0:
+            raise WorkersError("--workers must be at least 1 (or a Ray address)")
+        return count, None
+    if not (text == "auto" or ":" in text):
+        raise WorkersError(
+            f"--workers {text!r} is neither a number of worker processes nor a Ray address "
+            "(auto, HOST:PORT, ray://HOST:PORT)"
+        )
+
+    def scaling(replicas: str) -> Scaling:
+        low, high = parse_replicas(replicas)
+        return Scaling(
+            low,
+            high,
+            queue_per_replica=2.0 if args.scale_up_queue is None else args.scale_up_queue,
+            idle_s=60.0 if args.scale_down_after is None else args.scale_down_after,
+        )
+
+    per_model: dict[str, Scaling] = {}
+    for item in args.model_replicas or []:
+        name, sep, replicas = item.rpartition("=")
+        if not sep or not name:
+            raise WorkersError(f"--model-replicas {item!r} must be NAME=N or NAME=MIN:MAX")
+        per_model[name] = scaling(replicas)
+    options: dict[str, Any] = {
+        "scaling": scaling(args.replicas or "1"),
+        "per_model": per_model,
+        "replica_cpus": args.replica_cpus or 1.0,
+    }
+    return text, options
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline_cloud.ray_pool import WorkersError
+
+    try:
+        args.workers, args.ray_options = _workers_options(args)
+        return _serve(args)
+    except WorkersError as exc:  # at start: Ray missing or unreachable, a bad option
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+@guarded
+def _serve(args: argparse.Namespace) -> int:
     from pipeline_cloud.server import serve
 
     return serve(
@@ -138,6 +204,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         workers=args.workers,
         token_lifetime_s=args.token_lifetime,
+        ray_options=args.ray_options,
     )
 
 
@@ -190,6 +257,31 @@ def _cmd_login(args: argparse.Namespace) -> int:
     return 0
 
 
+@guarded
+def _cmd_workers(args: argparse.Namespace) -> int:
+    status = run_client(args, lambda c: c.admin("InferenceStatus"))
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"workers: {status.get('workers')}  in flight: {int(status.get('pending', 0))}", end="")
+    if "retried" in status:
+        lost, retried = int(status.get("lost", 0)), int(status.get("retried", 0))
+        print(f"  replicas lost: {lost}  requests retried: {retried}", end="")
+    print()
+    for name, model in sorted(status.get("models", {}).items()):
+        print(
+            f"{name}: {int(model['replicas'])} replicas "
+            f"({int(model['min_replicas'])}..{int(model['max_replicas'])}, "
+            f"{int(model['starting'])} starting), {int(model['pending'])} in flight"
+        )
+        for r in model.get("replica", []):
+            print(
+                f"  replica {int(r['number'])}: Ray node {str(r['node'])[:8]} ({r['address']}) "
+                f"pid {int(r['pid'])}  in flight {int(r['inflight'])}  served {int(r['served'])}"
+            )
+    return 0
+
+
 def usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     def show(_: argparse.Namespace) -> int:
         parser.print_help(sys.stderr)
@@ -202,7 +294,7 @@ def register_cloud(subparsers: Subparsers) -> None:
     """``pipeline cloud``: serve, org, key, login."""
     cloud = subparsers.add_parser("cloud", help="run the cloud server; organisations and keys")
     cloud.set_defaults(func=usage(cloud))
-    sub = cloud.add_subparsers(dest="cloud_command", metavar="{serve,org,key,login}")
+    sub = cloud.add_subparsers(dest="cloud_command", metavar="{serve,org,key,login,workers}")
 
     p = sub.add_parser("serve", help="serve the data API, registry and inference (gRPC)")
     _add_data_dir(p)
@@ -210,7 +302,39 @@ def register_cloud(subparsers: Subparsers) -> None:
     p.add_argument("--cert", type=Path, help="TLS certificate (PEM); default: self-signed")
     p.add_argument("--key", type=Path, help="TLS private key (PEM)")
     p.add_argument("--insecure", action="store_true", help="no TLS (loopback addresses only)")
-    p.add_argument("--workers", type=int, help="inference worker processes (default: cores)")
+    p.add_argument(
+        "--workers",
+        metavar="N|ADDRESS",
+        help="inference worker processes (default: cores), or a Ray cluster to run them on: "
+        "ray://HOST:PORT (Ray Client), HOST:PORT (the head) or auto",
+    )
+    g = p.add_argument_group("Ray workers (with --workers ray://... or auto)")
+    g.add_argument(
+        "--replicas",
+        metavar="N|MIN:MAX",
+        help="replicas (Ray actors) per model version; MIN:MAX scales by queue depth (default 1)",
+    )
+    g.add_argument(
+        "--model-replicas",
+        action="append",
+        metavar="NAME=N|NAME=MIN:MAX",
+        help="replicas of one model (NAME or ORG-ID:NAME); repeat for more models",
+    )
+    g.add_argument(
+        "--scale-up-queue",
+        type=float,
+        metavar="Q",
+        help="add a replica when requests in flight per replica exceed Q (default 2)",
+    )
+    g.add_argument(
+        "--scale-down-after",
+        type=float,
+        metavar="S",
+        help="remove a replica (down to MIN) after S seconds with none in flight (default 60)",
+    )
+    g.add_argument(
+        "--replica-cpus", type=float, metavar="C", help="Ray CPUs per replica (default 1)"
+    )
     p.add_argument(
         "--token-lifetime",
         type=float,
@@ -244,6 +368,13 @@ def register_cloud(subparsers: Subparsers) -> None:
     )
     _add_data_dir(p)
     p.set_defaults(func=_cmd_key_create)
+
+    p = sub.add_parser(
+        "workers", help="the server's inference workers: Ray replicas per model, queue depth"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    add_client_options(p)
+    p.set_defaults(func=_cmd_workers)
 
     p = sub.add_parser("login", help="check an API key and save it for later commands")
     add_client_options(p)

@@ -12,9 +12,9 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from grpclib import GRPCError, Status
 from grpclib.server import Stream
@@ -27,6 +27,9 @@ from pipeline_cloud.errors import CloudError, Unauthenticated
 from pipeline_cloud.inference import InferencePool
 from pipeline_cloud.registry import Registry
 from pipeline_cloud.store import Store
+
+if TYPE_CHECKING:
+    from pipeline_cloud.ray_pool import RayInferencePool
 
 __all__ = ["Cloud", "handled", "run_blocking"]
 
@@ -41,12 +44,27 @@ _KEY_CACHE_S = 5.0  # a revoked key stops working within this long
 class Cloud:
     """The server's state: database, blobs, registry, inference pool."""
 
-    def __init__(self, data_dir: Path, database: str | None = None, workers: int | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        database: str | None = None,
+        workers: int | str | None = None,
+        ray_options: Mapping[str, Any] | None = None,
+    ):
+        """``workers``: a count of local worker processes, or a Ray cluster's address
+        (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``) for :class:`RayInferencePool` (with
+        ``ray_options``, its keyword arguments)."""
         self.data_dir = data_dir
+        self.pool: InferencePool | RayInferencePool
+        if isinstance(workers, str):
+            from pipeline_cloud.ray_pool import RayInferencePool
+
+            self.pool = RayInferencePool(workers, **(ray_options or {}))
+        else:
+            self.pool = InferencePool(workers)
         sessions = open_database(data_dir, database)
         blobs = BlobStore(data_dir / "blobs")
         self.store = Store(sessions, blobs)
-        self.pool = InferencePool(workers)
         self.registry = Registry(sessions, blobs, inspector=self.pool.inspect)
         self._key_orgs: dict[str, tuple[str | None, float]] = {}
 

@@ -9,7 +9,8 @@
     ├── AlreadyExists          a name or version taken                       ALREADY_EXISTS
     ├── Unauthenticated        no, bad or expired credentials                UNAUTHENTICATED
     ├── Busy                   too many inferences waiting; retry later      RESOURCE_EXHAUSTED
-    └── ModelFailed            the model could not load or run               FAILED_PRECONDITION
+    ├── ModelFailed            the model could not load or run               FAILED_PRECONDITION
+    └── Unavailable            no inference worker could serve the request   UNAVAILABLE
 
 Another organisation's data is always ``NotFound`` (its existence is not revealed); naming
 another organisation is ``PermissionDenied``.
@@ -28,6 +29,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "Unauthenticated",
+    "Unavailable",
 ]
 
 
@@ -63,3 +65,7 @@ class Busy(CloudError):
 
 class ModelFailed(CloudError):
     status = Status.FAILED_PRECONDITION
+
+
+class Unavailable(CloudError):
+    status = Status.UNAVAILABLE

@@ -24,7 +24,16 @@ import numpy as np
 
 from pipeline_cloud.errors import Busy, CloudError, InvalidArgument, ModelFailed
 
-__all__ = ["InferencePool", "InferenceResult", "Job", "default_workers", "run_job"]
+__all__ = [
+    "InferencePool",
+    "InferenceResult",
+    "Job",
+    "default_workers",
+    "infer_image",
+    "load_model",
+    "read_image",
+    "run_job",
+]
 
 _CACHE_SIZE = 8
 
@@ -48,6 +57,7 @@ class Job:
     run_params: dict[str, Any]
     image_path: str
     binary_data_id: str = ""
+    model: str = ""  # <org-id>:<name>@<version>, for logs and statistics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +78,7 @@ def _load(job: Job) -> Any:
     if model is not None:
         _models.move_to_end(job.version_id)
         return model
-    from pipeline_cloud.runners import load_runner
-
-    model = load_runner(job.model_type, job.framework, Path(job.model_path), job.run_params)
+    model = load_model(job)
     _models[job.version_id] = model
     while len(_models) > _CACHE_SIZE:
         _, old = _models.popitem(last=False)
@@ -88,24 +96,39 @@ def decode_image(data: bytes, what: str) -> np.ndarray:
     return np.asarray(image)
 
 
-def run_job(job: Job) -> InferenceResult:
-    """Run one job in this process (what each pool worker does)."""
+def read_image(job: Job) -> bytes:
+    """The stored file of the job's image."""
     try:
-        data = Path(job.image_path).read_bytes()
+        return Path(job.image_path).read_bytes()
     except OSError as exc:
         raise ModelFailed(f"binary data {job.binary_data_id!r} is missing its file") from exc
-    image = decode_image(data, f"binary data {job.binary_data_id!r}")
+
+
+def load_model(job: Job) -> Any:
+    """The job's model as a runner (``infer(image)``, ``close()``), or ModelFailed."""
+    from pipeline_cloud.runners import load_runner
+
     try:
-        runner = _load(job)
+        return load_runner(job.model_type, job.framework, Path(job.model_path), job.run_params)
     except CloudError:
         raise
     except Exception as exc:
         raise ModelFailed(f"the model could not be loaded: {type(exc).__name__}: {exc}") from exc
+
+
+def infer_image(runner: Any, image: np.ndarray) -> InferenceResult:
+    """Run a loaded model on a decoded image."""
     try:
         result: InferenceResult = runner.infer(image)
     except Exception as exc:
         raise ModelFailed(f"the model failed on this image: {type(exc).__name__}: {exc}") from exc
     return result
+
+
+def run_job(job: Job) -> InferenceResult:
+    """Run one job in this process (what each pool worker does)."""
+    image = decode_image(read_image(job), f"binary data {job.binary_data_id!r}")
+    return infer_image(_load(job), image)
 
 
 def _init_worker() -> None:
@@ -163,6 +186,14 @@ class InferencePool:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = self._new_pool()
             raise InvalidArgument(f"{file_name}: loading the model crashed its worker") from exc
+
+    def describe(self) -> str:
+        """What serves the inferences, for the server's start-up line."""
+        return f"{self.workers} workers"
+
+    def stats(self) -> dict[str, Any]:
+        """Workers and requests waiting or running, for the status call."""
+        return {"workers": self.workers, "pending": self.pending, "models": {}}
 
     def warm_up(self) -> None:
         """Start every worker now rather than on the first requests."""

@@ -10,7 +10,8 @@
   stored image in the worker pool and answers the output tensors (flat tensors) and the
   annotations (boxes normalised 0..1, ``[x_min, y_min, x_max, y_max]``, classifications).
 - ``pipeline.cloud.v1.RegistryAdmin`` (ours; Viam has no such calls): ``WhoAmI``,
-  ``ShareModel``, ``SetVisibility`` (``google.protobuf.Struct`` in and out) and
+  ``ShareModel``, ``SetVisibility``, ``InferenceStatus`` (``google.protobuf.Struct`` in and
+  out) and
   ``DownloadModel`` (``Struct`` in, ``BytesValue`` out) for the edge's model cache.
 """
 
@@ -211,6 +212,7 @@ class MLInferenceService(ml_inference_grpc.MLInferenceServiceBase):
                 run_params=rec.run_params,
                 image_path=str(image_path),
                 binary_data_id=binary_id,
+                model=f"{rec.item_id}@{rec.version}",
             )
         )
         annotations = data_pb2.Annotations(
@@ -252,6 +254,7 @@ class RegistryAdmin:
             f"/{ADMIN_SERVICE}/ShareModel": Handler(self.ShareModel, unary, s, s),
             f"/{ADMIN_SERVICE}/SetVisibility": Handler(self.SetVisibility, unary, s, s),
             f"/{ADMIN_SERVICE}/DownloadModel": Handler(self.DownloadModel, unary, s, b),
+            f"/{ADMIN_SERVICE}/InferenceStatus": Handler(self.InferenceStatus, unary, s, s),
         }
 
     async def _args(self, stream: Stream[Any, Any]) -> dict[str, Any]:
@@ -304,3 +307,17 @@ class RegistryAdmin:
         )
         data = await run_blocking(rec.path.read_bytes)
         await stream.send_message(wrappers_pb2.BytesValue(value=data))
+
+    @handled
+    async def InferenceStatus(self, stream: Stream[Any, Any]) -> None:
+        """The inference workers: requests in flight; for Ray workers, the replicas of each of
+        the caller's models (where each runs, what it served)."""
+        await self._args(stream)
+        org = self.cloud.caller_org(stream)
+        stats = self.cloud.pool.stats()
+        stats["models"] = {
+            name: model for name, model in stats["models"].items() if name.startswith(f"{org}:")
+        }
+        reply = struct_pb2.Struct()
+        reply.update(stats)
+        await stream.send_message(reply)

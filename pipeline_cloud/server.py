@@ -19,7 +19,9 @@ import os
 import secrets
 import signal
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pipeline.rpc.auth import TokenIssuer
 from pipeline.rpc.server import RpcServer, is_loopback, parse_endpoint
@@ -90,8 +92,9 @@ def serve(
     cert: Path | None = None,
     key: Path | None = None,
     insecure: bool = False,
-    workers: int | None = None,
+    workers: int | str | None = None,
     token_lifetime_s: float = TOKEN_LIFETIME_S,
+    ray_options: Mapping[str, Any] | None = None,
 ) -> int:
     """Run the server until SIGINT or SIGTERM; returns the exit code."""
     endpoint = parse_endpoint(address)
@@ -102,7 +105,7 @@ def serve(
         )
     data_dir.mkdir(parents=True, exist_ok=True)
     context = None if insecure else tls_context(data_dir, cert, key)
-    cloud = Cloud(data_dir, database, workers)
+    cloud = Cloud(data_dir, database, workers, ray_options)
 
     async def main() -> None:
         server = await start_server(cloud, address, context, token_lifetime_s)
@@ -114,7 +117,7 @@ def serve(
         scheme = "insecure" if context is None else "tls"
         where = "postgresql" if database else f"sqlite in {data_dir}"
         # One parseable line: tests and scripts wait for it.
-        print(f"serving on {bound} ({scheme}; {where}; {cloud.pool.workers} workers)", flush=True)
+        print(f"serving on {bound} ({scheme}; {where}; {cloud.pool.describe()})", flush=True)
         await loop.run_in_executor(None, cloud.pool.warm_up)
         await stop.wait()
         await server.stop(5.0)

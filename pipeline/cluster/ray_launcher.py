@@ -5,7 +5,9 @@ head, or ``ray://HOST:10001`` with Ray Client). For a run, the supervisor asks i
 ``place`` the graph: one ``NodeHost`` actor per node, created with the node's placement as
 Ray options (``resources`` -> ``num_cpus``/``num_gpus``/``memory``/custom resources,
 ``labels`` -> ``label_selector``, ``host`` -> the ``node:<address>`` resource of that
-machine), so Ray chooses the machine and holds the resources while the node runs. Each actor
+machine), so Ray chooses the machine and holds the resources while the node runs. The
+copies of a replicated node (``replicas: N``) are one actor each, spread over the machines
+that fit (Ray's ``SPREAD`` strategy) unless the placement names one host. Each actor
 says where it landed (Ray node id, address, host name): that ``Layout`` plans the edges
 (shared memory within a Ray node, tcp between Ray nodes). Then each actor starts the node's
 worker process on its machine (``pipeline.runtime.worker``, exactly as the local launcher
@@ -38,9 +40,10 @@ from pipeline.errors import ClusterError, NodePlacementError
 from pipeline.graph.spec import PlacementSpec
 from pipeline.graph.validate import ValidatedGraph
 from pipeline.runtime.plan import Layout, WorkerConfig
+from pipeline.runtime.replicas import instance_ids
 from pipeline.transport.shm import LOCK_SUFFIX, SHM_DIR, remove_run_segments
 
-__all__ = ["NodeHost", "RayLauncher"]
+__all__ = ["NodeHost", "RayLauncher", "connect", "import_ray"]
 
 log = logging.getLogger("pipeline.cluster")
 
@@ -139,7 +142,7 @@ class NodeHost:
             self.lock = None
 
 
-def _import_ray() -> Any:
+def import_ray() -> Any:
     try:
         import ray
     except ImportError:
@@ -148,6 +151,50 @@ def _import_ray() -> Any:
             "(on every machine of the cluster)"
         ) from None
     return ray
+
+
+_START_HINT = (
+    "start one with `ray start --head` on the head machine and "
+    "`ray start --address=HEAD:6379` on the others"
+)
+
+
+def connect(ray: Any, address: str) -> bool:
+    """Connect this process to the Ray cluster at ``address`` (``auto``, the head's
+    ``HOST:PORT`` or ``ray://HOST:PORT``) unless it is connected already; True if this call
+    connected (so the caller disconnects when done). A ``ClusterError`` naming the address
+    when the cluster cannot be reached: an address that refuses connections is found out in
+    seconds, not after Ray's own retries (half a minute for Ray Client, two for the GCS)."""
+    if ray.is_initialized():
+        return False
+    if address != "auto":
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        default = 10001 if address.startswith("ray://") else 6379
+        try:
+            number = int(port) if host else default
+        except ValueError:
+            raise ClusterError(
+                f"the Ray address {address!r} is not auto, HOST:PORT or ray://HOST:PORT"
+            ) from None
+        try:
+            socket.create_connection((host or port, number), timeout=5.0).close()
+        except OSError as exc:
+            raise ClusterError(
+                f"cannot connect to the Ray cluster at {address!r}: "
+                f"{exc.strerror or type(exc).__name__}\n{_START_HINT}"
+            ) from None
+    try:
+        ray.init(
+            address=address,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+            configure_logging=False,
+        )
+    except Exception as exc:  # ConnectionError, ValueError, RuntimeError: Ray's words
+        raise ClusterError(
+            f"cannot connect to the Ray cluster at {address!r}: {exc}\n{_START_HINT}"
+        ) from None
+    return True
 
 
 def _route_to(host: str, port: int) -> str:
@@ -241,28 +288,14 @@ class RayLauncher:
     """
 
     def __init__(self, address: str = "auto", *, place_timeout_s: float = PLACE_TIMEOUT_S) -> None:
-        self.ray = _import_ray()
+        self.ray = import_ray()
         self.address = address
         self.place_timeout_s = place_timeout_s
         self.actors: dict[str, Any] = {}
         self.wheres: dict[str, dict[str, Any]] = {}
         self.layout: Layout | None = None
         self.run_dir = Path()
-        self._owns_connection = not self.ray.is_initialized()
-        if self._owns_connection:
-            try:
-                self.ray.init(
-                    address=address,
-                    logging_level=logging.WARNING,
-                    log_to_driver=True,
-                    configure_logging=False,
-                )
-            except Exception as exc:  # ConnectionError, ValueError, RuntimeError: Ray's words
-                raise ClusterError(
-                    f"cannot connect to the Ray cluster at {address!r}: {exc}\n"
-                    "start one with `ray start --head` on the head machine and "
-                    "`ray start --address=HEAD:6379` on the others"
-                ) from None
+        self._owns_connection = connect(self.ray, address)
         if address.startswith("ray://"):
             host, _, port = address[len("ray://") :].partition(":")
             self.control_address = _route_to(host, int(port or 10001))
@@ -290,9 +323,13 @@ class RayLauncher:
                     + "; ".join(_describe_machine(m) for m in machines),
                 )
             options = _ray_options(placement, fits)
-            actor = host_cls.options(max_concurrency=4, **options).remote(node.id)
-            self.actors[node.id] = actor
-            refs[node.id] = actor.where.remote()
+            if node.replicas > 1 and "scheduling_strategy" not in options:
+                # the copies of a replicated node go to different machines where they can
+                options["scheduling_strategy"] = "SPREAD"
+            for node_id in instance_ids(node.id, node.replicas):
+                actor = host_cls.options(max_concurrency=4, **options).remote(node_id)
+                self.actors[node_id] = actor
+                refs[node_id] = actor.where.remote()
         deadline = time.monotonic() + self.place_timeout_s
         pending = dict(refs)
         while pending:

@@ -10,7 +10,7 @@ import html
 import json
 from typing import Literal
 
-from pipeline.graph.spec import GraphSpec
+from pipeline.graph.spec import GraphSpec, NodeSpec
 
 __all__ = ["FORMATS", "draw", "to_dot", "to_mermaid", "to_svg"]
 
@@ -38,6 +38,13 @@ def _edges(spec: GraphSpec) -> list[tuple[str, str, str]]:
     return out
 
 
+def _kind(node: NodeSpec, room: int = 0) -> str:
+    """A node's type as drawn (its last ``room`` characters), with ``xN`` when replicated."""
+    copies = f" x{node.replicas}" if node.replicas > 1 else ""
+    kind = node.node[-(room - len(copies)) :] if room else node.node
+    return kind + copies
+
+
 def _mermaid_text(text: str) -> str:
     return text.replace('"', "#quot;")
 
@@ -47,7 +54,7 @@ def to_mermaid(spec: GraphSpec) -> str:
     lines = ["flowchart LR"]
     for node in spec.nodes:
         lines.append(
-            f'    {node.id}["{_mermaid_text(node.id)}<br/><i>{_mermaid_text(node.node)}</i>"]'
+            f'    {node.id}["{_mermaid_text(node.id)}<br/><i>{_mermaid_text(_kind(node))}</i>"]'
         )
     for producer, consumer, label in _edges(spec):
         lines.append(f'    {producer} -->|"{_mermaid_text(label)}"| {consumer}')
@@ -58,7 +65,7 @@ def to_dot(spec: GraphSpec) -> str:
     """A Graphviz ``digraph`` (render with ``dot -Tsvg``)."""
     lines = [f"digraph {json.dumps(spec.graph)} {{", "    rankdir=LR;", "    node [shape=box];"]
     for node in spec.nodes:
-        label = json.dumps(f"{node.id}\n{node.node}")
+        label = json.dumps(f"{node.id}\n{_kind(node)}")
         lines.append(f"    {json.dumps(node.id)} [label={label}];")
     for producer, consumer, label in _edges(spec):
         lines.append(
@@ -154,7 +161,7 @@ def to_svg(spec: GraphSpec) -> str:
             f'<text x="{x + _BOX_W / 2:.0f}" y="{y + 19:.0f}" text-anchor="middle" '
             f'fill="#eee" font-weight="bold">{esc(node.id)}</text>'
             f'<text x="{x + _BOX_W / 2:.0f}" y="{y + 35:.0f}" text-anchor="middle" '
-            f'fill="#aab">{esc(node.node[-26:])}</text></g>'
+            f'fill="#aab">{esc(_kind(node, 26))}</text></g>'
         )
     out.append("</svg>")
     return "\n".join(out) + "\n"

@@ -233,6 +233,15 @@ class NodeSpec(_Strict):
         description="On a cluster (`pipeline run --cluster`): which machine runs this node, by "
         "Ray resources, labels or host; over the graph's default placement.",
     )
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Run this many copies of the node (processes `id[0]`, `id[1]`, ...; on a "
+        "cluster each placed on its own, spread over the machines): each message goes to one "
+        "copy (the next with room; by seq when the node joins several inputs) and their "
+        "results are merged back in seq order. Not for sources.",
+    )
 
     def input_refs(self) -> Iterator[tuple[str, int | None, EdgeSpec]]:
         """Every edge into this node: ``(port, index in the port's list or None, spec)``."""

@@ -83,8 +83,10 @@ class ValidatedGraph:
         return self.spec.graph
 
     def node(self, node_id: str) -> NodeSpec:
+        """The node of that id; a copy of a replicated node (``faces[1]``) is its node's."""
+        group = node_id.split("[", 1)[0] if node_id.endswith("]") else node_id
         for node in self.spec.nodes:
-            if node.id == node_id:
+            if node.id == group:
                 return node
         raise KeyError(node_id)
 
@@ -300,6 +302,8 @@ def validate_spec(spec: GraphSpec, marks: Marks) -> tuple[ValidatedGraph | None,
 
     if not any(i.severity == "error" for i in issues):
         issues.extend(_stream_issues(list(index), edges, classes, marks))
+    if not any(i.severity == "error" for i in issues):
+        issues.extend(_replica_issues(spec, index, edges, classes, marks))
 
     if any(i.severity == "error" for i in issues):
         return None, issues  # an unread output is often a consequence of those errors
@@ -414,6 +418,83 @@ def _stream_issues(
                         )
                     )
     return issues
+
+
+def _replica_issues(
+    spec: GraphSpec,
+    index: dict[str, int],
+    edges: list[Edge],
+    classes: dict[str, type[Node]],
+    marks: Marks,
+) -> list[ConfigIssue]:
+    """``replicas: N`` (``pipeline.runtime.replicas``): not on a source (each copy would make
+    the whole stream again), and not on a node fed the messages of several sources (their
+    copies' results are merged back by seq, and the seqs of different cameras are unrelated).
+    A node joining several inputs may be replicated: each seq goes to copy ``seq mod N``."""
+    issues: list[ConfigIssue] = []
+    carried = _carried(list(index), edges, classes)
+    for node in spec.nodes:
+        if node.replicas == 1 or index.get(node.id) is None:
+            continue
+        i = index[node.id]
+        at = ("nodes", i, "replicas")
+        if classes[node.id].is_source():
+            issues.append(
+                marks.issue(
+                    at,
+                    f"node {node.id!r}: a source cannot be replicated (replicas: "
+                    f"{node.replicas}): each copy would produce the whole stream again",
+                    key=True,
+                    hints=["replicate the slow node after it, e.g. the detector"],
+                )
+            )
+            continue
+        into = [e for e in edges if e.consumer == node.id]
+        sources: set[str] = set()
+        for edge in into:
+            sources |= _edge_carries(edge, carried)
+        if len(sources) > 1:
+            issues.append(
+                marks.issue(
+                    at,
+                    f"node {node.id!r}: replicas: {node.replicas} on a node fed the messages "
+                    f"of several sources ({', '.join(sorted(sources))}): its copies' results "
+                    "are merged back in seq order, and the seqs of different cameras are "
+                    "unrelated",
+                    key=True,
+                    hints=[
+                        "use one replicated node per camera (inputs with {from: ..., "
+                        "source: <camera>}), or no replicas"
+                    ],
+                )
+            )
+    return issues
+
+
+def _carried(
+    nodes: list[str], edges: list[Edge], classes: dict[str, type[Node]]
+) -> dict[str, set[str]]:
+    """Each node's sources: the source nodes whose messages it carries (after filters)."""
+    into: dict[str, list[Edge]] = {}
+    for edge in edges:
+        into.setdefault(edge.consumer, []).append(edge)
+    carried: dict[str, set[str]] = {}
+
+    def carries(node_id: str) -> set[str]:  # the graph is acyclic here
+        if node_id not in carried:
+            if classes[node_id].is_source():
+                carried[node_id] = {node_id}
+            else:
+                found: set[str] = set()
+                for edge in into.get(node_id, []):
+                    carries(edge.producer)
+                    found |= _edge_carries(edge, carried)
+                carried[node_id] = found
+        return carried[node_id]
+
+    for node_id in nodes:
+        carries(node_id)
+    return carried
 
 
 def _edge_carries(edge: Edge, carried: dict[str, set[str]]) -> set[str]:

@@ -7,6 +7,8 @@ worker its ``NodePlan`` inside a ``WorkerConfig``; the transport takes only the 
 On a cluster, a ``Layout`` says which machine runs each node: an edge between two machines
 is planned ``tcp`` (its consumer binds on its machine's address), one within a machine stays
 on shared memory; the placement decides, not the graph file.
+A node of ``replicas: N`` is planned as N instances, ``id[0]`` ... ``id[N-1]``, each with its
+own edges (``pipeline.runtime.replicas``: how messages are spread over them and merged back).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pipeline.graph.validate import ValidatedGraph
+from pipeline.runtime.replicas import instance_ids
 from pipeline.transport.curve import RunKeys
 from pipeline.transport.plan import EdgePlan, PortPlan, release_batch, slot_pool_size
 from pipeline.usercode import search_folders
@@ -40,6 +43,13 @@ class NodePlan:
     module_paths: tuple[str, ...] = ()  # where a module:Class type's module is looked up
     pace: str = "realtime"  # a source's pace (pipeline.runtime.pacing)
     max_fps: float | None = None
+    replica: int = 0  # which copy of a replicated node (pipeline.runtime.replicas)
+    replicas: int = 1
+
+    @property
+    def group(self) -> str:
+        """The graph node's id (``faces`` for the copy ``faces[1]``)."""
+        return self.node_id.split("[", 1)[0]
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -53,6 +63,8 @@ class NodePlan:
             "module_paths": list(self.module_paths),
             "pace": self.pace,
             "max_fps": self.max_fps,
+            "replica": self.replica,
+            "replicas": self.replicas,
         }
 
     @classmethod
@@ -68,6 +80,8 @@ class NodePlan:
             module_paths=tuple(d.get("module_paths", ())),
             pace=d.get("pace", "realtime"),
             max_fps=d.get("max_fps"),
+            replica=int(d.get("replica", 0)),
+            replicas=int(d.get("replicas", 1)),
         )
 
 
@@ -155,54 +169,71 @@ def plan_graph(
     With a ``layout`` (a cluster), an edge between machines is ``tcp``, bound on the
     consumer's machine's address, whatever its ``transport`` in the graph file says.
     """
-    index = {node.id: i for i, node in enumerate(graph.spec.nodes)}
+    # a node of ``replicas: N`` is N instances (``faces[0]``...), each its own process
+    copies = {node.id: instance_ids(node.id, node.replicas) for node in graph.spec.nodes}
+    index = {iid: i for i, iid in enumerate(iid for ids in copies.values() for iid in ids)}
+    joins = {
+        node.id: len({e.input for e in graph.edges_into(node.id)}) > 1 for node in graph.spec.nodes
+    }
     edges: list[EdgePlan] = []
     for edge in graph.edges:
         spec = edge.spec
-        tcp = spec.transport == "tcp"
-        bind_tcp = TCP_BIND
-        if layout is not None:
-            tcp = tcp or layout.crosses(edge.producer, edge.consumer)
-            address = layout.addresses[edge.consumer]
-            bind_tcp = f"tcp://[{address}]:*" if ":" in address else f"tcp://{address}:*"
-        i = index[edge.consumer]
-        # a streams input has one edge (and one socket) per upstream
-        bind = f"ipc://{run_dir}/{i}-{edge.input}"
-        if edge.list_index:
-            bind += f"-{edge.list_index}"
-        edges.append(
-            EdgePlan(
-                producer=edge.producer,
-                output=edge.output,
-                consumer=edge.consumer,
-                input=edge.input,
-                queue=spec.queue,
-                when_full=spec.when_full,
-                transport="tcp" if tcp else "shm",
-                release_batch=release_batch(spec.queue, spec.when_full),
-                bind=bind_tcp if tcp else bind,
-                source=spec.source,
-            )
-        )
+        producers, consumers = copies[edge.producer], copies[edge.consumer]
+        spread: Literal["", "free", "seq"] = ""
+        if len(consumers) > 1:
+            spread = "seq" if joins[edge.consumer] else "free"
+        for k, producer in enumerate(producers):
+            for consumer in consumers:
+                tcp = spec.transport == "tcp"
+                bind_tcp = TCP_BIND
+                if layout is not None:
+                    tcp = tcp or layout.crosses(producer, consumer)
+                    address = layout.addresses[consumer]
+                    bind_tcp = f"tcp://[{address}]:*" if ":" in address else f"tcp://{address}:*"
+                # a streams input has one edge (and one socket) per upstream, and an input
+                # fed by a replicated node one per copy of it
+                bind = f"ipc://{run_dir}/{index[consumer]}-{edge.input}"
+                if edge.list_index:
+                    bind += f"-{edge.list_index}"
+                if len(producers) > 1:
+                    bind += f"-r{k}"
+                edges.append(
+                    EdgePlan(
+                        producer=producer,
+                        output=edge.output,
+                        consumer=consumer,
+                        input=edge.input,
+                        queue=spec.queue,
+                        when_full=spec.when_full,
+                        transport="tcp" if tcp else "shm",
+                        release_batch=release_batch(spec.queue, spec.when_full),
+                        bind=bind_tcp if tcp else bind,
+                        source=spec.source,
+                        spread=spread,
+                    )
+                )
     nodes = []
-    for i, node in enumerate(graph.spec.nodes):
+    for node in graph.spec.nodes:
         cls = graph.classes[node.id]
-        outputs = []
-        for port in cls.outputs:
-            mine = tuple(e for e in edges if e.producer == node.id and e.output == port)
-            outputs.append(PortPlan(port, mine, slot_pool_size(mine)))
-        nodes.append(
-            NodePlan(
-                node_id=node.id,
-                node_type=node.node,
-                params=dict(node.params),
-                index=i,
-                is_source=cls.is_source(),
-                inputs=tuple(e for e in edges if e.consumer == node.id),
-                outputs=tuple(outputs),
-                module_paths=search_folders(graph.file) if ":" in node.node else (),
-                pace=node.pace or "realtime",
-                max_fps=node.max_fps,
+        for k, iid in enumerate(copies[node.id]):
+            outputs = []
+            for port in cls.outputs:
+                mine = tuple(e for e in edges if e.producer == iid and e.output == port)
+                outputs.append(PortPlan(port, mine, slot_pool_size(mine)))
+            nodes.append(
+                NodePlan(
+                    node_id=iid,
+                    node_type=node.node,
+                    params=dict(node.params),
+                    index=index[iid],
+                    is_source=cls.is_source(),
+                    inputs=tuple(e for e in edges if e.consumer == iid),
+                    outputs=tuple(outputs),
+                    module_paths=search_folders(graph.file) if ":" in node.node else (),
+                    pace=node.pace or "realtime",
+                    max_fps=node.max_fps,
+                    replica=k,
+                    replicas=node.replicas,
+                )
             )
-        )
     return GraphPlan(tuple(nodes))

@@ -57,6 +57,7 @@ from pipeline.runtime.join import Joiner, Streams
 from pipeline.runtime.lifecycle import NodeDriver
 from pipeline.runtime.plan import WorkerConfig
 from pipeline.runtime.protocol import NodeState
+from pipeline.runtime.replicas import connect_senders, merge_inputs, sockets_of
 from pipeline.runtime.stats import NodeStats, StatsCollector
 from pipeline.transport.channels import InputEdge, RuntimeOutput
 from pipeline.transport.curve import Gatekeeper, connect_as_client
@@ -283,16 +284,18 @@ class Worker:
     # set-up ------------------------------------------------------------------------------------
     def _wire(self, endpoints: Mapping[str, str], keys: Mapping[str, str]) -> None:
         for port in self.plan.outputs:
-            out = self.outputs[port.port]
-            for edge in port.edges:
-                sender = open_sender(
+            senders = [
+                open_sender(
                     self.ctx,
                     edge,
                     endpoints[edge.name],
                     keys.get(edge.name, ""),
                     keys=self.cfg.keys,
                 )
-                out.connect(sender)
+                for edge in port.edges
+            ]
+            # the edges to the copies of a replicated node are spread over, not each sent to
+            connect_senders(self.outputs[port.port], senders)
 
     def _build(self) -> Node:
         plan = self.plan
@@ -313,6 +316,7 @@ class Worker:
         node = cls(
             params, node_id=plan.node_id, ports=dict(self.outputs), services=self, log=self.log
         )
+        node.replica, node.replicas = plan.replica, plan.replicas
         activity = Activity(self.cfg.activity_path, plan.index) if self.cfg.activity_path else None
         self.driver = NodeDriver(
             node,
@@ -341,8 +345,10 @@ class Worker:
 
     def _last_report(self) -> None:
         """Final statistics on a forced stop: the table after a failure shows real counts."""
-        if self.driver is None or self.driver.state in _NOT_STARTED:
-            return  # nothing was counted: a node stopped before the start reports nothing
+        if self.driver is None or self.driver.state in _NOT_STARTED or self.stats.t_start is None:
+            # nothing was counted: a node stopped before the start (or whose open() failed,
+            # stopped while it said so) reports nothing
+            return
         try:
             self.report(force=True)
         except (zmq.ZMQError, _Terminated):
@@ -362,6 +368,8 @@ class Worker:
                 {e.name: e.key for e in self.inputs if e.key},
             )
         )
+        # the edges from the copies of a replicated node into one input: merged in seq order
+        self.inputs = merge_inputs(self.inputs, self.stats.count)
         if not driver.open():
             assert driver.failure is not None
             self.tell(p.OpenFailed(driver.failure.cause, driver.traceback))
@@ -412,7 +420,8 @@ class Worker:
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         for edge in self.inputs:
-            poller.register(edge.sock, zmq.POLLIN)
+            for sock in sockets_of(edge):
+                poller.register(sock, zmq.POLLIN)
         inputs = self.inputs
         outputs = list(self.outputs.values())
         push = driver.push
@@ -463,7 +472,8 @@ class Worker:
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         for edge in inputs:
-            poller.register(edge.sock, zmq.POLLIN)
+            for sock in sockets_of(edge):
+                poller.register(sock, zmq.POLLIN)
         outputs = list(self.outputs.values())
 
         def release(token: tuple[InputEdge, int]) -> None:

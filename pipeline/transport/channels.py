@@ -50,13 +50,21 @@ HANDSHAKE_MS = 2000  # a peer that has not completed the handshake by then is dr
 
 
 class _Pending:
-    __slots__ = ("body_b", "body_s", "buffers", "slots")
+    __slots__ = ("body_b", "body_s", "buffers", "seq", "slots")
 
-    def __init__(self, body_s: bytes, body_b: bytes | None, buffers: list[Any], slots: list[Slot]):
+    def __init__(
+        self,
+        body_s: bytes,
+        body_b: bytes | None,
+        buffers: list[Any],
+        slots: list[Slot],
+        seq: int = 0,
+    ):
         self.body_s = body_s
         self.body_b = body_b
         self.buffers = buffers
         self.slots = slots
+        self.seq = seq  # the message's (a replicated consumer may be chosen by it)
 
 
 class EdgeSender:
@@ -320,7 +328,7 @@ class RuntimeOutput:
                 f"output {self.name!r}: message meta and fields must be msgpack-serialisable "
                 f"(plain str, int, float, bool, list, dict, bytes): {exc}"
             ) from None
-        item = _Pending(body_s, body_b, buffers, held)
+        item = _Pending(body_s, body_b, buffers, held, message.seq)
         for edge in self.edges:
             wanted = edge.plan.source
             if not wanted or wanted == message.source:

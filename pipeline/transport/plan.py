@@ -46,6 +46,10 @@ class EdgePlan:
             endpoint, known after binding, reaches the producer through the supervisor.
         source: when set, the producer sends on this edge only the messages of that source
             (one camera's results out of a node serving several); the others are not sent.
+        spread: empty for an ordinary edge; on an edge to one copy of a replicated node
+            (``pipeline.runtime.replicas``), how the producer chooses the copy of each
+            message among the edges of the group: ``free`` (the next copy with a free
+            credit) or ``seq`` (copy ``seq mod N``: the node joins several inputs).
     """
 
     producer: str
@@ -58,6 +62,7 @@ class EdgePlan:
     release_batch: int
     bind: str
     source: str = ""
+    spread: Literal["", "free", "seq"] = ""
 
     @property
     def name(self) -> str:

@@ -253,3 +253,35 @@ class StreamsLog(Node):
 
     def close(self) -> None:
         self._file.close()
+
+
+class SlowTagger(Node):
+    """``Tagger`` after ``delay_ms`` per frame, naming its copy in ``class_names``
+    (``r0``, ``r1``: a replicated node); sends nothing for a seq in ``skip`` or, when
+    ``silent_replica`` is its copy, for any frame."""
+
+    class Params(NodeParams):
+        delay_ms: float = Field(0.0, ge=0)
+        skip: list[int] = Field(default_factory=list)
+        silent_replica: int = -1
+
+    frames = Input(Frame)
+    detections = Output(Detections)
+
+    def process(self, frames: Frame) -> None:
+        if self.params.delay_ms:
+            time.sleep(self.params.delay_ms / 1000)
+        if frames.seq in self.params.skip or self.replica == self.params.silent_replica:
+            return
+        h, w = frames.image.shape[:2]
+        value = float(frames.image.sum(dtype=np.uint64) % 1000) / 1000
+        self.detections.send(
+            frames.derive(
+                Detections,
+                xyxy=[[0.1, 0.2, 0.3, 0.4]],
+                confidence=[value],
+                class_id=[0],
+                class_names=[f"r{self.replica}of{self.replicas}"],
+                image_wh=(w, h),
+            )
+        )
