@@ -3,23 +3,31 @@
 Two processes on this machine over tcp on loopback (what an edge between two Ray nodes is),
 in one run, side by side:
 
-- ours, tcp edge: the producer fills a frame in its port's shared memory and sends it
-  (``RuntimeOutput`` + ``EdgeSender``): the buffer goes to ZeroMQ without a copy, and the
-  consumer's ``InputEdge`` views the received frame without a copy; credits, queue 4. Every
-  tcp edge is CURVE-encrypted (the consumer's own server key, handed to the producer);
-- ours, on a cluster: the same with the run's client keys checked by the ZAP gatekeeper, as
-  ``pipeline run --cluster`` plans an edge between machines;
-- plain pyzmq PUSH/PULL tcp, ``copy=False`` (zero-copy send of a ready array), HWM 4;
-- plain pyzmq PUSH/PULL tcp, ``copy=True`` (the frame bytes copied into the message), HWM 4;
-- plain pyzmq PUSH/PULL tcp, ``copy=False`` with CURVE: what libzmq's encryption costs alone
-  (our edge cannot run without CURVE any more; the committed ``cluster.txt`` also holds a run
-  from before tcp edges were always encrypted, with our edge's CURVE-off figure).
+- ours, CURVE off: our edge's machinery (``RuntimeOutput`` + ``EdgeSender`` -> ``InputEdge``,
+  credits, queue 4, the frame from the port's shared memory to ZeroMQ without a copy, viewed
+  without a copy on receive) on a plain tcp socket. Not something a run can do (every tcp
+  edge is encrypted): a benchmark-only subclass, to show what encryption costs;
+- ours, sealed: a real tcp edge as a run makes it: CURVE for the handshake, heads and small
+  messages, the frame's bytes sealed once with an AEAD on the edge's bulk socket
+  (``pipeline.transport.bulk``); "cluster" adds the run's keys and the ZAP gatekeeper, as
+  ``pipeline run --cluster`` plans an edge between machines; "CURVE only" is the edge as it
+  was before the bulk path (every byte through libzmq's CURVE; the producer's threshold
+  raised, benchmark only);
+- plain pyzmq PUSH/PULL tcp, ``copy=False`` (zero-copy send of a ready array) and
+  ``copy=True``, HWM 4;
+- plain pyzmq ``copy=False`` with CURVE: libzmq's own encryption (what every tcp edge used
+  before the bulk path);
+- plain pyzmq ``copy=False`` + AES-256-GCM / ChaCha20-Poly1305 (``cryptography``,
+  ``encrypt_into`` into a reused buffer, ``decrypt_into`` in place): the prototype that
+  decided the bulk path, and which cipher.
 
 Each runs flat out for throughput (frames/s, the consumer's receive rate), then paced at
-30 fps for one-way latency (send stamp to the consumer's receive; p50). Results print as a
-table with ratios and go to ``benchmarks/results/cluster.json``.
+30 fps for one-way latency (send stamp to the consumer's receive; p50). The main table is
+1080p; a second one repeats the encryption rows at 640x480 and 224x224. Results print as
+tables with ratios and go to ``benchmarks/results/cluster.json`` (with the load average:
+the machine may be shared).
 
-    .venv/bin/python benchmarks/cluster.py            # about a minute
+    .venv/bin/python benchmarks/cluster.py            # about three minutes
     .venv/bin/python benchmarks/cluster.py --quick
 
 ``--replicas`` measures instead the face graph with 1 vs 2 detector replicas (``replicas:``,
@@ -40,6 +48,7 @@ own processes are not counted), and writes ``benchmarks/results/cluster-replicas
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -53,17 +62,20 @@ from typing import Any
 
 import numpy as np
 import zmq
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from pipeline.messages import Frame
+from pipeline.transport.bulk import default_cipher
 from pipeline.transport.channels import EdgeSender, InputEdge, RuntimeOutput
 from pipeline.transport.curve import Gatekeeper, RunKeys
 from pipeline.transport.plan import EdgePlan, slot_pool_size
 from pipeline.transport.shm import ShmReader, SlotPool
 
 RESULTS = Path(__file__).parent / "results" / "cluster.json"
+HD = (1080, 1920, 3)
+SMALLER = ((480, 640, 3), (224, 224, 3))
 REPLICA_RESULTS = Path(__file__).parent / "results" / "cluster-replicas.json"
 ROOT = Path(__file__).resolve().parent
-W, H = 1920, 1080
 PLAN = EdgePlan(
     producer="p",
     output="frames",
@@ -76,6 +88,8 @@ PLAN = EdgePlan(
     bind="tcp://127.0.0.1:*",
 )
 STAMP = struct.Struct("<qq")
+AEADS = {"aes-256-gcm": AESGCM, "chacha20-poly1305": ChaCha20Poly1305}
+Shape = tuple[int, int, int]
 
 
 def _pace(i: int, t0: float, fps: float) -> None:
@@ -85,29 +99,43 @@ def _pace(i: int, t0: float, fps: float) -> None:
             time.sleep(max(0.0, min(0.002, due - time.perf_counter())))
 
 
-def _summary(stamps: list[int], latencies: list[int]) -> dict[str, Any]:
+def _summary(stamps: list[int], latencies: list[int], cpu_s: float) -> dict[str, Any]:
     n = len(stamps)
     seconds = (stamps[-1] - stamps[0]) / 1e9 if n > 1 else 0.0
     return {
         "frames": n,
         "fps": (n - 1) / seconds if seconds else 0.0,
         "p50_ms": float(np.percentile(latencies, 50)) / 1e6 if latencies else 0.0,
+        "cpu_ms": cpu_s / max(n - 1, 1) * 1e3,  # the consumer's, all its threads
     }
 
 
 # --- ours -----------------------------------------------------------------------------------
+# CURVE off: the plan says shm (no CURVE, no bulk socket) on a tcp address, and the ends
+# then act as a tcp edge (arrays as frames). Benchmark only: a run never does this.
+PLAIN_PLAN = dataclasses.replace(PLAN, transport="shm")
 
 
-def ours_consumer(conn: Any, keys_wire: dict[str, str] | None, n: int) -> None:
+def _input_edge(ctx: zmq.Context[Any], mode: str, reader: ShmReader, keys: RunKeys | None):
+    if mode == "off":
+        edge = InputEdge(ctx, PLAIN_PLAN, reader)
+        edge.tcp = True
+        edge._view = None
+        return edge
+    return InputEdge(ctx, PLAN, reader, keys=keys)
+
+
+def ours_consumer(conn: Any, mode: str, keys_wire: dict[str, str] | None, n: int) -> None:
     keys = RunKeys.from_wire(keys_wire) if keys_wire else None
     ctx: zmq.Context[Any] = zmq.Context()
     gate = Gatekeeper(ctx, keys) if keys else None
     reader = ShmReader()
-    edge = InputEdge(ctx, PLAN, reader, keys=keys)
+    edge = _input_edge(ctx, mode, reader, keys)
     conn.send((edge.endpoint, edge.key))
     stamps: list[int] = []
     latencies: list[int] = []
     touched = 0
+    cpu0 = 0.0
     while len(stamps) < n:
         edge.sock.poll(10_000)
         message, k, _, t_send = edge.recv()
@@ -116,11 +144,13 @@ def ours_consumer(conn: Any, keys_wire: dict[str, str] | None, n: int) -> None:
             break
         assert isinstance(message, Frame)
         touched += int(message.image[0, 0, 0])
+        if not stamps:
+            cpu0 = time.process_time()
         stamps.append(now)
         latencies.append(now - t_send)
         edge.release(k)
     edge.flush_releases()
-    conn.send(_summary(stamps, latencies))
+    conn.send(_summary(stamps, latencies, time.process_time() - cpu0))
     edge.close()
     reader.close()
     if gate:
@@ -129,36 +159,54 @@ def ours_consumer(conn: Any, keys_wire: dict[str, str] | None, n: int) -> None:
 
 
 def ours_producer(
-    endpoint: str, server_key: str, keys_wire: dict[str, str] | None, n: int, fps: float
+    conn: Any,
+    endpoint: str,
+    server_key: str,
+    mode: str,
+    keys_wire: dict[str, str] | None,
+    n: int,
+    fps: float,
+    shape: Shape,
 ) -> None:
     keys = RunKeys.from_wire(keys_wire) if keys_wire else None
     ctx: zmq.Context[Any] = zmq.Context()
     pool = SlotPool(f"pipeline-bench-{os.getpid()}-{secrets.token_hex(3)}", slot_pool_size([PLAN]))
-    port = RuntimeOutput(
-        "frames", pool, [EdgeSender(ctx, PLAN, endpoint, server_key, keys=keys)], Frame
-    )
+    if mode == "off":
+        sender = EdgeSender(ctx, PLAIN_PLAN, endpoint)
+        sender.tcp = True
+    else:
+        sender = EdgeSender(ctx, PLAN, endpoint, server_key, keys=keys)
+        if mode == "curve" and sender.bulk is not None:  # every message on CURVE: as before
+            sender.bulk.MIN_BYTES = 1 << 62
+    port = RuntimeOutput("frames", pool, [sender], Frame)
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     for i in range(n):
         _pace(i, t0, fps)
-        image = port.allocate((H, W, 3))
+        image = port.allocate(shape)
         image[0, 0, 0] = i & 255
         port.send(Frame(image=image, seq=i, t_capture_ns=time.monotonic_ns(), source="p"))
         port.end_call()
     port.send_eos()
     port.wait_released()
+    conn.send((time.process_time() - cpu0) / n * 1e3)
     port.close(linger_ms=1000)
     ctx.term()
 
 
-def run_ours(cluster: bool, n: int, fps: float) -> dict[str, Any]:
-    keys = RunKeys.generate().to_wire() if cluster else None
+def run_ours(mode: str, n: int, fps: float, shape: Shape) -> dict[str, Any]:
+    keys = RunKeys.generate().to_wire() if mode == "cluster" else None
     parent, child = mp.Pipe()
-    consumer = mp.Process(target=ours_consumer, args=(child, keys, n))
+    consumer = mp.Process(target=ours_consumer, args=(child, mode, keys, n))
     consumer.start()
     endpoint, server_key = parent.recv()
-    producer = mp.Process(target=ours_producer, args=(endpoint, server_key, keys, n, fps))
+    mine, theirs = mp.Pipe()
+    producer = mp.Process(
+        target=ours_producer, args=(theirs, endpoint, server_key, mode, keys, n, fps, shape)
+    )
     producer.start()
     result: dict[str, Any] = parent.recv()
+    result["cpu_ms_producer"] = mine.recv()
     producer.join(60)
     consumer.join(60)
     return result
@@ -167,7 +215,9 @@ def run_ours(cluster: bool, n: int, fps: float) -> dict[str, Any]:
 # --- plain pyzmq ----------------------------------------------------------------------------
 
 
-def zmq_consumer(conn: Any, n: int, keys_wire: dict[str, str] | None = None) -> None:
+def zmq_consumer(
+    conn: Any, n: int, shape: Shape, keys_wire: dict[str, str] | None, aead: str, key: bytes
+) -> None:
     ctx: zmq.Context[Any] = zmq.Context()
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.RCVHWM, 4)
@@ -176,26 +226,44 @@ def zmq_consumer(conn: Any, n: int, keys_wire: dict[str, str] | None = None) -> 
         sock.curve_server = True
         sock.curve_publickey = keys.server_public.encode()
         sock.curve_secretkey = keys.server_secret.encode()
+    opener = AEADS[aead](key) if aead else None
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     conn.send(f"tcp://127.0.0.1:{port}")
+    nbytes = int(np.prod(shape))
     stamps: list[int] = []
     latencies: list[int] = []
     touched = 0
+    cpu0 = 0.0
     for _ in range(n):
         head, frame = sock.recv_multipart(copy=False)
-        now = time.monotonic_ns()
+        if not stamps:
+            cpu0 = time.process_time()
         _, t_send = STAMP.unpack(head.bytes)
-        image = np.frombuffer(frame.buffer, np.uint8).reshape(H, W, 3)
+        if opener is not None:  # open in place, in the received frame
+            buf = np.frombuffer(frame, np.uint8)
+            opener.decrypt_into(head.bytes[:12], buf, head.bytes, buf[:nbytes])
+            image = buf[:nbytes].reshape(shape)
+        else:
+            image = np.frombuffer(frame.buffer, np.uint8).reshape(shape)
+        now = time.monotonic_ns()
         touched += int(image[0, 0, 0])
         stamps.append(now)
         latencies.append(now - t_send)
-    conn.send(_summary(stamps, latencies))
+    conn.send(_summary(stamps, latencies, time.process_time() - cpu0))
     sock.close(0)
     ctx.term()
 
 
 def zmq_producer(
-    endpoint: str, n: int, fps: float, copy: bool, keys_wire: dict[str, str] | None = None
+    conn: Any,
+    endpoint: str,
+    n: int,
+    fps: float,
+    copy: bool,
+    shape: Shape,
+    keys_wire: dict[str, str] | None,
+    aead: str,
+    key: bytes,
 ) -> None:
     ctx: zmq.Context[Any] = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
@@ -205,40 +273,113 @@ def zmq_producer(
         sock.curve_serverkey = keys.server_public.encode()
         sock.curve_publickey = keys.client_public.encode()
         sock.curve_secretkey = keys.client_secret.encode()
+    sealer = AEADS[aead](key) if aead else None
     sock.connect(endpoint)
-    frames = [np.zeros((H, W, 3), np.uint8) for _ in range(8)]  # ready-made, reused
+    frames = [np.zeros(shape, np.uint8) for _ in range(8)]  # ready-made, reused
+    # sealed copies, reused: more than can be queued (HWM 4 each side, one on the wire)
+    sealed = [np.empty(frames[0].nbytes + 16, np.uint8) for _ in range(16)]
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     for i in range(n):
         _pace(i, t0, fps)
         image = frames[i % len(frames)]
         image[0, 0, 0] = i & 255
-        sock.send(STAMP.pack(i, time.monotonic_ns()), zmq.SNDMORE)
-        sock.send(image, copy=copy)
+        head = STAMP.pack(i, time.monotonic_ns())  # its first 12 bytes: a unique nonce
+        if sealer is not None:
+            out = sealed[i % len(sealed)]
+            sealer.encrypt_into(head[:12], image.reshape(-1), head, out)
+            sock.send_multipart([head, out], copy=False)
+        else:
+            sock.send(head, zmq.SNDMORE)
+            sock.send(image, copy=copy)
     sock.close(linger=5000)
-    ctx.term()
+    ctx.term()  # waits until everything was sent
+    conn.send((time.process_time() - cpu0) / n * 1e3)
 
 
-def run_zmq(copy: bool, n: int, fps: float, curve: bool = False) -> dict[str, Any]:
+def run_zmq(
+    copy: bool, n: int, fps: float, shape: Shape, curve: bool = False, aead: str = ""
+) -> dict[str, Any]:
     keys = RunKeys.generate().to_wire() if curve else None
+    key = secrets.token_bytes(32)
     parent, child = mp.Pipe()
-    consumer = mp.Process(target=zmq_consumer, args=(child, n, keys))
+    consumer = mp.Process(target=zmq_consumer, args=(child, n, shape, keys, aead, key))
     consumer.start()
     endpoint = parent.recv()
-    producer = mp.Process(target=zmq_producer, args=(endpoint, n, fps, copy, keys))
+    mine, theirs = mp.Pipe()
+    producer = mp.Process(
+        target=zmq_producer, args=(theirs, endpoint, n, fps, copy, shape, keys, aead, key)
+    )
     producer.start()
     result: dict[str, Any] = parent.recv()
+    result["cpu_ms_producer"] = mine.recv()
     producer.join(60)
     consumer.join(60)
     return result
 
 
 METHODS = {
-    "ours tcp edge (CURVE)": lambda n, fps: run_ours(False, n, fps),
-    "ours, cluster (+ZAP)": lambda n, fps: run_ours(True, n, fps),
-    "pyzmq tcp copy=False": lambda n, fps: run_zmq(False, n, fps),
-    "pyzmq tcp copy=True": lambda n, fps: run_zmq(True, n, fps),
-    "pyzmq copy=False, CURVE": lambda n, fps: run_zmq(False, n, fps, curve=True),
+    "ours tcp, CURVE off": lambda n, fps, sh: run_ours("off", n, fps, sh),
+    "ours tcp, CURVE only": lambda n, fps, sh: run_ours("curve", n, fps, sh),
+    "ours tcp, sealed": lambda n, fps, sh: run_ours("edge", n, fps, sh),
+    "ours cluster, sealed": lambda n, fps, sh: run_ours("cluster", n, fps, sh),
+    "pyzmq copy=False": lambda n, fps, sh: run_zmq(False, n, fps, sh),
+    "pyzmq copy=True": lambda n, fps, sh: run_zmq(True, n, fps, sh),
+    "pyzmq copy=False, CURVE": lambda n, fps, sh: run_zmq(False, n, fps, sh, curve=True),
+    "pyzmq + AES-256-GCM": lambda n, fps, sh: run_zmq(False, n, fps, sh, aead="aes-256-gcm"),
+    "pyzmq + ChaCha20-Poly1305": lambda n, fps, sh: run_zmq(
+        False, n, fps, sh, aead="chacha20-poly1305"
+    ),
 }
+SMALLER_METHODS = (
+    "ours tcp, CURVE off",
+    "ours tcp, CURVE only",
+    "ours tcp, sealed",
+    "pyzmq copy=False",
+    "pyzmq copy=False, CURVE",
+    "pyzmq + AES-256-GCM",
+    "pyzmq + ChaCha20-Poly1305",
+)
+
+
+def measure(
+    names: tuple[str, ...], shape: Shape, n: int, lat_n: int, rounds: int
+) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {}
+    for _ in range(rounds):  # alternate, keep each method's best: the machine is shared
+        for name in names:
+            flat = METHODS[name](n, 0.0, shape)
+            paced = METHODS[name](lat_n, 30.0, shape) if lat_n else {"p50_ms": 0.0}
+            best = results.get(name)
+            cpu = (flat["cpu_ms_producer"], flat["cpu_ms"])
+            if best is not None:  # the least contended round's CPU time, per side
+                cpu = (min(cpu[0], best["cpu_ms"][0]), min(cpu[1], best["cpu_ms"][1]))
+            if best is None or flat["fps"] > best["fps"]:
+                results[name] = {"fps": flat["fps"], "frames": flat["frames"]}
+            results[name]["cpu_ms"] = list(cpu)
+            p50 = min(paced["p50_ms"], results[name].get("p50_ms", float("inf")))
+            results[name]["p50_ms"] = p50
+    return results
+
+
+def table(title: str, results: dict[str, dict[str, Any]], latency: bool = True) -> None:
+    base = results["pyzmq copy=False"]["fps"]
+    print(title)
+    print(
+        f"{'method':<27}{'frames/s':>10}{'vs pyzmq copy=False':>21}"
+        + (f"{'p50 ms':>9}" if latency else "")
+        + f"{'CPU ms/frame: producer':>24}{'consumer':>10}"
+    )
+    for name, r in results.items():
+        line = f"{name:<27}{r['fps']:>10.0f}{r['fps'] / base:>20.2f}x"
+        line += f"{r['p50_ms']:>9.2f}" if latency else ""
+        print(line + f"{r['cpu_ms'][0]:>24.2f}{r['cpu_ms'][1]:>10.2f}")
+
+
+def cpu_cost(results: dict[str, dict[str, Any]], name: str, base: str) -> float:
+    """What ``name`` costs against ``base`` where the cores are the limit: 1 - the ratio of
+    their CPU time per frame (producer and consumer together)."""
+    return 1 - sum(results[base]["cpu_ms"]) / sum(results[name]["cpu_ms"])
 
 
 FACE_GRAPH = """\
@@ -420,26 +561,65 @@ def main(argv: list[str] | None = None) -> int:
     mp.set_start_method("spawn")
     n = 150 if args.quick else 400
     lat_n = 45 if args.quick else 90
-    results: dict[str, dict[str, Any]] = {}
-    for _ in range(args.rounds):  # alternate, keep each method's best: the machine is shared
-        for name, run in METHODS.items():
-            flat = run(n, 0.0)
-            paced = run(lat_n, 30.0)
-            best = results.get(name)
-            if best is None or flat["fps"] > best["fps"]:
-                results[name] = {"fps": flat["fps"], "frames": flat["frames"]}
-            p50 = min(paced["p50_ms"], results[name].get("p50_ms", float("inf")))
-            results[name]["p50_ms"] = p50
-    base = results["pyzmq tcp copy=False"]["fps"]
-    base_curve = results["pyzmq copy=False, CURVE"]["fps"]
-    ours = results["ours tcp edge (CURVE)"]["fps"]
-    print(f"1920x1080 BGR frames over tcp on loopback ({n} flat out, {lat_n} at 30 fps)")
-    print(f"{'method':<24}{'frames/s':>10}{'vs pyzmq copy=False':>22}{'p50 ms':>9}")
-    for name, r in results.items():
-        print(f"{name:<24}{r['fps']:>10.0f}{r['fps'] / base:>21.2f}x{r['p50_ms']:>9.2f}")
-    zmq_cost = 1 - base_curve / base
-    print(f"our tcp edge: {ours / base_curve:.2f}x plain pyzmq copy=False with CURVE too")
-    print(f"CURVE costs {zmq_cost:.0%} of plain pyzmq's throughput at 1080p (libzmq's own)")
+    load_before = os.getloadavg()
+    hd = measure(tuple(METHODS), HD, n, lat_n, args.rounds)
+    smaller = {
+        f"{w}x{h}": measure(SMALLER_METHODS, (h, w, c), n * 4, 0, args.rounds)
+        for h, w, c in SMALLER
+    }
+    load_after = os.getloadavg()
+    table(f"1920x1080 BGR frames over tcp on loopback ({n} flat out, {lat_n} at 30 fps)", hd)
+    off = hd["ours tcp, CURVE off"]["fps"]
+    base = hd["pyzmq copy=False"]["fps"]
+    ratios: dict[str, float] = {
+        "ours_curve_off_vs_pyzmq_copy_false": off / base,
+        "ours_sealed_vs_pyzmq_copy_false": hd["ours tcp, sealed"]["fps"] / base,
+        "sealed_cost": 1 - hd["ours tcp, sealed"]["fps"] / off,
+        "cluster_sealed_cost": 1 - hd["ours cluster, sealed"]["fps"] / off,
+        "pyzmq_curve_cost": 1 - hd["pyzmq copy=False, CURVE"]["fps"] / base,
+        "pyzmq_aes_gcm_cost": 1 - hd["pyzmq + AES-256-GCM"]["fps"] / base,
+        "pyzmq_chacha_cost": 1 - hd["pyzmq + ChaCha20-Poly1305"]["fps"] / base,
+    }
+    ratios["sealed_cpu_cost"] = cpu_cost(hd, "ours tcp, sealed", "ours tcp, CURVE off")
+    ratios["curve_only_cost"] = 1 - hd["ours tcp, CURVE only"]["fps"] / off
+    ratios["curve_only_cpu_cost"] = cpu_cost(hd, "ours tcp, CURVE only", "ours tcp, CURVE off")
+    ratios["pyzmq_curve_cpu_cost"] = cpu_cost(hd, "pyzmq copy=False, CURVE", "pyzmq copy=False")
+    ratios["pyzmq_aes_gcm_cpu_cost"] = cpu_cost(hd, "pyzmq + AES-256-GCM", "pyzmq copy=False")
+    print(
+        f"our tcp edge, CURVE off: {ratios['ours_curve_off_vs_pyzmq_copy_false']:.2f}x pyzmq "
+        f"copy=False; encrypted (sealed) it costs {ratios['sealed_cost']:.0%} "
+        f"(CURVE only {ratios['curve_only_cost']:.0%}) "
+        f"(cluster form {ratios['cluster_sealed_cost']:.0%}) at 1080p"
+    )
+    print(
+        f"on plain pyzmq at 1080p: CURVE costs {ratios['pyzmq_curve_cost']:.0%}, "
+        f"AES-256-GCM {ratios['pyzmq_aes_gcm_cost']:.0%}, "
+        f"ChaCha20-Poly1305 {ratios['pyzmq_chacha_cost']:.0%}"
+    )
+    print(
+        f"in CPU time per frame (producer + consumer; what counts when the cores are the "
+        f"limit): sealed costs our edge {ratios['sealed_cpu_cost']:.0%} (CURVE only "
+        f"{ratios['curve_only_cpu_cost']:.0%}); on plain pyzmq CURVE "
+        f"costs {ratios['pyzmq_curve_cpu_cost']:.0%}, AES-256-GCM "
+        f"{ratios['pyzmq_aes_gcm_cpu_cost']:.0%}"
+    )
+    for size, res in smaller.items():
+        print()
+        table(f"{size} BGR frames, {n * 4} flat out", res, latency=False)
+        cost = 1 - res["ours tcp, sealed"]["fps"] / res["ours tcp, CURVE off"]["fps"]
+        ratios[f"sealed_cost_{size}"] = cost
+        ratios[f"sealed_cpu_cost_{size}"] = cpu_cost(res, "ours tcp, sealed", "ours tcp, CURVE off")
+        curve_cpu = cpu_cost(res, "ours tcp, CURVE only", "ours tcp, CURVE off")
+        ratios[f"curve_only_cpu_cost_{size}"] = curve_cpu
+        print(
+            f"sealed costs our edge {cost:.0%} at {size} "
+            f"({ratios[f'sealed_cpu_cost_{size}']:.0%} in CPU time per frame; "
+            f"CURVE only {curve_cpu:.0%})"
+        )
+    print(
+        f"\nbulk cipher on this machine: {default_cipher()}; "
+        f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
+    )
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(
         json.dumps(
@@ -448,15 +628,13 @@ def main(argv: list[str] | None = None) -> int:
                     "platform": platform.platform(),
                     "python": sys.version.split()[0],
                     "cpus": os.cpu_count(),
-                    "load": os.getloadavg()[0],
+                    "load": [load_before[0], load_after[0]],
+                    "bulk_cipher": default_cipher(),
                 },
-                "frame": [H, W, 3],
-                "results": results,
-                "ratios": {
-                    "ours_tcp_curve_vs_pyzmq_copy_false_curve": ours / base_curve,
-                    "ours_tcp_curve_vs_pyzmq_copy_false": ours / base,
-                    "pyzmq_curve_cost": zmq_cost,
-                },
+                "frame": list(HD),
+                "results": hd,
+                "smaller": smaller,
+                "ratios": ratios,
             },
             indent=2,
         )

@@ -310,9 +310,10 @@ class Worker:
             input_edge = open_input(
                 self.ctx, edge, self.reader, self.cfg.shm_prefix, keys=self.cfg.keys
             )
-            if self.gate is not None and edge.tcp:
-                self.gate.watch(input_edge.sock)
             self.inputs.append(input_edge)
+        # a tcp input edge counts its refused peers in the context's gatekeeper (made with
+        # the run's keys above, or by the edge for its bulk socket's token)
+        self.gate = self.gate or Gatekeeper.existing(self.ctx)
         node = cls(
             params, node_id=plan.node_id, ports=dict(self.outputs), services=self, log=self.log
         )

@@ -25,7 +25,7 @@ import collections
 import math
 import struct
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +39,9 @@ from pipeline.transport.curve import RunKeys, connect_as_client, require_run_cli
 from pipeline.transport.plan import EdgePlan
 from pipeline.transport.shm import ShmReader, Slot, SlotPool
 
+if TYPE_CHECKING:
+    from pipeline.transport import bulk
+
 __all__ = ["EdgeSender", "InputEdge", "RuntimeOutput"]
 
 _REL = struct.Struct("<q")
@@ -49,8 +52,20 @@ _POLLIN = int(zmq.POLLIN)  # plain ints: enum arithmetic costs a microsecond per
 HANDSHAKE_MS = 2000  # a peer that has not completed the handshake by then is dropped
 
 
+def _bulk(edge: str) -> Any:
+    """``pipeline.transport.bulk`` (it needs ``cryptography``: the cluster extra)."""
+    try:
+        from pipeline.transport import bulk
+    except ImportError as exc:
+        raise TransportError(
+            f"edge {edge}: a tcp edge is encrypted with the cryptography package, which is not "
+            f"installed ({exc}): pip install 'edge-vision-pipeline[cluster]'"
+        ) from None
+    return bulk
+
+
 class _Pending:
-    __slots__ = ("body_b", "body_s", "buffers", "seq", "slots")
+    __slots__ = ("body_b", "body_s", "buffers", "bulk_bytes", "seq", "slots")
 
     def __init__(
         self,
@@ -63,6 +78,7 @@ class _Pending:
         self.body_s = body_s
         self.body_b = body_b
         self.buffers = buffers
+        self.bulk_bytes = sum(b.nbytes for b in buffers)
         self.slots = slots
         self.seq = seq  # the message's (a replicated consumer may be chosen by it)
 
@@ -71,6 +87,8 @@ class EdgeSender:
     """The producer's end of one edge: connects to ``endpoint``, where the consumer bound
     (a tcp edge is a CURVE client of the consumer's ``server_key``; with ``keys``, of the
     run's client keys: ``pipeline.transport.curve``)."""
+
+    bulk: bulk.BulkSender | None = None  # a tcp edge's sealed arrays (pipeline.transport.bulk)
 
     def __init__(
         self,
@@ -89,6 +107,11 @@ class EdgeSender:
         self.tcp = plan.tcp
         if self.tcp and not server_key:
             raise TransportError(f"edge {self.name}: a tcp edge needs its consumer's CURVE key")
+        if self.tcp:  # its big arrays go sealed on a socket of their own
+            sealed = _bulk(self.name)
+            edge_secrets = sealed.EdgeSecrets.from_wire(server_key, self.name)
+            server_key = edge_secrets.curve_key
+            self.bulk = sealed.BulkSender(ctx, self.name, edge_secrets)
         self.sock = ctx.socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
@@ -124,6 +147,8 @@ class EdgeSender:
             while inflight and inflight[0][0] <= upto:
                 for slot in inflight.popleft()[1]:
                     slot.refs -= 1
+            if self.bulk is not None:
+                self.bulk.released(upto, self.queue + 1)
         if self.waiting:
             self._flush_waiting()
 
@@ -180,7 +205,12 @@ class EdgeSender:
         self.unreported_drops = 0
         if self.tcp:
             assert item.body_b is not None
-            self.sock.send_multipart([env + item.body_b, *item.buffers], copy=False)
+            head = env + item.body_b
+            if self.bulk is not None and item.bulk_bytes >= self.bulk.MIN_BYTES:
+                desc = self.bulk.send(self.n, head, item.buffers)
+                self.sock.send_multipart([head, desc], copy=False)
+            else:
+                self.sock.send_multipart([head, *item.buffers], copy=False)
         else:
             self.sock.send(env + item.body_s, copy=True)
 
@@ -195,6 +225,8 @@ class EdgeSender:
 
     def close(self, linger_ms: int = 0) -> None:
         """Close; ``linger_ms`` lets queued messages (end of stream) still go out."""
+        if self.bulk is not None:
+            self.bulk.close(linger_ms)
         self.sock.close(linger=linger_ms)
 
 
@@ -383,6 +415,8 @@ class InputEdge:
     (a tcp edge is a CURVE server with a key of its own, ``key``; with ``keys`` it also
     admits only the run's client key: ``pipeline.transport.curve``)."""
 
+    bulk: bulk.BulkReceiver | None = None  # a tcp edge's sealed arrays (pipeline.transport.bulk)
+
     def __init__(
         self,
         ctx: zmq.Context[Any],
@@ -406,7 +440,8 @@ class InputEdge:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.key = ""  # the CURVE server key a producer needs (tcp edges)
+        self.key = ""  # what a producer needs (tcp edges: bulk.EdgeSecrets, on the wire)
+        self.curve_key = ""  # the CURVE server key (tcp edges)
         if self.tcp:
             # Anyone on the machine (or the network) can reach a tcp port: only a peer that
             # knows this key, handed to the producer through the supervisor, gets through the
@@ -416,12 +451,19 @@ class InputEdge:
             self.sock.curve_publickey = public
             self.sock.curve_secretkey = secret
             self.sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
-            self.key = public.decode("ascii")
+            self.curve_key = public.decode("ascii")
             if keys is not None:
                 # on a cluster, the context's gatekeeper also wants the run's client key
                 require_run_client(self.sock)
         self.sock.bind(plan.bind)
         self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        if self.tcp:
+            # big arrays come sealed on a socket of their own; its keys and token go to the
+            # producer with the CURVE key, through the supervisor (pipeline.transport.bulk)
+            receiver = _bulk(self.name).BulkReceiver
+            self.bulk = receiver(ctx, self.name, plan.bind, self.curve_key, plan.queue)
+            self.bulk.gate.watch(self.sock)
+            self.key = self.bulk.secrets.to_wire()
         self.reader = reader
         self.ended = False
         self.malformed = 0
@@ -452,11 +494,29 @@ class InputEdge:
         if self.tcp:  # big buffers follow: take them without a copy
             frames = self.sock.recv_multipart(copy=False)
             head = frames[0].bytes
+            if self.bulk is not None and len(frames) == 2 and len(frames[1]) == self.bulk.DESC_SIZE:
+                return self._decode(head, [head, *self._open_bulk(head, frames[1].bytes)])
             buffers: list[Any] = [f.buffer for f in frames]
         else:  # one small frame: bytes are cheaper than a zmq.Frame here
             head = self.sock.recv(copy=True)
             buffers = []
         return self._decode(head, buffers)
+
+    def _open_bulk(self, head: bytes, desc: bytes) -> list[memoryview]:
+        """The arrays of a message whose bytes came sealed on the bulk socket; a message
+        whose part failed is dropped, counted, and its credit given back."""
+        assert self.bulk is not None
+        try:
+            _, n, _, _ = codec.unpack_envelope(head)
+        except codec.MalformedMessage:
+            self.malformed += 1
+            raise
+        try:
+            return self.bulk.parts_for(head, desc)
+        except codec.MalformedMessage:
+            self.malformed += 1
+            self.release(n)  # the producer must not run out of credit
+            raise
 
     def _decode(self, head: bytes, buffers: list[Any]) -> tuple[Message | None, int, int, int]:
         """The message in ``head`` (envelope + body) and ``buffers`` (its tcp frames)."""
@@ -496,4 +556,6 @@ class InputEdge:
             pass  # the producer is gone; nothing waits for this credit
 
     def close(self) -> None:
+        if self.bulk is not None:
+            self.bulk.close()
         self.sock.close(linger=0)

@@ -10,15 +10,20 @@ client keys, and every CURVE server asks the ``Gatekeeper`` (its context's ZAP h
 which admits that one client key and nothing else. A peer without CURVE, with another server
 key or with another client key fails the handshake; each failure is counted (``refused``).
 
+The same gatekeeper opens each tcp edge's bulk socket (``pipeline.transport.bulk``: the
+frames' big arrays, sealed with an AEAD) to that edge's PLAIN token only, and counts the
+refused there too. Every context with a tcp input edge has one (``Gatekeeper.of``).
+
 Nothing on the wire is unpickled (``pipeline.transport.codec`` is msgpack and raw buffers).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import hmac
 import queue
 import threading
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -101,17 +106,27 @@ def connect_as_client(sock: zmq.Socket[Any], keys: RunKeys, server_key: str = ""
     sock.curve_secretkey = keys.client_secret.encode("ascii")
 
 
+_GATES: weakref.WeakKeyDictionary[zmq.Context[Any], Gatekeeper] = weakref.WeakKeyDictionary()
+_GATES_LOCK = threading.Lock()
+
+
 class Gatekeeper:
-    """The ZAP handler of one ZeroMQ context: admits the run's client key, refuses and counts
-    everything else (also handshakes that fail before ZAP: no CURVE, a wrong server key).
+    """The ZAP handler of one ZeroMQ context: admits the run's client key (domain
+    ``pipeline``), an edge's CURVE client without the run's keys (no domain: the edge's own
+    server key was the secret), a bulk socket's peer with that edge's PLAIN token (domain
+    ``pipeline-bulk``); refuses and counts everything else (also handshakes that fail before
+    ZAP: no CURVE, a wrong server key).
 
     Start it before any ``serve``d socket binds; ``watch`` each such socket so its failed
-    handshakes are counted. One thread, waking ten times a second when idle.
+    handshakes are counted. One thread, waking ten times a second when idle; it ends with
+    ``close`` or when its context is terminated.
     """
 
-    def __init__(self, ctx: zmq.Context[Any], keys: RunKeys) -> None:
+    def __init__(self, ctx: zmq.Context[Any], keys: RunKeys | None = None) -> None:
         self.ctx = ctx
-        self.allowed = z85.decode(keys.client_public.encode("ascii"))  # ZAP gives 32 raw bytes
+        # ZAP gives the client's key as 32 raw bytes
+        self.allowed = z85.decode(keys.client_public.encode("ascii")) if keys else None
+        self.tokens: dict[bytes, bytes] = {}  # a bulk socket's user name -> its token
         self.refused = 0  # failed handshakes on every watched socket
         self._new: queue.Queue[zmq.Socket[Any]] = queue.Queue()
         self._stop = threading.Event()
@@ -122,14 +137,41 @@ class Gatekeeper:
         self._bound.wait(10)
         if self._error is not None:
             raise self._error
+        with _GATES_LOCK:
+            _GATES[ctx] = self
+
+    @classmethod
+    def of(cls, ctx: zmq.Context[Any]) -> Gatekeeper:
+        """The context's gatekeeper (the one a worker made with the run's keys), or a new one
+        without run keys."""
+        with _GATES_LOCK:
+            gate = _GATES.get(ctx)
+        return gate if gate is not None and not gate._stop.is_set() else cls(ctx)
+
+    @classmethod
+    def existing(cls, ctx: zmq.Context[Any]) -> Gatekeeper | None:
+        with _GATES_LOCK:
+            return _GATES.get(ctx)
+
+    def admit_plain(self, user: str, token: bytes) -> None:
+        """Admit a PLAIN peer that says ``user`` and ``token`` (a bulk socket's producer)."""
+        self.tokens[user.encode()] = token
+
+    def forget_plain(self, user: str) -> None:
+        self.tokens.pop(user.encode(), None)
 
     def watch(self, sock: zmq.Socket[Any]) -> None:
         """Count the failed handshakes of ``sock`` (call from the thread that owns it)."""
+        if self._stop.is_set():
+            return
         self._new.put(sock.get_monitor_socket(_REFUSALS))
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
+        with _GATES_LOCK:
+            if _GATES.get(self.ctx) is self:
+                del _GATES[self.ctx]
 
     def _serve(self) -> None:
         zap = self.ctx.socket(zmq.REP)
@@ -157,21 +199,36 @@ class Gatekeeper:
                 for sock, _ in poller.poll(100):
                     if sock is zap:
                         self._answer(zap)
-                    else:
-                        with contextlib.suppress(zmq.ZMQError):
-                            event = parse_monitor_message(sock.recv_multipart())
-                            if event["event"] & _REFUSALS:
-                                self.refused += 1
+                        continue
+                    event = parse_monitor_message(sock.recv_multipart())
+                    if event["event"] & _REFUSALS:
+                        self.refused += 1
+                    elif event["event"] == zmq.EVENT_MONITOR_STOPPED:  # its socket closed
+                        poller.unregister(sock)
+                        monitors.remove(sock)
+                        sock.close(linger=0)
+        except zmq.ContextTerminated:
+            pass  # the context ends: close our sockets so that its term() returns
         finally:
+            self._stop.set()
+            while not self._new.empty():
+                monitors.append(self._new.get())
             for mon in monitors:
                 mon.close(linger=0)
             zap.close(linger=0)
 
     def _answer(self, zap: zmq.Socket[Any]) -> None:
-        """One ZAP request (RFC 27): admit the run's client key only."""
+        """One ZAP request (RFC 27): admit the run's client key, an edge's token."""
         frames = zap.recv_multipart()
-        version, request_id, _domain, _address, _identity, mechanism = frames[:6]
+        version, request_id, domain, _address, _identity, mechanism = frames[:6]
         credentials = frames[6:]
-        ok = mechanism == b"CURVE" and bool(credentials) and credentials[0] == self.allowed
+        ok = False
+        if mechanism == b"CURVE" and domain == ZAP_DOMAIN.encode():
+            ok = self.allowed is not None and credentials[:1] == [self.allowed]
+        elif mechanism == b"CURVE" and domain == b"":
+            ok = True  # an edge without the run's keys: it knew the edge's server key
+        elif mechanism == b"PLAIN" and domain == b"pipeline-bulk" and len(credentials) == 2:
+            token = self.tokens.get(credentials[0])
+            ok = token is not None and hmac.compare_digest(token, credentials[1])
         status = (b"200", b"OK") if ok else (b"400", b"not a key of this run")
         zap.send_multipart([version, request_id, *status, b"", b""])

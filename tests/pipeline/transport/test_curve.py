@@ -120,7 +120,7 @@ def test_a_peer_with_other_keys_is_refused_and_counted(keys, guarded):
         sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
 
     def wrong_client(sock: zmq.Socket[Any]) -> None:  # knows it, but is not the run's client
-        sock.curve_serverkey = guarded.edge.key.encode()
+        sock.curve_serverkey = guarded.edge.curve_key.encode()
         sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
 
     a = _stranger(ctx, guarded.edge.endpoint, wrong_server)

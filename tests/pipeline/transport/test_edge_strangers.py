@@ -153,7 +153,7 @@ def keyed_client(edge: Edge) -> zmq.Socket[Any]:
     sock.setsockopt(zmq.LINGER, 0)
     if edge.plan.tcp:
         public, secret = zmq.curve_keypair()
-        sock.curve_serverkey = edge.consumer.key.encode()
+        sock.curve_serverkey = edge.consumer.curve_key.encode()
         sock.curve_publickey = public
         sock.curve_secretkey = secret
     sock.connect(edge.consumer.endpoint)
