@@ -174,6 +174,11 @@ class Gatekeeper:
                 del _GATES[self.ctx]
 
     def _serve(self) -> None:
+        # Here, not at the top of the module: zmq.utils.monitor imports asyncio, ~20 ms of
+        # every start-up that has no gatekeeper. Before ``_bound`` is set: once it is, ZAP
+        # requests must be answered at once (a handshake waits for them).
+        from zmq.utils.monitor import parse_monitor_message
+
         zap = self.ctx.socket(zmq.REP)
         zap.setsockopt(zmq.LINGER, 0)
         try:
@@ -184,9 +189,6 @@ class Gatekeeper:
             self._bound.set()
             return
         self._bound.set()
-        # here, not at the top: zmq.utils.monitor imports asyncio (~20 ms of every start-up)
-        from zmq.utils.monitor import parse_monitor_message
-
         poller = zmq.Poller()
         poller.register(zap, zmq.POLLIN)
         monitors: list[zmq.Socket[Any]] = []
