@@ -6,6 +6,7 @@ For each launcher, ``pipeline run`` runs as a user runs it (a new process):
 - memory: ``graphs/detect_faces.yaml`` (the default face graph), total PSS of its node
   processes, supervisor and template while it ran (``--stats-json``: ``memory``), and each
   node's PSS;
+- (first, one untimed run, so that the modules' bytecode is cached as in a user's install)
 - start-up: a 3-node graph of ``graphs/synthetic.yaml``'s kind (synthetic source -> resize ->
   jsonl) of a few frames: from the command to the first frame at the sink (the sink's first
   line's arrival, seen by polling its file) and to the command's exit; each node's
@@ -59,7 +60,16 @@ nodes:
 def _env(fork_server: bool) -> dict[str, str]:
     env = dict(os.environ)
     env["PIPELINE_FORK_SERVER"] = "1" if fork_server else "0"
+    # As a user's install runs: with the modules' bytecode cached (``__pycache__``). An
+    # environment with PYTHONDONTWRITEBYTECODE=1 and no cache compiles ~90 modules of the
+    # framework from source on every start (~0.1-0.2 s); ``warm_up`` writes the cache once.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
+
+
+def warm_up(tmp: Path) -> None:
+    """One untimed run of each graph, so every module's bytecode is cached."""
+    startup(True, tmp)
 
 
 def memory(fork_server: bool, tmp: Path) -> dict[str, Any]:
@@ -116,9 +126,11 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5, help="start-up runs per launcher")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    started = machine()  # the load average before this run added its own
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        warm_up(tmp)
         for label, fork in (("spawn", False), ("fork_server", True)):
             mem = memory(fork, tmp)
             runs = [startup(fork, tmp) for _ in range(args.repeat)]
@@ -161,7 +173,8 @@ def main() -> int:
         json.dumps(
             {
                 "benchmark": "footprint",
-                "machine": machine(),
+                "machine": started,
+                "load_avg_at_end": os.getloadavg(),
                 "command": " ".join(["benchmarks/footprint.py", *sys.argv[1:]]),
                 "results": results,
                 "ratios": ratios,

@@ -8,6 +8,8 @@ For 224x224, 640x480 and 1920x1080 uint8 BGR frames, in one run:
 - ``multiprocessing.Queue`` (pickles through a pipe);
 - pyzmq PUSH/PULL over ipc:// with copies (the frame bytes through the socket), HWM 4;
 - a numpy memcpy of the frame in one process (the physical floor of "copy the frame once");
+- ours without the fast path's spin before sleeping (``PIPELINE_FAST_PATH_SPIN_US=0``, in
+  place): every wait sleeps and is woken by a doorbell, as before the spin;
 - ours through ZeroMQ (``PIPELINE_FAST_PATH=0``: the descriptor over a ZeroMQ PAIR socket, as
   before the same-host fast path), in place: the before/after of the fast path in one run;
 - with ``--peers``: dora-rs and eclipse-zenoh (``benchmarks/peers.py``; ``pip install -e
@@ -50,7 +52,13 @@ RESULTS = Path(__file__).parent / "results" / "transport.json"
 
 
 def ours(
-    width: int, height: int, frames: int, fps: float, mode: str, fast: bool = True
+    width: int,
+    height: int,
+    frames: int,
+    fps: float,
+    mode: str,
+    fast: bool = True,
+    spin: bool = True,
 ) -> dict[str, Any]:
     graph_text = f"""
 graph: transport_bench
@@ -66,15 +74,19 @@ nodes:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "graph.yaml"
         path.write_text(graph_text)
-        old = os.environ.get("PIPELINE_FAST_PATH")
-        os.environ["PIPELINE_FAST_PATH"] = "1" if fast else "0"
+        settings = {"PIPELINE_FAST_PATH": "1" if fast else "0"}
+        if not spin:
+            settings["PIPELINE_FAST_PATH_SPIN_US"] = "0"
+        old = {name: os.environ.get(name) for name in settings}
+        os.environ.update(settings)
         try:
             result = run_graph(load_graph(path), log_level="WARNING")
         finally:
-            if old is None:
-                del os.environ["PIPELINE_FAST_PATH"]
-            else:
-                os.environ["PIPELINE_FAST_PATH"] = old
+            for name, value in old.items():
+                if value is None:
+                    del os.environ[name]
+                else:
+                    os.environ[name] = value
     if result.exit_code:
         raise RuntimeError(f"benchmark graph failed: {result.error}")
     consumer = result.stats["consumer"]
@@ -243,6 +255,7 @@ def main() -> int:
     parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated subset")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    started = machine()  # the load average before this run added its own
     sizes = {k: SIZES[k] for k in args.sizes.split(",")}
     skipped: dict[str, str] = {}
     peer_fns: dict[str, Any] = {}
@@ -283,6 +296,7 @@ def main() -> int:
         for label, fn in (
             ("ours_inplace", lambda f, r, w=w, h=h: ours(w, h, f, r, "inplace")),
             ("ours_copy_in", lambda f, r, w=w, h=h: ours(w, h, f, r, "copy")),
+            ("ours_nospin", lambda f, r, w=w, h=h: ours(w, h, f, r, "inplace", spin=False)),
             ("ours_zmq", lambda f, r, w=w, h=h: ours(w, h, f, r, "inplace", fast=False)),
         ):
             thr = fn(flat, 0.0)
@@ -373,7 +387,8 @@ def main() -> int:
         json.dumps(
             {
                 "benchmark": "transport",
-                "machine": machine(),
+                "machine": started,
+                "load_avg_at_end": os.getloadavg(),
                 "command": " ".join(["benchmarks/transport.py", *sys.argv[1:]]),
                 "results": results,
                 "skipped": skipped,

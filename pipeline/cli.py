@@ -279,7 +279,23 @@ def cmd_new_node(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+_BUILT_IN = frozenset({"check", "run", "nodes", "graph", "new-node", "schema"})
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The sub-command named in ``argv`` (its first word that is not an option), if any."""
+    for word in argv:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser. ``command``: the sub-command about to run; a built-in one
+    needs neither ``bench`` nor the plugins' commands, whose imports (the inference nodes,
+    the cloud package: ~0.4 s) would otherwise delay every ``pipeline run``."""
     parser = argparse.ArgumentParser(
         prog="pipeline", description="Streaming vision pipelines: YAML graphs of node processes."
     )
@@ -369,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--write", action="store_true", help="rewrite the committed schema")
     p.set_defaults(func=cmd_schema)
 
+    if command in _BUILT_IN:
+        return parser
     from pipeline.bench.cli import register as register_bench
 
     register_bench(sub)
@@ -389,8 +407,9 @@ def _current_folder_last() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     _current_folder_last()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_word(words))
+    args = parser.parse_args(words)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

@@ -176,8 +176,8 @@ class ForkServer:
         sys.stderr.flush()
         # The supervisor's own collections would copy the pages it shares with the template
         # (a collection writes to every object it visits): its objects stay out of them
-        # until the run ends (``RunPerf``'s caller calls ``thaw``).
-        gc.collect()
+        # until the run ends (``RunPerf``'s caller calls ``thaw``). No collection first: it
+        # costs 15-30 ms of every start-up and finds a few dozen objects after the imports.
         gc.freeze()
         try:
             pid = os.fork()

@@ -357,7 +357,7 @@ class RuntimeOutput:
 
     def allocate(self, shape: tuple[int, ...], dtype: npt.DTypeLike = np.uint8) -> np.ndarray:
         dt = np.dtype(dtype)
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(map(int, shape))
         nbytes = math.prod(shape) * dt.itemsize
         slot = self._acquire(max(nbytes, 1))
         self._allocated.append(slot)
@@ -381,7 +381,11 @@ class RuntimeOutput:
                 continue
             # The array allocate() gave (the usual case): its slot at offset 0, found by
             # identity; reading an array's address costs microseconds.
-            slot = next((s for view, s in self._made if view is arr), None)
+            slot = None
+            for view, made in self._made:
+                if view is arr:
+                    slot = made
+                    break
             offset = 0
             if slot is None and arr.flags.c_contiguous:
                 slot = self._slot_of(arr)  # a part of an allocated array

@@ -35,7 +35,8 @@ import msgpack
 import numpy as np
 
 from pipeline.errors import TransportError
-from pipeline.messages import Message, message_type
+from pipeline.messages import _REGISTRY as _KINDS
+from pipeline.messages import Message
 
 __all__ = [
     "INLINE_MAX",
@@ -63,6 +64,10 @@ MAX_ARRAYS = 64
 MAX_RANK = 32  # numpy's own limit is 64
 MAX_ARRAY_BYTES = 1 << 40
 _SEGMENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
+# Segment names already checked: a producer reuses a few slots, so the next message's name
+# costs a set look-up (bounded: the names come from the wire).
+_GOOD_NAMES: set[str] = set()
+_MAX_GOOD_NAMES = 1024
 
 
 class MalformedMessage(TransportError):
@@ -78,12 +83,18 @@ def check_segment_name(name: object) -> str:
     Raises:
         MalformedMessage: anything else (a path, an empty or a too long name, not a str).
     """
+    if type(name) is str and name in _GOOD_NAMES:  # a producer reuses a few slots
+        return name
     if not isinstance(name, str) or not _SEGMENT_NAME.match(name) or ".." in name:
         raise MalformedMessage(f"not a shared-memory segment name: {name!r:.80}")
+    if len(_GOOD_NAMES) >= _MAX_GOOD_NAMES:
+        _GOOD_NAMES.clear()
+    _GOOD_NAMES.add(name)
     return name
 
 
-_ENVELOPE = struct.Struct("<cqiq")
+ENVELOPE_FORMAT = "<cqiq"
+_ENVELOPE = struct.Struct(ENVELOPE_FORMAT)
 ENVELOPE_SIZE = _ENVELOPE.size
 
 
@@ -121,7 +132,7 @@ def pack_body(message: Message, arrays: Sequence[tuple[str, np.ndarray, str, Any
             "m": dict(message.meta),
             "f": message.wire_fields(),
             "a": [
-                [name, arr.dtype.str, list(arr.shape), where, ref]
+                (name, arr.dtype.str, arr.shape, where, ref)  # tuples pack as arrays
                 for name, arr, where, ref in arrays
             ],
         }
@@ -155,8 +166,9 @@ def _dtype(code: object) -> np.dtype:
 def _shape(shape: object, dt: np.dtype) -> tuple[int, ...]:
     if not isinstance(shape, list) or len(shape) > MAX_RANK:
         raise MalformedMessage(f"not an array shape: {shape!r:.80}")
-    if not all(type(d) is int and d >= 0 for d in shape):
-        raise MalformedMessage(f"not an array shape: {shape!r:.80}")
+    for d in shape:
+        if type(d) is not int or d < 0:
+            raise MalformedMessage(f"not an array shape: {shape!r:.80}")
     if math.prod(shape) * dt.itemsize > MAX_ARRAY_BYTES:
         raise MalformedMessage(f"an array of shape {shape} is larger than any frame")
     return tuple(shape)
@@ -232,11 +244,13 @@ def decode_body(
         raise MalformedMessage("the body's source, meta or fields have the wrong type")
     if not isinstance(entries, list) or len(entries) > MAX_ARRAYS:
         raise MalformedMessage("the body's array list is not a list of at most 64 entries")
-    try:
-        cls = message_type(kind)
-    except KeyError:
-        raise MalformedMessage(f"unknown message kind {kind!r:.80}") from None
-    arrays = dict(_array(entry, shm_view, buffers) for entry in entries)
+    cls = _KINDS.get(kind)  # message_type() without its exception on the hot path
+    if cls is None:
+        raise MalformedMessage(f"unknown message kind {kind!r:.80}")
+    arrays: dict[str, np.ndarray] = {}
+    for entry in entries:
+        name, arr = _array(entry, shm_view, buffers)
+        arrays[name] = arr
     header = {"seq": seq, "t_capture_ns": t_capture, "source": source, "meta": meta}
     try:
         return cls._from_parts(header, fields, arrays)

@@ -29,7 +29,6 @@ from typing import Any
 
 import zmq
 from zmq.utils import z85
-from zmq.utils.monitor import parse_monitor_message
 
 __all__ = [
     "HANDSHAKE_MS",
@@ -175,6 +174,11 @@ class Gatekeeper:
                 del _GATES[self.ctx]
 
     def _serve(self) -> None:
+        # Here, not at the top of the module: zmq.utils.monitor imports asyncio, ~20 ms of
+        # every start-up that has no gatekeeper. Before ``_bound`` is set: once it is, ZAP
+        # requests must be answered at once (a handshake waits for them).
+        from zmq.utils.monitor import parse_monitor_message
+
         zap = self.ctx.socket(zmq.REP)
         zap.setsockopt(zmq.LINGER, 0)
         try:

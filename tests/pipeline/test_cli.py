@@ -127,3 +127,31 @@ def test_synthetic_example_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert len(lines) == 120
     nodes = json.loads(stats.read_text())["nodes"]
     assert nodes["sink"]["inputs"]["messages"]["received"] == 120
+
+
+def test_a_built_in_command_imports_no_plugin_command_and_plugins_still_run():
+    # `pipeline run` must not pay for the plugins' imports (the inference nodes, the cloud
+    # package): a built-in command builds only the built-in sub-commands
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from pipeline.cli import main\n"
+        "main(['check', 'graphs/synthetic.yaml'])\n"
+        "print(sorted(m for m in ('pipeline_cloud', 'pipeline_nodes.inference', "
+        "'pipeline.bench.cli', 'zmq.asyncio') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    # a plugin's command is still there when it is the one asked for
+    help_text = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "models", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "fetch" in help_text

@@ -317,3 +317,82 @@ def test_an_allocated_array_and_a_part_of_one_travel_without_a_copy(links, tmp_p
     assert whole is not None and part is not None
     assert np.array_equal(whole.image, image) and np.array_equal(part.image, image[10:20])
     assert link.port.pool.slots and len(link.port.pool.slots) == 1  # one slot: no copy made
+
+
+def test_a_consumer_that_just_took_a_message_spins_for_the_next_instead_of_sleeping(
+    links, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("PIPELINE_FAST_PATH_SPIN_US", "20000000")  # long enough for any load
+    link = make(links, tmp_path, "block", 4)
+    link.send(0)
+    assert link.recv()[0] is not None  # the producer is known to be running now
+    slept: list[bool] = []
+    spinner = threading.Thread(target=lambda: slept.append(link.consumer.may_sleep()))
+    spinner.start()
+    wait_until_in(spinner, "wait")  # spinning on the ring's head
+    link.send(1)
+    spinner.join(30)
+    assert slept == [False]  # the message came during the spin: no sleep
+    assert not link.consumer.ctl[fastpath._C_SLEEPING // 8]  # and no doorbell asked for
+    assert link.consumer.spin.hits == 1
+    frame, _, _ = link.recv()
+    assert frame is not None and frame.seq == 1
+
+
+def test_a_consumer_sleeps_at_once_when_spinning_is_off_or_the_producer_is_quiet(
+    links, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("PIPELINE_FAST_PATH_SPIN_US", "0")
+    link = make(links, tmp_path, "block", 4)
+    link.send(0)
+    assert link.recv()[0] is not None
+    assert link.consumer.may_sleep()  # asked for the doorbell without spinning
+    assert link.consumer.ctl[fastpath._C_SLEEPING // 8] == 1
+    assert link.consumer.spin.hits == link.consumer.spin.misses == 0
+    monkeypatch.setenv("PIPELINE_FAST_PATH_SPIN_US", "1000")
+    quiet = make(links, tmp_path, "block", 4)
+    assert quiet.consumer.may_sleep() is False  # it maps the ring first, then looks again
+    quiet.send(0)
+    assert quiet.recv()[0] is not None
+    quiet.consumer._last_ns -= 10**9  # its last message came a second ago
+    assert quiet.consumer.may_sleep()
+    assert quiet.consumer.spin.hits == quiet.consumer.spin.misses == 0
+
+
+def test_a_spin_that_sees_nothing_backs_off_doubling():
+    ring = memoryview(bytearray(8)).cast("Q")
+    spin = fastpath._Spin()
+    spin.budget_ns = 200_000
+    t0 = time.monotonic_ns()
+    assert not spin.wait(ring, 0, 0)
+    assert time.monotonic_ns() - t0 >= 200_000 and spin.misses == 1
+    skipped = 0
+    while spin.misses != 2:
+        skipped += int(not spin.wait(ring, 0, 0) and spin.misses == 1)
+    assert skipped == 1  # one skipped after the first miss, then two, four ... up to 64
+    for _ in range(200):
+        spin.wait(ring, 0, 0)
+    assert spin.skip <= 64 and spin.backoff == 64
+    ring[0] = 1
+    spin.skip = 0
+    assert spin.wait(ring, 0, 0) and spin.backoff == 1  # a hit: spinning is worth it again
+
+
+def test_a_producer_waiting_for_an_awake_consumer_spins_for_the_credit(
+    links, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("PIPELINE_FAST_PATH_SPIN_US", "20000000")
+    link = make(links, tmp_path, "block", 1)
+    link.send(0)
+    frame, n, _ = link.recv()
+    del frame
+    assert not link.consumer.ctl[fastpath._C_SLEEPING // 8]  # awake, holding our message
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(link.sender.wait_release(10_000)))
+    waiter.start()
+    wait_until_in(waiter, "wait")
+    link.consumer.release(n)
+    waiter.join(30)
+    assert woke == [True] and link.sender.spin.hits == 1
+    assert not link.sender.ctl[fastpath._P_SLEEPING // 8]  # it never asked for a doorbell
+    assert not link.sender.inflight
