@@ -381,22 +381,7 @@ def _stream_issues(
     into: dict[str, list[Edge]] = {}
     for edge in edges:
         into.setdefault(edge.consumer, []).append(edge)
-    carried: dict[str, set[str]] = {}
-
-    def carries(node_id: str) -> set[str]:  # the graph is acyclic here
-        if node_id not in carried:
-            if classes[node_id].is_source():
-                carried[node_id] = {node_id}
-            else:
-                found: set[str] = set()
-                for edge in into.get(node_id, []):
-                    carries(edge.producer)
-                    found |= _edge_carries(edge, carried)
-                carried[node_id] = found
-        return carried[node_id]
-
-    for node_id in nodes:
-        carries(node_id)
+    carried = _carried(nodes, edges, classes)
 
     issues: list[ConfigIssue] = []
     for edge in edges:
