@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import zmq
 
-from pipeline.graph.load import load_graph
+from pipeline.graph.load import check_graph, load_graph
 from pipeline.messages import Frame
 from pipeline.runtime import replicas
 from pipeline.runtime.plan import plan_graph
@@ -262,10 +262,18 @@ nodes:
     params: {model: face_short_range}
     replicas: 2
     inputs: {frames: cam/frames}
+  - id: log
+    node: jsonl
+    params: {path: faces.jsonl}
+    inputs: {messages: faces/detections}
+  - id: boxes
+    node: detector
+    params: {model: face_short_range}
+    inputs: {frames: cam/frames}
   - id: overlay
     node: overlay
     replicas: 3
-    inputs: {frames: cam/frames, detections: faces/detections}
+    inputs: {frames: cam/frames, detections: boxes/detections}
   - id: sink
     node: jsonl
     params: {path: out.jsonl}
@@ -279,8 +287,18 @@ def test_the_planner_makes_one_process_per_copy_and_an_edge_per_pair(tmp_path: P
     graph = load_graph(path)
     plan = plan_graph(graph, tmp_path)
     ids = [n.node_id for n in plan.nodes]
-    assert ids == ["cam", "faces[0]", "faces[1]", "overlay[0]", "overlay[1]", "overlay[2]", "sink"]
-    assert sorted(n.index for n in plan.nodes) == list(range(7))  # shm pools, activity slots
+    assert ids == [
+        "cam",
+        "faces[0]",
+        "faces[1]",
+        "log",
+        "boxes",
+        "overlay[0]",
+        "overlay[1]",
+        "overlay[2]",
+        "sink",
+    ]
+    assert sorted(n.index for n in plan.nodes) == list(range(9))  # shm pools, activity slots
     assert [(n.replica, n.replicas) for n in plan.nodes if n.group == "overlay"] == [
         (0, 3),
         (1, 3),
@@ -294,10 +312,23 @@ def test_the_planner_makes_one_process_per_copy_and_an_edge_per_pair(tmp_path: P
     assert {e.spread for e in to_faces} == {"free"}  # one input: the next free copy
     to_overlay = [e for e in edges if e.consumer.startswith("overlay")]
     assert {e.spread for e in to_overlay} == {"seq"}  # a join: by seq, the inputs meet
-    # every copy of faces feeds every copy of overlay: 2 x 3 edges, and 3 from cam
-    assert len([e for e in to_overlay if e.input == "detections"]) == 6
+    # one edge per copy from each producer: 3 from boxes, 3 from cam
+    assert len([e for e in to_overlay if e.input == "detections"]) == 3
+    assert len([e for e in to_overlay if e.input == "frames"]) == 3
+    # the copies' results come back to one node: an edge from each copy, merged there
+    assert [e.spread for e in edges if e.consumer == "log"] == ["", ""]
     assert [e.spread for e in edges if e.consumer == "sink"] == ["", "", ""]
     assert all(split_instance(e.producer) for e in edges if e.consumer == "sink")
+
+
+def test_a_replicated_node_fed_by_another_replicated_node_is_refused(tmp_path: Path):
+    path = tmp_path / "g.yaml"
+    path.write_text(GRAPH.replace("boxes/detections", "faces/detections"))
+    graph, issues = check_graph(path)
+    assert graph is None
+    (issue,) = [i for i in issues if i.severity == "error"]
+    assert "node 'overlay': replicas: 3 on a node fed by the copies of 'faces'" in issue.message
+    assert (issue.line, issue.col) == (19, 5)
 
 
 def test_the_table_shows_each_copy_and_the_group_total():
