@@ -183,18 +183,37 @@ def connect(ray: Any, address: str) -> bool:
                 f"cannot connect to the Ray cluster at {address!r}: "
                 f"{exc.strerror or type(exc).__name__}\n{_START_HINT}"
             ) from None
-    try:
-        ray.init(
-            address=address,
-            logging_level=logging.WARNING,
-            log_to_driver=True,
-            configure_logging=False,
-        )
-    except Exception as exc:  # ConnectionError, ValueError, RuntimeError: Ray's words
-        raise ClusterError(
-            f"cannot connect to the Ray cluster at {address!r}: {exc}\n{_START_HINT}"
-        ) from None
-    return True
+    for attempt in range(CLIENT_ATTEMPTS):
+        try:
+            ray.init(
+                address=address,
+                logging_level=logging.WARNING,
+                log_to_driver=True,
+                configure_logging=False,
+            )
+        except Exception as exc:  # ConnectionError, ValueError, RuntimeError: Ray's words
+            # Ray Client's proxier forks a server per client, and that server dies at birth
+            # now and then (a gRPC poller race in Ray: ray-project/ray#63202): ask again.
+            if _client_server_died(exc) and attempt + 1 < CLIENT_ATTEMPTS:
+                log.warning("the Ray Client server failed to start (a Ray bug); trying again")
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
+                continue
+            raise ClusterError(
+                f"cannot connect to the Ray cluster at {address!r}: {exc}\n{_START_HINT}"
+            ) from None
+        return True
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+CLIENT_ATTEMPTS = 3
+
+
+def _client_server_died(exc: BaseException) -> bool:
+    """Ray Client's per-client server died while starting (``Starting Ray client server
+    failed`` / ``Initialization failure from server``), not a wrong address or version."""
+    text = f"{exc} {exc.__cause__ or ''} {exc.__context__ or ''}"
+    return "Starting Ray client server failed" in text or "Initialization failure" in text
 
 
 def _route_to(host: str, port: int) -> str:
