@@ -205,6 +205,14 @@ def test_server_stopped_for_10_seconds_loses_and_doubles_nothing(tmp_path):
         server.stop()
 
 
+def _dead(pid: int) -> bool:
+    """The process is gone or a zombie (its parent may reap it while we look)."""
+    try:
+        return "zombie" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(150)  # two graph runs and a stopped server on purpose
 def test_kill_9_of_the_uploader_mid_upload_loses_and_doubles_nothing(tmp_path):
@@ -222,8 +230,7 @@ def test_kill_9_of_the_uploader_mid_upload_loses_and_doubles_nothing(tmp_path):
             wait_for(lambda: len(spool_ids(spool)) >= 5, what="a backlog")
             pid = int((spool / ".lock").read_text())
             os.kill(pid, signal.SIGKILL)
-            wait_for(lambda: not Path(f"/proc/{pid}").exists() or
-                     "zombie" in Path(f"/proc/{pid}/status").read_text(), what="the kill")  # fmt: skip
+            wait_for(lambda: _dead(pid), what="the kill")
             left = spool_ids(spool)
         finally:
             os.kill(server.proc.pid, signal.SIGCONT)
