@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import itertools
 import json
 import os
@@ -175,6 +176,43 @@ def in_process(model: str, image_jpeg: bytes, seconds: float) -> dict[str, Any]:
     return row
 
 
+@dataclasses.dataclass(frozen=True)
+class Seeded:
+    """A data folder with an organisation, its API key, each model of ``MODELS`` as version 1
+    and one uploaded JPEG: what the inference benchmarks ask for."""
+
+    org_id: str
+    key_id: str
+    key: str
+    items: dict[str, str]  # model name -> its registry item id
+    image_id: str
+
+
+def seed(data: Path, image_jpeg: bytes) -> Seeded:
+    from pipeline_cloud.blobs import BlobStore
+    from pipeline_cloud.db import open_database
+    from pipeline_cloud.registry import Registry
+    from pipeline_cloud.store import Store, UploadMeta
+    from pipeline_nodes.inference.models.store import resolve_model
+
+    sessions = open_database(data)
+    blobs = BlobStore(data / "blobs")
+    store, registry = Store(sessions, blobs), Registry(sessions, blobs)
+    org = store.create_org("bench")
+    key_id, key = store.create_key(org.id)
+    items = {}
+    for name in MODELS:
+        model = Path(resolve_model(name))
+        items[name] = registry.create_version(
+            org.id, name, "object_detection", model.name, model.read_bytes(), version="1"
+        ).item_id
+    image_id, _ = store.upload(
+        org.id, UploadMeta(file_ext=".jpg", mime_type="image/jpeg"), image_jpeg
+    )
+    sessions.kw["bind"].dispose()
+    return Seeded(org.id, key_id, key, items, image_id)
+
+
 def ray_comparison(seconds: float, out: Path) -> int:
     """GetInference requests/s with 8 clients: the local pool (1 and 2 worker processes)
     against Ray workers (1 and 2 replicas) on a one-machine Ray cluster started here, reached
@@ -185,12 +223,7 @@ def ray_comparison(seconds: float, out: Path) -> int:
     from ray.cluster_utils import Cluster
     from viam.gen.app.mlinference.v1 import ml_inference_pb2
 
-    from pipeline_cloud.blobs import BlobStore
     from pipeline_cloud.client import Credentials
-    from pipeline_cloud.db import open_database
-    from pipeline_cloud.registry import Registry
-    from pipeline_cloud.store import Store, UploadMeta
-    from pipeline_nodes.inference.models.store import resolve_model
 
     load_at_start = os.getloadavg()
     with socket.socket() as sock:
@@ -219,21 +252,9 @@ def ray_comparison(seconds: float, out: Path) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="cloud-bench-ray-") as tmp:
             data = Path(tmp)
-            sessions = open_database(data)
-            blobs = BlobStore(data / "blobs")
-            store, registry = Store(sessions, blobs), Registry(sessions, blobs)
-            org = store.create_org("bench")
-            key_id, key = store.create_key(org.id)
-            items = {}
-            for name in MODELS:
-                model = Path(resolve_model(name))
-                items[name] = registry.create_version(
-                    org.id, name, "object_detection", model.name, model.read_bytes(), version="1"
-                ).item_id
-            image_id, _ = store.upload(
-                org.id, UploadMeta(file_ext=".jpg", mime_type="image/jpeg"), astronaut_jpeg
-            )
-            sessions.kw["bind"].dispose()
+            seeded = seed(data, astronaut_jpeg)
+            org_id, key_id, key = seeded.org_id, seeded.key_id, seeded.key
+            items, image_id = seeded.items, seeded.image_id
             for (label, workers, extra, n), (name, item_id) in itertools.product(
                 setups, items.items()
             ):
@@ -243,7 +264,7 @@ def ray_comparison(seconds: float, out: Path) -> int:
                     creds = Credentials(address, key_id, key)
                     request = ml_inference_pb2.GetInferenceRequest(
                         registry_item_id=item_id, registry_item_version="1",
-                        binary_data_id=image_id, organization_id=org.id,
+                        binary_data_id=image_id, organization_id=org_id,
                     )  # fmt: skip
                     asyncio.run(infer_clients(creds, request, 8, 3.0))  # start, load, warm
                     row = asyncio.run(infer_clients(creds, request, 8, seconds))
@@ -307,13 +328,8 @@ def main() -> int:
         return ray_comparison(args.seconds, args.out or RAY_RESULTS)
     args.out = args.out or RESULTS
 
-    from pipeline_cloud.blobs import BlobStore
     from pipeline_cloud.client import Credentials
-    from pipeline_cloud.db import open_database
     from pipeline_cloud.inference import default_workers
-    from pipeline_cloud.registry import Registry
-    from pipeline_cloud.store import Store, UploadMeta
-    from pipeline_nodes.inference.models.store import resolve_model
 
     workers = args.workers or default_workers()
     load_at_start = os.getloadavg()
@@ -325,21 +341,9 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="cloud-bench-") as tmp:
         data = Path(tmp)
-        sessions = open_database(data)
-        blobs = BlobStore(data / "blobs")
-        store, registry = Store(sessions, blobs), Registry(sessions, blobs)
-        org = store.create_org("bench")
-        key_id, key = store.create_key(org.id)
-        items = {}
-        for name in MODELS:
-            model = Path(resolve_model(name))
-            items[name] = registry.create_version(
-                org.id, name, "object_detection", model.name, model.read_bytes(), version="1"
-            ).item_id
-        image_id, _ = store.upload(
-            org.id, UploadMeta(file_ext=".jpg", mime_type="image/jpeg"), astronaut_jpeg
-        )
-        sessions.kw["bind"].dispose()
+        seeded = seed(data, astronaut_jpeg)
+        org_id, key_id, key = seeded.org_id, seeded.key_id, seeded.key
+        items, image_id = seeded.items, seeded.image_id
         proc, address = start_server(data, workers)
         try:
             from viam.gen.app.mlinference.v1 import ml_inference_pb2
@@ -359,7 +363,7 @@ def main() -> int:
             for name, item_id in items.items():
                 request = ml_inference_pb2.GetInferenceRequest(
                     registry_item_id=item_id, registry_item_version="1",
-                    binary_data_id=image_id, organization_id=org.id,
+                    binary_data_id=image_id, organization_id=org_id,
                 )  # fmt: skip
                 asyncio.run(infer_clients(creds, request, workers * 2, 2.0))  # load everywhere
                 rows = results["inference"][name] = {"server": []}
