@@ -40,7 +40,8 @@ from pipeline.errors import ClusterError, NodePlacementError
 from pipeline.graph.spec import PlacementSpec
 from pipeline.graph.validate import ValidatedGraph
 from pipeline.runtime.plan import Layout, WorkerConfig
-from pipeline.runtime.replicas import instance_ids
+from pipeline.runtime.replicas import group_of, instance_ids
+from pipeline.runtime.worker import HOSTED_ENV
 from pipeline.transport.shm import LOCK_SUFFIX, SHM_DIR, remove_run_segments
 
 __all__ = ["NodeHost", "RayLauncher", "connect", "import_ray"]
@@ -48,6 +49,7 @@ __all__ = ["NodeHost", "RayLauncher", "connect", "import_ray"]
 log = logging.getLogger("pipeline.cluster")
 
 PLACE_TIMEOUT_S = 120.0
+ALIVE_TIMEOUT_S = 10.0  # a node's actor that does not answer within it is taken as gone
 _NO_CWD = "-P" if sys.version_info >= (3, 11) else "-I"  # as the local launcher starts workers
 
 
@@ -59,7 +61,7 @@ class NodeHost:
         self.node_id = node_id
         self.popen: subprocess.Popen[str] | None = None
         self.made_dir: str | None = None
-        self.segments = ""
+        self.segments: list[str] = []  # name prefixes of its segments, one per incarnation
         self.lock: tuple[int, Path] | None = None  # the run's lock file here, if this made it
 
     def __repr__(self) -> str:  # Ray prefixes the node's log lines with it
@@ -84,7 +86,9 @@ class NodeHost:
             # the supervisor's activity board is on its own machine: not visible from here
             config = {**config, "activity_path": ""}
         cfg = WorkerConfig.from_wire(config)
-        self.segments = f"{cfg.shm_prefix}-{cfg.plan.index}-"
+        # a restarted node's slot pools are named by its generation (``<index>r<gen>-``)
+        life = f"r{cfg.generation}" if cfg.generation else ""
+        self.segments.append(f"{cfg.shm_prefix}-{cfg.plan.index}{life}-")
         self._hold_run_lock(SHM_DIR / (cfg.shm_prefix + LOCK_SUFFIX))
         # the supervisor's path where it exists here (its working folder), then this machine's
         path = list(dict.fromkeys([*(p for p in sys_path if os.path.exists(p)), *sys.path]))
@@ -94,6 +98,8 @@ class NodeHost:
             text=True,
             # relative paths in params mean what they mean to the supervisor, where they can
             cwd=cwd if os.path.isdir(cwd) else None,
+            # the worker ends at once with this actor (see worker._watch_parent)
+            env={**os.environ, HOSTED_ENV: "1"},
         )
         assert self.popen.stdin is not None
         self.popen.stdin.write(json.dumps({"config": config, "sys_path": path}))
@@ -130,8 +136,8 @@ class NodeHost:
         if self.popen is not None and self.popen.poll() is None:
             self.popen.kill()
             self.popen.wait(5)
-        if self.segments:
-            remove_run_segments(self.segments)
+        for prefix in self.segments:
+            remove_run_segments(prefix)
         if self.made_dir:
             shutil.rmtree(self.made_dir, ignore_errors=True)
         if self.lock is not None:
@@ -314,6 +320,7 @@ class RayLauncher:
         self.wheres: dict[str, dict[str, Any]] = {}
         self.layout: Layout | None = None
         self.run_dir = Path()
+        self.retired: list[Any] = []  # actors of nodes placed again (cleaned up at the end)
         self._owns_connection = connect(self.ray, address)
         if address.startswith("ray://"):
             host, _, port = address[len("ray://") :].partition(":")
@@ -373,13 +380,61 @@ class RayLauncher:
         self.layout = Layout(
             hosts={n: w["node"] for n, w in self.wheres.items()},
             addresses={n: w["address"] for n, w in self.wheres.items()},
-            names={
-                n: f"{w['hostname']} ({w['address']}, Ray node {w['node'][:8]})"
-                for n, w in self.wheres.items()
-            },
+            names={n: _name(w) for n, w in self.wheres.items()},
         )
         for node_id in self.wheres:
             log.debug("node %s runs on %s", node_id, self.layout.names[node_id])
+        return self.layout
+
+    def replace(self, node_id: str, graph: ValidatedGraph) -> Layout:
+        """Before ``node_id`` is restarted: its actor if it is still alive (the worker died,
+        not the actor: the node runs again where it ran), else a new actor on a machine its
+        placement allows, the one it ran on first if that is still in the cluster. A
+        ``NodePlacementError`` naming the node and its placement when no machine left fits;
+        the layout after."""
+        assert self.layout is not None
+        actor = self.actors[node_id]
+        try:
+            self.ray.get(actor.where.remote(), timeout=ALIVE_TIMEOUT_S)
+            return self.layout
+        except Exception:  # RayActorError (its machine left, or it was killed), a timeout
+            self.retired.append(actor)
+        placement = graph.spec.placement_of(graph.node(group_of(node_id)))
+        machines = self.machines()
+        fits = [m for m in machines if _fits(m, placement)]
+        home = self.layout.hosts[node_id]
+        alive = any(m["NodeID"] == home for m in machines)
+        was = self.layout.names[node_id]
+        was = f"its actor on {was} died" if alive else f"its machine {was} left the cluster"
+        if not fits:
+            raise NodePlacementError(
+                node_id,
+                f"not again after {was}: no machine left in the cluster "
+                f"has {_describe(placement)}; the cluster has "
+                + ("; ".join(_describe_machine(m) for m in machines) or "no machine"),
+            )
+        options = _ray_options(placement, fits)
+        if "scheduling_strategy" not in options and any(m["NodeID"] == home for m in fits):
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(home, soft=True)
+        actor = self.ray.remote(NodeHost).options(max_concurrency=4, **options).remote(node_id)
+        self.actors[node_id] = actor
+        try:
+            where = self.ray.get(actor.where.remote(), timeout=self.place_timeout_s)
+        except Exception as exc:
+            raise NodePlacementError(
+                node_id,
+                f"not again after {was}: no machine with "
+                f"{_describe(placement)} took it within {self.place_timeout_s:g} s "
+                f"({type(exc).__name__})",
+            ) from None
+        self.wheres[node_id] = where
+        self.layout = Layout(
+            hosts={**self.layout.hosts, node_id: where["node"]},
+            addresses={**self.layout.addresses, node_id: where["address"]},
+            names={**self.layout.names, node_id: _name(where)},
+        )
         return self.layout
 
     # launching -------------------------------------------------------------------------------
@@ -405,18 +460,25 @@ class RayLauncher:
         """Clean up on every machine, end the actors, and disconnect (if this connected)."""
         ray = self.ray
         cleanups = []
-        for actor in self.actors.values():
+        actors = [*self.actors.values(), *self.retired]
+        for actor in actors:
             with contextlib.suppress(Exception):
                 cleanups.append(actor.cleanup.remote())
         if cleanups:
             with contextlib.suppress(Exception):
                 ray.wait(cleanups, num_returns=len(cleanups), timeout=10)
-        for actor in self.actors.values():
+        for actor in actors:
             with contextlib.suppress(Exception):
                 ray.kill(actor, no_restart=True)
         self.actors.clear()
+        self.retired.clear()
         if self._owns_connection and ray.is_initialized():
             ray.shutdown()
+
+
+def _name(where: Mapping[str, Any]) -> str:
+    """How messages name the machine an actor landed on."""
+    return f"{where['hostname']} ({where['address']}, Ray node {where['node'][:8]})"
 
 
 def _fits(machine: Mapping[str, Any], placement: PlacementSpec) -> bool:

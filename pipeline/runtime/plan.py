@@ -24,7 +24,7 @@ from pipeline.transport.curve import RunKeys
 from pipeline.transport.plan import EdgePlan, PortPlan, release_batch, slot_pool_size
 from pipeline.usercode import search_folders
 
-__all__ = ["GraphPlan", "Layout", "NodePlan", "WorkerConfig", "plan_graph"]
+__all__ = ["GraphPlan", "Layout", "NodePlan", "WorkerConfig", "plan_graph", "replan_moved"]
 
 TCP_BIND = "tcp://127.0.0.1:*"
 
@@ -239,4 +239,30 @@ def plan_graph(
                     replicas=node.replicas,
                 )
             )
+    return GraphPlan(tuple(nodes))
+
+
+def replan_moved(current: GraphPlan, fresh: GraphPlan, node_id: str) -> GraphPlan:
+    """The plan after ``node_id`` was placed on another machine (a cluster lost its own):
+    ``fresh`` is the whole graph planned for the new ``Layout``.
+
+    The moved node binds its inputs anew, so those edges are ``fresh``'s: shared memory
+    from a producer now on its machine, tcp from one on another (a producer that kept
+    running switches its sender to the new kind when told to connect again). Every other
+    edge stays as ``current`` has it: an edge into a consumer that kept running goes on with
+    the socket that consumer bound, and the moved node connects to it as it is.
+    """
+    moved = {e.name: e for e in fresh.edges() if e.consumer == node_id}
+
+    def pick(edge: EdgePlan) -> EdgePlan:
+        return moved.get(edge.name, edge)
+
+    nodes = []
+    for node in current.nodes:
+        outputs = tuple(
+            dataclasses.replace(port, edges=tuple(pick(e) for e in port.edges))
+            for port in node.outputs
+        )
+        inputs = tuple(pick(e) for e in node.inputs)
+        nodes.append(dataclasses.replace(node, inputs=inputs, outputs=outputs))
     return GraphPlan(tuple(nodes))

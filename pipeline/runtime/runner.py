@@ -51,7 +51,6 @@ from pipeline.errors import (
     NodeError,
     NodeExitError,
     NodeOpenError,
-    NodePlacementError,
     NodeProcessError,
 )
 from pipeline.graph.validate import ValidatedGraph
@@ -59,7 +58,7 @@ from pipeline.runtime import protocol as p
 from pipeline.runtime.activity import ActivityBoard
 from pipeline.runtime.forkserver import ForkServer
 from pipeline.runtime.perf import RunPerf
-from pipeline.runtime.plan import Layout, WorkerConfig, plan_graph
+from pipeline.runtime.plan import Layout, WorkerConfig, plan_graph, replan_moved
 from pipeline.runtime.protocol import NodeState
 from pipeline.runtime.stats import NodeStats
 from pipeline.runtime.table import render_table
@@ -180,6 +179,12 @@ class ClusterLauncher(Protocol):
     def __call__(self, cfg: WorkerConfig) -> NodeProcess: ...
 
     def place(self, graph: ValidatedGraph, run_dir: Path, run_prefix: str) -> Layout: ...
+
+    def replace(self, node_id: str, graph: ValidatedGraph) -> Layout:
+        """Before a restart of ``node_id``: somewhere to run it again (its machine if that is
+        still in the cluster, else another its placement allows; a ``NodePlacementError``
+        when none does); the layout after."""
+        ...
 
     def close(self) -> None: ...
 
@@ -319,6 +324,7 @@ class _Supervisor:
         # (producer, edge) -> consumer: a restarted consumer's edge its producer has not yet
         # connected again (``Rewire`` sent, no ``Rewired`` yet)
         self.rewiring: dict[tuple[str, str], str] = {}
+        self.layout: Layout | None = None  # where each node runs, on a cluster
 
     # set-up ------------------------------------------------------------------------------------
     def _configs(self, control: str) -> list[WorkerConfig]:
@@ -360,22 +366,6 @@ class _Supervisor:
         _write_drawing(self.graph, self.run_dir / "graph.svg")
         self.board = ActivityBoard(self.run_dir / "activity", len(self.plan.nodes))
         t0 = time.monotonic()
-        if self.cluster is not None:
-            restarting = [n.id for n in self.graph.spec.nodes if n.restart != "never"]
-            if restarting:
-                # stage 1: restarts on one machine; a lost machine's nodes are not placed
-                # again yet
-                self._fail(
-                    NodePlacementError(
-                        restarting[0],
-                        "restart policies are not supported with --cluster yet; remove "
-                        f"'restart:' from node(s) {', '.join(map(repr, restarting))} or "
-                        "run the graph on one machine",
-                    ),
-                    None,
-                )
-                self.board.close()
-                return self._result(t0)
         # Before the ZeroMQ context: the fork server's template must be forked thread-free.
         server = self._fork_server()
         ctx: zmq.Context[Any] = zmq.Context()
@@ -405,6 +395,7 @@ class _Supervisor:
                     self._fail(exc, None)
                     return self._result(t0)
                 self.plan = plan_graph(self.graph, self.run_dir, layout)
+                self.layout = layout
                 self._print_layout(layout)
             if server is None:
                 # Children inherit "ignore" across exec, so a Ctrl-C or a closed terminal
@@ -564,6 +555,8 @@ class _Supervisor:
         match message:
             case p.Hello(endpoints=endpoints, keys=keys):
                 self._follow(proc, NodeState.OPENING)
+                for name in endpoints:  # a restarted node's: an edge now shm has no key
+                    self.keys.pop(name, None)
                 self.endpoints.update(endpoints)
                 self.keys.update(keys)
                 if proc.generation:
@@ -707,6 +700,8 @@ class _Supervisor:
         """Start a dead node's next incarnation: a fresh interpreter (the fork server's
         template is gone once every node was launched), its own slot pools (generation)."""
         assert proc.cfg is not None
+        if self.cluster is not None and not self._place_again(proc, self.cluster):
+            return
         proc.generation += 1
         proc.restarts += 1
         self.board.clear(proc.index)
@@ -727,6 +722,31 @@ class _Supervisor:
         proc.stalled = ""
         proc.state = NodeState.CREATED
         proc.restart_at = None
+
+    def _place_again(self, proc: _Proc, cluster: ClusterLauncher) -> bool:
+        """On a cluster, before a restart: where the node runs again (its machine if still
+        there); a node whose machine is gone moves, and its inputs are planned anew for where
+        it lands (``replan_moved``). False, the run failing, when nowhere fits."""
+        assert proc.cfg is not None
+        node_id = proc.node_id
+        try:
+            layout = cluster.replace(node_id, self.graph)
+        except NodeError as exc:
+            proc.restart_at = None
+            self._fail(exc, None)
+            return False
+        before, self.layout = self.layout, layout
+        if before is None or before.hosts[node_id] == layout.hosts[node_id]:
+            return True
+        self.plan = replan_moved(self.plan, plan_graph(self.graph, self.run_dir, layout), node_id)
+        mine = next(n for n in self.plan.nodes if n.node_id == node_id)
+        proc.cfg = dataclasses.replace(proc.cfg, plan=mine)
+        edges = ", ".join(f"{e.name} ({e.transport})" for e in mine.inputs)
+        self._print(
+            f"node {node_id!r} placed again on {layout.names.get(node_id, '?')} (it ran on "
+            f"{before.names.get(node_id, '?')})" + (f"; its inputs: {edges}" if edges else "")
+        )
+        return True
 
     def _reconnect(self, proc: _Proc) -> None:
         """A restarted node bound its inputs: its outputs are wired, its producers told to

@@ -34,6 +34,7 @@ lane (asking a running node for something) would be one more socket registered i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import faulthandler
 import json
 import logging
@@ -73,6 +74,7 @@ STATS_INTERVAL_S = 0.5
 EXIT_TERMINATED = 3
 FORCE_SIGNAL = signal.SIGUSR2  # the supervisor's forced stop: unwind now
 SELF_STOP_MARGIN_S = 2.0
+HOSTED_ENV = "PIPELINE_HOSTED"  # "1": started by a cluster's NodeHost actor
 GENERATION_SHIFT = 40  # a restarted node's first message number: generation << 40
 
 
@@ -164,11 +166,15 @@ def _set_title(cfg: WorkerConfig) -> None:
 def _watch_parent() -> None:
     """If the supervisor dies (SIGKILL), stop as if it had sent SIGTERM: no orphan nodes."""
     parent = os.getppid()
+    # Under a cluster's NodeHost actor, the actor's end is the node's: the supervisor takes
+    # it as lost (its machine left the cluster) and may start another incarnation elsewhere,
+    # so this one must not go on draining its edges.
+    hosted = os.environ.get(HOSTED_ENV) == "1"
 
     def watch() -> None:
         while os.getppid() == parent:
-            time.sleep(0.5)
-        os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5 if not hosted else 0.1)
+        os.kill(os.getpid(), signal.SIGKILL if hosted else signal.SIGTERM)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
@@ -334,11 +340,11 @@ class Worker:
         done = []
         for sender in self._senders():
             if sender.name in endpoints:
-                lost = sender.reconnect(
-                    endpoints[sender.name],
-                    keys.get(sender.name, ""),
-                    delivered.get(sender.name, 0),
-                )
+                endpoint, key = endpoints[sender.name], keys.get(sender.name, "")
+                if endpoint.startswith("tcp://") != sender.tcp:
+                    lost = self._switch(sender, endpoint, key, delivered.get(sender.name, 0))
+                else:
+                    lost = sender.reconnect(endpoint, key, delivered.get(sender.name, 0))
                 self.log.info(
                     "edge %s: its consumer restarted; %d message(s) in flight lost",
                     sender.name,
@@ -346,6 +352,28 @@ class Worker:
                 )
                 done.append(sender.name)
         self.tell(p.Rewired(done))
+
+    def _switch(self, old: EdgeSender, endpoint: str, key: str, delivered: int) -> int:
+        """The restarted consumer was placed on another machine, and the edge's transport
+        changed with it (a cluster: shared memory within a machine, tcp between): a sender of
+        the other kind takes the edge over (``EdgeSender.hand_over``)."""
+        plan = dataclasses.replace(
+            old.plan, transport="tcp" if endpoint.startswith("tcp://") else "shm"
+        )
+        new = open_sender(self.ctx, plan, endpoint, key, keys=self.cfg.keys)
+        lost = old.hand_over(new, delivered)  # ``old`` is the new sender from here on
+        for out in self.outputs.values():
+            for edge in out.edges:
+                if isinstance(edge, Distributor):
+                    edge.tcp = any(s.tcp for s in edge.subs)
+                    edge.has_shm = any(not s.tcp for s in edge.subs)
+            # which bodies a message is encoded with: those its edges now need
+            out.has_tcp = any(e.tcp for e in out.edges)
+            out.has_shm = any(
+                e.has_shm if isinstance(e, Distributor) else not e.tcp for e in out.edges
+            )
+        self.log.info("edge %s: now %s (its consumer moved)", old.name, plan.transport)
+        return lost
 
     def _senders(self) -> list[EdgeSender]:
         """Every output edge's sender (those to the copies of a replicated node included)."""

@@ -177,6 +177,40 @@ class EdgeSender:
         self._resend_end()
         return lost
 
+    def hand_over(self, new: EdgeSender, delivered: int = 0) -> int:
+        """The restarted consumer now takes another transport (it was placed again on
+        another machine: shm became tcp, or tcp shm): ``new``, already connected to it,
+        takes this edge over: its message numbers, counters and ``drop_oldest`` mailbox
+        (what was in flight after ``delivered`` is counted lost, as ``reconnect`` does), and
+        an end of stream already sent is sent again. This sender is closed. Returns the
+        messages lost."""
+        lost = self._forget_inflight(delivered)
+        new.n, new.epoch, new.on_wait = self.n, self.epoch, self.on_wait
+        new.lost, new.dropped, new.blocked_s = self.lost, self.dropped, self.blocked_s
+        new.unreported_drops = self.unreported_drops
+        for item in self.waiting:
+            if not new._carries(item):
+                # encoded for the other transport only: it cannot go on this one
+                for slot in item.slots:
+                    slot.refs -= 1
+                new.lost += 1
+                lost += 1
+            else:
+                new.waiting.append(item)
+        self.waiting.clear()
+        new.ended = self.ended
+        self.close(0)
+        # this object becomes the new sender: whoever holds it (the port, a replicated
+        # consumer's distributor, a producer waiting in ``offer`` for a credit) goes on with it
+        self.__class__ = new.__class__
+        self.__dict__ = new.__dict__
+        self._resend_end()
+        return lost
+
+    def _carries(self, item: _Pending) -> bool:
+        """Whether ``item`` was encoded for this edge's transport (it changed: hand_over)."""
+        return item.body_b is not None if self.tcp else bool(item.body_s)
+
     def _resend_end(self) -> None:
         if self.waiting:
             self._flush_waiting()
@@ -221,6 +255,11 @@ class EdgeSender:
                 while len(self.inflight) >= self.queue:
                     self.wait_release(100)
                 self.blocked_s += time.perf_counter() - t0
+                if not self._carries(item):
+                    # its consumer was placed on another machine meanwhile and the edge
+                    # changed transport (hand_over): this one, encoded for the old, is lost
+                    self.lost += 1
+                    return
             self._send(item)
         elif self.policy == "drop_newest":
             if len(self.inflight) >= self.queue:
@@ -504,6 +543,10 @@ class InputEdge:
             self.sock.curve_publickey = public
             self.sock.curve_secretkey = secret
             self.sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
+            # a producer whose machine vanished sends no FIN: its silence past the heartbeat
+            # frees this PAIR socket for its next incarnation (a restart: policy)
+            self.sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+            self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 4000)
             self.curve_key = public.decode("ascii")
             if keys is not None:
                 # on a cluster, the context's gatekeeper also wants the run's client key

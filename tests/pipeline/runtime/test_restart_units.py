@@ -1,21 +1,22 @@
 """The parts of restart: policies that need no running graph: the table's column, the
-statistics on the wire, the edge's accounting of a dead consumer, the cluster refusal."""
+statistics on the wire, the edge's accounting of a dead consumer, a cluster's re-planning."""
 
 from __future__ import annotations
 
 import dataclasses
-import io
 from pathlib import Path
+from typing import Any
 
-from pipeline import load_graph, run_graph
+import zmq
+
+from pipeline import load_graph
 from pipeline.errors import NodeCrashLoopError
 from pipeline.messages import Detections
-from pipeline.runtime.plan import Layout, WorkerConfig
-from pipeline.runtime.runner import NodeProcess
+from pipeline.runtime.plan import Layout, plan_graph, replan_moved
 from pipeline.runtime.stats import NodeStats, StatsCollector
 from pipeline.runtime.table import render_table
 from pipeline.transport import codec
-from pipeline.transport.channels import _Pending
+from pipeline.transport.channels import EdgeSender, InputEdge, _Pending
 from pipeline.transport.fastpath import UnixEdgeSender, UnixInputEdge
 from pipeline.transport.plan import EdgePlan
 from pipeline.transport.shm import ShmReader
@@ -117,31 +118,62 @@ def test_an_ended_input_is_taken_as_ended(tmp_path):
     edge.close()
 
 
-class _Cluster:
-    """A cluster launcher that must not be asked anything: restart: is refused first."""
-
-    control_address = "127.0.0.1"
-
-    def __call__(self, cfg: WorkerConfig) -> NodeProcess:
-        raise AssertionError("no node may be launched")
-
-    def place(self, graph: object, run_dir: Path, run_prefix: str) -> Layout:
-        raise AssertionError("nothing may be placed")
-
-    def close(self) -> None:
-        pass
-
-
-def test_a_cluster_refuses_restart_policies_with_a_clear_error(tmp_path):
-    graph = tmp_path / "g.yaml"
-    graph.write_text(
+def test_a_moved_consumer_s_inputs_are_planned_anew_and_other_edges_kept(tmp_path):
+    graph_file = tmp_path / "g.yaml"
+    graph_file.write_text(
         "graph: g\n"
         "nodes:\n"
         "  - {id: camera, node: synthetic}\n"
-        "  - {id: sink, node: discard, inputs: {messages: camera/frames}, restart: always}\n"
+        "  - {id: relay, node: color, params: {to: gray}, inputs: {frames: camera/frames}}\n"
+        "  - {id: sink, node: discard, inputs: {messages: relay/converted}}\n"
     )
-    out = io.StringIO()
-    result = run_graph(load_graph(graph), launcher=_Cluster(), out=out)
-    assert result.exit_code == 1
-    assert "restart policies are not supported with --cluster yet" in str(result.error)
-    assert "'sink'" in str(result.error)
+    graph = load_graph(graph_file)
+    hosts = {"camera": "A", "relay": "B", "sink": "A"}
+    addresses = {"A": "10.0.0.1", "B": "10.0.0.2"}
+
+    def layout(where: dict[str, str]) -> Layout:
+        return Layout(where, {n: addresses[h] for n, h in where.items()})
+
+    before = plan_graph(graph, tmp_path, layout(hosts))
+    fresh = plan_graph(graph, tmp_path, layout({**hosts, "relay": "A"}))
+    after = replan_moved(before, fresh, "relay")
+    edges = {e.name: e for e in after.edges()}
+    into, out_of = "camera/frames->relay.frames", "relay/converted->sink.messages"
+    assert {e.name: e.transport for e in before.edges()} == {into: "tcp", out_of: "tcp"}
+    # the relay binds its input anew, on the camera's machine now: shared memory
+    assert edges[into].transport == "shm" and edges[into].bind.startswith("ipc://")
+    # the sink kept running: its socket stays, and the relay connects to it as it is
+    assert edges[out_of] == {e.name: e for e in before.edges()}[out_of]
+    # every node's plan agrees with the others' on each edge
+    camera = next(n for n in after.nodes if n.node_id == "camera")
+    assert camera.outputs[0].edges[0] == edges[into]
+
+
+def test_a_sender_whose_consumer_changed_transport_hands_the_edge_over(tmp_path):
+    ctx: zmq.Context[Any] = zmq.Context()
+    reader = ShmReader()
+    plan = _plan(tmp_path)
+    zmq_plan = dataclasses.replace(plan, bind=f"ipc://{tmp_path}/z")
+    old_consumer = InputEdge(ctx, zmq_plan, reader)
+    sender = EdgeSender(ctx, zmq_plan, old_consumer.endpoint)
+    for _ in range(3):
+        sender.offer(item())
+    sender.send_eos()
+    old_consumer.close()
+    new_consumer = UnixInputEdge(plan, reader)
+    held = sender  # the port (or a waiting offer) holds this very object
+    lost = sender.hand_over(UnixEdgeSender(plan, new_consumer.endpoint), delivered=1)
+    assert lost == 2 and held.lost == 2 and not held.inflight
+    assert isinstance(held, UnixEdgeSender)  # it became the new kind
+    assert new_consumer.has_message() and new_consumer.recv()[0] is None  # its end again
+    held.ended = False
+    held.offer(item())
+    assert new_consumer.has_message()
+    assert new_consumer.recv()[1] == 4  # the numbering goes on
+    # a message encoded for shared memory only cannot go on tcp: it is counted lost
+    probe = EdgeSender.__new__(EdgeSender)
+    probe.tcp = True
+    assert held._carries(item()) and not probe._carries(item())
+    held.close()
+    new_consumer.close()
+    ctx.term()
