@@ -178,6 +178,7 @@ def plan_graph(
     joins = {
         node.id: len({e.input for e in graph.edges_into(node.id)}) > 1 for node in graph.spec.nodes
     }
+    restarts = {node.id: node.restart != "never" for node in graph.spec.nodes}
     edges: list[EdgePlan] = []
     for edge in graph.edges:
         spec = edge.spec
@@ -200,6 +201,12 @@ def plan_graph(
                     bind += f"-{edge.list_index}"
                 if len(producers) > 1:
                     bind += f"-r{k}"
+                batch = release_batch(spec.queue, spec.when_full)
+                if tcp and layout is not None and restarts[edge.consumer]:
+                    # a consumer that may be lost with its machine and restarted elsewhere:
+                    # then its progress is what its producer saw released (the progress file
+                    # is on that machine), so each release goes at once
+                    batch = 1
                 edges.append(
                     EdgePlan(
                         producer=producer,
@@ -209,7 +216,7 @@ def plan_graph(
                         queue=spec.queue,
                         when_full=spec.when_full,
                         transport="tcp" if tcp else "shm",
-                        release_batch=release_batch(spec.queue, spec.when_full),
+                        release_batch=batch,
                         bind=bind_tcp if tcp else bind,
                         source=spec.source,
                         spread=spread,
