@@ -15,7 +15,9 @@ does; its stderr is the actor's, which Ray forwards to the terminal that ran the
 waits for it. A node needs no CPU of Ray's unless its placement asks for one.
 
 A machine that leaves the cluster takes its actors along; Ray reports them dead, and the
-supervisor names the machine and the graph nodes it held.
+supervisor names the machine and the graph nodes it held. A node with a ``restart:`` policy
+is then placed again (``RayLauncher.replace``): on a machine still in the cluster that its
+placement allows, or where it ran if only its process died (ARCHITECTURE.md, "On a cluster").
 """
 
 from __future__ import annotations
