@@ -10,7 +10,8 @@ Worker -> supervisor: ``Hello`` (the endpoints it bound), ``Ready`` (opened), ``
 Supervisor -> worker: ``Wiring`` (where its outputs connect), ``Start``, ``Stop`` (a source
 ends its stream), ``Reset`` (statistics afresh), ``Abort`` (unwind now), ``Rewire`` (a
 consumer was restarted: connect again, count what was in flight), ``InputEnded`` (to a
-restarted node: these producers had already ended their streams).
+restarted node: these producers had already ended their streams), ``ProducerDied`` (to the
+consumers of a node that died: what it had sent on their edges).
 
 To add a kind: write a dataclass here, decorate it with ``@control("kind")``, and handle it
 in ``Worker.on_control`` (supervisor -> worker) or ``Supervisor.on_message`` (worker ->
@@ -41,6 +42,7 @@ __all__ = [
     "InputEnded",
     "NodeState",
     "OpenFailed",
+    "ProducerDied",
     "ProtocolError",
     "Ready",
     "Reset",
@@ -288,3 +290,14 @@ class InputEnded(ControlMessage):
     stream to its previous incarnation; take it as this one's."""
 
     edges: list[str]
+
+
+@control("producer_died")
+@dataclasses.dataclass(frozen=True)
+class ProducerDied(ControlMessage):
+    """To the consumer of a node that died and is restarted: the last message number the
+    dead incarnation sent on each of these edges (its progress file). What the consumer
+    never received of those (a ZeroMQ edge's queue, lost with the process) it counts as
+    ``lost_on_restart``."""
+
+    sent: dict[str, int]

@@ -275,6 +275,7 @@ class _Proc:
     died_at: float = 0.0
     delivered: dict[str, int] = dataclasses.field(default_factory=dict)  # per input edge
     killing: bool = False  # stuck: being killed, to be restarted
+    wired: bool = True  # has its outputs' endpoints (a restarted one: once it bound again)
 
     @property
     def gone(self) -> bool:
@@ -325,6 +326,7 @@ class _Supervisor:
         # connected again (``Rewire`` sent, no ``Rewired`` yet)
         self.rewiring: dict[tuple[str, str], str] = {}
         self.layout: Layout | None = None  # where each node runs, on a cluster
+        self.deferred: set[str] = set()  # restarted, bound, waiting for a consumer's endpoint
 
     # set-up ------------------------------------------------------------------------------------
     def _configs(self, control: str) -> list[WorkerConfig]:
@@ -676,9 +678,20 @@ class _Supervisor:
         delay = min(longest, initial * 2 ** (len(proc.failures) - 1))
         assert proc.cfg is not None
         inputs = proc.cfg.plan.inputs
+        outputs = [e for port in proc.cfg.plan.outputs for e in port.edges]
         if proc.cfg.activity_path and inputs:
-            done = read_progress(progress_path(proc.cfg.activity_path, proc.index), len(inputs))
-            proc.delivered = {e.name: n for e, n in zip(inputs, done)}
+            progress = read_progress(
+                progress_path(proc.cfg.activity_path, proc.index), len(inputs) + len(outputs)
+            )
+            proc.delivered = {e.name: n for e, n in zip(inputs, progress)}
+            # what it sent on each ZeroMQ edge (none on the fast path): its live consumers
+            # count what of it never arrived
+            sent: dict[str, dict[str, int]] = {}
+            for edge, n in zip(outputs, progress[len(inputs) :]):
+                if n > 0 and not self.procs[edge.consumer].exited:
+                    sent.setdefault(edge.consumer, {})[edge.name] = n
+            for consumer, edges in sent.items():
+                self._send(consumer, p.ProducerDied(edges))
         proc.restart_at = now + delay
         self._print(
             f"{last}; restarting it in {delay:.2g} s (restart: {proc.restart}, failure "
@@ -718,6 +731,7 @@ class _Supervisor:
         if proc.process.sentinel is not None:
             self.poller.register(proc.process.sentinel, zmq.POLLIN)
         proc.exited = False
+        proc.wired = False
         proc.killing = False
         proc.stalled = ""
         proc.state = NodeState.CREATED
@@ -752,7 +766,9 @@ class _Supervisor:
         """A restarted node bound its inputs: its outputs are wired, its producers told to
         connect again (or, for those that already ended, it is told so)."""
         node_id = proc.node_id
-        self._send(node_id, self._wiring(node_id))
+        # a consumer that is being restarted too (a lost machine held both) has no endpoint
+        # yet: this node's Wiring waits for it
+        self.deferred.add(node_id)
         assert proc.cfg is not None
         ended: list[str] = []
         rewire: dict[str, list[str]] = {}
@@ -760,7 +776,8 @@ class _Supervisor:
             producer = self.procs[edge.producer]
             if producer.state is NodeState.CLOSED or producer.gone:
                 ended.append(edge.name)
-            elif not producer.exited:  # a dead producer gets the endpoint with its Wiring
+            elif not producer.exited and producer.wired:
+                # a dead or restarting producer gets the endpoint with its Wiring
                 rewire.setdefault(edge.producer, []).append(edge.name)
         if ended:
             self._send(node_id, p.InputEnded(ended))
@@ -775,6 +792,18 @@ class _Supervisor:
             )
             for name in names:
                 self.rewiring[(producer_id, name)] = node_id
+        for waiting in list(self.deferred):
+            if not any(self._rebinding(e.consumer) for e in self.plan.edges_from(waiting)):
+                self.deferred.discard(waiting)
+                self._send(waiting, self._wiring(waiting))
+                self.procs[waiting].wired = True
+
+    def _rebinding(self, node_id: str) -> bool:
+        """Whether a node is being restarted and has not bound its inputs again yet."""
+        proc = self.procs[node_id]
+        return proc.restart_at is not None or (
+            proc.generation > 0 and proc.state is NodeState.CREATED
+        )
 
     def _ended_before_rewire(self, producer_id: str) -> None:
         """A producer ended without connecting to a restarted consumer: its end of stream

@@ -63,7 +63,7 @@ from pipeline.runtime.plan import WorkerConfig
 from pipeline.runtime.protocol import NodeState
 from pipeline.runtime.replicas import Distributor, connect_senders, merge_inputs, sockets_of
 from pipeline.runtime.stats import NodeStats, StatsCollector
-from pipeline.transport.channels import EdgeSender, InputEdge, RuntimeOutput
+from pipeline.transport.channels import GENERATION_SHIFT, EdgeSender, InputEdge, RuntimeOutput
 from pipeline.transport.curve import Gatekeeper, connect_as_client
 from pipeline.transport.fastpath import open_input, open_sender
 from pipeline.transport.shm import ShmReader, SlotPool
@@ -75,7 +75,6 @@ EXIT_TERMINATED = 3
 FORCE_SIGNAL = signal.SIGUSR2  # the supervisor's forced stop: unwind now
 SELF_STOP_MARGIN_S = 2.0
 HOSTED_ENV = "PIPELINE_HOSTED"  # "1": started by a cluster's NodeHost actor
-GENERATION_SHIFT = 40  # a restarted node's first message number: generation << 40
 
 
 _NOT_STARTED = (NodeState.CREATED, NodeState.OPENING, NodeState.READY)
@@ -229,6 +228,10 @@ class Worker:
                 for edge in self.inputs:
                     if edge.name in edges and not edge.ended:
                         edge.end_now()
+            case p.ProducerDied(sent=sent):
+                for edge in self.inputs:
+                    if edge.name in sent:
+                        edge.producer_died(sent[edge.name])
             case p.Abort():
                 raise _Terminated()
             case p.Start():
@@ -278,7 +281,7 @@ class Worker:
     def _wire_stats(self, now: float) -> dict[str, Any]:
         if self.gate is not None and self.gate.refused:
             self.stats.counters["refused_connections"] = self.gate.refused
-        lost = sum(e.lost for e in self._senders())
+        lost = sum(e.lost for e in self._senders()) + sum(e.lost_upstream for e in self.inputs)
         if lost:
             self.stats.counters["lost_on_restart"] = lost
         for name, out in self.outputs.items():
@@ -314,6 +317,7 @@ class Worker:
 
     # set-up ------------------------------------------------------------------------------------
     def _wire(self, endpoints: Mapping[str, str], keys: Mapping[str, str]) -> None:
+        placed = 0  # output edges in plan order: their places in the progress file
         for port in self.plan.outputs:
             senders = [
                 open_sender(
@@ -330,6 +334,10 @@ class Worker:
                 # a consumer's late release of an old message frees nothing of this one.
                 sender.n = self.cfg.generation << GENERATION_SHIFT
                 sender.on_wait = self._on_wait
+                if self.progress is not None:  # the last number sent, for its consumer
+                    sender.progress = self.progress.view
+                    sender.progress_at = len(self.plan.inputs) + placed
+                placed += 1
             # the edges to the copies of a replicated node are spread over, not each sent to
             connect_senders(self.outputs[port.port], senders)
 
@@ -402,7 +410,9 @@ class Worker:
             self.inputs.append(input_edge)
         if self.cfg.activity_path and self.inputs:
             self.progress = _Progress(
-                progress_path(self.cfg.activity_path, plan.index), self.inputs
+                progress_path(self.cfg.activity_path, plan.index),
+                self.inputs,
+                sum(len(port.edges) for port in plan.outputs),
             )
         # a tcp input edge counts its refused peers in the context's gatekeeper (made with
         # the run's keys above, or by the edge for its bulk socket's token)
@@ -674,11 +684,12 @@ def read_progress(path: Path, count: int) -> list[int]:
 class _Progress:
     """The node's progress file, mapped: one int64 per input edge, written at each release."""
 
-    def __init__(self, path: Path, inputs: list[InputEdge]) -> None:
+    def __init__(self, path: Path, inputs: list[InputEdge], outputs: int = 0) -> None:
+        size = 8 * (len(inputs) + outputs)  # then one per output edge: the last number sent
         fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o600)
         try:
-            os.ftruncate(fd, 8 * len(inputs))
-            self._mm = mmap.mmap(fd, 8 * len(inputs))
+            os.ftruncate(fd, size)
+            self._mm = mmap.mmap(fd, size)
         finally:
             os.close(fd)
         self.view = memoryview(self._mm).cast("q")

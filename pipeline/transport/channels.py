@@ -65,6 +65,9 @@ def _bulk(edge: str) -> Any:
     return bulk
 
 
+GENERATION_SHIFT = 40  # a restarted node's first message number: generation << 40
+
+
 class _Pending:
     __slots__ = ("body_b", "body_s", "buffers", "bulk_bytes", "seq", "slots")
 
@@ -90,6 +93,11 @@ class EdgeSender:
     run's client keys: ``pipeline.transport.curve``)."""
 
     bulk: bulk.BulkSender | None = None  # a tcp edge's sealed arrays (pipeline.transport.bulk)
+    # the node's progress file and this edge's place in it: the last message number sent,
+    # which a consumer of a node that died counts its losses against (a ZeroMQ edge only:
+    # the fast path loses nothing it sent)
+    progress: memoryview | None = None
+    progress_at = 0
 
     def __init__(
         self,
@@ -188,6 +196,7 @@ class EdgeSender:
         new.n, new.epoch, new.on_wait = self.n, self.epoch, self.on_wait
         new.lost, new.dropped, new.blocked_s = self.lost, self.dropped, self.blocked_s
         new.unreported_drops = self.unreported_drops
+        new.progress, new.progress_at = self.progress, self.progress_at
         for item in self.waiting:
             if not new._carries(item):
                 # encoded for the other transport only: it cannot go on this one
@@ -305,6 +314,8 @@ class EdgeSender:
                 self.sock.send_multipart([head, *item.buffers], copy=False)
         else:
             self.sock.send(env + item.body_s, copy=True)
+        if self.progress is not None:
+            self.progress[self.progress_at] = self.n
 
     def send_eos(self) -> None:
         """Deliver every waiting message, then end of stream (never dropped)."""
@@ -508,6 +519,12 @@ class InputEdge:
     admits only the run's client key: ``pipeline.transport.curve``)."""
 
     bulk: bulk.BulkReceiver | None = None  # a tcp edge's sealed arrays (pipeline.transport.bulk)
+    # a producer that died and was restarted: which incarnation's messages arrive now, the
+    # last number heard from it, and per earlier incarnation [last heard, last sent]
+    _gen = -1  # none yet: what a producer sent before this edge heard from it is not counted
+    _last_n = 0
+    _unsent: dict[int, list[int | None]] | None = None
+    lost_upstream = 0  # sent by a producer that died, never arrived (counted lost)
 
     def __init__(
         self,
@@ -628,6 +645,9 @@ class InputEdge:
         except codec.MalformedMessage:
             self.malformed += 1
             raise
+        if n >> GENERATION_SHIFT != self._gen:
+            self._next_incarnation(n >> GENERATION_SHIFT)
+        self._last_n = n
         if kind == codec.EOS:
             self.ended = True
             return None, n, dropped, t_send
@@ -640,6 +660,28 @@ class InputEdge:
             self.release(n)
             raise
         return message, n, dropped, t_send
+
+    def _next_incarnation(self, gen: int) -> None:
+        """The first message of a restarted producer: the dead one's are all in."""
+        if self._gen >= 0:
+            self._note(self._gen, 0, self._last_n)
+        self._gen = gen
+
+    def producer_died(self, sent: int) -> None:
+        """The producer's incarnation died having sent up to message ``sent`` (its progress
+        file, read by the supervisor): what never arrived is counted in ``lost_upstream``,
+        once its next incarnation's first message shows nothing more is coming."""
+        self._note(sent >> GENERATION_SHIFT, 1, sent)
+
+    def _note(self, gen: int, which: int, n: int) -> None:
+        if self._unsent is None:
+            self._unsent = {}
+        pair = self._unsent.setdefault(gen, [None, None])
+        pair[which] = n
+        heard, sent = pair
+        if heard is not None and sent is not None:
+            self.lost_upstream += max(0, sent - heard)
+            del self._unsent[gen]
 
     def end_now(self) -> None:
         """Take end of stream as received (its producer ended before this node restarted):

@@ -64,20 +64,23 @@ class LoseMachine:
     """Removes the doomed Ray node once the sink has received frames; after the relay's
     restart, stops the graph (as Ctrl-C does) when the sink has received 20 more."""
 
-    def __init__(self, cluster: Any, doomed: Any, before: Any = None) -> None:
-        self.cluster, self.doomed, self.before = cluster, doomed, before
+    def __init__(
+        self, cluster: Any, doomed: Any, before: Any = None, moved: tuple[str, ...] = ("relay",)
+    ) -> None:
+        self.cluster, self.doomed, self.before, self.moved = cluster, doomed, before, moved
         self.killed_at: float | None = None
         self.resumed_from: int | None = None
 
     def on_stats(self, stats: Any, elapsed_s: float) -> str | None:
-        rec, relay = stats.get("rec"), stats.get("relay")
+        rec = stats.get("rec")
         received = rec.inputs["frames"].received if rec else 0
+        restarted = all(stats.get(n) is not None and stats[n].restarts for n in self.moved)
         if self.killed_at is None and received >= 10:
             self.killed_at = time.monotonic()
             if self.before is not None:
                 self.before()
             threading.Thread(target=self.cluster.remove_node, args=(self.doomed,)).start()
-        if relay is not None and relay.restarts and self.resumed_from is None:
+        if restarted and self.resumed_from is None:
             self.resumed_from = received
         if self.resumed_from is not None and received >= self.resumed_from + 20:
             return "stop"
@@ -124,16 +127,74 @@ def test_a_lost_machines_node_is_placed_again_on_the_head_and_the_graph_goes_on(
     assert layout is not None and layout.hosts["relay"] == layout.hosts["camera"]
     stats = result.stats
     assert stats["relay"].restarts == 1
-    # the frames in flight to the lost relay were counted; the rest arrived, in order
+    # the frames in flight to the lost relay were counted by the camera, what the relay had
+    # sent that never reached the recorder by the recorder; the rest arrived, in order
     sent = stats["camera"].sent
     lost = stats["camera"].counters.get("lost_on_restart", 0)
+    unsent = stats["rec"].counters.get("lost_on_restart", 0)
     got = seqs(tmp_path / "rec.jsonl")
     assert got == sorted(set(got))
     assert len(got) == stats["rec"].inputs["frames"].received
-    assert len(got) + lost == sent, (len(got), lost, sent)
+    assert len(got) + lost + unsent == sent, (len(got), lost, unsent, sent)
     # at most the edge's queue, and the frame that was waiting for a credit when the edge
     # changed transport (encoded for tcp, it cannot go on shared memory)
     assert 0 <= lost <= 4 + 1
+
+
+def test_two_nodes_of_a_lost_machine_are_both_placed_again_and_wired_to_each_other(
+    ray_cluster, write_graph, tmp_path
+):
+    import ray
+
+    doomed = ray_cluster.add_node(num_cpus=2, labels={"site": "c"})
+    ray_cluster.wait_for_nodes()
+    text = graph_text("{resources: {CPU: 1}}").replace(
+        "      - id: rec\n",
+        "      - id: relay2\n"
+        "        node: {T}:Relay\n"
+        "        inputs: {frames: relay/out}\n"
+        "        placement: {resources: {CPU: 1}}\n"
+        "        restart: on-failure\n"
+        "        restart_backoff_s: {initial: 0.05, max: 0.2}\n"
+        "      - id: rec\n",
+    )
+    text = text.replace(
+        "inputs: {frames: relay/out}\n        placement: {labels",
+        "inputs: {frames: relay2/out}\n        placement: {labels",
+    )
+    launcher = RayLauncher(ray_cluster.address)
+    hold = {
+        site: ray.remote(Hold).options(num_cpus=2, label_selector={"site": site}).remote()
+        for site in ("a", "b")
+    }
+    ray.get([h.ready.remote() for h in hold.values()], timeout=60)
+    out = tmp_path / "out.txt"
+    killer = LoseMachine(
+        ray_cluster, doomed, before=lambda: ray.kill(hold["a"]), moved=("relay", "relay2")
+    )
+    try:
+        with out.open("w") as stream:
+            result = run_graph(
+                load_graph(write_graph(text)), launcher=launcher, out=stream, monitor=killer
+            )
+    finally:
+        if ray.is_initialized():
+            for actor in hold.values():
+                ray.kill(actor)
+    log = out.read_text()
+    assert result.exit_code == 0, (result.error, log)
+    assert "that machine held: relay, relay2" in log
+    layout = launcher.layout
+    assert layout is not None
+    assert layout.hosts["relay"] == layout.hosts["relay2"] == layout.hosts["camera"]
+    stats = result.stats
+    assert stats["relay"].restarts == stats["relay2"].restarts == 1
+    got = seqs(tmp_path / "rec.jsonl")
+    assert got == sorted(set(got)) and stats["rec"].inputs["frames"].received == len(got)
+    # what was in flight between the two lost nodes had no surviving producer to count it
+    # (README: a limit), so here the counts are a bound, not an equation
+    lost = sum(s.counters.get("lost_on_restart", 0) for s in stats.values())
+    assert len(got) + lost <= stats["camera"].sent
 
 
 def test_a_lost_node_no_machine_left_can_take_stops_the_graph_naming_its_placement(
@@ -187,7 +248,7 @@ def test_a_crashed_node_under_a_policy_is_restarted_on_its_machine(
     stats = result.stats
     assert stats["relay"].restarts == 1
     sent = stats["camera"].sent
-    lost = stats["camera"].counters.get("lost_on_restart", 0)
+    lost = sum(s.counters.get("lost_on_restart", 0) for s in stats.values())
     got = seqs(tmp_path / "rec.jsonl")
     assert 5 not in got and got == sorted(set(got))
     assert len(got) + lost == sent, (len(got), lost, sent)

@@ -177,3 +177,32 @@ def test_a_sender_whose_consumer_changed_transport_hands_the_edge_over(tmp_path)
     held.close()
     new_consumer.close()
     ctx.term()
+
+
+def test_a_consumer_counts_what_a_dead_producer_sent_that_never_arrived(tmp_path):
+    # the counting is the InputEdge's, whatever the transport (a ZeroMQ edge is where a dead
+    # producer's queue is lost; a fast-path edge takes a restarted producer's ring at once)
+    plan = _plan(tmp_path)
+    edge = UnixInputEdge(plan, ShmReader())
+
+    def life(n0: int, count: int) -> None:
+        sender = UnixEdgeSender(plan, edge.endpoint)
+        sender.n = n0
+        for _ in range(count):
+            sender.offer(item())
+        got = []
+        while edge.has_message() or not edge.may_sleep():  # as the worker's loop asks
+            if edge.has_message():
+                got.append(edge.recv()[1])
+        assert got == [n0 + k + 1 for k in range(count)]
+        sender.close()  # it dies (its ring stays mapped by the consumer)
+
+    life(0, 3)  # the first life: 1, 2, 3 arrived; it had sent 5 (two in its queue, lost)
+    edge.producer_died(5)
+    assert edge.lost_upstream == 0  # not yet: more of the dead one's may still come
+    life(1 << 40, 1)  # the restarted producer's first message: nothing more is coming
+    assert edge.lost_upstream == 2
+    life(2 << 40, 1)
+    edge.producer_died((1 << 40) + 1)  # the second life died: everything it sent arrived
+    assert edge.lost_upstream == 2
+    edge.close()
