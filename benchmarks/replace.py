@@ -161,7 +161,7 @@ def once(cluster: Any, kind: str, tmp: Path, i: int) -> dict[str, Any]:
     reported = next((t for t, line in out.stamped if "that machine held" in line), None)
     stats = result.stats
     sent = stats["camera"].sent
-    lost = stats["camera"].counters.get("lost_on_restart", 0)
+    lost = sum(s.counters.get("lost_on_restart", 0) for s in stats.values())
     got = len(rec.read_text().splitlines())
     return {
         "reported_s": round(reported - monitor.removed_at, 3)
