@@ -79,7 +79,7 @@ class _Pending:
         self.body_s = body_s
         self.body_b = body_b
         self.buffers = buffers
-        self.bulk_bytes = sum(b.nbytes for b in buffers)
+        self.bulk_bytes = sum([b.nbytes for b in buffers]) if buffers else 0
         self.slots = slots
         self.seq = seq  # the message's (a replicated consumer may be chosen by it)
 
