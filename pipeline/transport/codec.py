@@ -140,7 +140,7 @@ def unpack_envelope(data: bytes) -> tuple[bytes, int, int, int]:
 def pack_body(message: Message, arrays: Sequence[tuple[str, np.ndarray, str, Any]]) -> bytes:
     """``arrays``: (name, array, where, ref) with where in i/s/b; the short form when every
     array is in shared memory (``s``)."""
-    if arrays and all(a[2] == "s" for a in arrays):
+    if arrays and all([a[2] == "s" for a in arrays]):
         seq, t_capture = message.seq, message.t_capture_ns
         lo, hi = _INT64
         if (
