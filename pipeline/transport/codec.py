@@ -43,7 +43,7 @@ import numpy as np
 
 from pipeline.errors import TransportError
 from pipeline.messages import _REGISTRY as _KINDS
-from pipeline.messages import Message
+from pipeline.messages import Frame, Message
 
 __all__ = [
     "INLINE_MAX",
@@ -83,6 +83,7 @@ _INT64 = (-(1 << 63), (1 << 63) - 1)
 # (message class, source, ((name, segment, offset, shape, dtype), ...)).
 _Layout = tuple[type[Message], str, tuple[tuple[str, str, int, tuple[int, ...], np.dtype], ...]]
 _LAYOUTS: dict[bytes, _Layout] = {}
+_PACKED: dict[tuple[Any, ...], bytes] = {}  # the sender's layouts of one array (bounded)
 _MAX_LAYOUTS = 256
 
 
@@ -149,13 +150,7 @@ def pack_body(message: Message, arrays: Sequence[tuple[str, np.ndarray, str, Any
             and lo <= seq <= hi
             and lo <= t_capture <= hi
         ):
-            layout: bytes = _packb(
-                (
-                    message.kind,
-                    message.source,
-                    [(n, a.dtype.str, a.shape, ref[0], ref[1]) for n, a, _, ref in arrays],
-                )
-            )
+            layout = _short_layout(message, arrays)
             if len(layout) <= 0xFFFF:
                 meta, fields = message.meta, message.wire_fields()
                 rest: bytes = _packb((dict(meta), fields)) if meta or fields else b""
@@ -175,6 +170,30 @@ def pack_body(message: Message, arrays: Sequence[tuple[str, np.ndarray, str, Any
         }
     )
     return body
+
+
+def _short_layout(message: Message, arrays: Sequence[tuple[str, np.ndarray, str, Any]]) -> bytes:
+    """The layout of a short-form body; that of one array (a frame) is packed once per slot
+    and shape, then found in a bounded cache."""
+    key: tuple[Any, ...] | None = None
+    if len(arrays) == 1 and type(message.source) is str:
+        name, arr, _, (segment, offset) = arrays[0]
+        key = (type(message), message.source, name, arr.dtype, arr.shape, segment, offset)
+        layout = _PACKED.get(key)
+        if layout is not None:
+            return layout
+    packed: bytes = _packb(
+        (
+            message.kind,
+            message.source,
+            [(n, a.dtype.str, a.shape, ref[0], ref[1]) for n, a, _, ref in arrays],
+        )
+    )
+    if key is not None:
+        if len(_PACKED) >= _MAX_LAYOUTS:
+            _PACKED.clear()
+        _PACKED[key] = packed
+    return packed
 
 
 def _dtype(code: object) -> np.dtype:
@@ -375,6 +394,18 @@ def _decode_short(body: bytes | memoryview, shm_view: ShmView | None) -> Message
             arrays[name] = shm_view(segment, offset, shape, dt)
         except (ValueError, TypeError) as exc:  # the segment does not hold that array
             raise MalformedMessage(f"array {name!r}: {exc}") from None
+    if cls is Frame and not fields and len(arrays) == 1 and "image" in arrays:
+        # the usual message of the fast path, built as its dataclass __init__ would (a
+        # frozen dataclass sets its fields with object.__setattr__), checked the same way
+        frame = object.__new__(Frame)
+        frame.__dict__.update(
+            seq=seq, t_capture_ns=t_capture, source=source, meta=meta, image=arrays["image"]
+        )
+        try:
+            frame.__post_init__()
+        except ValueError as exc:
+            raise MalformedMessage(f"not a valid frame message: {exc}") from None
+        return frame
     header = {"seq": seq, "t_capture_ns": t_capture, "source": source, "meta": meta}
     try:
         return cls._from_parts(header, fields, arrays)

@@ -137,3 +137,35 @@ def test_the_layout_cache_is_bounded():
     for i in range(codec._MAX_LAYOUTS + 10):
         _shm_roundtrip(Frame(image=np.zeros((1, i + 1), np.uint8)), segments)
     assert 0 < len(codec._LAYOUTS) <= codec._MAX_LAYOUTS
+
+
+def test_the_senders_cached_layout_is_only_reused_for_the_same_slot_shape_and_source():
+    segments: dict[str, np.ndarray] = {}
+    seen = []
+    for source, shape, seq in [
+        ("cam", (2, 3), 1),
+        ("cam", (2, 3), 2),  # from the cache: only seq differs
+        ("cam2", (2, 3), 3),
+        ("cam", (3, 2), 4),
+        ("cam", (2, 3, 1), 5),
+    ]:
+        frame = Frame(image=np.zeros(shape, np.uint8), seq=seq, source=source, t_capture_ns=seq)
+        body, back = _shm_roundtrip(frame, segments)
+        assert (back.seq, back.source, back.image.shape) == (seq, source, shape)
+        seen.append(body[codec._SHORT_SIZE :])
+    assert seen[0] == seen[1]
+    assert len(set(seen)) == 4
+    for i in range(codec._MAX_LAYOUTS + 10):
+        _shm_roundtrip(Frame(image=np.zeros((1, 1), np.uint8), source=f"s{i}"), segments)
+    assert 0 < len(codec._PACKED) <= codec._MAX_LAYOUTS
+
+
+def test_a_short_form_frame_is_a_whole_frame():
+    frame = Frame(image=np.ones((3, 4, 3), np.uint8), seq=7, source="cam", t_capture_ns=9)
+    _, back = _shm_roundtrip(frame, {})
+    assert type(back) is Frame
+    assert (back.width, back.height) == (4, 3)
+    assert back.meta == {} and back.wire_fields() == {}
+    with pytest.raises(AttributeError):  # still frozen
+        back.seq = 8
+    assert repr(back).startswith("Frame(seq=7, t_capture_ns=9, source='cam', meta={}")
