@@ -320,6 +320,7 @@ class NodeDriver:
             t0 = perf()
             node.process(**kwargs)
             dt = perf() - t0
+            end_ns = mono_ns()
             activity.end()
             kwargs.clear()
             self._end_call()
@@ -332,7 +333,7 @@ class NodeDriver:
             stats.busy_s += dt
             stats.process.add(dt)
             if t_capture:
-                stats.latency.add((mono_ns() - t_capture) * 1e-9)
+                stats.latency.add((end_ns - t_capture) * 1e-9)
 
     def _drain_one(self, joiner: Joiner[T], release: Callable[[T], None] | None) -> int:
         """``drain`` for a node with one connected input (the usual case): nothing to join,
@@ -360,6 +361,7 @@ class NodeDriver:
             else:
                 process(**{port: message})
             dt = perf() - t0
+            end_ns = mono_ns()  # the latency ends with process(), not with the book-keeping
             activity.end()
             message = None  # type: ignore[assignment]  # the node is done with it
             for out in ports:
@@ -371,7 +373,7 @@ class NodeDriver:
             stats.busy_s += dt
             add_process(dt)
             if t_capture:
-                add_latency((mono_ns() - t_capture) * 1e-9)
+                add_latency((end_ns - t_capture) * 1e-9)
         return processed
 
     # a streams input -------------------------------------------------------------------------
