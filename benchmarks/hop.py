@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -147,6 +148,12 @@ def main() -> int:
     }
     result: dict[str, Any] = {
         "benchmark": "hop",
+        "machine": {
+            "hostname": platform.node(),
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
         "command": " ".join(["benchmarks/hop.py", *sys.argv[1:]]),
         "load_avg_at_start": load_start,
         "load_avg_at_end": os.getloadavg(),
