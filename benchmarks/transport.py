@@ -18,11 +18,10 @@ For 224x224, 640x480 and 1920x1080 uint8 BGR frames, in one run:
 Each method runs flat out for throughput (frames/s, GB/s) and then paced for one-way latency
 (capture stamp to the end of the consumer's ``process()``; p50 and p99). Ours runs as a real
 graph through ``pipeline.run_graph``: two node processes started by the supervisor, with
-back-pressure
-(``when_full: block``, queue 4): a run that lost a frame is an error, not a figure. Beside
-the whole run's rate, ours prints its steady rate (``fps_steady``: the consumer's frames from
-its 10th percent to its last, without start-up and shut-down). Results print as a table
-with ratios to ours and go to ``benchmarks/results/transport.json``.
+back-pressure (``when_full: block``, queue 4): a run that lost a frame is an error, not a
+figure. Beside the whole run's rate, ours prints its steady rate (``fps_steady``: the
+consumer's frames from its 10th percent to its last, without start-up and shut-down).
+Results print as a table with ratios to ours and go to ``benchmarks/results/transport.json``.
 
     .venv/bin/python benchmarks/transport.py            # about 2 minutes
     .venv/bin/python benchmarks/transport.py --quick    # about 1 minute, fewer frames
