@@ -55,13 +55,35 @@ class FrameSource(Node):
 
 
 class Touch(Node):
-    """Read one byte of each frame (so the consumer really maps the memory) and keep nothing."""
+    """Read one byte of each frame (so the consumer really maps the memory) and keep nothing.
+
+    It also counts its steady state, for a rate without the start and the end of the run:
+    ``steady_frames`` frames from its ``skip``-th to its last took ``steady_ns``.
+    """
+
+    class Params(NodeParams):
+        skip: int = Field(0, ge=0)
 
     frames = Input(Message)
+
+    def open(self) -> None:
+        self._n = 0
+        self._t_skip = 0
+        self._t_last = 0
 
     def process(self, frames: Message) -> None:
         if isinstance(frames, Frame):
             _ = frames.image[0, 0, 0]
+        self._n += 1
+        if self._n > self.params.skip:
+            self._t_last = time.monotonic_ns()
+            if not self._t_skip:
+                self._t_skip = self._t_last
+
+    def flush(self) -> None:
+        if self._t_last > self._t_skip:
+            self.count("steady_frames", self._n - self.params.skip - 1)
+            self.count("steady_ns", self._t_last - self._t_skip)
 
 
 class PreloadedVideo(Node):

@@ -31,6 +31,9 @@ _CODES = {name: i for i, name in enumerate(METHODS)}
 _VERSION = struct.Struct("<I")  # wraps at 2**32, an even number: odd stays odd
 _BODY = struct.Struct("<iqq")  # method, seq, since
 RECORD_SIZE = 32
+_pack_version = _VERSION.pack_into  # twice per call of every node: no attribute look-ups
+_pack_body = _BODY.pack_into
+_now_ns = time.monotonic_ns
 
 
 class ActivityBoard:
@@ -87,15 +90,15 @@ class Activity:
 
     def _write(self, code: int, seq: int, since: int) -> None:
         mm, at = self._mm, self._at
-        self._version = (self._version + 1) & 0xFFFFFFFF  # odd: being written
-        _VERSION.pack_into(mm, at, self._version)
-        _BODY.pack_into(mm, at + 4, code, seq, since)
-        self._version = (self._version + 1) & 0xFFFFFFFF  # even: whole
-        _VERSION.pack_into(mm, at, self._version)
+        version = (self._version + 1) & 0xFFFFFFFF  # odd: being written
+        _pack_version(mm, at, version)
+        _pack_body(mm, at + 4, code, seq, since)
+        self._version = version = (version + 1) & 0xFFFFFFFF  # even: whole
+        _pack_version(mm, at, version)
 
     def begin(self, method: str, seq: int | None = None) -> None:
         """The node enters ``method`` (on input ``seq``)."""
-        self._write(_CODES[method], -1 if seq is None else seq, time.monotonic_ns())
+        self._write(_CODES[method], -1 if seq is None else seq, _now_ns())
 
     def end(self) -> None:
         """The node returned from its call."""

@@ -286,6 +286,8 @@ class NodeDriver:
         ``release(token)`` is called for every message once the node is done with it
         (processed, or dropped because its partner in the join can never come).
         """
+        if len(joiner.queues) == 1 and self.trace is None:
+            return self._drain_one(joiner, release)
         stats = self.stats
         node = self.node
         trace = self.trace
@@ -318,6 +320,7 @@ class NodeDriver:
             t0 = perf()
             node.process(**kwargs)
             dt = perf() - t0
+            end_ns = mono_ns()
             activity.end()
             kwargs.clear()
             self._end_call()
@@ -330,7 +333,48 @@ class NodeDriver:
             stats.busy_s += dt
             stats.process.add(dt)
             if t_capture:
-                stats.latency.add((mono_ns() - t_capture) * 1e-9)
+                stats.latency.add((end_ns - t_capture) * 1e-9)
+
+    def _drain_one(self, joiner: Joiner[T], release: Callable[[T], None] | None) -> int:
+        """``drain`` for a node with one connected input (the usual case): nothing to join,
+        so each arrival is a ready set; the same calls, counts and releases, less work."""
+        ((port, queue),) = joiner.queues.items()
+        stats = self.stats
+        process = self.node.process
+        unconnected = self.unconnected
+        activity = self.activity
+        ports = self.ports
+        perf = time.perf_counter
+        mono_ns = time.monotonic_ns
+        add_process = stats.process.add
+        add_latency = stats.latency.add
+        processed = 0
+        while queue:
+            message, token = queue.popleft()
+            seq = self.seq = message.seq
+            self.source = message.source
+            t_capture = message.t_capture_ns
+            activity.begin("process", seq)
+            t0 = perf()
+            if unconnected:
+                process(**unconnected, **{port: message})
+            else:
+                process(**{port: message})
+            dt = perf() - t0
+            end_ns = mono_ns()  # the latency ends with process(), not with the book-keeping
+            activity.end()
+            message = None  # type: ignore[assignment]  # the node is done with it
+            for out in ports:
+                out.end_call()
+            if release is not None:
+                release(token)
+            processed += 1
+            stats.calls += 1
+            stats.busy_s += dt
+            add_process(dt)
+            if t_capture:
+                add_latency((end_ns - t_capture) * 1e-9)
+        return processed
 
     # a streams input -------------------------------------------------------------------------
     def push_stream(self, streams: Streams[T], stream: str, message: Message, token: T) -> None:

@@ -50,6 +50,7 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)  # plain ints: enum arithmetic costs a microsecond per message
 
 
+_NOTHING = object()  # no dtype asked yet
 HANDSHAKE_MS = 2000  # a peer that has not completed the handshake by then is dropped
 
 
@@ -82,7 +83,7 @@ class _Pending:
         self.body_s = body_s
         self.body_b = body_b
         self.buffers = buffers
-        self.bulk_bytes = sum(b.nbytes for b in buffers)
+        self.bulk_bytes = sum([b.nbytes for b in buffers]) if buffers else 0
         self.slots = slots
         self.seq = seq  # the message's (a replicated consumer may be chosen by it)
 
@@ -352,6 +353,8 @@ class RuntimeOutput:
         self.edges: list[EdgeSender] = []
         self._allocated: list[Slot] = []
         self._made: list[tuple[np.ndarray, Slot]] = []  # allocate()'s arrays, this call
+        # allocate()'s last request: (shape asked, dtype asked, shape, dtype, bytes)
+        self._last_shape: tuple[Any, ...] = ((), _NOTHING, (), None, 0)
         self.sent = 0
         self.has_tcp = False
         self.has_shm = False
@@ -406,9 +409,16 @@ class RuntimeOutput:
         return slot
 
     def allocate(self, shape: tuple[int, ...], dtype: npt.DTypeLike = np.uint8) -> np.ndarray:
-        dt = np.dtype(dtype)
-        shape = tuple(map(int, shape))
-        nbytes = math.prod(shape) * dt.itemsize
+        last = self._last_shape
+        if last[1] is dtype and type(shape) is tuple and last[0] == shape:  # as last time
+            shape, dt, nbytes = last[2], last[3], last[4]
+        else:
+            asked = shape
+            dt = np.dtype(dtype)
+            shape = tuple(map(int, shape))
+            nbytes = math.prod(shape) * dt.itemsize
+            if type(asked) is tuple:
+                self._last_shape = (asked, dtype, shape, dt, nbytes)
         slot = self._acquire(max(nbytes, 1))
         self._allocated.append(slot)
         view = slot.view(shape, dt)
@@ -423,7 +433,8 @@ class RuntimeOutput:
         arrays_b: list[tuple[str, np.ndarray, str, Any]] = []
         buffers: list[Any] = []
         for name, arr in message.wire_arrays().items():
-            arr = np.asarray(arr)
+            if type(arr) is not np.ndarray:
+                arr = np.asarray(arr)
             if arr.nbytes <= codec.INLINE_MAX:
                 raw = arr.tobytes()
                 arrays_s.append((name, arr, "i", raw))

@@ -10,6 +10,13 @@
   "a": [[name, dtype, shape, where, ref], ...]}`` where an array is ``where`` = ``i``
   (inline bytes, for small arrays), ``s`` (shared-memory segment name + byte offset) or ``b``
   (the index of a following ZeroMQ frame: the between-hosts form).
+- the *short form* of a body, for the common same-host shape (every array in shared memory,
+  a frame from a camera): byte ``0xC1`` (never the first byte of msgpack), then struct
+  ``<qqH``: seq, t_capture_ns and the length of the *layout*, a msgpack
+  ``[kind, source, [[name, dtype, shape, segment, offset], ...]]``; then, only when meta or
+  fields are not empty, a msgpack ``[meta, fields]``. A producer sends the same few layouts
+  over and over (one per slot), so the receiver validates a layout once and then finds it
+  by its bytes in a bounded cache: per message it unpacks two ints and maps the arrays.
 
 Never pickle: a message from another host can only describe arrays, never run code.
 
@@ -36,7 +43,7 @@ import numpy as np
 
 from pipeline.errors import TransportError
 from pipeline.messages import _REGISTRY as _KINDS
-from pipeline.messages import Message
+from pipeline.messages import Frame, Message
 
 __all__ = [
     "INLINE_MAX",
@@ -68,6 +75,16 @@ _SEGMENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
 # costs a set look-up (bounded: the names come from the wire).
 _GOOD_NAMES: set[str] = set()
 _MAX_GOOD_NAMES = 1024
+SHORT = 0xC1  # the first byte of a short-form body: msgpack never uses it
+_SHORT_HEAD = struct.Struct("<BqqH")
+_SHORT_SIZE = _SHORT_HEAD.size
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+# Layouts already validated, by their bytes (bounded: they come from the wire):
+# (message class, source, ((name, segment, offset, shape, dtype), ...)).
+_Layout = tuple[type[Message], str, tuple[tuple[str, str, int, tuple[int, ...], np.dtype], ...]]
+_LAYOUTS: dict[bytes, _Layout] = {}
+_PACKED: dict[tuple[Any, ...], bytes] = {}  # the sender's layouts of one array (bounded)
+_MAX_LAYOUTS = 256
 
 
 class MalformedMessage(TransportError):
@@ -122,7 +139,22 @@ def unpack_envelope(data: bytes) -> tuple[bytes, int, int, int]:
 
 
 def pack_body(message: Message, arrays: Sequence[tuple[str, np.ndarray, str, Any]]) -> bytes:
-    """``arrays``: (name, array, where, ref) with where in i/s/b."""
+    """``arrays``: (name, array, where, ref) with where in i/s/b; the short form when every
+    array is in shared memory (``s``)."""
+    if arrays and all([a[2] == "s" for a in arrays]):
+        seq, t_capture = message.seq, message.t_capture_ns
+        lo, hi = _INT64
+        if (
+            type(seq) is int
+            and type(t_capture) is int
+            and lo <= seq <= hi
+            and lo <= t_capture <= hi
+        ):
+            layout = _short_layout(message, arrays)
+            if len(layout) <= 0xFFFF:
+                meta, fields = message.meta, message.wire_fields()
+                rest: bytes = _packb((dict(meta), fields)) if meta or fields else b""
+                return _SHORT_HEAD.pack(SHORT, seq, t_capture, len(layout)) + layout + rest
     body: bytes = _packb(
         {
             "k": message.kind,
@@ -138,6 +170,30 @@ def pack_body(message: Message, arrays: Sequence[tuple[str, np.ndarray, str, Any
         }
     )
     return body
+
+
+def _short_layout(message: Message, arrays: Sequence[tuple[str, np.ndarray, str, Any]]) -> bytes:
+    """The layout of a short-form body; that of one array (a frame) is packed once per slot
+    and shape, then found in a bounded cache."""
+    key: tuple[Any, ...] | None = None
+    if len(arrays) == 1 and type(message.source) is str:
+        name, arr, _, (segment, offset) = arrays[0]
+        key = (type(message), message.source, name, arr.dtype, arr.shape, segment, offset)
+        layout = _PACKED.get(key)
+        if layout is not None:
+            return layout
+    packed: bytes = _packb(
+        (
+            message.kind,
+            message.source,
+            [(n, a.dtype.str, a.shape, ref[0], ref[1]) for n, a, _, ref in arrays],
+        )
+    )
+    if key is not None:
+        if len(_PACKED) >= _MAX_LAYOUTS:
+            _PACKED.clear()
+        _PACKED[key] = packed
+    return packed
 
 
 def _dtype(code: object) -> np.dtype:
@@ -227,6 +283,8 @@ def decode_body(
         MalformedMessage: the body is not a message of the wire format.
         TransportError: ``shm_view`` refused a reference.
     """
+    if len(body) and body[0] == SHORT:
+        return _decode_short(body, shm_view)
     try:
         d = _unpackb(body)
     except Exception as exc:  # msgpack's errors differ by version and C/Python build
@@ -256,3 +314,100 @@ def decode_body(
         return cls._from_parts(header, fields, arrays)
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as exc:
         raise MalformedMessage(f"not a valid {kind} message: {exc}") from None
+
+
+def _layout(data: bytes) -> _Layout:
+    """Validate a short-form layout (every check of ``decode_body``'s msgpack form)."""
+    try:
+        d = _unpackb(data)
+    except Exception as exc:  # msgpack's errors differ by version and C/Python build
+        raise MalformedMessage(
+            f"the short-form layout is not msgpack: {type(exc).__name__}"
+        ) from None
+    if not isinstance(d, list) or len(d) != 3:
+        raise MalformedMessage("the short-form layout is not a [kind, source, arrays] list")
+    kind, source, entries = d
+    if not isinstance(kind, str) or not isinstance(source, str):
+        raise MalformedMessage("the short-form layout's kind or source is not a str")
+    cls = _KINDS.get(kind)
+    if cls is None:
+        raise MalformedMessage(f"unknown message kind {kind!r:.80}")
+    if not isinstance(entries, list) or not 0 < len(entries) <= MAX_ARRAYS:
+        raise MalformedMessage("the short-form layout's arrays are not a list of 1 to 64 entries")
+    specs = []
+    for entry in entries:
+        if not isinstance(entry, list) or len(entry) != 5:
+            raise MalformedMessage(f"not a shared-memory array entry: {entry!r:.80}")
+        name, code, shape, segment, offset = entry
+        if not isinstance(name, str):
+            raise MalformedMessage(f"not an array name: {name!r:.80}")
+        dt = _dtype(code)
+        shp = _shape(shape, dt)
+        check_segment_name(segment)
+        if type(offset) is not int or not 0 <= offset <= MAX_ARRAY_BYTES:
+            raise MalformedMessage(f"not a shared-memory offset: {offset!r:.80}")
+        specs.append((name, segment, offset, shp, dt))
+    return cls, source, tuple(specs)
+
+
+def _decode_short(body: bytes | memoryview, shm_view: ShmView | None) -> Message:
+    """A short-form body (see the module's docstring); the layout is validated once."""
+    if len(body) < _SHORT_SIZE:
+        raise MalformedMessage(
+            f"a short-form body of {len(body)} bytes is shorter than its {_SHORT_SIZE}-byte head"
+        )
+    _, seq, t_capture, size = _SHORT_HEAD.unpack_from(body)
+    end = _SHORT_SIZE + size
+    if end > len(body):
+        raise MalformedMessage(
+            f"the short-form layout ({size} bytes) runs past the body's end ({len(body)} bytes)"
+        )
+    if shm_view is None:
+        raise MalformedMessage(
+            "a short-form body refers to shared memory, which this edge does not use"
+        )
+    key = bytes(body[_SHORT_SIZE:end])
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        layout = _layout(key)
+        if len(_LAYOUTS) >= _MAX_LAYOUTS:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = layout
+    cls, source, specs = layout
+    meta: Any = {}
+    fields: Any = {}
+    if end < len(body):
+        try:
+            rest = _unpackb(body[end:])
+        except Exception as exc:  # msgpack's errors differ by version and C/Python build
+            raise MalformedMessage(
+                f"the short-form meta and fields are not msgpack: {type(exc).__name__}"
+            ) from None
+        if not isinstance(rest, list) or len(rest) != 2:
+            raise MalformedMessage("the short-form meta and fields are not a [meta, fields] list")
+        meta, fields = rest
+        if not isinstance(meta, dict) or not isinstance(fields, dict):
+            raise MalformedMessage("the body's meta or fields have the wrong type")
+    arrays: dict[str, np.ndarray] = {}
+    for name, segment, offset, shape, dt in specs:
+        try:
+            arrays[name] = shm_view(segment, offset, shape, dt)
+        except (ValueError, TypeError) as exc:  # the segment does not hold that array
+            raise MalformedMessage(f"array {name!r}: {exc}") from None
+    if cls is Frame and not fields and len(arrays) == 1 and "image" in arrays:
+        # the usual message of the fast path, built as its dataclass __init__ would (a
+        # frozen dataclass sets its fields with object.__setattr__), checked the same way
+        frame = object.__new__(Frame)
+        frame.__dict__.update(
+            seq=seq, t_capture_ns=t_capture, source=source, meta=meta, image=arrays["image"]
+        )
+        try:
+            frame.__post_init__()
+        except ValueError as exc:
+            raise MalformedMessage(f"not a valid frame message: {exc}") from None
+        return frame
+    header = {"seq": seq, "t_capture_ns": t_capture, "source": source, "meta": meta}
+    try:
+        return cls._from_parts(header, fields, arrays)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        raise MalformedMessage(f"not a valid {cls.kind} message: {exc}") from None

@@ -315,7 +315,7 @@ class UnixEdgeSender(EdgeSender):
         """Take every release the consumer has stored; free the slots they held."""
         inflight = self.inflight
         if inflight:
-            upto = self.seen = self.ctl[_RELEASED // 8]
+            upto = self.seen = self.ctl[_RELEASED_W]
             while inflight and inflight[0][0] <= upto:
                 for slot in inflight.popleft()[1]:
                     slot.refs -= 1
@@ -328,14 +328,14 @@ class UnixEdgeSender(EdgeSender):
         if ctl[_RELEASED_W] == self.seen and not ctl[_C_SLEEPING_W] and self.spin.budget_ns:
             # the consumer is awake, working through our messages: its credit is near
             self.spin.wait(ctl, _RELEASED_W, self.seen)
-        if ctl[_RELEASED // 8] == self.seen:
-            ctl[_P_SLEEPING // 8] = 1
+        if ctl[_RELEASED_W] == self.seen:
+            ctl[_P_SLEEPING_W] = 1
             self.fence()  # the flag is stored before we look at the releases once more
-            if ctl[_RELEASED // 8] == self.seen:
+            if ctl[_RELEASED_W] == self.seen:
                 self._poll.poll(timeout_ms)
-            ctl[_P_SLEEPING // 8] = 0
+            ctl[_P_SLEEPING_W] = 0
             _drain(self.usock, self._side)
-        if ctl[_RELEASED // 8] != self.seen:
+        if ctl[_RELEASED_W] != self.seen:
             self.collect()
             return True
         self._waited()
@@ -523,7 +523,7 @@ class UnixInputEdge(InputEdge):
             assert ctl is not None
         if self._sleeping:
             self._sleeping = False
-            ctl[_C_SLEEPING // 8] = 0
+            ctl[_C_SLEEPING_W] = 0
         tail = self.tail
         if ctl[_HEAD_W] == tail:
             if self._rings and self._attach():  # the producer was restarted
@@ -573,9 +573,9 @@ class UnixInputEdge(InputEdge):
         if self._rings:
             return False  # a restarted producer's ring: look again
         self._sleeping = True
-        ctl[_C_SLEEPING // 8] = 1
+        ctl[_C_SLEEPING_W] = 1
         self.fence()  # the flag is stored before we look at the head once more
-        return bool(ctl[_HEAD // 8] == self.tail)
+        return bool(ctl[_HEAD_W] == self.tail)
 
     def recv(self) -> tuple[Message | None, int, int, int]:
         """(message or None at end of stream, n, dropped, t_send_ns) of the next message."""
@@ -599,7 +599,7 @@ class UnixInputEdge(InputEdge):
         self.order()  # done with the released slots before the producer may refill them
         ctl[_RELEASED_W] = self._release_upto
         self.fence()  # the release is stored before we look whether the producer sleeps
-        if ctl[_P_SLEEPING // 8]:
+        if ctl[_P_SLEEPING_W]:
             # not connected: a restarted producer binds the same path with a new socket
             with contextlib.suppress(OSError):  # BlockingIOError: it has a wake-up already
                 self.usock.sendto(_WAKE, _DONTWAIT, self.peer)

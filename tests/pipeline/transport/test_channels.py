@@ -219,3 +219,26 @@ def test_an_array_sent_from_outside_the_pool_is_copied_in_once(links):
     frame, _, _ = link.recv()
     assert frame is not None and frame.seq == 3
     assert np.array_equal(frame.image, make_frame(128, 64, seq=3).image)
+
+
+def test_allocate_gives_what_each_call_asks_when_the_request_changes():
+    pool = SlotPool(f"pipeline-test-{secrets.token_hex(4)}", max_slots=8)
+    port = RuntimeOutput("frames", pool, type=Frame)
+    try:
+        asks: list[tuple[Any, Any, tuple[int, ...], np.dtype]] = [
+            ((4, 6, 3), np.uint8, (4, 6, 3), np.dtype(np.uint8)),
+            ((4, 6, 3), np.uint8, (4, 6, 3), np.dtype(np.uint8)),  # the same: remembered
+            ((np.int64(4), 6, 3), np.uint8, (4, 6, 3), np.dtype(np.uint8)),
+            ([2, 5], np.uint8, (2, 5), np.dtype(np.uint8)),
+            (np.array([3, 2]), np.uint8, (3, 2), np.dtype(np.uint8)),
+            ((4, 6, 3), np.float32, (4, 6, 3), np.dtype(np.float32)),
+            ((4, 6, 3), "uint8", (4, 6, 3), np.dtype(np.uint8)),
+            ((), np.float32, (), np.dtype(np.float32)),
+        ]
+        for shape, dtype, want_shape, want_dtype in asks:
+            arr = port.allocate(shape, dtype)
+            assert arr.shape == want_shape and arr.dtype == want_dtype
+            assert all(type(d) is int for d in arr.shape)
+            port.end_call()
+    finally:
+        port.close()

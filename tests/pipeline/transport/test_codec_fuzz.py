@@ -290,3 +290,83 @@ def test_arrays_of_objects_records_or_subarrays_are_refused(code: str):
     )
     with pytest.raises(codec.MalformedMessage):
         codec.decode_body(body, None)
+
+
+def short_body(layout: object, rest: bytes = b"", seq: int = 1, size: int | None = None) -> bytes:
+    """A short-form body (``codec.SHORT``) around any layout, as a hostile sender builds it."""
+    packed = msgpack.packb(layout, use_bin_type=True)
+    length = len(packed) if size is None else size
+    return codec._SHORT_HEAD.pack(codec.SHORT, seq, 5, length) + packed + rest
+
+
+short_layouts = st.one_of(
+    st.tuples(
+        st.one_of(st.sampled_from(["frame", "tensors", "detections", "nope"]), scalars),
+        st.one_of(st.text(max_size=8), scalars),
+        st.one_of(
+            st.lists(
+                st.one_of(
+                    st.tuples(
+                        st.sampled_from(["image", "t", "xyxy"]), dtype_codes, shapes, names, ints
+                    ).map(list),
+                    entries,
+                ),
+                max_size=4,
+            ),
+            scalars,
+        ),
+    ).map(list),
+    st.lists(scalars, max_size=4),
+    scalars,
+)
+short_rests = st.one_of(
+    st.just(b""),
+    st.binary(max_size=16),
+    st.tuples(
+        st.one_of(st.dictionaries(st.text(max_size=4), scalars, max_size=2), scalars),
+        st.one_of(st.dictionaries(st.text(max_size=4), scalars, max_size=2), scalars),
+    ).map(lambda mf: msgpack.packb(list(mf), use_bin_type=True)),
+)
+
+
+@FUZZ
+@given(layout=short_layouts, rest=short_rests, size=st.one_of(st.none(), st.integers(0, 0xFFFF)))
+def test_hostile_short_form_bodies_are_messages_or_refused_and_never_read_another_file(
+    layout: object, rest: bytes, size: int | None, segment: str
+):
+    view = RunView(RUN_PREFIX)
+    decode(short_body(layout, rest, size=size), view)
+    check_reads(view)
+
+
+def test_a_short_form_body_is_refused_by_name_when_cut_or_not_for_this_edge(segment: str):
+    frame = Frame(image=np.zeros((48, 64, 3), np.uint8), seq=4)
+    body = codec.pack_body(frame, [("image", frame.image, "s", (segment, 0))])
+    assert body[0] == codec.SHORT
+    with pytest.raises(codec.MalformedMessage, match="shorter than its"):
+        codec.decode_body(body[:5], RunView(RUN_PREFIX))
+    with pytest.raises(codec.MalformedMessage, match="runs past the body's end"):
+        codec.decode_body(body[:-3], RunView(RUN_PREFIX))
+    with pytest.raises(codec.MalformedMessage, match="does not use"):
+        codec.decode_body(body, None)  # a tcp edge never takes shared memory
+    with pytest.raises(codec.MalformedMessage, match="not msgpack"):
+        codec.decode_body(body + b"\xc1", RunView(RUN_PREFIX))
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES[:-1])
+def test_a_path_in_a_short_form_layout_is_refused_before_any_file_is_opened(name: str):
+    view = RunView(RUN_PREFIX)
+    with pytest.raises(codec.MalformedMessage, match="not a shared-memory segment name"):
+        codec.decode_body(short_body(["frame", "cam", [["image", "|u1", [4, 4], name, 0]]]), view)
+    assert view.asked == []
+
+
+def test_a_cached_layout_of_another_run_is_refused_every_time(segment: str):
+    other = "pipeline-other-run-0-1"
+    body = short_body(["frame", "cam", [["image", "|u1", [4, 4], other, 0]]])
+    for _ in range(3):  # validated once, cached: the view still refuses it each time
+        with pytest.raises(TransportError, match="not this run's"):
+            codec.decode_body(body, RunView(RUN_PREFIX))
+    ok = short_body(["frame", "cam", [["image", "|u1", [48, 64, 3], segment, 0]]], seq=9)
+    message = codec.decode_body(ok, RunView(RUN_PREFIX))
+    assert isinstance(message, Frame) and message.seq == 9 and int(message.image[0, 0, 0]) == 7
