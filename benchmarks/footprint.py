@@ -14,7 +14,15 @@ For each launcher, ``pipeline run`` runs as a user runs it (a new process):
 
 Results print as a table with ratios and go to ``benchmarks/results/footprint.json``.
 
+``--base DIR``: also compare with another version of the code (``git archive main | tar -x -C
+DIR``, run from there with ``PYTHONPATH``, same venv), both with the fork server, interleaved
+run by run (base, now, base, now...) so that a machine whose load swings treats both alike:
+the start-up (median and best of ``--repeat`` runs each, and the CPU time of the whole run:
+the command, its nodes and the template) and the face graph's PSS (``--memory-repeat`` runs
+each).
+
     .venv/bin/python benchmarks/footprint.py            # about a minute
+    .venv/bin/python benchmarks/footprint.py --base /tmp/fpbase --repeat 15
 """
 
 from __future__ import annotations
@@ -57,9 +65,11 @@ nodes:
 """
 
 
-def _env(fork_server: bool) -> dict[str, str]:
+def _env(fork_server: bool, base: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PIPELINE_FORK_SERVER"] = "1" if fork_server else "0"
+    if base is not None:
+        env["PYTHONPATH"] = str(base)
     # As a user's install runs: with the modules' bytecode cached (``__pycache__``). An
     # environment with PYTHONDONTWRITEBYTECODE=1 and no cache compiles ~90 modules of the
     # framework from source on every start (~0.1-0.2 s); ``warm_up`` writes the cache once.
@@ -67,17 +77,17 @@ def _env(fork_server: bool) -> dict[str, str]:
     return env
 
 
-def warm_up(tmp: Path) -> None:
+def warm_up(tmp: Path, base: Path | None = None) -> None:
     """One untimed run of each graph, so every module's bytecode is cached."""
-    startup(True, tmp)
+    startup(True, tmp, base)
 
 
-def memory(fork_server: bool, tmp: Path) -> dict[str, Any]:
+def memory(fork_server: bool, tmp: Path, base: Path | None = None) -> dict[str, Any]:
     stats = tmp / f"faces-{int(fork_server)}.json"
     subprocess.run(
         [PIPELINE, "run", "graphs/detect_faces.yaml", "--stats-json", str(stats), "--quiet"],
         cwd=ROOT,
-        env=_env(fork_server),
+        env=_env(fork_server, base),
         check=True,
         capture_output=True,
     )
@@ -91,7 +101,7 @@ def memory(fork_server: bool, tmp: Path) -> dict[str, Any]:
     }
 
 
-def startup(fork_server: bool, tmp: Path) -> dict[str, Any]:
+def startup(fork_server: bool, tmp: Path, base: Path | None = None) -> dict[str, Any]:
     out = tmp / f"startup-{int(fork_server)}-{time.monotonic_ns()}.jsonl"
     graph = tmp / "startup.yaml"
     graph.write_text(SMALL_GRAPH.format(out=out))
@@ -100,31 +110,94 @@ def startup(fork_server: bool, tmp: Path) -> dict[str, Any]:
     proc = subprocess.Popen(
         [PIPELINE, "run", str(graph), "--stats-json", str(stats), "--quiet"],
         cwd=tmp,
-        env=_env(fork_server),
+        env=_env(fork_server, base),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     first = None
-    while proc.poll() is None:
+    while True:
+        # wait4: the run's CPU time, its nodes' included (the command reaps them)
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            break
         if first is None and out.exists() and out.stat().st_size > 0:
             first = time.monotonic() - t0
         time.sleep(0.001)
     total = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"pipeline run failed ({proc.returncode}) on {graph}")
     if first is None and out.exists() and out.stat().st_size > 0:
         first = total  # written and flushed only at the end
     nodes = json.loads(stats.read_text())["nodes"]
     return {
         "first_frame_s": first,
         "exit_s": total,
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 4),
         "start_s": {k: v["start_s"] for k, v in nodes.items()},
         "open_s": {k: v["open_s"] for k, v in nodes.items()},
     }
+
+
+def _summary(runs: list[dict[str, Any]], mems: list[dict[str, Any]]) -> dict[str, Any]:
+    firsts = [r["first_frame_s"] for r in runs if r["first_frame_s"] is not None]
+    return {
+        "first_frame_s_median": round(statistics.median(firsts), 4),
+        "first_frame_s_best": round(min(firsts), 4),
+        "exit_s_median": round(statistics.median(r["exit_s"] for r in runs), 4),
+        "cpu_s_median": round(statistics.median(r["cpu_s"] for r in runs), 4),
+        "detect_faces_total_pss_mb": [m["total_pss_mb"] for m in mems],
+        "detect_faces_total_pss_mb_median": statistics.median(m["total_pss_mb"] for m in mems),
+        "detect_faces_pss_mb": [m["pss_mb"] for m in mems],
+        "startup_runs": runs,
+    }
+
+
+def compare(base: Path, tmp: Path, repeat: int, memory_repeat: int) -> dict[str, Any]:
+    """The base tree against this one, both on the fork server, interleaved run by run."""
+    warm_up(tmp, base)
+    runs: dict[str, list[dict[str, Any]]] = {"base": [], "now": []}
+    mems: dict[str, list[dict[str, Any]]] = {"base": [], "now": []}
+    for _ in range(memory_repeat):
+        for label, tree in (("base", base), ("now", None)):
+            mems[label].append(memory(True, tmp, tree))
+    for _ in range(repeat):
+        for label, tree in (("base", base), ("now", None)):
+            runs[label].append(startup(True, tmp, tree))
+    out: dict[str, Any] = {k: _summary(runs[k], mems[k]) for k in runs}
+    b, n = out["base"], out["now"]
+    out["ratios_base_over_now"] = {
+        key: round(b[key] / n[key], 2)
+        for key in (
+            "first_frame_s_median",
+            "first_frame_s_best",
+            "exit_s_median",
+            "cpu_s_median",
+            "detect_faces_total_pss_mb_median",
+        )
+    }
+    for label in ("base", "now"):
+        s = out[label]
+        print(
+            f"{label:<5} fork server: first frame median {s['first_frame_s_median']:.3f} s, "
+            f"best {s['first_frame_s_best']:.3f} s, CPU {s['cpu_s_median']:.3f} s; face graph "
+            f"PSS {s['detect_faces_total_pss_mb']} MB",
+            flush=True,
+        )
+    print(f"base / now: {out['ratios_base_over_now']}", flush=True)
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5, help="start-up runs per launcher")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="a copy of another version's tree (git archive): compared, interleaved",
+    )
+    parser.add_argument("--memory-repeat", type=int, default=3, help="face graph runs, --base")
     args = parser.parse_args()
     started = machine()  # the load average before this run added its own
     results: dict[str, Any] = {}
@@ -147,6 +220,8 @@ def main() -> int:
                 f"exit {results[label]['exit_s_median']:.3f} s",
                 flush=True,
             )
+        if args.base is not None:
+            results["base_vs_now"] = compare(args.base, tmp, args.repeat, args.memory_repeat)
     before, after = results["spawn"], results["fork_server"]
     ratios = {
         "pss_spawn_over_fork_server": round(

@@ -9,6 +9,7 @@ Issues point at ``file:line:col`` through a table of YAML marks keyed by documen
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -134,6 +135,18 @@ class _Builder:
         return self.constructor.construct_object(node, deep=True)
 
 
+def _compose(text: str) -> yaml.Node | None:
+    """The document's node tree: libyaml's parser where PyYAML has it, the pure-Python one
+    for a text libyaml refuses (its error is the one reported, worded as it always was)."""
+    *fast, last = limits.LOADERS
+    for loader in fast:
+        with contextlib.suppress(yaml.YAMLError):
+            node: yaml.Node | None = yaml.compose(text, Loader=loader)
+            return node
+    result: yaml.Node | None = yaml.compose(text, Loader=last)
+    return result
+
+
 def parse_graph(
     text: str, file: str = "<graph>"
 ) -> tuple[GraphSpec | None, Marks, list[ConfigIssue]]:
@@ -143,7 +156,7 @@ def parse_graph(
     if too_big:
         return None, marks, too_big
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = _compose(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)

@@ -18,13 +18,18 @@ How it is kept safe:
   handlers). The template itself never starts a thread: it waits in ``select`` for requests.
 - It closes every file descriptor it inherited (a caller's listening socket must not stay
   open in node processes), ignores SIGINT like every node, and freezes the garbage
-  collector's objects so that collections in the nodes do not copy the shared pages; it
-  imports a node's ``preload_modules`` (``cv2``) just before that node's fork, once.
-- Each node is forked through an intermediate process that exits at once; the supervisor is
-  a child subreaper (``PR_SET_CHILD_SUBREAPER``) while it launches, so it adopts the node:
-  every node is the supervisor's own child, as with ``launch_local``. Crash detection is
-  unchanged (a pidfd, readable when the node exits; ``waitpid`` for its status), and so is
-  the orphan watch (a node whose parent, the supervisor, goes stops itself).
+  collector's objects so that collections in the nodes do not copy the shared pages.
+- Start-up: right after it answers the supervisor's first request, the template imports
+  the ``preload_modules`` (``cv2``) of every node of the graph, once, shared by the nodes
+  that use them: while the supervisor sets up its side of the run (its run folder, ZeroMQ
+  context and control socket), not after it.
+- Nodes are forked all at once (``launch_many``: one request, one intermediate process for
+  all of them) through an intermediate process that exits once they are forked; the
+  supervisor is a child subreaper (``PR_SET_CHILD_SUBREAPER``) while it launches, so it
+  adopts the nodes: every node is the supervisor's own child, as with ``launch_local``.
+  Crash detection is unchanged (a pidfd, readable when the node exits; ``waitpid`` for its
+  status), and so is the orphan watch (a node whose parent, the supervisor, goes stops
+  itself). A restarted node (``launch``) goes the same way, alone.
 - Once every node is launched the template exits: its own pages (what only its imports
   touched) are freed, and nothing of it outlives the launch.
 
@@ -45,7 +50,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pipeline.runtime.plan import WorkerConfig
@@ -54,6 +59,7 @@ __all__ = ["ForkServer", "fork_server_supported"]
 
 _MAX = 1 << 20
 _SUPERVISOR_PATH: list[str] = []  # in the template: the supervisor's import path
+_PRELOAD: list[str] = []  # in the template: the nodes' preload_modules
 
 
 def fork_server_supported() -> bool:
@@ -160,11 +166,15 @@ class ForkServer:
         self.was_subreaper = was_subreaper
         self.alive = True
         self.frozen = False
+        self.pinged = False  # a ping sent whose answer is not read yet
 
     @classmethod
-    def start(cls, preload: Iterable[str]) -> ForkServer | None:
-        """Fork the template (None where that is not safe or possible here); it will import
-        the ``preload_modules`` of the node types in ``preload`` before their forks."""
+    def start(cls, preload: Iterable[str], *, wait: bool = True) -> ForkServer | None:
+        """Fork the template (None where that is not safe or possible here); it imports the
+        ``preload_modules`` of the node types in ``preload`` before it forks a node.
+
+        ``wait=False``: return without waiting for the template's first answer (the caller
+        does its own set-up meanwhile, then calls ``confirm``)."""
         if not fork_server_supported():
             return None
         was = _subreaper()
@@ -204,17 +214,38 @@ class ForkServer:
         server = cls(pid, ours, was)
         server.frozen = True
         try:
-            reply = server._request({"op": "ping"})
+            server.sock.sendall(json.dumps({"op": "ping"}).encode())
+            server.pinged = True
         except OSError:
-            reply = {}
-        if reply.get("op") != "pong":
-            server.close()
-            server.thaw()
+            pass
+        if wait and not server.confirm():
             return None
         return server
 
+    def confirm(self) -> bool:
+        """Whether the template answered its ping; if not, it is stopped (and the caller
+        starts its nodes some other way)."""
+        if self.pinged:
+            self.pinged = False
+            try:
+                reply = self._reply()
+            except OSError:
+                reply = {}
+            if reply.get("op") == "pong":
+                return True
+        elif self.alive:
+            return True
+        self.close()
+        self.thaw()
+        return False
+
     def _request(self, message: dict[str, Any]) -> dict[str, Any]:
+        if self.pinged and not self.confirm():
+            raise OSError("the fork server did not start")
         self.sock.sendall(json.dumps(message).encode())
+        return self._reply()
+
+    def _reply(self) -> dict[str, Any]:
         readable, _, _ = select.select([self.sock], [], [], 60.0)
         data = self.sock.recv(_MAX) if readable else b""
         if not data:
@@ -224,10 +255,18 @@ class ForkServer:
 
     def launch(self, cfg: WorkerConfig) -> ForkedProcess:
         """Fork one worker from the template (a ``runner.Launcher``)."""
-        reply = self._request({"op": "fork", "config": cfg.to_wire()})
-        if reply.get("op") != "forked":
-            raise OSError(f"the fork server could not start node {cfg.node_id!r}: {reply}")
-        return ForkedProcess(int(reply["pid"]))
+        return self.launch_many([cfg])[0]
+
+    def launch_many(self, cfgs: Sequence[WorkerConfig]) -> list[ForkedProcess]:
+        """Fork a worker per config from the template, in one round trip; in their order."""
+        if not cfgs:
+            return []
+        reply = self._request({"op": "fork", "configs": [cfg.to_wire() for cfg in cfgs]})
+        pids = reply.get("pids")
+        if reply.get("op") != "forked" or not isinstance(pids, list) or len(pids) != len(cfgs):
+            names = ", ".join(repr(cfg.node_id) for cfg in cfgs)
+            raise OSError(f"the fork server could not start node(s) {names}: {reply}")
+        return [ForkedProcess(int(pid)) for pid in pids]
 
     def close(self) -> None:
         """Stop the template (every node launched has been adopted by now) and reap it."""
@@ -312,22 +351,8 @@ def _template(sock: socket.socket, supervisor: int, preload: list[str]) -> int:
     for node_type in dict.fromkeys(preload):
         with contextlib.suppress(Exception):  # the node reports its own import error
             needs[node_type] = load_node_class(node_type).preload_modules
-    imported: set[str] = set()
-
-    def prepare(node_type: str) -> None:
-        """Import what this node will import (once, shared by every later node): just
-        before its fork, so that nodes that need nothing heavy start without waiting."""
-        new = [m for m in needs.get(node_type, ()) if m not in imported]
-        for module in new:
-            imported.add(module)
-            with contextlib.suppress(Exception):  # a missing extra: the node says which
-                importlib.import_module(module)
-        if new:
-            gc.collect()
-            gc.freeze()  # the shared objects stay out of the nodes' collections
-
-    gc.collect()
-    gc.freeze()  # the shared objects stay out of the nodes' collections: no copied pages
+    global _PRELOAD
+    _PRELOAD = [m for node_type in needs for m in needs[node_type]]
 
     def send(message: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
@@ -345,37 +370,55 @@ def _template(sock: socket.socket, supervisor: int, preload: list[str]) -> int:
         request = json.loads(data)
         if request["op"] == "ping":
             send({"op": "pong"})
+            # after the answer: while the supervisor sets up its side of the run
+            _import_preload()
         elif request["op"] == "fork":
-            cfg = WorkerConfig.from_wire(request["config"])
-            prepare(cfg.plan.node_type)
-            send({"op": "forked", "pid": _fork_orphan(cfg, sock.fileno())})
+            cfgs = [WorkerConfig.from_wire(wire) for wire in request["configs"]]
+            send({"op": "forked", "pids": _fork_orphans(cfgs, sock.fileno())})
 
 
-def _fork_orphan(cfg: WorkerConfig, channel: int) -> int:
-    """Fork the node through an intermediate that exits at once: the node is orphaned and
-    adopted by the supervisor (a child subreaper) before this returns its pid."""
+def _import_preload() -> None:
+    """Import what the nodes will import (once, shared by every node that uses it; a
+    missing extra: the node says which when it imports it itself)."""
+    for module in dict.fromkeys(_PRELOAD):
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+    gc.collect()
+    gc.freeze()  # the shared objects stay out of the nodes' collections: no copied pages
+
+
+def _fork_orphans(cfgs: list[WorkerConfig], channel: int) -> list[int]:
+    """Fork the nodes through an intermediate that exits once they are forked: they are
+    orphaned and adopted by the supervisor (a child subreaper) before this returns their
+    pids."""
     r, w = os.pipe()
     middle = os.fork()
     if middle == 0:
         try:
-            me = os.getpid()  # not the node's getppid(): it may be adopted already
-            node = os.fork()
-            if node == 0:
-                os.close(r)
-                os.close(w)
-                _child(cfg, (channel,), me)
-            os.write(w, node.to_bytes(8, "little"))
+            os.close(r)
+            me = os.getpid()  # not a node's getppid(): it may be adopted already
+            for cfg in cfgs:
+                node = os.fork()
+                if node == 0:
+                    os.close(w)
+                    _child(cfg, (channel,), me)
+                os.write(w, node.to_bytes(8, "little"))
         finally:
             os._exit(0)
     os.close(w)
+    data = b""
     try:
-        data = os.read(r, 8)
+        while len(data) < 8 * len(cfgs):
+            chunk = os.read(r, 8 * len(cfgs) - len(data))
+            if not chunk:
+                break
+            data += chunk
     finally:
         os.close(r)
-        os.waitpid(middle, 0)  # gone: the node has its new parent now
-    if len(data) != 8:
-        raise OSError("the node could not be forked")
-    return int.from_bytes(data, "little")
+        os.waitpid(middle, 0)  # gone: the nodes have their new parent now
+    if len(data) != 8 * len(cfgs):
+        raise OSError("the nodes could not be forked")
+    return [int.from_bytes(data[i : i + 8], "little") for i in range(0, len(data), 8)]
 
 
 def _child(cfg: WorkerConfig, close: tuple[int, ...], middle: int) -> None:
@@ -386,11 +429,11 @@ def _child(cfg: WorkerConfig, close: tuple[int, ...], middle: int) -> None:
         for fd in close:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        while os.getppid() == middle:
-            time.sleep(0.0002)
         from pipeline.runtime.worker import node_sys_path, worker_main
 
         sys.path[:] = node_sys_path(_SUPERVISOR_PATH, cfg.plan.node_type, os.getcwd())
+        while os.getppid() == middle:
+            time.sleep(0.0002)
 
         worker_main(cfg)
     except BaseException:

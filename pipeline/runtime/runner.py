@@ -363,13 +363,20 @@ class _Supervisor:
             shm_lock.release()
 
     def _run(self) -> RunResult:
-        sweep_stale()
-        _sweep_run_dirs()
-        _write_drawing(self.graph, self.run_dir / "graph.svg")
-        self.board = ActivityBoard(self.run_dir / "activity", len(self.plan.nodes))
-        t0 = time.monotonic()
-        # Before the ZeroMQ context: the fork server's template must be forked thread-free.
+        # The template first (thread-free, before the ZeroMQ context): it imports what the
+        # nodes share while this process sets up its side of the run.
         server = self._fork_server()
+        try:
+            sweep_stale()
+            _sweep_run_dirs()
+            _write_drawing(self.graph, self.run_dir / "graph.svg")
+            self.board = ActivityBoard(self.run_dir / "activity", len(self.plan.nodes))
+        except BaseException:
+            if server is not None:
+                server.close()
+                server.thaw()
+            raise
+        t0 = time.monotonic()
         ctx: zmq.Context[Any] = zmq.Context()
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
@@ -388,6 +395,8 @@ class _Supervisor:
             control = f"ipc://{self.run_dir}/control"
             router.bind(control)
         self.router = router
+        if server is not None and not server.confirm():
+            server = None  # the template did not start: a fresh interpreter per node
         old_handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         try:
             if self.cluster is not None:
@@ -409,13 +418,17 @@ class _Supervisor:
                 # while the nodes are being launched is a stop (not lost).
                 for sig in STOP_SIGNALS:
                     signal.signal(sig, self._on_signal)
-            launcher = server.launch if server is not None else (self.launcher or launch_local)
-            for cfg in self._configs(control):
-                spec = self.graph.node(cfg.node_id)
+            launcher = self.launcher or launch_local
+            configs = self._configs(control)
+            for cfg in configs:
                 self.perf.launched(cfg.node_id)
+            # forked from the template all at once (one round trip), else one by one
+            processes = iter(server.launch_many(configs) if server is not None else ())
+            for cfg in configs:
+                spec = self.graph.node(cfg.node_id)
                 self.procs[cfg.node_id] = _Proc(
                     cfg.node_id,
-                    launcher(cfg),
+                    next(processes) if server is not None else launcher(cfg),
                     cfg.plan.is_source,
                     cfg.plan.index,
                     {
@@ -500,7 +513,7 @@ class _Supervisor:
         """The template that forks the nodes (``launcher=None``, where the platform allows)."""
         if self.launcher is not None:
             return None
-        return ForkServer.start(node.node_type for node in self.plan.nodes)
+        return ForkServer.start((node.node_type for node in self.plan.nodes), wait=False)
 
     def _print_layout(self, layout: Layout) -> None:
         """Which machine runs which nodes, and which edges cross machines (tcp, CURVE)."""

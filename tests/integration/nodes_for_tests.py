@@ -334,3 +334,10 @@ class Crasher(Node):
                 while True:
                     time.sleep(0.05)
         self.out.send(frames)
+
+
+class PreloadingRelay(Relay):
+    """A relay whose ``preload_modules`` names a module nothing else imports (a C extension of
+    the standard library's test builds: it shows in ``/proc/PID/maps`` once imported)."""
+
+    preload_modules = ("xxlimited",)

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from pipeline import load_graph, run_graph
 from pipeline.runtime.forkserver import ForkServer, fork_server_supported
+from pipeline.runtime.plan import WorkerConfig, plan_graph
 from pipeline.runtime.runner import launch_local
 from pipeline.runtime.table import render_table
 
@@ -88,6 +91,46 @@ def test_the_template_stops_when_its_channel_closes():
     assert pid in children()
     server.close()
     assert pid not in children()  # reaped, not left as a zombie
+
+
+def test_the_template_imports_the_preload_modules_before_it_is_asked_to_fork():
+    # at once after its first answer, while the supervisor sets up its side of the run: not
+    # when the first fork request comes (that put cv2's import after the set-up, in series)
+    assert "xxlimited" not in sys.modules  # else the template would inherit it
+    server = ForkServer.start(["synthetic", "tests.integration.nodes_for_tests:PreloadingRelay"])
+    assert server is not None
+    try:
+        assert server.confirm()
+        deadline = time.monotonic() + 30
+        while "xxlimited" not in Path(f"/proc/{server.pid}/maps").read_text():
+            assert time.monotonic() < deadline, "the template did not import the preload module"
+            time.sleep(0.01)
+    finally:
+        server.close()
+    assert "xxlimited" not in sys.modules
+
+
+def test_nodes_are_forked_together_and_adopted_before_the_answer(write_graph, tmp_path):
+    graph = load_graph(write_graph(GRAPH))
+    plan = plan_graph(graph, tmp_path)
+    configs = [
+        WorkerConfig(plan=node, control="ipc:///nonexistent", shm_prefix="x") for node in plan.nodes
+    ]
+    server = ForkServer.start([node.node_type for node in plan.nodes], wait=False)
+    assert server is not None
+    procs = []
+    try:
+        procs = server.launch_many(configs)  # one request: the answer comes once all are ours
+        assert len({p.pid for p in procs}) == len(configs)
+        assert {p.pid for p in procs} <= children()
+        assert all(p.is_alive() for p in procs)
+    finally:
+        for p in procs:
+            p.kill(9)
+            p.join(10)
+            p.close()
+        server.close()
+    assert all(p.exitcode == -9 for p in procs)
 
 
 def test_pipeline_run_forks_its_nodes_from_the_template(write_graph, tmp_path):

@@ -131,3 +131,49 @@ def test_an_oversized_text_is_refused_too():
 )
 def test_texts_within_the_limits_pass(text: str):
     assert limits.check_text(text, "g.yaml") == []
+
+
+GOOD = """
+graph: g
+nodes:
+  - {id: camera, node: synthetic, params: {frames: 3}}
+  - {id: log, node: jsonl, params: {path: out.jsonl}, inputs: {messages: camera/frames}}
+"""
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch, name: str) -> list[object]:
+    import yaml
+
+    used: list[object] = []
+    real = getattr(yaml, name)
+
+    def spy(text: str, Loader: object) -> object:
+        used.append(Loader)
+        return real(text, Loader=Loader)
+
+    monkeypatch.setattr(yaml, name, spy)
+    return used
+
+
+def test_a_valid_graph_is_read_by_libyaml_alone(monkeypatch: pytest.MonkeyPatch):
+    import yaml
+
+    assert yaml.__with_libyaml__  # PyYAML's wheels have it: ~10x faster for every run
+    parsed, composed = _spy(monkeypatch, "parse"), _spy(monkeypatch, "compose")
+    spec, _, issues = parse_graph(GOOD)
+    assert spec is not None and not issues
+    assert parsed == [yaml.CSafeLoader] and composed == [yaml.CSafeLoader]
+
+
+def test_a_text_libyaml_refuses_is_decided_and_worded_by_the_python_parser(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    import yaml
+
+    composed = _spy(monkeypatch, "compose")
+    spec, _, issues = parse_graph("graph: g\nnodes: [a, b\n")
+    assert spec is None
+    assert composed == [yaml.CSafeLoader, yaml.SafeLoader]
+    # PyYAML's own wording ("expected ..."), not libyaml's ("did not find expected ...")
+    assert issues[0].message.startswith("YAML syntax: expected")
+    assert (issues[0].line, issues[0].col) == (3, 1)
