@@ -352,9 +352,12 @@ class BulkSender:
         self.sent = 0
 
     def _buffer(self, nbytes: int) -> np.ndarray:
-        for i, buf in enumerate(self.free):
-            if buf.nbytes == nbytes:
-                return self.free.pop(i)
+        """A buffer of ``nbytes`` to seal into: the one freed last (the likeliest to be still
+        in a cache) of that size, else a new one."""
+        free = self.free
+        for i in range(len(free) - 1, -1, -1):
+            if free[i].nbytes == nbytes:
+                return free.pop(i)
         return np.empty(nbytes, np.uint8)
 
     def send(self, n: int, head: bytes, parts: Sequence[Any]) -> bytes:
