@@ -494,7 +494,7 @@ nodes:
     placement: {{labels: {{site: a}}}}
   - id: faces
     node: detector
-    params: {{model: face_full_range, num_threads: 1, default_minimum_confidence: 0.6}}
+    params: {{model: {model}, num_threads: 1, default_minimum_confidence: 0.6}}
     replicas: {replicas}
     inputs: {{frames: {{from: camera/frames, queue: 2}}}}
     placement: {{resources: {{CPU: 1}}{where}}}
@@ -504,10 +504,16 @@ nodes:
     inputs: {{messages: faces/detections}}
     placement: {{labels: {{site: a}}}}
 """
+# the face detectors measured: BlazeFace (light: the source and sink are a sixth of the work)
+# and CenterFace (heavy: the copies are nearly all of it); frames per run, --quick's
+FACE_MODELS = {
+    "BlazeFace": ("face_full_range", 1200, 400),
+    "CenterFace": ("centerface", 300, 100),
+}
 
 
 def _face_run(
-    replicas: int, frames: int, tmp: Path, launcher: Any, remote: bool = False
+    model: str, replicas: int, frames: int, tmp: Path, launcher: Any, remote: bool = False
 ) -> dict[str, Any]:
     """One run of the face graph; frames/s at the sink and CPU seconds per frame."""
     from pipeline import load_graph, run_graph
@@ -516,6 +522,7 @@ def _face_run(
     path.write_text(
         FACE_GRAPH.format(
             video=ROOT.parent / "samples" / "people.mp4",
+            model=model,
             frames=frames,
             replicas=replicas,
             out=tmp / "faces.jsonl",
@@ -523,6 +530,7 @@ def _face_run(
         )
     )
     warm = _AfterWarmUp()
+    load = os.getloadavg()[0]
     result = run_graph(load_graph(path), launcher=launcher, monitor=warm)
     if result.exit_code != 0:
         raise RuntimeError(f"the face graph failed: {result.error}")
@@ -541,13 +549,20 @@ def _face_run(
         return cpu / calls
 
     detector = cpu_per_call(copies)
+    camera, out = cpu_per_call(["camera"]), cpu_per_call(["sink"])
+    fps = (sink.received - first["sink"].received) / (sink.elapsed_s - first["sink"].elapsed_s)
+    per_frame = camera + detector + out
     return {
-        "fps": (sink.received - first["sink"].received)
-        / (sink.elapsed_s - first["sink"].elapsed_s),
-        "cpu_ms_per_frame": 1000 * (cpu_per_call(["camera"]) + detector + cpu_per_call(["sink"])),
+        "fps": fps,
+        "cpu_ms_per_frame": 1000 * per_frame,
         "detector_cpu_ms_per_frame": 1000 * detector,
+        "camera_cpu_ms_per_frame": 1000 * camera,
+        "sink_cpu_ms_per_frame": 1000 * out,
+        # the cores the graph's nodes kept busy (the supervisor's and Ray's not counted)
+        "cores_used": per_frame * fps,
         "detector_p50_ms": max(stats[k].process_ms["p50_ms"] for k in copies),
         "per_replica": {k: stats[k].received for k in copies},
+        "load": [load, os.getloadavg()[0]],
     }
 
 
@@ -563,11 +578,17 @@ class _AfterWarmUp:
             self.first = dict(stats)
 
 
+def ceiling_fps(copies: int, detector_ms: float, rest_ms: float, cores: float) -> float:
+    """The most frames/s a graph can give with ``copies`` of a detector that takes
+    ``detector_ms`` of CPU per frame, the rest of the graph ``rest_ms``, on ``cores`` cores:
+    each copy is one thread (one core at most), and all of it shares the cores."""
+    return 1000 * min(copies / detector_ms, cores / (detector_ms + rest_ms))
+
+
 def replicas_main(args: argparse.Namespace) -> int:
     import tempfile
 
     sys.path.insert(0, str(ROOT.parent))  # benchmarks.bench_nodes, in every node process
-    frames = 400 if args.quick else 1200
     places = ["one machine"]
     cluster = None
     try:
@@ -586,49 +607,103 @@ def replicas_main(args: argparse.Namespace) -> int:
         places.append("Ray, 2 nodes")
     except ImportError:
         print("ray is not installed (the 'cluster' extra): one machine only")
-    results: dict[str, dict[str, Any]] = {}
+    models = {k: v for k, v in FACE_MODELS.items() if not args.model or k in args.model}
+    results: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in models}
+    load_before = os.getloadavg()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for _ in range(args.rounds):  # alternate, keep each one's best: a shared machine
-                for place in places:
-                    ray_run = place != "one machine" and cluster is not None
-                    for replicas, remote in ((1, False), (1, True), (2, False)):
-                        if remote and not ray_run:
-                            continue
-                        launcher = RayLauncher(cluster.address) if ray_run else None
-                        run = _face_run(replicas, frames, Path(tmp), launcher, remote)
-                        key = f"{place}, {replicas} replica{'s' if replicas > 1 else ''}"
-                        key += " (other node: tcp)" if remote else ""
-                        best = results.get(key)
-                        if best is None or run["fps"] > best["fps"]:
-                            results[key] = run
+                for name, (model, frames, quick_frames) in models.items():
+                    for place in places:
+                        ray_run = place != "one machine" and cluster is not None
+                        for replicas, remote in ((1, False), (1, True), (2, False)):
+                            if remote and not ray_run:
+                                continue
+                            launcher = RayLauncher(cluster.address) if ray_run else None
+                            count = quick_frames if args.quick else frames
+                            run = _face_run(model, replicas, count, Path(tmp), launcher, remote)
+                            run["frames"] = count
+                            key = f"{place}, {replicas} replica{'s' if replicas > 1 else ''}"
+                            key += " (other node: tcp)" if remote else ""
+                            best = results[name].get(key)
+                            if best is None or run["fps"] > best["fps"]:
+                                results[name][key] = run
     finally:
         if cluster is not None:
             import ray
 
             ray.shutdown()
             cluster.shutdown()
-    print(f"face graph: {frames} preloaded 640x360 frames -> BlazeFace (1 thread) -> jsonl")
-    print(
-        f"{'where, detector copies':<42}{'frames/s':>9}{'vs 1':>7}{'CPU ms/frame':>14}"
-        f"{'detector CPU ms/frame':>23}"
+    load_after = os.getloadavg()
+    cores = os.cpu_count() or 1
+    say(
+        f"# benchmarks/cluster.py --replicas --rounds {args.rounds}"
+        f"{' --quick' if args.quick else ''} at {_commit()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cores} cores, load average "
+        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after"
     )
-    ratios = {}
-    for key, r in results.items():
-        one = results[key.rsplit(",", 1)[0] + ", 1 replica"]["fps"]
-        ratio = r["fps"] / one
-        if key.endswith("2 replicas"):
-            ratios[key.rsplit(",", 1)[0]] = ratio
-            tcp = results.get(key.rsplit(",", 1)[0] + ", 1 replica (other node: tcp)")
-            if tcp:
-                ratios[key.rsplit(",", 1)[0] + " vs 1 replica across tcp"] = r["fps"] / tcp["fps"]
-        print(
-            f"{key:<42}{r['fps']:>9.1f}{ratio:>6.2f}x{r['cpu_ms_per_frame']:>14.1f}"
-            f"{r['detector_cpu_ms_per_frame']:>23.1f}"
+    say(
+        "# frames/s: at the sink after a 0.5 s warm-up, the best of the rounds; CPU ms/frame: "
+        "every node's, per frame\n# (the supervisor's and Ray's processes not counted); cores: "
+        "the cores the nodes kept busy (CPU/frame x frames/s);\n# ceiling: the most this "
+        f"machine's {cores} cores allow with that CPU per frame (each copy one thread, all "
+        "of it sharing the cores)"
+    )
+    ratios: dict[str, float] = {}
+    for name, res in results.items():
+        model, frames, quick_frames = FACE_MODELS[name]
+        say()
+        say(
+            f"face graph, {name} ({model}, 1 thread per copy): "
+            f"{quick_frames if args.quick else frames} preloaded 640x360 frames -> detector "
+            "-> jsonl"
         )
-    print(
-        f"this machine has {os.cpu_count()} cores (load {os.getloadavg()[0]:.1f}): two "
-        "machines' worth of cores is not available here"
+        say(
+            f"{'where, detector copies':<42}{'frames/s':>9}{'vs 1':>7}{'ceiling':>9}"
+            f"{'CPU ms/frame':>13}{'detector':>9}{'rest':>6}{'cores':>7}{'per core vs 1':>15}"
+        )
+        for key, r in res.items():
+            place = key.rsplit(",", 1)[0]
+            one = res[place + ", 1 replica"]
+            copies = 2 if key.endswith("2 replicas") else 1
+            rest = r["camera_cpu_ms_per_frame"] + r["sink_cpu_ms_per_frame"]
+            # the ceiling of 2 vs 1 from the 1-copy run's CPU per frame (the less contended)
+            d1 = one["detector_cpu_ms_per_frame"]
+            r1 = one["camera_cpu_ms_per_frame"] + one["sink_cpu_ms_per_frame"]
+            ceiling = ceiling_fps(copies, d1, r1, cores) / ceiling_fps(1, d1, r1, cores)
+            ratio = r["fps"] / one["fps"]
+            # frames/s per busy core against one copy's: what replication costs in CPU (1.00x:
+            # nothing); times the ceiling, what these copies would give with the cores free
+            per_core = (r["fps"] / r["cores_used"]) / (one["fps"] / one["cores_used"])
+            if copies == 2:
+                ratios[f"{name}, {place}: per busy core"] = per_core
+                ratios[f"{name}, {place}"] = ratio
+                ratios[f"{name}, {place}: ceiling here"] = ceiling
+                ratios[f"{name}, {place}: with a core per copy"] = ceiling_fps(
+                    2, d1, r1, 3
+                ) / ceiling_fps(1, d1, r1, 3)
+                tcp = res.get(place + ", 1 replica (other node: tcp)")
+                if tcp:
+                    ratios[f"{name}, {place} vs 1 replica across tcp"] = r["fps"] / tcp["fps"]
+            say(
+                f"{key:<42}{r['fps']:>9.1f}{ratio:>6.2f}x{ceiling:>8.2f}x"
+                f"{r['cpu_ms_per_frame']:>13.1f}{r['detector_cpu_ms_per_frame']:>9.1f}"
+                f"{rest:>6.1f}{r['cores_used']:>7.2f}{per_core:>14.2f}x"
+            )
+        for place in places:
+            if f"{name}, {place}" not in ratios:
+                continue
+            say(
+                f"{name}, {place}: 2 copies give {ratios[f'{name}, {place}']:.2f}x one, against "
+                f"a ceiling of {ratios[f'{name}, {place}: ceiling here']:.2f}x on {cores} free "
+                f"cores ({ratios[f'{name}, {place}: with a core per copy']:.2f}x with a core "
+                "for each copy and one for the rest: two machines' worth); per busy core "
+                f"{ratios[f'{name}, {place}: per busy core']:.2f}x"
+            )
+    say(
+        f"\nthis machine has {cores} cores, shared with other work (load average "
+        f"{load_before[0]:.1f} -> {load_after[0]:.1f}): two machines' worth of cores is not "
+        "available here; the ceiling column says what these cores allow"
     )
     REPLICA_RESULTS.write_text(
         json.dumps(
@@ -636,10 +711,9 @@ def replicas_main(args: argparse.Namespace) -> int:
                 "machine": {
                     "platform": platform.platform(),
                     "python": sys.version.split()[0],
-                    "cpus": os.cpu_count(),
-                    "load": os.getloadavg()[0],
+                    "cpus": cores,
+                    "load": [load_before[0], load_after[0]],
                 },
-                "frames": frames,
                 "results": results,
                 "ratio_2_vs_1": ratios,
             },
@@ -648,6 +722,7 @@ def replicas_main(args: argparse.Namespace) -> int:
         + "\n"
     )
     print(f"written to {REPLICA_RESULTS}")
+    write_txt(REPLICA_RESULTS.with_suffix(".txt"))
     return 0
 
 
@@ -657,6 +732,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds; best kept")
     parser.add_argument(
         "--replicas", action="store_true", help="the face graph with 1 vs 2 detector replicas"
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        choices=sorted(FACE_MODELS),
+        help="with --replicas: only this detector (again for more); default: all",
     )
     args = parser.parse_args(argv)
     if args.replicas:
