@@ -610,6 +610,7 @@ def replicas_main(args: argparse.Namespace) -> int:
     models = {k: v for k, v in FACE_MODELS.items() if not args.model or k in args.model}
     results: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in models}
     load_before = os.getloadavg()
+    commit = _commit()  # what is measured: the tree as the run starts
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for _ in range(args.rounds):  # alternate, keep each one's best: a shared machine
@@ -638,7 +639,7 @@ def replicas_main(args: argparse.Namespace) -> int:
     cores = os.cpu_count() or 1
     say(
         f"# benchmarks/cluster.py --replicas --rounds {args.rounds}"
-        f"{' --quick' if args.quick else ''} at {_commit()}, "
+        f"{' --quick' if args.quick else ''} at {commit}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cores} cores, load average "
         f"{load_before[0]:.1f} before, {load_after[0]:.1f} after"
     )
@@ -746,6 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     n = 150 if args.quick else 400
     lat_n = 45 if args.quick else 90
     load_before = os.getloadavg()
+    commit = _commit()  # what is measured: the tree as the run starts
     hd = measure(tuple(METHODS), HD, n, lat_n, args.rounds)
     smaller = {
         f"{w}x{h}": measure(SMALLER_METHODS, (h, w, c), n * 4, 0, args.rounds)
@@ -754,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()
     say(
         f"# benchmarks/cluster.py --rounds {args.rounds}{' --quick' if args.quick else ''} at "
-        f"{_commit()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} "
+        f"{commit}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} "
         f"cores, load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
     )
     say(
