@@ -14,7 +14,7 @@ in one run, side by side:
   was before the bulk path (every byte through libzmq's CURVE; the producer's threshold
   raised, benchmark only);
 - plain pyzmq PUSH/PULL tcp, ``copy=False`` (zero-copy send of a ready array) and
-  ``copy=True``, HWM 4;
+  ``copy=True``, HWM 4 (with glibc's malloc defaults, as a program of one's own has them);
 - plain pyzmq ``copy=False`` with CURVE: libzmq's own encryption (what every tcp edge used
   before the bulk path);
 - plain pyzmq ``copy=False`` + AES-256-GCM / ChaCha20-Poly1305 (``cryptography``,
@@ -23,26 +23,38 @@ in one run, side by side:
 
 Each runs flat out for throughput (frames/s, the consumer's receive rate), then paced at
 30 fps for one-way latency (send stamp to the consumer's receive; p50). The main table is
-1080p; a second one repeats the encryption rows at 640x480 and 224x224. Results print as
-tables with ratios and go to ``benchmarks/results/cluster.json`` (with the load average:
-the machine may be shared).
+1080p; a second one repeats the encryption rows at 640x480 and 224x224. The rounds alternate
+the methods (the machine may be shared): frames/s is each method's best round, and the
+"paired" ratios are the median over rounds of two methods' ratio in the same round. CPU per
+frame is counted per side (all threads) and per thread (``/proc/self/task/*/schedstat``, the
+ZeroMQ I/O threads too): the busiest thread bounds frames/s where every busy thread has a
+core of its own, the sum of all where the cores are the limit (this 2-core machine). The
+"before" rows are the receiving side as it was before ``bulk.keep_receive_buffers`` (glibc's
+malloc defaults), in the same run. Results print as tables with ratios and the targets, go
+to ``benchmarks/results/cluster.json`` (with the load average), and are put at the top of
+``benchmarks/results/cluster.txt`` (earlier runs kept below).
 
-    .venv/bin/python benchmarks/cluster.py            # about three minutes
-    .venv/bin/python benchmarks/cluster.py --quick
+    .venv/bin/python benchmarks/cluster.py            # about six minutes (3 rounds)
+    .venv/bin/python benchmarks/cluster.py --quick --rounds 1
 
 ``--replicas`` measures instead the face graph with 1 vs 2 detector replicas (``replicas:``,
 ``pipeline.runtime.replicas``): a decode-light source (the sample video's first 50 frames,
-decoded once, sent over and over) -> BlazeFace (``face_full_range``, one thread) -> jsonl of
-the detections, on one machine (``run_graph``) and on a local Ray cluster of two Ray nodes
-(one CPU each; the detector placed by ``{CPU: 1}``, so two replicas land one on each, and
-one replica is measured both where Ray puts it and pinned to the other Ray node, so that
-its frames cross tcp with CURVE as one of the two replicas' do). It
-prints frames/s at the sink, the ratio 2 vs 1 replica, and CPU seconds per frame (every
-node's, and the detectors', per process() call after a warm-up: the supervisor's and Ray's
-own processes are not counted), and writes ``benchmarks/results/cluster-replicas.json``:
+decoded once, sent over and over) -> a face detector (one thread per copy) -> jsonl of
+the detections, with BlazeFace (``face_full_range``: light, the source and sink are a sixth
+of the CPU) and CenterFace (heavy: the copies are nearly all of it), on one machine
+(``run_graph``) and on a local Ray cluster of two Ray nodes (one CPU each; the detector
+placed by ``{CPU: 1}``, so two replicas land one on each, and one replica is measured both
+where Ray puts it and pinned to the other Ray node, so that its frames cross tcp as one of
+the two replicas' do). It prints frames/s at the sink, the ratio 2 vs 1 replica, the
+ceiling of that ratio on this machine's cores given the measured CPU per frame (and with a
+core per copy: "two machines' worth"), CPU per frame (every node's, the detectors', the
+rest's, per process() call after a warm-up: the supervisor's and Ray's own processes are
+not counted), the cores the nodes kept busy, and frames/s per busy core against one copy's;
+it writes ``benchmarks/results/cluster-replicas.json`` and puts the tables at the top of
+``cluster-replicas.txt``:
 
-    .venv/bin/python benchmarks/cluster.py --replicas          # a few minutes
-    .venv/bin/python benchmarks/cluster.py --replicas --quick
+    .venv/bin/python benchmarks/cluster.py --replicas --rounds 2   # about eight minutes
+    .venv/bin/python benchmarks/cluster.py --replicas --quick --rounds 1 --model CenterFace
 """
 
 from __future__ import annotations
