@@ -639,8 +639,10 @@ def replicas_main(args: argparse.Namespace) -> int:
                             key = f"{place}, {replicas} replica{'s' if replicas > 1 else ''}"
                             key += " (other node: tcp)" if remote else ""
                             best = results[name].get(key)
+                            rounds = [*(best["per_round"] if best else []), run["fps"]]
                             if best is None or run["fps"] > best["fps"]:
                                 results[name][key] = run
+                            results[name][key]["per_round"] = rounds
     finally:
         if cluster is not None:
             import ray
@@ -656,7 +658,8 @@ def replicas_main(args: argparse.Namespace) -> int:
         f"{load_before[0]:.1f} before, {load_after[0]:.1f} after"
     )
     say(
-        "# frames/s: at the sink after a 0.5 s warm-up, the best of the rounds; CPU ms/frame: "
+        "# frames/s: at the sink after a 0.5 s warm-up, the best of the rounds ('paired': the "
+        "median over rounds of 2 vs 1 in the same round); CPU ms/frame: "
         "every node's, per frame\n# (the supervisor's and Ray's processes not counted); cores: "
         "the cores the nodes kept busy (CPU/frame x frames/s);\n# ceiling: the most this "
         f"machine's {cores} cores allow with that CPU per frame (each copy one thread, all "
@@ -685,11 +688,19 @@ def replicas_main(args: argparse.Namespace) -> int:
             r1 = one["camera_cpu_ms_per_frame"] + one["sink_cpu_ms_per_frame"]
             ceiling = ceiling_fps(copies, d1, r1, cores) / ceiling_fps(1, d1, r1, cores)
             ratio = r["fps"] / one["fps"]
+            pairs = [a / b for a, b in zip(r["per_round"], one["per_round"]) if b]
+            paired_ratio = float(np.median(pairs)) if pairs else 0.0
             # frames/s per busy core against one copy's: what replication costs in CPU (1.00x:
             # nothing); times the ceiling, what these copies would give with the cores free
             per_core = (r["fps"] / r["cores_used"]) / (one["fps"] / one["cores_used"])
             if copies == 2:
                 ratios[f"{name}, {place}: per busy core"] = per_core
+                ratios[f"{name}, {place}: paired"] = paired_ratio
+                # with a core for each copy and one for the rest, from the CPU per frame
+                # measured here (the copies' own, contending for this machine's caches)
+                ratios[f"{name}, {place}: estimate with a core per copy"] = ceiling_fps(
+                    2, r["detector_cpu_ms_per_frame"], rest, 3
+                ) / ceiling_fps(1, d1, r1, 3)
                 ratios[f"{name}, {place}"] = ratio
                 ratios[f"{name}, {place}: ceiling here"] = ceiling
                 ratios[f"{name}, {place}: with a core per copy"] = ceiling_fps(
@@ -707,11 +718,14 @@ def replicas_main(args: argparse.Namespace) -> int:
             if f"{name}, {place}" not in ratios:
                 continue
             say(
-                f"{name}, {place}: 2 copies give {ratios[f'{name}, {place}']:.2f}x one, against "
-                f"a ceiling of {ratios[f'{name}, {place}: ceiling here']:.2f}x on {cores} free "
-                f"cores ({ratios[f'{name}, {place}: with a core per copy']:.2f}x with a core "
-                "for each copy and one for the rest: two machines' worth); per busy core "
-                f"{ratios[f'{name}, {place}: per busy core']:.2f}x"
+                f"{name}, {place}: 2 copies give {ratios[f'{name}, {place}']:.2f}x one (paired "
+                f"{ratios[f'{name}, {place}: paired']:.2f}x), against a ceiling of "
+                f"{ratios[f'{name}, {place}: ceiling here']:.2f}x on {cores} free cores; per "
+                f"busy core {ratios[f'{name}, {place}: per busy core']:.2f}x; with a core for "
+                "each copy and one for the rest (two machines' worth) the CPU per frame "
+                "measured here gives "
+                f"{ratios[f'{name}, {place}: estimate with a core per copy']:.2f}x (an "
+                "estimate, not a measurement)"
             )
     say(
         f"\nthis machine has {cores} cores, shared with other work (load average "
