@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
 import dataclasses
 import os
 import platform
@@ -91,6 +92,7 @@ __all__ = [
     "Opener",
     "Sealer",
     "default_cipher",
+    "keep_receive_buffers",
 ]
 
 Aead = AESGCM | ChaCha20Poly1305
@@ -126,6 +128,44 @@ def default_cipher() -> str:
     if platform.system() == "Darwin" and platform.machine() == "arm64":
         return "aes-256-gcm"
     return "chacha20-poly1305"
+
+
+# glibc's mallopt() parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+HEAP_KEEP = 64 << 20  # freed heap a receiving process keeps for the next messages
+_heap_kept: bool | None = None
+
+
+def keep_receive_buffers() -> bool:
+    """Keep a receiving process's freed message buffers for the next messages (glibc only;
+    once per process; True if in effect).
+
+    libzmq receives each big message into a buffer of its own (``malloc``), which the node
+    frees when it releases the message. glibc's defaults give a 1080p frame's 6 MB either
+    its own ``mmap`` or heap that it trims back to the kernel on ``free``: then the next
+    message's bytes are written into fresh pages, 1,500 page faults (each a zeroed page) per
+    frame, about a third of the receiving I/O thread's time (measured, ``benchmarks/
+    cluster.py``). Raising the mmap threshold to glibc's most (32 MiB on 64-bit) and the
+    trim threshold to ``HEAP_KEEP`` makes such buffers come from, and go back to, the heap,
+    whose pages stay mapped: the process keeps up to ``HEAP_KEEP`` of freed memory instead
+    of returning it at once. Only processes with a tcp input edge call it.
+    """
+    global _heap_kept
+    if _heap_kept is None:
+        _heap_kept = False
+        if platform.libc_ver()[0] == "glibc":
+            try:
+                mallopt = ctypes.CDLL(None).mallopt
+            except (OSError, AttributeError):
+                return False
+            mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+            mallopt.restype = ctypes.c_int
+            for threshold in (32 << 20, 16 << 20):  # glibc's most: 64-bit, 32-bit
+                if mallopt(_M_MMAP_THRESHOLD, threshold):
+                    _heap_kept = bool(mallopt(_M_TRIM_THRESHOLD, HEAP_KEEP))
+                    break
+    return _heap_kept
 
 
 def _b64(data: bytes) -> str:
@@ -312,9 +352,12 @@ class BulkSender:
         self.sent = 0
 
     def _buffer(self, nbytes: int) -> np.ndarray:
-        for i, buf in enumerate(self.free):
-            if buf.nbytes == nbytes:
-                return self.free.pop(i)
+        """A buffer of ``nbytes`` to seal into: the one freed last (the likeliest to be still
+        in a cache) of that size, else a new one."""
+        free = self.free
+        for i in range(len(free) - 1, -1, -1):
+            if free[i].nbytes == nbytes:
+                return free.pop(i)
         return np.empty(nbytes, np.uint8)
 
     def send(self, n: int, head: bytes, parts: Sequence[Any]) -> bytes:
@@ -349,6 +392,7 @@ class BulkReceiver:
 
         self.edge = edge
         self.DESC_SIZE = DESC_SIZE
+        keep_receive_buffers()
         # PAIR: once its producer is connected nobody else gets a pipe, so what waits here
         # is bounded by the producer's credits (queue) and this high-water mark
         self.sock = ctx.socket(zmq.PAIR)
