@@ -145,7 +145,7 @@ class VideoWriterSink(Node):
           inputs: {frames: overlay/annotated}
     """
 
-    preload_modules = ("cv2",)
+    preload_modules = ("cv2", "av")
 
     class Params(NodeParams):
         path: str = Field(description="The video file to write (.mp4, .m4v, .mov or .avi).")
