@@ -96,15 +96,62 @@ class _AvCapture:
         raise ValueError(f"property {prop} is not read from PyAV")
 
     def set(self, prop: int, value: int) -> None:
-        """``CAP_PROP_POS_FRAMES`` on a fresh capture: decode and drop the frames before it."""
+        """``CAP_PROP_POS_FRAMES`` on a fresh capture: the next read gives frame ``value``.
+
+        Seeks to the key frame at or before it and drops the frames before it (a frame's index
+        from its timestamp and the frame rate, as OpenCV counts); where that cannot tell (no
+        rate or timestamps, or the seek overshot), decodes from the start and drops ``value``
+        frames.
+        """
         if prop != self._cv2.CAP_PROP_POS_FRAMES:
             raise ValueError(f"property {prop} is not set on PyAV")
-        for _ in range(int(value)):
+        target = int(value)
+        if target > 0 and self.fps and self._time_base:
+            if self._seek(target):
+                return
+            self._rewind()
+        for _ in range(target):
             try:
                 if self._next_frame() is None:
                     return
             except self._av.FFmpegError:
                 continue  # a damaged frame counts as one
+
+    def _index_of(self, frame: Any) -> int | None:
+        if frame.pts is None:
+            return None
+        return round(float(frame.pts - self._start) * self._time_base * self.fps)
+
+    def _seek(self, target: int) -> bool:
+        """Seek so that frame ``target`` comes next; False where it cannot tell."""
+        av = self._av
+        offset = self._start + int(target / self.fps / self._time_base)
+        try:
+            self._container.seek(offset, stream=self._stream, backward=True)
+        except av.FFmpegError:
+            return False
+        self._queue.clear()
+        self._ended = False
+        first = True
+        while True:
+            try:
+                frame = self._next_frame()
+            except av.FFmpegError:
+                continue
+            if frame is None:
+                return True  # the file ends before it: every read fails, as it would
+            index = self._index_of(frame)
+            if index is None or (first and index > target):
+                return False  # no timestamps, or past the frame: decode from the start
+            first = False
+            if index >= target:
+                self._queue.insert(0, frame)
+                return True
+
+    def _rewind(self) -> None:
+        self._container.seek(0, stream=self._stream, backward=True)
+        self._queue.clear()
+        self._ended = False
 
     def read(self, image: np.ndarray | None = None) -> tuple[bool, np.ndarray | None]:
         try:

@@ -116,6 +116,25 @@ def test_video_file_sends_only_the_frames_from_start_to_before_end(
     assert_same_pictures(frames, written, [5, 6, 7, 8])
 
 
+@pytest.mark.parametrize("start", [0, 11, 12, 13, 37, 59])
+def test_video_file_start_frame_past_key_frames_starts_at_that_frame(
+    tmp_path: Path, decoder: str, start: int
+) -> None:
+    path = tmp_path / "clip.mp4"
+    written = write_video(path, 60)  # mp4v as OpenCV writes it: a key frame every 12 frames
+    run = run_fast(
+        VideoFileSource,
+        {"path": str(path), "start_frame": start, "loop": True},
+        max_calls=(60 - start) + 2,
+    )
+    frames = sent_frames(run)
+    one_pass = list(range(start, 60))
+    indices = (one_pass * 3)[: len(one_pass) + 2]  # and again from start_frame
+    assert [f.meta["frame_index"] for f in frames] == indices
+    assert [f.meta["pos_ms"] for f in frames] == pytest.approx([i * 50.0 for i in indices])
+    assert_same_pictures(frames, written, indices)
+
+
 def test_video_file_end_frame_must_come_after_start_frame() -> None:
     with pytest.raises(ValidationError, match="end_frame"):
         VideoFileSource.Params.model_validate({"path": "x.mp4", "start_frame": 10, "end_frame": 10})
