@@ -183,7 +183,8 @@ class _NeedsRotation(Exception):
 class VideoFileSource(Node):
     """Send the frames of a video file (any container and codec FFmpeg reads).
 
-    Frames are decoded straight into the output's shared memory. Under the node's ``pace: realtime``
+    Frames are decoded with PyAV (OpenCV for a file PyAV cannot open or whose frames must be
+    turned upright) and land straight in the output's shared memory. Under the node's ``pace: realtime``
     (the default) the runtime sends one frame per ``1/fps`` of the file (or ``fps_override``),
     like a camera; ``pace: fast`` sends as fast as the consumers take them (with ``when_full:
     block`` edges, the slowest one's rate), for offline processing and benchmarks. Ends with end
