@@ -183,15 +183,15 @@ class _NeedsRotation(Exception):
 class VideoFileSource(Node):
     """Send the frames of a video file (any container and codec FFmpeg reads).
 
-    Frames are decoded with PyAV (OpenCV for a file PyAV cannot open or whose frames must be
-    turned upright) and land straight in the output's shared memory. Under the node's ``pace: realtime``
-    (the default) the runtime sends one frame per ``1/fps`` of the file (or ``fps_override``),
-    like a camera; ``pace: fast`` sends as fast as the consumers take them (with ``when_full:
-    block`` edges, the slowest one's rate), for offline processing and benchmarks. Ends with end
-    of stream after the last frame (or before ``end_frame``); with ``loop`` it starts again at
-    ``start_frame`` and then ends only when the graph is stopped. A frame the decoder cannot
-    decode is skipped and counted as ``corrupt_frames``. A bad ``path`` (missing, not a video,
-    no decodable frame) fails ``open()`` with a message naming the node and the file.
+    Frames are decoded with PyAV (OpenCV for a file PyAV cannot open or whose frames must be turned
+    upright) and land straight in the output's shared memory. Under the node's ``pace: realtime``
+    (the default) the runtime sends one frame per ``1/fps`` of the file (or ``fps_override``), like
+    a camera; ``pace: fast`` sends as fast as the consumers take them (with ``when_full: block``
+    edges, the slowest one's rate), for offline processing and benchmarks. Ends with end of stream
+    after the last frame (or before ``end_frame``); with ``loop`` it starts again at ``start_frame``
+    and then ends only when the graph is stopped. A frame the decoder cannot decode is skipped and
+    counted as ``corrupt_frames``. A bad ``path`` (missing, not a video, no decodable frame) fails
+    ``open()`` with a message naming the node and the file.
 
     Output ``frames``: ``(H, W, 3)`` uint8 BGR; ``meta`` carries ``frame_index`` (0-based
     index in the file), ``pos_ms`` (the frame's timestamp in the file), ``video_fps``, ``path``
