@@ -48,7 +48,7 @@ class _AvCapture:
     def __init__(self, av: Any, cv2: Any, path: Path) -> None:
         self._av = av
         self._cv2 = cv2
-        if not hasattr(av.VideoFrame, "rotation"):  # PyAV before 14: OpenCV turns frames upright
+        if not hasattr(av.VideoFrame, "rotation"):  # an old PyAV: OpenCV turns frames upright
             raise ValueError("this PyAV does not report a frame's rotation")
         self._container = av.open(str(path))
         try:
