@@ -37,17 +37,22 @@ __all__ = ["VideoFileSource"]
 # frame count is unknown; a damaged stretch longer than this ends the stream (logged).
 _MAX_BAD_IN_A_ROW = 50
 
+# cv2.CAP_PROP_* values (OpenCV's stable enum), so that PyAV's capture needs no cv2.
+CAP_PROP_POS_MSEC = 0
+CAP_PROP_POS_FRAMES = 1
+CAP_PROP_FPS = 5
+CAP_PROP_FRAME_COUNT = 7
+
 
 class _AvCapture:
-    """The part of ``cv2.VideoCapture``'s interface the source uses, decoding with PyAV.
+    """The part of ``cv2.VideoCapture``'s interface the source uses, decoding with PyAV (no cv2).
 
     ``read()`` decodes the next frame; a packet the decoder rejects is one failed read (the
     source counts it as a corrupt frame), like OpenCV's; at the end every read fails.
     """
 
-    def __init__(self, av: Any, cv2: Any, path: Path) -> None:
+    def __init__(self, av: Any, path: Path) -> None:
         self._av = av
-        self._cv2 = cv2
         if not hasattr(av.VideoFrame, "rotation"):  # an old PyAV: OpenCV turns frames upright
             raise ValueError("this PyAV does not report a frame's rotation")
         self._container = av.open(str(path))
@@ -88,12 +93,11 @@ class _AvCapture:
         return self._queue.pop(0)
 
     def get(self, prop: int) -> float:
-        cv2 = self._cv2
-        if prop == cv2.CAP_PROP_FPS:
+        if prop == CAP_PROP_FPS:
             return self.fps
-        if prop == cv2.CAP_PROP_FRAME_COUNT:
+        if prop == CAP_PROP_FRAME_COUNT:
             return float(self.frame_count)
-        if prop == cv2.CAP_PROP_POS_MSEC:
+        if prop == CAP_PROP_POS_MSEC:
             return self.pos_ms
         raise ValueError(f"property {prop} is not read from PyAV")
 
@@ -105,7 +109,7 @@ class _AvCapture:
         rate or timestamps, or the seek overshot), decodes from the start and drops ``value``
         frames.
         """
-        if prop != self._cv2.CAP_PROP_POS_FRAMES:
+        if prop != CAP_PROP_POS_FRAMES:
             raise ValueError(f"property {prop} is not set on PyAV")
         target = int(value)
         if target > 0 and self.fps and self._time_base:
@@ -206,7 +210,7 @@ class VideoFileSource(Node):
           params: {path: samples/people.mp4, loop: true}
     """
 
-    preload_modules = ("cv2", "av")
+    preload_modules = ("av",)
 
     class Params(NodeParams):
         path: str = Field(
@@ -252,12 +256,12 @@ class VideoFileSource(Node):
             yield from input_file("path", params.path, "video file")
 
     def open(self) -> None:
-        self._cv2 = import_cv2("video_file")
+        self._cv2: Any = None  # imported only where OpenCV reads the file
         self._av: Any = None
         try:
             self._av = importlib.import_module("av")
         except ImportError:  # OpenCV alone reads the file
-            pass
+            self._opencv()
         self._use_av = self._av is not None
         p = self.params
         path = Path(p.path).expanduser()
@@ -310,8 +314,8 @@ class VideoFileSource(Node):
         path = self._path
         probe = self._new_capture()
         try:
-            file_fps = float(probe.get(self._cv2.CAP_PROP_FPS))
-            count = int(probe.get(self._cv2.CAP_PROP_FRAME_COUNT))
+            file_fps = float(probe.get(CAP_PROP_FPS))
+            count = int(probe.get(CAP_PROP_FRAME_COUNT))
             self._frame_count = count if count > 0 else None
             if self._frame_count is not None and p.start_frame >= self._frame_count:
                 raise ValueError(
@@ -320,7 +324,7 @@ class VideoFileSource(Node):
                     "params.start_frame"
                 )
             if p.start_frame:
-                probe.set(self._cv2.CAP_PROP_POS_FRAMES, p.start_frame)
+                probe.set(CAP_PROP_POS_FRAMES, p.start_frame)
             first = None
             for _ in range(_MAX_BAD_IN_A_ROW):
                 ok, image = probe.read()
@@ -338,6 +342,11 @@ class VideoFileSource(Node):
             )
         return file_fps, first
 
+    def _opencv(self) -> Any:
+        if self._cv2 is None:
+            self._cv2 = import_cv2(f"the video_file node {self.id!r}")
+        return self._cv2
+
     def frame_rate(self) -> float:
         """The file's frame rate (or ``fps_override``), for ``pace: realtime``."""
         if not self._fps:
@@ -349,13 +358,13 @@ class VideoFileSource(Node):
         return self._fps
 
     def _new_capture(self) -> Any:
-        cv2 = self._cv2
         if self._use_av:
             av = self._av
             try:
-                return _AvCapture(av, cv2, self._path)
+                return _AvCapture(av, self._path)
             except (av.FFmpegError, OSError, ValueError):
                 self._use_av = False  # not for PyAV: OpenCV may still read it
+        cv2 = self._opencv()
         cap = cv2.VideoCapture(str(self._path), cv2.CAP_ANY)
         if not cap.isOpened():
             cap.release()
@@ -371,7 +380,7 @@ class VideoFileSource(Node):
         """A capture positioned at start_frame, for the first pass and each loop."""
         cap = self._new_capture()
         if self.params.start_frame:
-            cap.set(self._cv2.CAP_PROP_POS_FRAMES, self.params.start_frame)
+            cap.set(CAP_PROP_POS_FRAMES, self.params.start_frame)
         self._index = self.params.start_frame  # index of the next frame in the file
         return cap
 
@@ -395,7 +404,8 @@ class VideoFileSource(Node):
             # OpenCV allocated its own array (a frame of another shape): copy it in once.
             decoded = np.asarray(decoded)
             if decoded.ndim == 2:
-                decoded = self._cv2.cvtColor(decoded, self._cv2.COLOR_GRAY2BGR)
+                cv2 = self._opencv()
+                decoded = cv2.cvtColor(decoded, cv2.COLOR_GRAY2BGR)
             self._shape = tuple(int(n) for n in decoded.shape)
             image = self.frames.allocate(self._shape, np.uint8)
             np.copyto(image, decoded)
@@ -413,7 +423,7 @@ class VideoFileSource(Node):
         if self.params.fps_override is not None:
             pos_ms = index * 1000.0 / self._fps
         else:
-            pos_ms = float(self._cap.get(self._cv2.CAP_PROP_POS_MSEC))
+            pos_ms = float(self._cap.get(CAP_PROP_POS_MSEC))
         seq = self._seq
         self._seq += 1
         self._sent_this_pass += 1

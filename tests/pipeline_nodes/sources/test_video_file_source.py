@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -212,6 +213,35 @@ def test_video_file_decodes_with_pyav_the_ffmpeg_video_writer_maps_too(
     assert opened == [str(path)] * 2  # the probe and the pass
     assert_same_pictures(frames, written, range(6))
     assert "av" in VideoFileSource.preload_modules  # the fork server's template imports it
+
+
+def test_video_file_on_pyav_does_not_import_opencv(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    write_video(path, 3)
+    script = (
+        "import sys\n"
+        "from pipeline.testing import run_node\n"
+        "from pipeline_nodes.sources.video_file import VideoFileSource\n"
+        f"run = run_node(VideoFileSource, {{'path': {str(path)!r}}}, pace='fast')\n"
+        "assert run.error is None, run.error\n"
+        "print(sum(1 for c in run.calls if c == 'process'), 'cv2' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=50, check=True
+    )
+    assert done.stdout.split() == ["4", "False"]  # 3 frames, then the end; no cv2 mapped
+
+
+def test_video_file_property_numbers_are_opencvs() -> None:
+    from pipeline_nodes.sources import video_file
+
+    for name in (
+        "CAP_PROP_POS_MSEC",
+        "CAP_PROP_POS_FRAMES",
+        "CAP_PROP_FPS",
+        "CAP_PROP_FRAME_COUNT",
+    ):
+        assert getattr(video_file, name) == getattr(cv2, name)
 
 
 def test_video_file_turns_a_rotated_video_upright_with_opencv(tmp_path: Path) -> None:
