@@ -46,7 +46,7 @@ def rollup():
 before = rollup()
 cpu0 = time.process_time()
 if sys.argv[2] == "pyav":  # the capture the node opens, each decoder's
-    cap = video_file._AvCapture(av, cv2, Path(sys.argv[1]))
+    cap = video_file._AvCapture(av, Path(sys.argv[1]))
 else:
     cap = cv2.VideoCapture(sys.argv[1], cv2.CAP_ANY)
 ok, first = cap.read()
