@@ -172,7 +172,12 @@ class _AvCapture:
             self.pos_ms = (frame.pts - self._start) * self._time_base * 1000.0
         elif self.fps:
             self.pos_ms += 1000.0 / self.fps
-        decoded = frame.to_ndarray(format="bgr24")
+        try:
+            # One thread: swscale's automatic thread pool costs twice the CPU on a frame this
+            # size (and a thread stack and arena per core).
+            decoded = frame.to_ndarray(format="bgr24", threads=1)
+        except TypeError:  # a PyAV without the threads argument
+            decoded = frame.to_ndarray(format="bgr24")
         if image is not None and image.shape == decoded.shape and image.dtype == decoded.dtype:
             np.copyto(image, decoded)
             return True, image
