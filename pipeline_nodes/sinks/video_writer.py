@@ -145,7 +145,7 @@ class VideoWriterSink(Node):
           inputs: {frames: overlay/annotated}
     """
 
-    preload_modules = ("cv2",)
+    preload_modules = ("cv2", "av")
 
     class Params(NodeParams):
         path: str = Field(description="The video file to write (.mp4, .m4v, .mov or .avi).")
@@ -290,6 +290,13 @@ class VideoWriterSink(Node):
         video_frame = self._av.VideoFrame.from_ndarray(
             image if image.flags.c_contiguous else image.copy(), format="bgr24"
         )
+        if self._stream.pix_fmt != "yuvj420p":
+            try:
+                # To the encoder's format here, on one thread: the encoder's own conversion
+                # runs swscale's automatic thread pool (a thread, stack and arena per core).
+                video_frame = video_frame.reformat(format=self._stream.pix_fmt, threads=1)
+            except TypeError:  # a PyAV without the threads argument: the encoder converts
+                pass
         video_frame.pts = self._frames_written
         self._mux(self._stream.encode(video_frame))
         self._frames_written += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import cv2
@@ -74,3 +75,16 @@ def wipe_mjpg_frame(path: Path, index: int) -> None:
 
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def rotate_mp4(path: Path) -> None:
+    """Mark the video track of an .mp4 as shown rotated by 90 degrees, in place, as phones do.
+
+    The track header (``tkhd``) holds a 3x3 display matrix, identity as written; it becomes a
+    90-degree rotation (what FFmpeg reports as a display rotation of -90).
+    """
+    identity = struct.pack(">9I", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    rotation = struct.pack(">9I", 0, 0x10000, 0, 0xFFFF0000, 0, 0, 0, 0, 0x40000000)
+    data = path.read_bytes()
+    at = data.index(identity, data.index(b"tkhd"))
+    path.write_bytes(data[:at] + rotation + data[at + len(identity) :])

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import av
+import cv2
 import numpy as np
 import pytest
 from pydantic import ValidationError
 from source_harness import LiveSource, sent_frames
-from source_media import decode_all, mean_abs_diff, wipe_mjpg_frame, write_video
+from source_media import decode_all, mean_abs_diff, rotate_mp4, wipe_mjpg_frame, write_video
 
 from pipeline import EndOfStream, Frame
 from pipeline.testing import NodeRun, run_node
 from pipeline_nodes.sources.video_file import VideoFileSource
 
 CODEC_NOISE = 6.0  # mean absolute difference per pixel a codec may add to these frames
+
+
+@pytest.fixture(params=["pyav", "opencv"])
+def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test twice: decoding with PyAV (the default), and with OpenCV where PyAV is absent."""
+    if request.param == "opencv":
+        monkeypatch.setitem(sys.modules, "av", None)  # import av raises ImportError
+    return str(request.param)
 
 
 def run_fast(*args: Any, **kwargs: Any) -> NodeRun:
@@ -42,7 +54,7 @@ def assert_same_pictures(
     ],
 )
 def test_video_file_sends_every_frame_with_its_index_time_and_picture(
-    tmp_path: Path, fourcc: str, suffix: str
+    tmp_path: Path, fourcc: str, suffix: str, decoder: str
 ) -> None:
     path = tmp_path / f"clip{suffix}"
     written = write_video(path, 24, fps=20, fourcc=fourcc)
@@ -60,7 +72,9 @@ def test_video_file_sends_every_frame_with_its_index_time_and_picture(
     assert run.stats.counters == {}
 
 
-def test_video_file_decodes_straight_into_the_slots_it_allocates(tmp_path: Path) -> None:
+def test_video_file_decodes_straight_into_the_slots_it_allocates(
+    tmp_path: Path, decoder: str
+) -> None:
     path = tmp_path / "clip.mp4"
     write_video(path, 5)
     live = LiveSource(VideoFileSource, {"path": str(path)})
@@ -76,7 +90,9 @@ def test_video_file_decodes_straight_into_the_slots_it_allocates(tmp_path: Path)
     assert all(id(f.image) in allocated for f in live.frames)  # no copy on the way
 
 
-def test_video_file_loops_from_start_frame_and_counts_the_passes(tmp_path: Path) -> None:
+def test_video_file_loops_from_start_frame_and_counts_the_passes(
+    tmp_path: Path, decoder: str
+) -> None:
     path = tmp_path / "clip.avi"
     write_video(path, 5, fourcc="MJPG")
     run = run_fast(
@@ -89,7 +105,9 @@ def test_video_file_loops_from_start_frame_and_counts_the_passes(tmp_path: Path)
     assert run.error is None
 
 
-def test_video_file_sends_only_the_frames_from_start_to_before_end(tmp_path: Path) -> None:
+def test_video_file_sends_only_the_frames_from_start_to_before_end(
+    tmp_path: Path, decoder: str
+) -> None:
     path = tmp_path / "clip.mp4"
     written = write_video(path, 20)
     run = run_fast(VideoFileSource, {"path": str(path), "start_frame": 5, "end_frame": 9})
@@ -99,12 +117,31 @@ def test_video_file_sends_only_the_frames_from_start_to_before_end(tmp_path: Pat
     assert_same_pictures(frames, written, [5, 6, 7, 8])
 
 
+@pytest.mark.parametrize("start", [0, 11, 12, 13, 37, 59])
+def test_video_file_start_frame_past_key_frames_starts_at_that_frame(
+    tmp_path: Path, decoder: str, start: int
+) -> None:
+    path = tmp_path / "clip.mp4"
+    written = write_video(path, 60)  # mp4v as OpenCV writes it: a key frame every 12 frames
+    run = run_fast(
+        VideoFileSource,
+        {"path": str(path), "start_frame": start, "loop": True},
+        max_calls=(60 - start) + 2,
+    )
+    frames = sent_frames(run)
+    one_pass = list(range(start, 60))
+    indices = (one_pass * 3)[: len(one_pass) + 2]  # and again from start_frame
+    assert [f.meta["frame_index"] for f in frames] == indices
+    assert [f.meta["pos_ms"] for f in frames] == pytest.approx([i * 50.0 for i in indices])
+    assert_same_pictures(frames, written, indices)
+
+
 def test_video_file_end_frame_must_come_after_start_frame() -> None:
     with pytest.raises(ValidationError, match="end_frame"):
         VideoFileSource.Params.model_validate({"path": "x.mp4", "start_frame": 10, "end_frame": 10})
 
 
-def test_video_file_start_frame_past_the_end_fails_open(tmp_path: Path) -> None:
+def test_video_file_start_frame_past_the_end_fails_open(tmp_path: Path, decoder: str) -> None:
     path = tmp_path / "clip.mp4"
     write_video(path, 5)
     run = run_fast(
@@ -141,7 +178,9 @@ def test_video_file_fast_pace_does_not_wait(tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 3
 
 
-def test_video_file_skips_and_counts_a_corrupt_frame_in_the_middle(tmp_path: Path) -> None:
+def test_video_file_skips_and_counts_a_corrupt_frame_in_the_middle(
+    tmp_path: Path, decoder: str
+) -> None:
     path = tmp_path / "damaged.avi"
     written = write_video(path, 20, fourcc="MJPG")
     wipe_mjpg_frame(path, 10)
@@ -154,6 +193,67 @@ def test_video_file_skips_and_counts_a_corrupt_frame_in_the_middle(tmp_path: Pat
     assert run.stats.counters == {"corrupt_frames": 1}
     assert_same_pictures(frames, written, indices)
     assert run.error is None
+
+
+def test_video_file_decodes_with_pyav_the_ffmpeg_video_writer_maps_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "clip.mp4"
+    written = write_video(path, 6)
+    opened: list[str] = []
+    real_open = av.open
+
+    def spy(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(av, "open", spy)
+    run = run_fast(VideoFileSource, {"path": str(path)})
+    frames = sent_frames(run)
+    assert opened == [str(path)] * 2  # the probe and the pass
+    assert_same_pictures(frames, written, range(6))
+    assert "av" in VideoFileSource.preload_modules  # the fork server's template imports it
+
+
+def test_video_file_on_pyav_does_not_import_opencv(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    write_video(path, 3)
+    script = (
+        "import sys\n"
+        "from pipeline.testing import run_node\n"
+        "from pipeline_nodes.sources.video_file import VideoFileSource\n"
+        f"run = run_node(VideoFileSource, {{'path': {str(path)!r}}}, pace='fast')\n"
+        "assert run.error is None, run.error\n"
+        "print(sum(1 for c in run.calls if c == 'process'), 'cv2' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=50, check=True
+    )
+    assert done.stdout.split() == ["4", "False"]  # 3 frames, then the end; no cv2 mapped
+
+
+def test_video_file_property_numbers_are_opencvs() -> None:
+    from pipeline_nodes.sources import video_file
+
+    for name in (
+        "CAP_PROP_POS_MSEC",
+        "CAP_PROP_POS_FRAMES",
+        "CAP_PROP_FPS",
+        "CAP_PROP_FRAME_COUNT",
+    ):
+        assert getattr(video_file, name) == getattr(cv2, name)
+
+
+def test_video_file_turns_a_rotated_video_upright_with_opencv(tmp_path: Path) -> None:
+    path = tmp_path / "phone.mp4"
+    written = write_video(path, 5)
+    rotate_mp4(path)
+    assert av.open(str(path)).streams.video[0].codec_context.width == 160  # stored sideways
+    run = run_fast(VideoFileSource, {"path": str(path)})
+    frames = sent_frames(run)
+    assert all(f.image.shape == (160, 120, 3) for f in frames)  # shown upright
+    upright = [cv2.rotate(w, cv2.ROTATE_90_CLOCKWISE) for w in written]
+    assert_same_pictures(frames, upright, range(5))
 
 
 def test_video_file_missing_file_fails_open_naming_node_and_path(tmp_path: Path) -> None:
