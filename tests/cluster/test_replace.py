@@ -60,6 +60,18 @@ class Hold:
         return True
 
 
+def hold_cpus(*sites: str) -> dict[str, Any]:
+    """A ``Hold`` actor taking both CPUs of the Ray node of each site, once it is running."""
+    import ray
+
+    hold = {
+        site: ray.remote(Hold).options(num_cpus=2, label_selector={"site": site}).remote()
+        for site in sites
+    }
+    ray.get([h.ready.remote() for h in hold.values()], timeout=60)
+    return hold
+
+
 class LoseMachine:
     """Removes the doomed Ray node once the sink has received frames; after the relay's
     restart, stops the graph (as Ctrl-C does) when the sink has received 20 more."""
@@ -97,11 +109,7 @@ def test_a_lost_machines_node_is_placed_again_on_the_head_and_the_graph_goes_on(
     launcher = RayLauncher(ray_cluster.address)
     # the relay asks for a CPU: with the head's and the second node's held, only the doomed
     # node has one at the start; the head's are given back before the doomed node goes
-    hold = {
-        site: ray.remote(Hold).options(num_cpus=2, label_selector={"site": site}).remote()
-        for site in ("a", "b")
-    }
-    ray.get([h.ready.remote() for h in hold.values()], timeout=60)
+    hold = hold_cpus("a", "b")
     out = tmp_path / "out.txt"
     killer = LoseMachine(ray_cluster, doomed, before=lambda: ray.kill(hold["a"]))
     try:
@@ -163,11 +171,7 @@ def test_two_nodes_of_a_lost_machine_are_both_placed_again_and_wired_to_each_oth
         "inputs: {frames: relay2/out}\n        placement: {labels",
     )
     launcher = RayLauncher(ray_cluster.address)
-    hold = {
-        site: ray.remote(Hold).options(num_cpus=2, label_selector={"site": site}).remote()
-        for site in ("a", "b")
-    }
-    ray.get([h.ready.remote() for h in hold.values()], timeout=60)
+    hold = hold_cpus("a", "b")
     out = tmp_path / "out.txt"
     killer = LoseMachine(
         ray_cluster, doomed, before=lambda: ray.kill(hold["a"]), moved=("relay", "relay2")
