@@ -206,10 +206,11 @@ def test_server_stopped_for_10_seconds_loses_and_doubles_nothing(tmp_path):
 
 
 def _dead(pid: int) -> bool:
-    """The process is gone or a zombie (its parent may reap it while we look)."""
+    """The process is gone or a zombie (its parent may reap it while we look: the status
+    file is then missing, or goes away between its open and its read, ESRCH)."""
     try:
         return "zombie" in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return True
 
 
