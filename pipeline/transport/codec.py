@@ -43,7 +43,7 @@ import numpy as np
 
 from pipeline.errors import TransportError
 from pipeline.messages import _REGISTRY as _KINDS
-from pipeline.messages import Frame, Message
+from pipeline.messages import Message
 
 __all__ = [
     "INLINE_MAX",
@@ -230,16 +230,22 @@ def _shape(shape: object, dt: np.dtype) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _array(
-    entry: object, shm_view: ShmView | None, buffers: Sequence[Any]
-) -> tuple[str, np.ndarray]:
+def _entry(entry: object, what: str) -> tuple[str, np.dtype, tuple[int, ...], Any, Any]:
+    """An array entry ``[name, dtype, shape, x, y]``: its name, dtype and shape validated;
+    ``x`` and ``y`` (where and reference, or segment and offset) for the caller to check."""
     if not isinstance(entry, list) or len(entry) != 5:
-        raise MalformedMessage(f"not an array entry: {entry!r:.80}")
-    name, code, shape, where, ref = entry
+        raise MalformedMessage(f"not {what}: {entry!r:.80}")
+    name, code, shape, x, y = entry
     if not isinstance(name, str):
         raise MalformedMessage(f"not an array name: {name!r:.80}")
     dt = _dtype(code)
-    shp = _shape(shape, dt)
+    return name, dt, _shape(shape, dt), x, y
+
+
+def _array(
+    entry: object, shm_view: ShmView | None, buffers: Sequence[Any]
+) -> tuple[str, np.ndarray]:
+    name, dt, shp, where, ref = _entry(entry, "an array entry")
     try:
         if where == "s":
             if shm_view is None:
@@ -336,13 +342,7 @@ def _layout(data: bytes) -> _Layout:
         raise MalformedMessage("the short-form layout's arrays are not a list of 1 to 64 entries")
     specs = []
     for entry in entries:
-        if not isinstance(entry, list) or len(entry) != 5:
-            raise MalformedMessage(f"not a shared-memory array entry: {entry!r:.80}")
-        name, code, shape, segment, offset = entry
-        if not isinstance(name, str):
-            raise MalformedMessage(f"not an array name: {name!r:.80}")
-        dt = _dtype(code)
-        shp = _shape(shape, dt)
+        name, dt, shp, segment, offset = _entry(entry, "a shared-memory array entry")
         check_segment_name(segment)
         if type(offset) is not int or not 0 <= offset <= MAX_ARRAY_BYTES:
             raise MalformedMessage(f"not a shared-memory offset: {offset!r:.80}")
@@ -394,18 +394,6 @@ def _decode_short(body: bytes | memoryview, shm_view: ShmView | None) -> Message
             arrays[name] = shm_view(segment, offset, shape, dt)
         except (ValueError, TypeError) as exc:  # the segment does not hold that array
             raise MalformedMessage(f"array {name!r}: {exc}") from None
-    if cls is Frame and not fields and len(arrays) == 1 and "image" in arrays:
-        # the usual message of the fast path, built as its dataclass __init__ would (a
-        # frozen dataclass sets its fields with object.__setattr__), checked the same way
-        frame = object.__new__(Frame)
-        frame.__dict__.update(
-            seq=seq, t_capture_ns=t_capture, source=source, meta=meta, image=arrays["image"]
-        )
-        try:
-            frame.__post_init__()
-        except ValueError as exc:
-            raise MalformedMessage(f"not a valid frame message: {exc}") from None
-        return frame
     header = {"seq": seq, "t_capture_ns": t_capture, "source": source, "meta": meta}
     try:
         return cls._from_parts(header, fields, arrays)
