@@ -79,6 +79,20 @@ class Relay(Node):
             Path(self.params.marker + ".closed").write_text("closed")
 
 
+def tag(frames: Frame, name: str) -> Detections:
+    """One detection named ``name`` whose confidence is derived from the frame's pixels."""
+    h, w = frames.image.shape[:2]
+    value = float(frames.image.sum(dtype=np.uint64) % 1000) / 1000
+    return frames.derive(
+        Detections,
+        xyxy=[[0.1, 0.2, 0.3, 0.4]],
+        confidence=[value],
+        class_id=[0],
+        class_names=[name],
+        image_wh=(w, h),
+    )
+
+
 class Tagger(Node):
     """One detection per frame whose confidence is derived from the frame's pixels."""
 
@@ -86,18 +100,7 @@ class Tagger(Node):
     detections = Output(Detections)
 
     def process(self, frames: Frame) -> None:
-        h, w = frames.image.shape[:2]
-        value = float(frames.image.sum(dtype=np.uint64) % 1000) / 1000
-        self.detections.send(
-            frames.derive(
-                Detections,
-                xyxy=[[0.1, 0.2, 0.3, 0.4]],
-                confidence=[value],
-                class_id=[0],
-                class_names=["tag"],
-                image_wh=(w, h),
-            )
-        )
+        self.detections.send(tag(frames, "tag"))
 
 
 class JoinCheck(Node):
@@ -273,18 +276,7 @@ class SlowTagger(Node):
             time.sleep(self.params.delay_ms / 1000)
         if frames.seq in self.params.skip or self.replica == self.params.silent_replica:
             return
-        h, w = frames.image.shape[:2]
-        value = float(frames.image.sum(dtype=np.uint64) % 1000) / 1000
-        self.detections.send(
-            frames.derive(
-                Detections,
-                xyxy=[[0.1, 0.2, 0.3, 0.4]],
-                confidence=[value],
-                class_id=[0],
-                class_names=[f"r{self.replica}of{self.replicas}"],
-                image_wh=(w, h),
-            )
-        )
+        self.detections.send(tag(frames, f"r{self.replica}of{self.replicas}"))
 
 
 class Crasher(Node):

@@ -19,20 +19,9 @@ from pipeline.messages import Frame, Tensors
 from pipeline.transport import bulk, codec
 from pipeline.transport.channels import EdgeSender, InputEdge, RuntimeOutput
 from pipeline.transport.curve import Gatekeeper, RunKeys
-from pipeline.transport.plan import EdgePlan, slot_pool_size
+from pipeline.transport.plan import slot_pool_size
 from pipeline.transport.shm import ShmReader, SlotPool
-
-PLAN = EdgePlan(
-    producer="cam",
-    output="frames",
-    consumer="sink",
-    input="frames",
-    queue=4,
-    when_full="block",
-    transport="tcp",
-    release_batch=1,
-    bind="tcp://127.0.0.1:*",
-)
+from tests.pipeline.transport.test_curve import PLAN  # the same tcp edge
 
 
 def wait_for(condition: Any, what: str, timeout_s: float = 20.0) -> None:
