@@ -25,7 +25,6 @@ extra (``cryptography``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import socket
@@ -40,7 +39,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from transport import machine
+from transport import machine, write_result
 
 RESULTS = Path(__file__).parent / "results" / "bulk_carrier.json"
 FRAME = 1920 * 1080 * 3
@@ -199,7 +198,7 @@ def main() -> int:
     parser.add_argument("--pieces", default="256,1024", help="piece sizes in KiB, sealed tcp")
     args = parser.parse_args()
     methods = ["zmq", "zmq_sealed", "tcp"] + [f"tcp_sealed_{k}" for k in args.pieces.split(",")]
-    load0 = os.getloadavg()
+    started = machine()  # the load average before this run added its own
     rounds: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for _ in range(args.rounds):
         for m in methods:
@@ -230,22 +229,7 @@ def main() -> int:
         print(f"{m:18s} {r['frames_per_s']:9.1f}  {c['producer']:22.3f} {c['consumer']:8.3f}")
     for k, v in ratios.items():
         print(f"{k}: {v}")
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "benchmark": "bulk_carrier",
-                "machine": machine(),
-                "load_avg_at_start": load0,
-                "load_avg_at_end": os.getloadavg(),
-                "command": "benchmarks/bulk_carrier.py " + " ".join(sys.argv[1:]),
-                "results": results,
-                "ratios": ratios,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"written to {RESULTS}")
+    write_result(RESULTS, "bulk_carrier", started, results=results, ratios=ratios)
     return 0
 
 

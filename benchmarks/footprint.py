@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from transport import machine
+from transport import machine, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "footprint.json"
@@ -243,23 +243,7 @@ def main() -> int:
         print(f"{name}: {value}x")
     for name, ok in targets.items():
         print(f"target {name}: {'met' if ok else 'NOT met'}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "benchmark": "footprint",
-                "machine": started,
-                "load_avg_at_end": os.getloadavg(),
-                "command": " ".join(["benchmarks/footprint.py", *sys.argv[1:]]),
-                "results": results,
-                "ratios": ratios,
-                "targets": targets,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"\nwritten to {args.out}")
+    write_result(args.out, "footprint", started, results=results, ratios=ratios, targets=targets)
     return 0
 
 

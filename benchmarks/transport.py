@@ -258,6 +258,21 @@ def machine() -> dict[str, Any]:
     }
 
 
+def write_result(path: Path, benchmark: str, started: dict[str, Any], **sections: Any) -> None:
+    """A benchmark's result file: which benchmark, the machine (``machine()`` as the run
+    began), the load average at its end, the command line, then ``sections``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "benchmark": benchmark,
+        "machine": started,
+        "load_avg_at_end": os.getloadavg(),
+        "command": " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
+        **sections,
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nwritten to {path}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer frames per method")
@@ -394,23 +409,7 @@ def main() -> int:
     print()
     for name, ok in targets.items():
         print(f"target {name}: {'met' if ok else 'NOT met'}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "benchmark": "transport",
-                "machine": started,
-                "load_avg_at_end": os.getloadavg(),
-                "command": " ".join(["benchmarks/transport.py", *sys.argv[1:]]),
-                "results": results,
-                "skipped": skipped,
-                "targets": targets,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"\nwritten to {args.out}")
+    write_result(args.out, "transport", started, results=results, skipped=skipped, targets=targets)
     return 0
 
 

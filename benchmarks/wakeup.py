@@ -17,7 +17,6 @@ Results print and go to ``benchmarks/results/wakeup.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import select
 import socket
@@ -29,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from transport import machine
+from transport import machine, write_result
 
 RESULTS = Path(__file__).parent / "results" / "wakeup.json"
 
@@ -153,22 +152,7 @@ def main() -> int:
     }
     for name, value in ratios.items():
         print(f"{name}: {value}x")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "benchmark": "wakeup",
-                "machine": started,
-                "load_avg_at_end": os.getloadavg(),
-                "command": " ".join(["benchmarks/wakeup.py", *sys.argv[1:]]),
-                "results": results,
-                "ratios": ratios,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"\nwritten to {args.out}")
+    write_result(args.out, "wakeup", started, results=results, ratios=ratios)
     return 0
 
 
