@@ -106,6 +106,11 @@ class Distributor(EdgeSender):
         self._blocked_s = 0.0  # waiting for a credit of any copy
         self.unreported_drops = 0
         self.n = 0
+        # watermarks: only a copy's distributor sends them (its consumers' inputs merge the
+        # copies' results); per copy, the highest said to it (by a message or a watermark)
+        self.marks = split_instance(first.producer) is not None
+        self.marked = [-1] * len(subs)
+        self.marks_sent = 0
 
     # what RuntimeOutput reads of its edges -----------------------------------------------
     @property
@@ -203,9 +208,34 @@ class Distributor(EdgeSender):
         subs = self.subs
         for s in subs:
             s.collect()
-        if self.by_seq:
-            subs[item.seq % len(subs)].offer(item)
-            return
+        target = subs[item.seq % len(subs)] if self.by_seq else self._choose()
+        sent = target.n
+        target.offer(item)
+        if self.marks and item.seq >= 0:
+            self._mark(item.seq, target if target.n != sent else None)
+
+    def _mark(self, seq: int, got: EdgeSender | None) -> None:
+        """Tell every copy that did not get ``seq`` (``got`` did) that nothing below it
+        comes from this producer any more: a watermark, unless it says nothing new (a copy
+        with messages waiting in its ``drop_oldest`` mailbox is told the oldest one's seq)."""
+        marked = self.marked
+        for k, s in enumerate(self.subs):
+            mark = seq
+            if s.waiting:
+                mark = min(mark, s.waiting[0].seq)
+            if mark <= marked[k]:
+                continue
+            marked[k] = mark
+            if s is got and not s.waiting:
+                continue  # it got this seq: its message says so
+            if not s.ended:
+                s.send_mark(mark)
+                self.marks_sent += 1
+
+    def _choose(self) -> EdgeSender:
+        """The copy of ``spread: free``: the next with a free credit; else ``block`` waits
+        for one, and a drop policy takes the next in turn (its edge applies the policy)."""
+        subs = self.subs
         target = self._free()
         if target is None and self.policy == "block":
             t0 = time.perf_counter()
@@ -216,7 +246,7 @@ class Distributor(EdgeSender):
         if target is None:  # a drop policy: the next copy's edge applies it
             target = subs[self.turn]
             self.turn = (self.turn + 1) % len(subs)
-        target.offer(item)
+        return target
 
     def send_eos(self) -> None:
         for s in self.subs:
@@ -254,6 +284,8 @@ class MergedInput(InputEdge):
         self, edges: Sequence[InputEdge], count: Callable[[str, int], None] | None = None
     ) -> None:
         self.edges = sorted(edges, key=lambda e: (split_instance(e.plan.producer) or ("", 0))[1])
+        for edge in self.edges:  # from copies to copies: their distributors send watermarks
+            edge.takes_marks = bool(edge.plan.spread)
         first = self.edges[0].plan
         self.plan = dataclasses.replace(
             first, producer=group_of(first.producer), queue=sum(e.plan.queue for e in edges)
@@ -306,6 +338,7 @@ class MergedInput(InputEdge):
         """Take whatever has arrived on every edge (without blocking)."""
         now = time.monotonic()
         for i, edge in enumerate(self.edges):
+            edge.read_mark()  # before the messages: every one below it is in already
             while not edge.ended and edge.has_message():
                 try:
                     message, n, dropped, t_send = edge.recv()
@@ -315,7 +348,9 @@ class MergedInput(InputEdge):
                     continue
                 self._drops += dropped
                 if message is None:
-                    break
+                    if n < 0:
+                        continue  # a watermark: now in edge.mark
+                    break  # end of stream
                 if self._last_arrival[i]:
                     self._max_gap = max(self._max_gap, now - self._last_arrival[i])
                 self._last_arrival[i] = now
@@ -334,16 +369,20 @@ class MergedInput(InputEdge):
     def _ready(self) -> int | None:
         """The edge whose head goes next; -1 at the end of every edge; None: not yet."""
         heads = self.heads
+        edges = self.edges
         best = -1
-        empty_live = False
         for i, q in enumerate(heads):
-            if q:
-                if best < 0 or q[0][0].seq < heads[best][0][0].seq:
-                    best = i
-            elif not self.edges[i].ended and i not in self._passed:
-                empty_live = True
+            if q and (best < 0 or q[0][0].seq < heads[best][0][0].seq):
+                best = i
         if best < 0:  # nothing waits: the end, once every edge has ended
-            return -1 if all(e.ended for e in self.edges) else None
+            return -1 if all(e.ended for e in edges) else None
+        seq = heads[best][0][0].seq
+        # an edge with nothing waiting holds the merge, unless it ended, or was passed over,
+        # or its watermark says that nothing below this seq comes on it any more
+        empty_live = any(
+            not q and not edges[i].ended and i not in self._passed and edges[i].mark < seq
+            for i, q in enumerate(heads)
+        )
         if not empty_live:
             self._stalled_since = None
             return best
@@ -356,6 +395,8 @@ class MergedInput(InputEdge):
             return None
         self._stalled_since = None
         self.passed_over += 1
+        if self._count is not None:
+            self._count("merge_timeouts", 1)
         self._passed.update(i for i, q in enumerate(heads) if not q and not self.edges[i].ended)
         if self.passed_over == 1 or self.passed_over % 100 == 0:
             log.warning(

@@ -318,6 +318,12 @@ class EdgeSender:
         if self.progress is not None:
             self.progress[self.progress_at] = self.n
 
+    def send_mark(self, seq: int) -> None:
+        """A watermark: nothing below ``seq`` comes on this edge any more (a replicated
+        producer's ``Distributor`` tells the copies it did not send a seq to). It bypasses
+        credits, goes after every message sent before it, and never waits."""
+        self.sock.send(codec.envelope(codec.MARK, seq, 0, time.monotonic_ns()))
+
     def send_eos(self) -> None:
         """Deliver every waiting message, then end of stream (never dropped)."""
         while self.waiting:
@@ -536,6 +542,11 @@ class InputEdge:
     _last_n = 0
     _unsent: dict[int, list[int | None]] | None = None
     lost_upstream = 0  # sent by a producer that died, never arrived (counted lost)
+    # watermarks (``codec.MARK``): taken only on an edge from a copy of a replicated node to
+    # a copy of another (its ``MergedInput`` sets ``takes_marks``); ``mark``: the highest
+    # heard, nothing below it comes any more (-1: none yet)
+    takes_marks = False
+    mark = -1
 
     def __init__(
         self,
@@ -616,8 +627,14 @@ class InputEdge:
         transport that needs to ask for a wake-up, ``pipeline.transport.fastpath``)."""
         return True
 
+    def read_mark(self) -> int:
+        """The edge's watermark (``mark``), read before its messages are taken: a transport
+        that keeps it beside the messages (the fast path's ring) reads it here."""
+        return self.mark
+
     def recv(self) -> tuple[Message | None, int, int, int]:
-        """(message or None at end of stream, n, dropped, t_send_ns) of the next message."""
+        """(message or None at end of stream, n, dropped, t_send_ns) of the next message; a
+        watermark gives (None, -1, 0, t_send_ns), the edge not ended."""
         if self.eos_pending:
             self.eos_pending = False
             self.ended = True
@@ -656,6 +673,8 @@ class InputEdge:
         except codec.MalformedMessage:
             self.malformed += 1
             raise
+        if kind == codec.MARK:
+            return self._take_mark(n, len(head), t_send)
         if n >> GENERATION_SHIFT != self._gen:
             self._next_incarnation(n >> GENERATION_SHIFT)
         self._last_n = n
@@ -671,6 +690,15 @@ class InputEdge:
             self.release(n)
             raise
         return message, n, dropped, t_send
+
+    def _take_mark(self, seq: int, size: int, t_send: int) -> tuple[None, int, int, int]:
+        if not self.takes_marks or size != codec.ENVELOPE_SIZE:
+            self.malformed += 1
+            why = "with bytes after its envelope" if self.takes_marks else "on an edge not spread"
+            raise codec.MalformedMessage(f"edge {self.name}: a watermark {why}")
+        if seq > self.mark:
+            self.mark = seq
+        return None, -1, 0, t_send
 
     def _next_incarnation(self, gen: int) -> None:
         """The first message of a restarted producer: the dead one's are all in."""

@@ -357,14 +357,20 @@ def test_the_planner_makes_one_process_per_copy_and_an_edge_per_pair(tmp_path: P
     assert all(split_instance(e.producer) for e in edges if e.consumer == "sink")
 
 
-def test_a_replicated_node_fed_by_another_replicated_node_is_refused(tmp_path: Path):
+def test_a_replicated_node_fed_by_another_replicated_node_gets_an_edge_from_each_copy(
+    tmp_path: Path,
+):
+    # once refused; the upstream copies' watermarks now tell each copy what went to its
+    # siblings (tests/pipeline/runtime/test_watermarks.py)
     path = tmp_path / "g.yaml"
     path.write_text(GRAPH.replace("boxes/detections", "faces/detections"))
     graph, issues = check_graph(path)
-    assert graph is None
-    (issue,) = [i for i in issues if i.severity == "error"]
-    assert "node 'overlay': replicas: 3 on a node fed by the copies of 'faces'" in issue.message
-    assert (issue.line, issue.col) == (19, 5)
+    assert graph is not None and not [i for i in issues if i.severity == "error"], issues
+    edges = plan_graph(load_graph(path), tmp_path).edges()
+    pairs = [(e.producer, e.consumer, e.spread) for e in edges if e.input == "detections"]
+    assert sorted(pairs) == [
+        (f"faces[{i}]", f"overlay[{j}]", "seq") for i in range(2) for j in range(3)
+    ]
 
 
 def test_the_table_shows_each_copy_and_the_group_total():
