@@ -46,6 +46,7 @@ from pipeline.transport.channels import EdgeSender, InputEdge, RuntimeOutput, _P
 
 __all__ = [
     "MERGE_WAIT_S",
+    "NO_MORE",
     "Distributor",
     "MergedInput",
     "connect_senders",
@@ -60,6 +61,7 @@ log = logging.getLogger("pipeline.replicas")
 
 MERGE_WAIT_S = 2.0  # the least a merge waits for a silent copy before the others go on
 WAIT_SLICE_MS = 3  # a distributor waiting for a credit looks at every copy this often
+NO_MORE = (1 << 63) - 1  # a merge whose every edge ended: nothing at all comes any more
 _INSTANCE = re.compile(r"^(?P<group>[A-Za-z_][A-Za-z0-9_-]*)\[(?P<k>\d+)\]$")
 
 
@@ -106,9 +108,7 @@ class Distributor(EdgeSender):
         self._blocked_s = 0.0  # waiting for a credit of any copy
         self.unreported_drops = 0
         self.n = 0
-        # watermarks: only a copy's distributor sends them (its consumers' inputs merge the
-        # copies' results); per copy, the highest said to it (by a message or a watermark)
-        self.marks = split_instance(first.producer) is not None
+        # watermarks: per copy, the highest seq said to it (by a message or a watermark)
         self.marked = [-1] * len(subs)
         self.marks_sent = 0
 
@@ -211,8 +211,14 @@ class Distributor(EdgeSender):
         target = subs[item.seq % len(subs)] if self.by_seq else self._choose()
         sent = target.n
         target.offer(item)
-        if self.marks and item.seq >= 0:
+        if item.seq >= 0:
             self._mark(item.seq, target if target.n != sent else None)
+
+    def advance(self, seq: int) -> None:
+        """The node will send nothing below ``seq`` on this port any more (its inputs said
+        so, and it has processed what came before): a watermark to every copy not told."""
+        if seq >= 0 and not self.ended:
+            self._mark(seq, None)
 
     def _mark(self, seq: int, got: EdgeSender | None) -> None:
         """Tell every copy that did not get ``seq`` (``got`` did) that nothing below it
@@ -284,8 +290,6 @@ class MergedInput(InputEdge):
         self, edges: Sequence[InputEdge], count: Callable[[str, int], None] | None = None
     ) -> None:
         self.edges = sorted(edges, key=lambda e: (split_instance(e.plan.producer) or ("", 0))[1])
-        for edge in self.edges:  # from copies to copies: their distributors send watermarks
-            edge.takes_marks = bool(edge.plan.spread)
         first = self.edges[0].plan
         self.plan = dataclasses.replace(
             first, producer=group_of(first.producer), queue=sum(e.plan.queue for e in edges)
@@ -329,6 +333,21 @@ class MergedInput(InputEdge):
     @malformed.setter
     def malformed(self, value: int) -> None:
         pass
+
+    def read_mark(self) -> int:
+        """Nothing below this comes out of the merge any more: the least, over the edges
+        that have not ended, of the head waiting or the edge's watermark as of its last
+        look (a later one could be above messages not yet taken); a large number once every
+        edge ended."""
+        low = NO_MORE
+        for i, edge in enumerate(self.edges):
+            if edge.ended:
+                continue
+            q = self.heads[i]
+            seq = q[0][0].seq if q else edge.mark
+            if seq < low:
+                low = seq
+        return low
 
     @property
     def patience_s(self) -> float:

@@ -542,9 +542,9 @@ class InputEdge:
     _last_n = 0
     _unsent: dict[int, list[int | None]] | None = None
     lost_upstream = 0  # sent by a producer that died, never arrived (counted lost)
-    # watermarks (``codec.MARK``): taken only on an edge from a copy of a replicated node to
-    # a copy of another (its ``MergedInput`` sets ``takes_marks``); ``mark``: the highest
-    # heard, nothing below it comes any more (-1: none yet)
+    # watermarks (``codec.MARK``), taken only on an edge to a copy of a replicated node (its
+    # plan has a ``spread``: a ``Distributor`` sends them); ``mark``: the highest heard,
+    # nothing below it comes any more (-1: none yet)
     takes_marks = False
     mark = -1
 
@@ -562,6 +562,7 @@ class InputEdge:
         self.name = plan.name
         self.port = plan.input
         self.tcp = plan.tcp
+        self.takes_marks = bool(plan.spread)
         # Releases are credits back to the producer, sent in batches of up to
         # ``plan.release_batch`` (see ``pipeline.transport.plan.release_batch``).
         self.release_every = plan.release_batch

@@ -442,6 +442,7 @@ class UnixInputEdge(InputEdge):
         self.name = plan.name
         self.port = plan.input
         self.tcp = False
+        self.takes_marks = bool(plan.spread)
         self.release_every = plan.release_batch
         self._unreleased = 0
         self._release_upto = 0
