@@ -108,7 +108,10 @@ class Distributor(EdgeSender):
         self._blocked_s = 0.0  # waiting for a credit of any copy
         self.unreported_drops = 0
         self.n = 0
-        # watermarks: per copy, the highest seq said to it (by a message or a watermark)
+        # watermarks: per copy, the highest seq said to it (by a message or a watermark); a
+        # copy's distributor sends them always (the next node's copies merge its results),
+        # another only to a copy that asked (``InputEdge.ask_marks``: it passes them on)
+        self.marks_unasked = split_instance(first.producer) is not None
         self.marked = [-1] * len(subs)
         self.marks_sent = 0
 
@@ -234,7 +237,7 @@ class Distributor(EdgeSender):
             marked[k] = mark
             if s is got and not s.waiting:
                 continue  # it got this seq: its message says so
-            if not s.ended:
+            if not s.ended and (self.marks_unasked or s.wants_marks):
                 s.send_mark(mark)
                 self.marks_sent += 1
 
@@ -333,6 +336,9 @@ class MergedInput(InputEdge):
     @malformed.setter
     def malformed(self, value: int) -> None:
         pass
+
+    def ask_marks(self) -> None:
+        pass  # the copies of a replicated producer send them unasked
 
     def read_mark(self) -> int:
         """Nothing below this comes out of the merge any more: the least, over the edges

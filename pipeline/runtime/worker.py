@@ -553,6 +553,10 @@ class Worker:
         # its messages were taken, and the seq of the last one taken
         spreads = [e for out in outputs for e in out.edges if isinstance(e, Distributor)]
         marks = dict.fromkeys([e.port for e in inputs], -1) if spreads else None
+        if marks is not None:
+            for edge in inputs:
+                if edge.takes_marks:
+                    edge.ask_marks()
         seen = dict.fromkeys([e.port for e in inputs], -1)
         next_check = 0.0
         while not joiner.all_ended:

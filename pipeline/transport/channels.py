@@ -99,6 +99,8 @@ class EdgeSender:
     # the fast path loses nothing it sent)
     progress: memoryview | None = None
     progress_at = 0
+    # the consumer asked for watermarks (``InputEdge.ask_marks``: a node that passes them on)
+    wants_marks = False
 
     def __init__(
         self,
@@ -239,6 +241,9 @@ class EdgeSender:
         # EVENTS is a cheap flag read; a NOBLOCK recv that raises zmq.Again costs far more.
         while sock.getsockopt(_EVENTS) & _POLLIN:
             (upto,) = _REL.unpack(sock.recv(copy=True))
+            if upto < 0:  # not a release: the consumer asks for watermarks
+                self.wants_marks = True
+                continue
             inflight = self.inflight
             while inflight and inflight[0][0] <= upto:
                 for slot in inflight.popleft()[1]:
@@ -547,6 +552,7 @@ class InputEdge:
     # nothing below it comes any more (-1: none yet)
     takes_marks = False
     mark = -1
+    _asking = False
 
     def __init__(
         self,
@@ -631,7 +637,19 @@ class InputEdge:
     def read_mark(self) -> int:
         """The edge's watermark (``mark``), read before its messages are taken: a transport
         that keeps it beside the messages (the fast path's ring) reads it here."""
+        if self._asking:
+            self.ask_marks()
         return self.mark
+
+    def ask_marks(self) -> None:
+        """Ask the producer for watermarks (a node that passes them on; a producer that is a
+        copy of a replicated node sends them unasked): a release of -1, sent again by
+        ``read_mark`` until the socket takes it (a tcp peer still in its handshake)."""
+        try:
+            self.sock.send(_REL.pack(-1), zmq.NOBLOCK)
+            self._asking = False
+        except zmq.ZMQError:
+            self._asking = True
 
     def recv(self) -> tuple[Message | None, int, int, int]:
         """(message or None at end of stream, n, dropped, t_send_ns) of the next message; a

@@ -30,7 +30,8 @@ I/O threads compete with the nodes themselves; that was most of a small frame's 
   header, ``s + 1``, stored after every entry published before it: many watermarks while
   the consumer is busy are one store each, and never take an entry. The consumer reads it
   before the entries (``read_mark``) and checks it with the head before it sleeps; the
-  doorbell rings for it as for a message;
+  doorbell rings for it as for a message. A consumer asks for them (``ask_marks``) with
+  another word, which the producer reads;
 - a descriptor larger than an entry (a message with big inline fields) goes over the socket,
   in order, its entry marked as such.
 
@@ -86,13 +87,14 @@ ENTRY = 4096  # bytes per ring entry: a frame's descriptor is ~200, detections a
 DATAGRAM = 32 * 1024  # an oversized descriptor goes over the socket in parts of this size
 _HEADER = 512
 # 8-byte words of the ring's header, each on its own cache line
-_HEAD, _TAIL, _RELEASED, _C_SLEEPING, _P_SLEEPING, _MARK = 0, 8, 16, 24, 32, 40
+_HEAD, _TAIL, _RELEASED, _C_SLEEPING, _P_SLEEPING, _MARK, _WANTS = 0, 8, 16, 24, 32, 40, 48
 _OVERSIZE = 0xFFFFFFFF
 _LEN = struct.Struct("<I")
 _LEN_ENV = struct.Struct("<I" + codec.ENVELOPE_FORMAT[1:])  # an entry's length + envelope
 _ENV_SIZE = codec.ENVELOPE_SIZE
 _HEAD_W, _TAIL_W, _RELEASED_W = _HEAD // 8, _TAIL // 8, _RELEASED // 8
 _C_SLEEPING_W, _P_SLEEPING_W, _MARK_W = _C_SLEEPING // 8, _P_SLEEPING // 8, _MARK // 8
+_WANTS_W = _WANTS // 8
 _REL = struct.Struct("<q")
 _RING = b"R"  # the producer's first datagram: the ring's file descriptor and size
 _WAKE = b"!"
@@ -410,6 +412,15 @@ class UnixEdgeSender(EdgeSender):
             # The consumer is gone; the supervisor has seen it (pidfd) and stops the graph.
             self.gone = True
 
+    @property
+    def wants_marks(self) -> bool:
+        """The consumer asked for watermarks (a word of the ring's header)."""
+        return bool(self.ctl[_WANTS_W])
+
+    @wants_marks.setter
+    def wants_marks(self, value: bool) -> None:
+        pass  # the consumer's to say
+
     def send_mark(self, seq: int) -> None:
         """A watermark (``EdgeSender.send_mark``): a word of the ring's header, not an entry."""
         ctl = self.ctl
@@ -472,6 +483,8 @@ class UnixInputEdge(InputEdge):
         self.order = _ordering_fence(self.fence)
         self.spin = _Spin()
         self._last_ns = 0  # when the last message was taken from the ring
+        self._asked = False  # for watermarks (ask_marks)
+        self._word = 0  # the watermark word as may_sleep last saw it
 
     def _take(self) -> None:
         """Read every waiting datagram: wake-ups are dropped, parts of descriptors kept, and
@@ -518,6 +531,8 @@ class UnixInputEdge(InputEdge):
         self.entries = entries
         self.tail = 0
         self._sleeping = False
+        if self._asked:
+            self.ctl[_WANTS_W] = 1
         return True
 
     def _unmap(self) -> None:
@@ -557,6 +572,13 @@ class UnixInputEdge(InputEdge):
         self._next = data
         self._last_ns = time.monotonic_ns()
         return True
+
+    def ask_marks(self) -> None:
+        """Ask the producer for watermarks (``InputEdge.ask_marks``): a word of the ring's
+        header (set when the ring comes, if it has not yet)."""
+        self._asked = True
+        if self.ctl is not None:
+            self.ctl[_WANTS_W] = 1
 
     def read_mark(self) -> int:
         """The producer's watermark (``InputEdge.read_mark``), from the ring's header: read
@@ -602,7 +624,9 @@ class UnixInputEdge(InputEdge):
         self._sleeping = True
         ctl[_C_SLEEPING_W] = 1
         self.fence()  # the flag is stored before we look at the head (and mark) once more
-        return bool(ctl[_HEAD_W] == self.tail) and ctl[_MARK_W] - 1 <= self.mark
+        word, self._word = self._word, ctl[_MARK_W]
+        # a watermark that came as it fell asleep did not ring: look again (once)
+        return bool(ctl[_HEAD_W] == self.tail) and word == self._word
 
     def recv(self) -> tuple[Message | None, int, int, int]:
         """(message or None at end of stream, n, dropped, t_send_ns) of the next message."""

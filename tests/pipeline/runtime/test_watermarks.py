@@ -83,13 +83,15 @@ class Copies:
         spread: str = "free",
         queue: int = 8,
         when: WhenFull = "block",
+        names: list[str] | None = None,
     ) -> tuple[list[RuntimeOutput], list[MergedInput]]:
         into: list[list[InputEdge]] = [[] for _ in range(consumers)]
         outs = []
         for i in range(producers):
             senders = []
+            name = names[i] if names else f"a[{i}]"
             for j in range(consumers):
-                sender, edge = self.edge(self.plan(f"a[{i}]", f"b[{j}]", spread, queue, when))
+                sender, edge = self.edge(self.plan(name, f"b[{j}]", spread, queue, when))
                 senders.append(sender)
                 into[j].append(edge)
             pool = SlotPool(
@@ -284,3 +286,25 @@ def test_the_envelope_knows_the_watermark_kind_and_refuses_a_negative_one():
         codec.unpack_envelope(codec.envelope(codec.MARK, -2, 0, 9))
     with pytest.raises(codec.MalformedMessage, match="unknown message kind"):
         codec.unpack_envelope(codec.envelope(b"X", 5, 0, 9))
+
+
+def test_a_producer_that_is_no_copy_sends_watermarks_only_to_a_copy_that_asked(copies):
+    # a camera spreading over the copies of a node: only a copy that passes watermarks on
+    # (it feeds another replicated node) asks for them; the other hears none
+    (cam,), (b0, b1) = copies.build(1, 2, spread="seq", names=["cam"])
+    plain = [m.edges[0] for m in (b0, b1)]
+    dist = cam.edges[0]
+    assert isinstance(dist, Distributor) and not dist.marks_unasked
+    plain[1].ask_marks()
+    deadline = time.monotonic() + 5
+    while not dist.subs[1].wants_marks:  # the request travels like a release
+        assert time.monotonic() < deadline
+        plain[1].has_message()  # the fast path's ring comes with the first look
+        plain[1].read_mark()  # a tcp edge: asked again until its handshake is done
+        dist.collect()
+        time.sleep(0.001)
+    for seq in range(4):
+        send(cam, seq)
+    assert dist.marks_sent == 2  # 0 and 2 told to copy 1; nothing to copy 0
+    assert [take(b1).seq for _ in range(2)] == [1, 3] and plain[1].mark == 2
+    assert [take(b0).seq for _ in range(2)] == [0, 2] and plain[0].mark == -1
