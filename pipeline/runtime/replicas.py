@@ -24,7 +24,24 @@ is replicated (``Node.replica`` and ``Node.replicas`` say which copy it is, for 
   ``patience_s`` (at least ``MERGE_WAIT_S``, and 4x the longest gap seen between two
   messages of one edge) the others' heads go on without it, and a message of that copy that
   then comes too late for the order (a seq below one already delivered) is dropped and
-  counted on the input (``late_results`` in the node's counters).
+  counted on the input (``late_results`` in the node's counters; a merge that waited out
+  its patience counts ``merge_timeouts``).
+- **Watermarks**, so that a replicated node may feed another: each copy of the consumer
+  merges the results of every copy of the producer, but a producer's copy sends a seq to one
+  consumer copy only. So a ``Distributor`` that sends seq ``s`` to one copy tells the others
+  that nothing below ``s`` comes from it any more (``codec.MARK``: a message of its own on
+  ZeroMQ and tcp edges, a word of the ring's header on the fast path; a copy with older
+  messages waiting in its ``drop_oldest`` mailbox is told the oldest one's seq; a copy whose
+  message was dropped is told too), and the merge goes past an empty edge whose watermark
+  is at or above the head it would deliver. A copy's distributor sends them always; another
+  producer's (a camera spreading over the copies of the first replicated node) only to a
+  copy that asked (``InputEdge.ask_marks``): a node feeding a replicated node asks its
+  inputs, and passes on (``worker._pass_marks``) the least over its inputs of the first
+  message waiting for ``process`` or else what that input said, so an idle copy (its frames
+  went to a sibling, or were dropped) holds no merge downstream. That assumes a node sends,
+  while it processes a message, messages of that seq (``Message.derive``); a result that
+  comes after all below a watermark is counted late, as above. The patience stays as the
+  fallback (a copy that sends nothing for long).
 
 Statistics: each instance reports its own (``faces[0]``, ``faces[1]``); the table adds a
 line with the group's totals (``pipeline.runtime.table``).
