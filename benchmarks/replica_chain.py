@@ -12,8 +12,9 @@ on this 2-core machine) and spins ``--work-ms`` of CPU. Variants:
   check`` asked for before watermarks);
 - ``single``: one copy of each (the 1x reference).
 
-Per variant: frames/s at the sink after a warm-up, latency (capture to the sink's process,
-p50), CPU per frame of every node together (after the warm-up), the merges that waited out
+Per variant, flat out: frames/s at the sink after a warm-up; paced (``--paced-fps``, below
+what one copy of each stage can do): latency (capture to the sink's process, p50 and p95);
+both: CPU per frame of every node together (after the warm-up), the merges that waited out
 their patience (``merge_timeouts``), the results that came too late for the order
 (``late_results``), and the watermarks sent per frame. Then the cost of a watermark at the
 producer, in one process: sending a small message to a ``Distributor`` of two copies that
@@ -62,7 +63,7 @@ graph: {name}
 nodes:
   - id: camera
     node: synthetic
-    params: {{width: 320, height: 240, fps: 0, frames: {frames}}}
+    params: {{width: 320, height: 240, fps: {fps}, frames: {frames}}}
   - id: a
     node: benchmarks.bench_nodes:Stage
     params: {{wait_ms: {wait}, work_ms: {work}}}
@@ -99,21 +100,26 @@ class _AfterWarmUp:
             self.first = dict(stats)
 
 
-def graph_text(variant: str, frames: int, wait: float, work: float, out: Path) -> str:
+def graph_text(
+    variant: str, frames: int, wait: float, work: float, out: Path, fps: float = 0.0
+) -> str:
     copies = 1 if variant == "single" else 2
-    fill = {"frames": frames, "wait": wait, "work": work, "copies": copies, "out": out}
+    fill = {"frames": frames, "wait": wait, "work": work, "copies": copies, "out": out, "fps": fps}
     text = HEAD.format(name=f"chain_{variant}", **fill)
     if variant == "between":
         text += MID
     return text + TAIL.format(into_b="mid/out" if variant == "between" else "a/out", **fill)
 
 
-def run_variant(variant: str, frames: int, wait: float, work: float, tmp: Path) -> dict[str, Any]:
+def run_variant(
+    variant: str, frames: int, wait: float, work: float, tmp: Path, fps: float = 0.0
+) -> dict[str, Any]:
+    """One run: flat out (``fps`` 0) for frames/s, or paced for latency."""
     from pipeline import load_graph, run_graph
 
     out = tmp / f"{variant}.jsonl"
     path = tmp / f"{variant}.yaml"
-    path.write_text(graph_text(variant, frames, wait, work, out))
+    path.write_text(graph_text(variant, frames, wait, work, out, fps))
     warm = _AfterWarmUp()
     load = os.getloadavg()[0]
     result = run_graph(load_graph(path), monitor=warm)
@@ -136,6 +142,7 @@ def run_variant(variant: str, frames: int, wait: float, work: float, tmp: Path) 
         "fps": fps,
         "cpu_ms_per_frame": 1000 * cpu / done,
         "latency_p50_ms": sink.latency_ms["p50_ms"],
+        "latency_p95_ms": sink.latency_ms["p95_ms"],
         "merge_timeouts": total("merge_timeouts"),
         "late_results": total("late_results"),
         "watermarks_per_frame": total("watermarks_sent") / frames,
@@ -224,54 +231,63 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median kept)")
     parser.add_argument("--wait-ms", type=float, default=10.0, help="each stage's wait per frame")
     parser.add_argument("--work-ms", type=float, default=1.0, help="each stage's CPU per frame")
+    parser.add_argument(
+        "--paced-fps", type=float, default=60.0, help="the camera's rate for latency"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     started = machine()
     frames = 400 if args.quick else 1200
-    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    paced_frames = 300 if args.quick else 600
+    modes = {"flat": (0.0, frames), "paced": (args.paced_fps, paced_frames)}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {m: {v: [] for v in VARIANTS} for m in modes}
     with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as tmp:
         for r in range(args.rounds):
-            for variant in VARIANTS:
-                got = run_variant(variant, frames, args.wait_ms, args.work_ms, Path(tmp))
-                runs[variant].append(got)
-                print(
-                    f"round {r + 1} {variant:8s} {got['fps']:7.1f} frames/s  "
-                    f"{got['cpu_ms_per_frame']:5.2f} ms CPU/frame  "
-                    f"p50 {got['latency_p50_ms']:6.1f} ms  merge timeouts "
-                    f"{got['merge_timeouts']}  late {got['late_results']}  "
-                    f"watermarks/frame {got['watermarks_per_frame']:.2f}  load {got['load']}"
-                )
+            for mode, (fps, count) in modes.items():
+                for variant in VARIANTS:
+                    got = run_variant(variant, count, args.wait_ms, args.work_ms, Path(tmp), fps)
+                    runs[mode][variant].append(got)
+                    print(
+                        f"round {r + 1} {mode:5s} {variant:8s} {got['fps']:7.1f} frames/s  "
+                        f"{got['cpu_ms_per_frame']:5.2f} ms CPU/frame  "
+                        f"p50 {got['latency_p50_ms']:6.1f} ms  p95 {got['latency_p95_ms']:6.1f} ms"
+                        f"  merge timeouts {got['merge_timeouts']}  late {got['late_results']}  "
+                        f"watermarks/frame {got['watermarks_per_frame']:.2f}  load {got['load']}"
+                    )
 
-    def med(variant: str, key: str) -> float:
-        return statistics.median(r[key] for r in runs[variant])
-
+    keys = ("fps", "cpu_ms_per_frame", "latency_p50_ms", "latency_p95_ms", "watermarks_per_frame")
     summary = {
-        v: {
-            k: med(v, k)
-            for k in ("fps", "cpu_ms_per_frame", "latency_p50_ms", "watermarks_per_frame")
+        mode: {
+            v: {k: statistics.median(r[k] for r in runs[mode][v]) for k in keys}
+            | {
+                "merge_timeouts": sum(r["merge_timeouts"] for r in runs[mode][v]),
+                "late_results": sum(r["late_results"] for r in runs[mode][v]),
+            }
+            for v in VARIANTS
         }
-        | {
-            "merge_timeouts": sum(r["merge_timeouts"] for r in runs[v]),
-            "late_results": sum(r["late_results"] for r in runs[v]),
-        }
-        for v in VARIANTS
+        for mode in modes
     }
+    flat, paced = summary["flat"], summary["paced"]
     ratios = {
-        "chain_vs_single_fps": summary["chain"]["fps"] / summary["single"]["fps"],
-        "chain_vs_between_fps": summary["chain"]["fps"] / summary["between"]["fps"],
-        "chain_vs_between_cpu_per_frame": summary["chain"]["cpu_ms_per_frame"]
-        / summary["between"]["cpu_ms_per_frame"],
-        "chain_vs_between_latency_p50": summary["chain"]["latency_p50_ms"]
-        / summary["between"]["latency_p50_ms"],
+        "chain_vs_single_fps": flat["chain"]["fps"] / flat["single"]["fps"],
+        "chain_vs_between_fps": flat["chain"]["fps"] / flat["between"]["fps"],
+        "chain_vs_between_cpu_per_frame": flat["chain"]["cpu_ms_per_frame"]
+        / flat["between"]["cpu_ms_per_frame"],
+        "chain_vs_between_paced_latency_p50": paced["chain"]["latency_p50_ms"]
+        / paced["between"]["latency_p50_ms"],
+        "chain_vs_between_paced_cpu_per_frame": paced["chain"]["cpu_ms_per_frame"]
+        / paced["between"]["cpu_ms_per_frame"],
     }
     print()
-    for v in VARIANTS:
-        s = summary[v]
-        print(
-            f"{v:8s} {s['fps']:7.1f} frames/s  {s['cpu_ms_per_frame']:5.2f} ms CPU/frame  "
-            f"p50 {s['latency_p50_ms']:6.1f} ms  merge timeouts {s['merge_timeouts']}  "
-            f"late {s['late_results']}  watermarks/frame {s['watermarks_per_frame']:.2f}"
-        )
+    for mode in modes:
+        for v in VARIANTS:
+            s = summary[mode][v]
+            print(
+                f"{mode:5s} {v:8s} {s['fps']:7.1f} frames/s  {s['cpu_ms_per_frame']:5.2f} ms "
+                f"CPU/frame  p50 {s['latency_p50_ms']:6.1f} ms  p95 {s['latency_p95_ms']:6.1f} ms"
+                f"  merge timeouts {s['merge_timeouts']}  late {s['late_results']}  "
+                f"watermarks/frame {s['watermarks_per_frame']:.2f}"
+            )
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}x")
     cost = mark_cost(max(3, args.rounds), 2000 if args.quick else 5000)
@@ -284,7 +300,13 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         "replica_chain",
         started,
-        params={"frames": frames, "wait_ms": args.wait_ms, "work_ms": args.work_ms},
+        params={
+            "frames": frames,
+            "paced_frames": paced_frames,
+            "paced_fps": args.paced_fps,
+            "wait_ms": args.wait_ms,
+            "work_ms": args.work_ms,
+        },
         summary=summary,
         ratios=ratios,
         watermark_cost=cost,

@@ -125,12 +125,10 @@ class Distributor(EdgeSender):
         self._blocked_s = 0.0  # waiting for a credit of any copy
         self.unreported_drops = 0
         self.n = 0
-        # watermarks: per copy, the highest seq said to it (by a message or a watermark); a
-        # copy's distributor sends them always (the next node's copies merge its results),
-        # another only to a copy that asked (``InputEdge.ask_marks``: it passes them on)
+        # watermarks: a copy's distributor sends them always (the next node's copies merge
+        # its results), another only to a copy that asked (``InputEdge.ask_marks``: it
+        # passes them on)
         self.marks_unasked = split_instance(first.producer) is not None
-        self.marked = [-1] * len(subs)
-        self.marks_sent = 0
 
     # what RuntimeOutput reads of its edges -----------------------------------------------
     @property
@@ -229,34 +227,29 @@ class Distributor(EdgeSender):
         for s in subs:
             s.collect()
         target = subs[item.seq % len(subs)] if self.by_seq else self._choose()
-        sent = target.n
         target.offer(item)
-        if item.seq >= 0:
-            self._mark(item.seq, target if target.n != sent else None)
+        self.advance(item.seq)  # the copies that did not get it (nor drop it) learn so
 
     def advance(self, seq: int) -> None:
-        """The node will send nothing below ``seq`` on this port any more (its inputs said
-        so, and it has processed what came before): a watermark to every copy not told."""
-        if seq >= 0 and not self.ended:
-            self._mark(seq, None)
+        """Nothing below ``seq`` comes on this port any more (it was just sent to one copy;
+        or the node's inputs said so and it processed what came before): a watermark to
+        every copy not yet told (``EdgeSender.advance``: a copy sent ``seq`` was told by
+        the message; one with older messages in its ``drop_oldest`` mailbox is told the
+        oldest one's seq); a copy of another producer than a copy only if it asked."""
+        if seq < 0 or self.ended:
+            return
+        unasked = self.marks_unasked
+        for s in self.subs:
+            if unasked or s.wants_marks:
+                s.advance(seq)
 
-    def _mark(self, seq: int, got: EdgeSender | None) -> None:
-        """Tell every copy that did not get ``seq`` (``got`` did) that nothing below it
-        comes from this producer any more: a watermark, unless it says nothing new (a copy
-        with messages waiting in its ``drop_oldest`` mailbox is told the oldest one's seq)."""
-        marked = self.marked
-        for k, s in enumerate(self.subs):
-            mark = seq
-            if s.waiting:
-                mark = min(mark, s.waiting[0].seq)
-            if mark <= marked[k]:
-                continue
-            marked[k] = mark
-            if s is got and not s.waiting:
-                continue  # it got this seq: its message says so
-            if not s.ended and (self.marks_unasked or s.wants_marks):
-                s.send_mark(mark)
-                self.marks_sent += 1
+    @property
+    def marks_sent(self) -> int:
+        return sum(s.marks_sent for s in self.subs)
+
+    @marks_sent.setter
+    def marks_sent(self, value: int) -> None:
+        pass  # each copy's edge counts its own
 
     def _choose(self) -> EdgeSender:
         """The copy of ``spread: free``: the next with a free credit; else ``block`` waits
@@ -310,6 +303,8 @@ class MergedInput(InputEdge):
         self, edges: Sequence[InputEdge], count: Callable[[str, int], None] | None = None
     ) -> None:
         self.edges = sorted(edges, key=lambda e: (split_instance(e.plan.producer) or ("", 0))[1])
+        for edge in self.edges:  # the copies of a producer send their watermarks unasked
+            edge.takes_marks = True
         first = self.edges[0].plan
         self.plan = dataclasses.replace(
             first, producer=group_of(first.producer), queue=sum(e.plan.queue for e in edges)

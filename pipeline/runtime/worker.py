@@ -290,12 +290,7 @@ class Worker:
         lost = sum(e.lost for e in self._senders()) + sum(e.lost_upstream for e in self.inputs)
         if lost:
             self.stats.counters["lost_on_restart"] = lost
-        marks = sum(
-            e.marks_sent
-            for o in self.outputs.values()
-            for e in o.edges
-            if isinstance(e, Distributor)
-        )
+        marks = sum(e.marks_sent for e in self._senders())
         if marks:  # watermarks to the copies of a replicated node (replicas.Distributor)
             self.stats.counters["watermarks_sent"] = marks
         for name, out in self.outputs.items():
@@ -549,9 +544,11 @@ class Worker:
             token[0].release(token[1])
 
         # a node whose output is spread over the copies of a replicated node passes on the
-        # watermarks of its inputs (``_pass_marks``); per input: its watermark read before
-        # its messages were taken, and the seq of the last one taken
-        spreads = [e for out in outputs for e in out.edges if isinstance(e, Distributor)]
+        # watermarks of its inputs (``_pass_marks``), and so does a copy (whatever merges its
+        # results with its siblings' is told too); per input: its watermark read before its
+        # messages were taken, and the seq of the last one taken
+        copy = self.plan.replicas > 1
+        spreads = [e for out in outputs for e in out.edges if copy or isinstance(e, Distributor)]
         marks = dict.fromkeys([e.port for e in inputs], -1) if spreads else None
         if marks is not None:
             for edge in inputs:
@@ -583,6 +580,8 @@ class Worker:
                     if marks is not None:
                         seen[edge.port] = message.seq
                     push(joiner, edge.port, message, (edge, n))
+            if marks is not None:  # before process(): what waits for it is known already
+                _pass_marks(joiner, inputs, marks, seen, spreads)
             processed = drain(joiner, release)
             if marks is not None:
                 _pass_marks(joiner, inputs, marks, seen, spreads)
@@ -742,10 +741,11 @@ def _pass_marks(
     inputs: list[InputEdge],
     marks: dict[str, int],
     seen: dict[str, int],
-    spreads: list[Distributor],
+    spreads: list[EdgeSender],
 ) -> None:
-    """Tell the copies of the replicated nodes this node feeds that it will send nothing
-    below seq ``s`` any more (``Distributor.advance``): ``s``, the least over its inputs that
+    """Tell the copies of the replicated nodes this node feeds (and, from a copy, whatever
+    merges its results) that it will send nothing below seq ``s`` any more
+    (``Distributor.advance``, ``EdgeSender.advance``): ``s``, the least over its inputs that
     have not ended of the first message waiting for ``process``, or else what the input said
     (its watermark, the last seq it delivered). This assumes what ``Message.derive`` does: a
     node sends, while it processes a message, messages of that message's seq (or none)."""
@@ -763,8 +763,8 @@ def _pass_marks(
         if low < 0 or seq < low:
             low = seq
     if low >= 0:
-        for dist in spreads:
-            dist.advance(low)
+        for sender in spreads:
+            sender.advance(low)
 
 
 def _move_waiting(outputs: list[RuntimeOutput]) -> bool:

@@ -99,8 +99,11 @@ class EdgeSender:
     # the fast path loses nothing it sent)
     progress: memoryview | None = None
     progress_at = 0
-    # the consumer asked for watermarks (``InputEdge.ask_marks``: a node that passes them on)
+    # the consumer asked for watermarks (``InputEdge.ask_marks``: a node that passes them on);
+    # the highest seq the consumer was told nothing below of (by a message or a watermark)
     wants_marks = False
+    marked = -1
+    marks_sent = 0
 
     def __init__(
         self,
@@ -305,6 +308,7 @@ class EdgeSender:
 
     def _send(self, item: _Pending) -> None:
         self.n += 1
+        self.marked = item.seq  # the message itself says nothing below it comes
         for slot in item.slots:
             slot.refs += 1
         self.inflight.append((self.n, item.slots))
@@ -322,6 +326,17 @@ class EdgeSender:
             self.sock.send(env + item.body_s, copy=True)
         if self.progress is not None:
             self.progress[self.progress_at] = self.n
+
+    def advance(self, seq: int) -> None:
+        """Nothing below ``seq`` comes on this edge any more: a watermark, unless it says
+        nothing new (a message of that seq was sent), or less (messages waiting in the
+        ``drop_oldest`` mailbox: the oldest one's seq)."""
+        if self.waiting and self.waiting[0].seq < seq:
+            seq = self.waiting[0].seq
+        if seq > self.marked and not self.ended:
+            self.marked = seq
+            self.marks_sent += 1
+            self.send_mark(seq)
 
     def send_mark(self, seq: int) -> None:
         """A watermark: nothing below ``seq`` comes on this edge any more (a replicated

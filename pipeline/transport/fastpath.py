@@ -352,6 +352,7 @@ class UnixEdgeSender(EdgeSender):
     # sending -------------------------------------------------------------------------------
     def _send(self, item: _Pending) -> None:
         n = self.n = self.n + 1
+        self.marked = item.seq  # the message itself says nothing below it comes
         slots = item.slots
         for slot in slots:
             slot.refs += 1

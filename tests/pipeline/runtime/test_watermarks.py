@@ -249,7 +249,7 @@ def test_a_copy_with_messages_in_its_mailbox_is_told_no_more_than_the_oldest(cop
     dist = a0.edges[0]
     assert isinstance(dist, Distributor) and len(dist.subs[0].waiting) == 1
     send(a0, 3)  # to b[1]; b[0] may be told 2 at most, not 3
-    assert dist.marked[0] == 2
+    assert dist.subs[0].marked == 2
 
 
 def test_a_watermark_on_an_edge_that_is_not_spread_is_refused(tmp_path):
@@ -308,3 +308,22 @@ def test_a_producer_that_is_no_copy_sends_watermarks_only_to_a_copy_that_asked(c
     assert dist.marks_sent == 2  # 0 and 2 told to copy 1; nothing to copy 0
     assert [take(b1).seq for _ in range(2)] == [1, 3] and plain[1].mark == 2
     assert [take(b0).seq for _ in range(2)] == [0, 2] and plain[0].mark == -1
+
+
+def test_a_copy_tells_an_unreplicated_consumer_it_has_nothing_below_a_seq(copies):
+    # copies feeding one node (plain edges, no spread): a copy that has processed up to
+    # seq 5 and sent nothing (its node's inputs said so: worker._pass_marks) tells the
+    # merge, which then delivers the other copy's 3 without waiting for it
+    (a0, a1), (sink,) = copies.build(2, 1, spread="")
+    assert not any(isinstance(out.edges[0], Distributor) for out in (a0, a1))
+    send(a0, 3)
+    assert not ready(sink, 0.05)  # a[1] may still send 0, 1 or 2
+    a1.edges[0].advance(5)
+    assert take(sink).seq == 3
+    a1.edges[0].advance(5)  # nothing new: not sent again
+    send(a1, 5)
+    a1.edges[0].advance(5)  # its message said as much: nothing sent
+    a0.edges[0].advance(5)  # a[0] is past 5 too: the merge may deliver a[1]'s 5
+    assert [out.edges[0].marks_sent for out in (a0, a1)] == [1, 1]
+    assert take(sink).seq == 5
+    assert sink.passed_over == 0 and copies.counted == {}
