@@ -21,8 +21,14 @@ producer, in one process: sending a small message to a ``Distributor`` of two co
 sends watermarks (a copy's) against one that does not (a camera's, unasked), on the fast path
 and on ZeroMQ (``inproc``).
 
-    .venv/bin/python benchmarks/replica_chain.py                 # about two minutes
+    .venv/bin/python benchmarks/replica_chain.py                 # about three minutes
     .venv/bin/python benchmarks/replica_chain.py --quick --rounds 1
+    git archive main | tar -x -C /tmp/base && .venv/bin/python benchmarks/replica_chain.py \
+        --base /tmp/base                                       # about four minutes
+
+With ``--base DIR`` the ``between`` graph also runs on that checkout's code, interleaved
+(``between@base``: the workaround as it was before watermarks, when a merge waited for a
+sibling's next result).
 
 Writes ``benchmarks/results/replica_chain.json`` (with the load average).
 """
@@ -33,7 +39,9 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +52,10 @@ import numpy as np
 import zmq
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent))  # benchmarks.bench_nodes, in every node process
+# the tree whose ``pipeline`` runs the graphs (``--base``: another checkout) and whose
+# ``benchmarks.bench_nodes`` every node process imports
+TREE = Path(os.environ.get("REPLICA_CHAIN_TREE", ROOT.parent))
+sys.path.insert(0, str(TREE))
 sys.path.insert(0, str(ROOT))
 
 from transport import machine, write_result  # noqa: E402
@@ -204,7 +215,7 @@ def _send_cost(transport: str, marks: bool, count: int, folder: Path) -> float:
 
 
 def mark_cost(rounds: int, count: int) -> dict[str, Any]:
-    """Per transport: microseconds per send with and without watermarks (median of rounds,
+    """Per transport: microseconds per send with and without watermarks (the best of rounds,
     interleaved), and the difference: a watermark's cost per frame."""
     found: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as tmp:
@@ -214,8 +225,8 @@ def mark_cost(rounds: int, count: int) -> dict[str, Any]:
                 for marks in (True, False):
                     cost = _send_cost(transport, marks, count, Path(tmp))
                     runs["marks" if marks else "none"].append(cost)
-            with_marks = statistics.median(runs["marks"])
-            without = statistics.median(runs["none"])
+            with_marks = min(runs["marks"])  # the least disturbed by other work
+            without = min(runs["none"])
             found[transport] = {
                 "us_per_send_with_watermarks": with_marks,
                 "us_per_send_without": without,
@@ -223,6 +234,17 @@ def mark_cost(rounds: int, count: int) -> dict[str, Any]:
                 "rounds": runs,
             }
     return found
+
+
+def run_base(base: Path, variant: str, count: int, fps: float, args: argparse.Namespace) -> Any:
+    """``run_variant`` in a fresh interpreter whose ``pipeline`` is ``base``'s."""
+    shutil.copy(ROOT / "bench_nodes.py", base / "benchmarks" / "bench_nodes.py")  # its Stage
+    env = {**os.environ, "PYTHONPATH": str(base), "REPLICA_CHAIN_TREE": str(base)}
+    command = [sys.executable, __file__, "--one", variant, "--one-frames", str(count)]
+    command += ["--one-fps", str(fps), "--wait-ms", str(args.wait_ms)]
+    command += ["--work-ms", str(args.work_ms)]
+    done = subprocess.run(command, env=env, cwd=base, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,25 +256,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--paced-fps", type=float, default=60.0, help="the camera's rate for latency"
     )
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="a checkout of another commit (git archive main | tar -x -C DIR): its graph "
+        "with a node between the stages runs too, interleaved (bench_nodes.py is copied in)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--one-frames", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--one-fps", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.one:  # one run, for --base: its figures as the last line
+        with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as tmp:
+            got = run_variant(
+                args.one, args.one_frames, args.wait_ms, args.work_ms, Path(tmp), args.one_fps
+            )
+        print(json.dumps(got))
+        return 0
     started = machine()
+    base = args.base.resolve() if args.base else None
+    variants = [*VARIANTS, "between@base"] if base else list(VARIANTS)
     frames = 400 if args.quick else 1200
     paced_frames = 300 if args.quick else 600
     modes = {"flat": (0.0, frames), "paced": (args.paced_fps, paced_frames)}
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {m: {v: [] for v in VARIANTS} for m in modes}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {m: {v: [] for v in variants} for m in modes}
     with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as tmp:
         for r in range(args.rounds):
             for mode, (fps, count) in modes.items():
-                for variant in VARIANTS:
-                    got = run_variant(variant, count, args.wait_ms, args.work_ms, Path(tmp), fps)
+                for variant in variants:
+                    if base is not None and variant.endswith("@base"):
+                        got = run_base(base, variant.split("@")[0], count, fps, args)
+                    else:
+                        got = run_variant(
+                            variant, count, args.wait_ms, args.work_ms, Path(tmp), fps
+                        )
                     runs[mode][variant].append(got)
                     print(
-                        f"round {r + 1} {mode:5s} {variant:8s} {got['fps']:7.1f} frames/s  "
+                        f"round {r + 1} {mode:5s} {variant:12s} {got['fps']:7.1f} frames/s  "
                         f"{got['cpu_ms_per_frame']:5.2f} ms CPU/frame  "
                         f"p50 {got['latency_p50_ms']:6.1f} ms  p95 {got['latency_p95_ms']:6.1f} ms"
                         f"  merge timeouts {got['merge_timeouts']}  late {got['late_results']}  "
-                        f"watermarks/frame {got['watermarks_per_frame']:.2f}  load {got['load']}"
+                        f"watermarks/frame {got['watermarks_per_frame']:.2f}  load {got['load']}",
+                        flush=True,
                     )
 
     keys = ("fps", "cpu_ms_per_frame", "latency_p50_ms", "latency_p95_ms", "watermarks_per_frame")
@@ -263,34 +309,47 @@ def main(argv: list[str] | None = None) -> int:
                 "merge_timeouts": sum(r["merge_timeouts"] for r in runs[mode][v]),
                 "late_results": sum(r["late_results"] for r in runs[mode][v]),
             }
-            for v in VARIANTS
+            for v in variants
         }
         for mode in modes
     }
     flat, paced = summary["flat"], summary["paced"]
+
+    def ratio(table: dict[str, Any], key: str, a: str, b: str) -> float:
+        return float(table[a][key] / table[b][key])
+
     ratios = {
-        "chain_vs_single_fps": flat["chain"]["fps"] / flat["single"]["fps"],
-        "chain_vs_between_fps": flat["chain"]["fps"] / flat["between"]["fps"],
-        "chain_vs_between_cpu_per_frame": flat["chain"]["cpu_ms_per_frame"]
-        / flat["between"]["cpu_ms_per_frame"],
-        "chain_vs_between_paced_latency_p50": paced["chain"]["latency_p50_ms"]
-        / paced["between"]["latency_p50_ms"],
-        "chain_vs_between_paced_cpu_per_frame": paced["chain"]["cpu_ms_per_frame"]
-        / paced["between"]["cpu_ms_per_frame"],
+        "chain_vs_single_fps": ratio(flat, "fps", "chain", "single"),
+        "chain_vs_between_fps": ratio(flat, "fps", "chain", "between"),
+        "chain_vs_between_cpu_per_frame": ratio(flat, "cpu_ms_per_frame", "chain", "between"),
+        "chain_vs_between_paced_latency_p50": ratio(paced, "latency_p50_ms", "chain", "between"),
+        "chain_vs_between_paced_cpu_per_frame": ratio(
+            paced, "cpu_ms_per_frame", "chain", "between"
+        ),
     }
+    if base is not None:
+        was = "between@base"
+        ratios |= {
+            "chain_vs_base_between_fps": ratio(flat, "fps", "chain", was),
+            "chain_vs_base_between_cpu_per_frame": ratio(flat, "cpu_ms_per_frame", "chain", was),
+            "chain_vs_base_between_paced_latency_p50": ratio(paced, "latency_p50_ms", "chain", was),
+            "between_vs_base_between_paced_latency_p50": ratio(
+                paced, "latency_p50_ms", "between", was
+            ),
+        }
     print()
     for mode in modes:
-        for v in VARIANTS:
+        for v in variants:
             s = summary[mode][v]
             print(
-                f"{mode:5s} {v:8s} {s['fps']:7.1f} frames/s  {s['cpu_ms_per_frame']:5.2f} ms "
+                f"{mode:5s} {v:12s} {s['fps']:7.1f} frames/s  {s['cpu_ms_per_frame']:5.2f} ms "
                 f"CPU/frame  p50 {s['latency_p50_ms']:6.1f} ms  p95 {s['latency_p95_ms']:6.1f} ms"
                 f"  merge timeouts {s['merge_timeouts']}  late {s['late_results']}  "
                 f"watermarks/frame {s['watermarks_per_frame']:.2f}"
             )
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}x")
-    cost = mark_cost(max(3, args.rounds), 2000 if args.quick else 5000)
+    cost = mark_cost(max(7, args.rounds), 2000 if args.quick else 4000)
     for transport, c in cost.items():
         print(
             f"watermark cost at the producer, {transport}: {c['us_per_send_with_watermarks']:.1f} "
@@ -301,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "replica_chain",
         started,
         params={
+            "base": str(base) if base else None,
             "frames": frames,
             "paced_frames": paced_frames,
             "paced_fps": args.paced_fps,
