@@ -580,8 +580,6 @@ class Worker:
                     if marks is not None:
                         seen[edge.port] = message.seq
                     push(joiner, edge.port, message, (edge, n))
-            if marks is not None:  # before process(): what waits for it is known already
-                _pass_marks(joiner, inputs, marks, seen, spreads)
             processed = drain(joiner, release)
             if marks is not None:
                 _pass_marks(joiner, inputs, marks, seen, spreads)
