@@ -123,3 +123,25 @@ class PreloadedVideo(Node):
             Frame(image=image, seq=self._seq, t_capture_ns=time.monotonic_ns(), source=self.id)
         )
         self._seq += 1
+
+
+class Stage(Node):
+    """A pipeline stage that forwards each frame after ``wait_ms`` (a wait: an accelerator
+    or a remote service doing the work, so that copies of it do not compete for this
+    machine's cores) and ``work_ms`` of CPU (a busy loop)."""
+
+    class Params(NodeParams):
+        wait_ms: float = Field(0.0, ge=0)
+        work_ms: float = Field(0.0, ge=0)
+
+    frames = Input(Frame)
+    out = Output(Frame)
+
+    def process(self, frames: Frame) -> None:
+        if self.params.wait_ms:
+            time.sleep(self.params.wait_ms / 1000)
+        if self.params.work_ms:
+            end = time.thread_time() + self.params.work_ms / 1000
+            while time.thread_time() < end:
+                pass
+        self.out.send(frames)

@@ -451,9 +451,9 @@ def _replica_issues(
     """``replicas: N`` (``pipeline.runtime.replicas``): not on a source (each copy would make
     the whole stream again), and not on a node fed the messages of several sources (their
     copies' results are merged back by seq, and the seqs of different cameras are unrelated).
-    A node joining several inputs may be replicated: each seq goes to copy ``seq mod N``.
-    Nor on a node fed straight by another replicated node: each copy's merge would wait for
-    seqs the upstream copies sent to one of its siblings (no watermarks say "none for you")."""
+    A node joining several inputs may be replicated: each seq goes to copy ``seq mod N``. A
+    node fed straight by another replicated node may be too: the upstream copies' watermarks
+    tell each copy what went to its siblings."""
     issues: list[ConfigIssue] = []
     carried = _carried(list(index), edges, classes)
     for node in spec.nodes:
@@ -473,23 +473,6 @@ def _replica_issues(
             )
             continue
         into = [e for e in edges if e.consumer == node.id]
-        copied = sorted({e.producer for e in into if spec.nodes[index[e.producer]].replicas > 1})
-        if copied:
-            issues.append(
-                marks.issue(
-                    at,
-                    f"node {node.id!r}: replicas: {node.replicas} on a node fed by the copies "
-                    f"of {', '.join(repr(c) for c in copied)}: each of its copies would merge "
-                    "results that the upstream copies spread over all of them, and could wait "
-                    "for a seq that went to another copy",
-                    key=True,
-                    hints=[
-                        "replicate one of the two (the slower one), or put an unreplicated "
-                        "node between them"
-                    ],
-                )
-            )
-            continue
         sources: set[str] = set()
         for edge in into:
             sources |= _edge_carries(edge, carried)

@@ -24,7 +24,24 @@ is replicated (``Node.replica`` and ``Node.replicas`` say which copy it is, for 
   ``patience_s`` (at least ``MERGE_WAIT_S``, and 4x the longest gap seen between two
   messages of one edge) the others' heads go on without it, and a message of that copy that
   then comes too late for the order (a seq below one already delivered) is dropped and
-  counted on the input (``late_results`` in the node's counters).
+  counted on the input (``late_results`` in the node's counters; a merge that waited out
+  its patience counts ``merge_timeouts``).
+- **Watermarks**, so that a replicated node may feed another: each copy of the consumer
+  merges the results of every copy of the producer, but a producer's copy sends a seq to one
+  consumer copy only. So a ``Distributor`` that sends seq ``s`` to one copy tells the others
+  that nothing below ``s`` comes from it any more (``codec.MARK``: a message of its own on
+  ZeroMQ and tcp edges, a word of the ring's header on the fast path; a copy with older
+  messages waiting in its ``drop_oldest`` mailbox is told the oldest one's seq; a copy whose
+  message was dropped is told too), and the merge goes past an empty edge whose watermark
+  is at or above the head it would deliver. A copy's distributor sends them always; another
+  producer's (a camera spreading over the copies of the first replicated node) only to a
+  copy that asked (``InputEdge.ask_marks``): a node feeding a replicated node asks its
+  inputs, and passes on (``worker._pass_marks``) the least over its inputs of the first
+  message waiting for ``process`` or else what that input said, so an idle copy (its frames
+  went to a sibling, or were dropped) holds no merge downstream. That assumes a node sends,
+  while it processes a message, messages of that seq (``Message.derive``); a result that
+  comes after all below a watermark is counted late, as above. The patience stays as the
+  fallback (a copy that sends nothing for long).
 
 Statistics: each instance reports its own (``faces[0]``, ``faces[1]``); the table adds a
 line with the group's totals (``pipeline.runtime.table``).
@@ -46,6 +63,7 @@ from pipeline.transport.channels import EdgeSender, InputEdge, RuntimeOutput, _P
 
 __all__ = [
     "MERGE_WAIT_S",
+    "NO_MORE",
     "Distributor",
     "MergedInput",
     "connect_senders",
@@ -60,6 +78,7 @@ log = logging.getLogger("pipeline.replicas")
 
 MERGE_WAIT_S = 2.0  # the least a merge waits for a silent copy before the others go on
 WAIT_SLICE_MS = 3  # a distributor waiting for a credit looks at every copy this often
+NO_MORE = (1 << 63) - 1  # a merge whose every edge ended: nothing at all comes any more
 _INSTANCE = re.compile(r"^(?P<group>[A-Za-z_][A-Za-z0-9_-]*)\[(?P<k>\d+)\]$")
 
 
@@ -106,6 +125,10 @@ class Distributor(EdgeSender):
         self._blocked_s = 0.0  # waiting for a credit of any copy
         self.unreported_drops = 0
         self.n = 0
+        # watermarks: a copy's distributor sends them always (the next node's copies merge
+        # its results), another only to a copy that asked (``InputEdge.ask_marks``: it
+        # passes them on)
+        self.marks_unasked = split_instance(first.producer) is not None
 
     # what RuntimeOutput reads of its edges -----------------------------------------------
     @property
@@ -203,9 +226,35 @@ class Distributor(EdgeSender):
         subs = self.subs
         for s in subs:
             s.collect()
-        if self.by_seq:
-            subs[item.seq % len(subs)].offer(item)
+        target = subs[item.seq % len(subs)] if self.by_seq else self._choose()
+        target.offer(item)
+        self.advance(item.seq)  # the copies that did not get it (nor drop it) learn so
+
+    def advance(self, seq: int) -> None:
+        """Nothing below ``seq`` comes on this port any more (it was just sent to one copy;
+        or the node's inputs said so and it processed what came before): a watermark to
+        every copy not yet told (``EdgeSender.advance``: a copy sent ``seq`` was told by
+        the message; one with older messages in its ``drop_oldest`` mailbox is told the
+        oldest one's seq); a copy of another producer than a copy only if it asked."""
+        if seq < 0 or self.ended:
             return
+        unasked = self.marks_unasked
+        for s in self.subs:
+            if unasked or s.wants_marks:
+                s.advance(seq)
+
+    @property
+    def marks_sent(self) -> int:
+        return sum(s.marks_sent for s in self.subs)
+
+    @marks_sent.setter
+    def marks_sent(self, value: int) -> None:
+        pass  # each copy's edge counts its own
+
+    def _choose(self) -> EdgeSender:
+        """The copy of ``spread: free``: the next with a free credit; else ``block`` waits
+        for one, and a drop policy takes the next in turn (its edge applies the policy)."""
+        subs = self.subs
         target = self._free()
         if target is None and self.policy == "block":
             t0 = time.perf_counter()
@@ -216,7 +265,7 @@ class Distributor(EdgeSender):
         if target is None:  # a drop policy: the next copy's edge applies it
             target = subs[self.turn]
             self.turn = (self.turn + 1) % len(subs)
-        target.offer(item)
+        return target
 
     def send_eos(self) -> None:
         for s in self.subs:
@@ -254,6 +303,8 @@ class MergedInput(InputEdge):
         self, edges: Sequence[InputEdge], count: Callable[[str, int], None] | None = None
     ) -> None:
         self.edges = sorted(edges, key=lambda e: (split_instance(e.plan.producer) or ("", 0))[1])
+        for edge in self.edges:  # the copies of a producer send their watermarks unasked
+            edge.takes_marks = True
         first = self.edges[0].plan
         self.plan = dataclasses.replace(
             first, producer=group_of(first.producer), queue=sum(e.plan.queue for e in edges)
@@ -298,6 +349,24 @@ class MergedInput(InputEdge):
     def malformed(self, value: int) -> None:
         pass
 
+    def ask_marks(self) -> None:
+        pass  # the copies of a replicated producer send them unasked
+
+    def read_mark(self) -> int:
+        """Nothing below this comes out of the merge any more: the least, over the edges
+        that have not ended, of the head waiting or the edge's watermark as of its last
+        look (a later one could be above messages not yet taken); a large number once every
+        edge ended."""
+        low = NO_MORE
+        for i, edge in enumerate(self.edges):
+            if edge.ended:
+                continue
+            q = self.heads[i]
+            seq = q[0][0].seq if q else edge.mark
+            if seq < low:
+                low = seq
+        return low
+
     @property
     def patience_s(self) -> float:
         return max(MERGE_WAIT_S, 4 * self._max_gap)
@@ -306,6 +375,7 @@ class MergedInput(InputEdge):
         """Take whatever has arrived on every edge (without blocking)."""
         now = time.monotonic()
         for i, edge in enumerate(self.edges):
+            edge.read_mark()  # before the messages: every one below it is in already
             while not edge.ended and edge.has_message():
                 try:
                     message, n, dropped, t_send = edge.recv()
@@ -315,7 +385,9 @@ class MergedInput(InputEdge):
                     continue
                 self._drops += dropped
                 if message is None:
-                    break
+                    if n < 0:
+                        continue  # a watermark: now in edge.mark
+                    break  # end of stream
                 if self._last_arrival[i]:
                     self._max_gap = max(self._max_gap, now - self._last_arrival[i])
                 self._last_arrival[i] = now
@@ -334,16 +406,20 @@ class MergedInput(InputEdge):
     def _ready(self) -> int | None:
         """The edge whose head goes next; -1 at the end of every edge; None: not yet."""
         heads = self.heads
+        edges = self.edges
         best = -1
-        empty_live = False
         for i, q in enumerate(heads):
-            if q:
-                if best < 0 or q[0][0].seq < heads[best][0][0].seq:
-                    best = i
-            elif not self.edges[i].ended and i not in self._passed:
-                empty_live = True
+            if q and (best < 0 or q[0][0].seq < heads[best][0][0].seq):
+                best = i
         if best < 0:  # nothing waits: the end, once every edge has ended
-            return -1 if all(e.ended for e in self.edges) else None
+            return -1 if all(e.ended for e in edges) else None
+        seq = heads[best][0][0].seq
+        # an edge with nothing waiting holds the merge, unless it ended, or was passed over,
+        # or its watermark says that nothing below this seq comes on it any more
+        empty_live = any(
+            not q and not edges[i].ended and i not in self._passed and edges[i].mark < seq
+            for i, q in enumerate(heads)
+        )
         if not empty_live:
             self._stalled_since = None
             return best
@@ -356,6 +432,8 @@ class MergedInput(InputEdge):
             return None
         self._stalled_since = None
         self.passed_over += 1
+        if self._count is not None:
+            self._count("merge_timeouts", 1)
         self._passed.update(i for i, q in enumerate(heads) if not q and not self.edges[i].ended)
         if self.passed_over == 1 or self.passed_over % 100 == 0:
             log.warning(

@@ -61,7 +61,13 @@ from pipeline.runtime.join import Joiner, Streams
 from pipeline.runtime.lifecycle import NodeDriver
 from pipeline.runtime.plan import WorkerConfig
 from pipeline.runtime.protocol import NodeState
-from pipeline.runtime.replicas import Distributor, connect_senders, merge_inputs, sockets_of
+from pipeline.runtime.replicas import (
+    NO_MORE,
+    Distributor,
+    connect_senders,
+    merge_inputs,
+    sockets_of,
+)
 from pipeline.runtime.stats import NodeStats, StatsCollector
 from pipeline.transport.channels import GENERATION_SHIFT, EdgeSender, InputEdge, RuntimeOutput
 from pipeline.transport.curve import Gatekeeper, connect_as_client
@@ -284,6 +290,9 @@ class Worker:
         lost = sum(e.lost for e in self._senders()) + sum(e.lost_upstream for e in self.inputs)
         if lost:
             self.stats.counters["lost_on_restart"] = lost
+        marks = sum(e.marks_sent for e in self._senders())
+        if marks:  # watermarks to the copies of a replicated node (replicas.Distributor)
+            self.stats.counters["watermarks_sent"] = marks
         for name, out in self.outputs.items():
             self.stats.out_sent[name] = out.sent
             self.stats.out_dropped[name] = sum(e.dropped for e in out.edges)
@@ -534,12 +543,26 @@ class Worker:
         def release(token: tuple[InputEdge, int]) -> None:
             token[0].release(token[1])
 
+        # a node whose output is spread over the copies of a replicated node passes on the
+        # watermarks of its inputs (``_pass_marks``), and so does a copy (whatever merges its
+        # results with its siblings' is told too); per input: its watermark read before its
+        # messages were taken, and the seq of the last one taken
+        copy = self.plan.replicas > 1
+        spreads = [e for out in outputs for e in out.edges if copy or isinstance(e, Distributor)]
+        marks = dict.fromkeys([e.port for e in inputs], -1) if spreads else None
+        if marks is not None:
+            for edge in inputs:
+                if edge.takes_marks:
+                    edge.ask_marks()
+        seen = dict.fromkeys([e.port for e in inputs], -1)
         next_check = 0.0
         while not joiner.all_ended:
             # Take whatever has arrived on every input without blocking; only an idle node
             # polls (one system call per burst instead of one per message).
             got = 0
             for edge in inputs:
+                if marks is not None:
+                    marks[edge.port] = edge.read_mark()  # before its messages
                 while not edge.ended and edge.has_message():
                     try:
                         message, n, dropped, _ = edge.recv()
@@ -549,11 +572,17 @@ class Worker:
                     if dropped:
                         stats.dropped[edge.port] += dropped
                     if message is None:
+                        if n < 0:
+                            continue  # a watermark: edge.mark
                         joiner.end(edge.port)
                         break
                     got += 1
+                    if marks is not None:
+                        seen[edge.port] = message.seq
                     push(joiner, edge.port, message, (edge, n))
             processed = drain(joiner, release)
+            if marks is not None:
+                _pass_marks(joiner, inputs, marks, seen, spreads)
             waiting = _move_waiting(outputs)
             now = time.monotonic()
             if now >= next_check:
@@ -600,6 +629,8 @@ class Worker:
                     if dropped:
                         stats.dropped[port] += dropped
                     if message is None:
+                        if n < 0:
+                            continue  # a watermark (not passed on by a streams node)
                         streams.end(edge.plan.name)
                         break
                     got += 1
@@ -701,6 +732,37 @@ class _Progress:
         with contextlib.suppress(BufferError):
             self.view.release()
             self._mm.close()
+
+
+def _pass_marks(
+    joiner: Joiner[Any],
+    inputs: list[InputEdge],
+    marks: dict[str, int],
+    seen: dict[str, int],
+    spreads: list[EdgeSender],
+) -> None:
+    """Tell the copies of the replicated nodes this node feeds (and, from a copy, whatever
+    merges its results) that it will send nothing below seq ``s`` any more
+    (``Distributor.advance``, ``EdgeSender.advance``): ``s``, the least over its inputs that
+    have not ended of the first message waiting for ``process``, or else what the input said
+    (its watermark, the last seq it delivered). This assumes what ``Message.derive`` does: a
+    node sends, while it processes a message, messages of that message's seq (or none)."""
+    low = -1
+    for edge in inputs:
+        port = edge.port
+        if port in joiner.ended:
+            continue
+        queue = joiner.queues[port]
+        seq = queue[0][0].seq if queue else max(marks[port], seen[port])
+        if seq >= NO_MORE:
+            continue  # its end of stream is next (and what flush() sends must not be held)
+        if seq < 0:
+            return  # an input that said nothing yet
+        if low < 0 or seq < low:
+            low = seq
+    if low >= 0:
+        for sender in spreads:
+            sender.advance(low)
 
 
 def _move_waiting(outputs: list[RuntimeOutput]) -> bool:

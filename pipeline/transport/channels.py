@@ -99,6 +99,11 @@ class EdgeSender:
     # the fast path loses nothing it sent)
     progress: memoryview | None = None
     progress_at = 0
+    # the consumer asked for watermarks (``InputEdge.ask_marks``: a node that passes them on);
+    # the highest seq the consumer was told nothing below of (by a message or a watermark)
+    wants_marks = False
+    marked = -1
+    marks_sent = 0
 
     def __init__(
         self,
@@ -239,6 +244,9 @@ class EdgeSender:
         # EVENTS is a cheap flag read; a NOBLOCK recv that raises zmq.Again costs far more.
         while sock.getsockopt(_EVENTS) & _POLLIN:
             (upto,) = _REL.unpack(sock.recv(copy=True))
+            if upto < 0:  # not a release: the consumer asks for watermarks
+                self.wants_marks = True
+                continue
             inflight = self.inflight
             while inflight and inflight[0][0] <= upto:
                 for slot in inflight.popleft()[1]:
@@ -300,6 +308,7 @@ class EdgeSender:
 
     def _send(self, item: _Pending) -> None:
         self.n += 1
+        self.marked = item.seq  # the message itself says nothing below it comes
         for slot in item.slots:
             slot.refs += 1
         self.inflight.append((self.n, item.slots))
@@ -317,6 +326,23 @@ class EdgeSender:
             self.sock.send(env + item.body_s, copy=True)
         if self.progress is not None:
             self.progress[self.progress_at] = self.n
+
+    def advance(self, seq: int) -> None:
+        """Nothing below ``seq`` comes on this edge any more: a watermark, unless it says
+        nothing new (a message of that seq was sent), or less (messages waiting in the
+        ``drop_oldest`` mailbox: the oldest one's seq)."""
+        if self.waiting and self.waiting[0].seq < seq:
+            seq = self.waiting[0].seq
+        if seq > self.marked and not self.ended:
+            self.marked = seq
+            self.marks_sent += 1
+            self.send_mark(seq)
+
+    def send_mark(self, seq: int) -> None:
+        """A watermark: nothing below ``seq`` comes on this edge any more (a replicated
+        producer's ``Distributor`` tells the copies it did not send a seq to). It bypasses
+        credits, goes after every message sent before it, and never waits."""
+        self.sock.send(codec.envelope(codec.MARK, seq, 0, time.monotonic_ns()))
 
     def send_eos(self) -> None:
         """Deliver every waiting message, then end of stream (never dropped)."""
@@ -536,6 +562,12 @@ class InputEdge:
     _last_n = 0
     _unsent: dict[int, list[int | None]] | None = None
     lost_upstream = 0  # sent by a producer that died, never arrived (counted lost)
+    # watermarks (``codec.MARK``), taken only on an edge to a copy of a replicated node (its
+    # plan has a ``spread``: a ``Distributor`` sends them); ``mark``: the highest heard,
+    # nothing below it comes any more (-1: none yet)
+    takes_marks = False
+    mark = -1
+    _asking = False
 
     def __init__(
         self,
@@ -551,6 +583,7 @@ class InputEdge:
         self.name = plan.name
         self.port = plan.input
         self.tcp = plan.tcp
+        self.takes_marks = bool(plan.spread)
         # Releases are credits back to the producer, sent in batches of up to
         # ``plan.release_batch`` (see ``pipeline.transport.plan.release_batch``).
         self.release_every = plan.release_batch
@@ -616,8 +649,26 @@ class InputEdge:
         transport that needs to ask for a wake-up, ``pipeline.transport.fastpath``)."""
         return True
 
+    def read_mark(self) -> int:
+        """The edge's watermark (``mark``), read before its messages are taken: a transport
+        that keeps it beside the messages (the fast path's ring) reads it here."""
+        if self._asking:
+            self.ask_marks()
+        return self.mark
+
+    def ask_marks(self) -> None:
+        """Ask the producer for watermarks (a node that passes them on; a producer that is a
+        copy of a replicated node sends them unasked): a release of -1, sent again by
+        ``read_mark`` until the socket takes it (a tcp peer still in its handshake)."""
+        try:
+            self.sock.send(_REL.pack(-1), zmq.NOBLOCK)
+            self._asking = False
+        except zmq.ZMQError:
+            self._asking = True
+
     def recv(self) -> tuple[Message | None, int, int, int]:
-        """(message or None at end of stream, n, dropped, t_send_ns) of the next message."""
+        """(message or None at end of stream, n, dropped, t_send_ns) of the next message; a
+        watermark gives (None, -1, 0, t_send_ns), the edge not ended."""
         if self.eos_pending:
             self.eos_pending = False
             self.ended = True
@@ -656,6 +707,8 @@ class InputEdge:
         except codec.MalformedMessage:
             self.malformed += 1
             raise
+        if kind == codec.MARK:
+            return self._take_mark(n, len(head), t_send)
         if n >> GENERATION_SHIFT != self._gen:
             self._next_incarnation(n >> GENERATION_SHIFT)
         self._last_n = n
@@ -671,6 +724,15 @@ class InputEdge:
             self.release(n)
             raise
         return message, n, dropped, t_send
+
+    def _take_mark(self, seq: int, size: int, t_send: int) -> tuple[None, int, int, int]:
+        if not self.takes_marks or size != codec.ENVELOPE_SIZE:
+            self.malformed += 1
+            why = "with bytes after its envelope" if self.takes_marks else "on an edge not spread"
+            raise codec.MalformedMessage(f"edge {self.name}: a watermark {why}")
+        if seq > self.mark:
+            self.mark = seq
+        return None, -1, 0, t_send
 
     def _next_incarnation(self, gen: int) -> None:
         """The first message of a restarted producer: the dead one's are all in."""

@@ -1,7 +1,9 @@
 """The wire format: a message is ``[envelope + body, *buffers]``.
 
-- ``envelope`` (21 bytes, per edge, struct ``<cqiq``): kind ``M`` (a message) or ``E`` (end
-  of stream); ``n``, which numbers the edge's messages so releases can be matched;
+- ``envelope`` (21 bytes, per edge, struct ``<cqiq``): kind ``M`` (a message), ``E`` (end
+  of stream) or ``W`` (a watermark: an envelope alone, whose ``n`` is a seq below which
+  nothing more comes on the edge; ``pipeline.runtime.replicas``); ``n``, which numbers the
+  edge's messages so releases can be matched;
   ``dropped``, the messages the edge's policy dropped since the last one sent; and the send
   time (``time.monotonic_ns()``). A fixed struct, not msgpack: it is packed per edge and
   per message, on the hot path.
@@ -61,6 +63,8 @@ INLINE_MAX = 16 * 1024  # arrays up to this size travel inside the body
 
 MSG = b"M"
 EOS = b"E"
+MARK = b"W"  # a watermark: nothing below seq ``n`` comes on this edge any more
+_KINDS_ON_WIRE = (MSG, EOS, MARK)
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 _unpackb = msgpack.unpackb
@@ -124,14 +128,15 @@ def unpack_envelope(data: bytes) -> tuple[bytes, int, int, int]:
     """(kind, n, dropped, t_send_ns) from the start of a message's first frame.
 
     Raises:
-        MalformedMessage: too short, or a kind other than a message or end of stream.
+        MalformedMessage: too short, or a kind other than a message, end of stream or a
+            watermark.
     """
     if len(data) < ENVELOPE_SIZE:
         raise MalformedMessage(
             f"a message of {len(data)} bytes is shorter than its {ENVELOPE_SIZE}-byte envelope"
         )
     kind, n, dropped, t_send = _ENVELOPE.unpack_from(data)
-    if kind not in (MSG, EOS):
+    if kind not in _KINDS_ON_WIRE:
         raise MalformedMessage(f"unknown message kind {kind!r} in the envelope")
     if n < 0 or dropped < 0:
         raise MalformedMessage(f"negative counts in the envelope (n={n}, dropped={dropped})")

@@ -25,6 +25,13 @@ I/O threads compete with the nodes themselves; that was most of a small frame's 
   consumer that is awake): up to 40 µs, yielding the core at every turn, backing off after
   a spin that saw nothing (``_Spin``). On a busy edge most sleeps, doorbells and wake-ups
   go away; an idle or a slow edge sleeps at once, as before;
+- **a watermark** (``send_mark``: nothing below seq ``s`` comes on this edge any more, from
+  a replicated producer to the copies it did not send ``s`` to) is a word of the ring's
+  header, ``s + 1``, stored after every entry published before it: many watermarks while
+  the consumer is busy are one store each, and never take an entry. The consumer reads it
+  before the entries (``read_mark``) and checks it with the head before it sleeps; the
+  doorbell rings for it as for a message. A consumer asks for them (``ask_marks``) with
+  another word, which the producer reads;
 - a descriptor larger than an entry (a message with big inline fields) goes over the socket,
   in order, its entry marked as such.
 
@@ -80,13 +87,14 @@ ENTRY = 4096  # bytes per ring entry: a frame's descriptor is ~200, detections a
 DATAGRAM = 32 * 1024  # an oversized descriptor goes over the socket in parts of this size
 _HEADER = 512
 # 8-byte words of the ring's header, each on its own cache line
-_HEAD, _TAIL, _RELEASED, _C_SLEEPING, _P_SLEEPING = 0, 8, 16, 24, 32
+_HEAD, _TAIL, _RELEASED, _C_SLEEPING, _P_SLEEPING, _MARK, _WANTS = 0, 8, 16, 24, 32, 40, 48
 _OVERSIZE = 0xFFFFFFFF
 _LEN = struct.Struct("<I")
 _LEN_ENV = struct.Struct("<I" + codec.ENVELOPE_FORMAT[1:])  # an entry's length + envelope
 _ENV_SIZE = codec.ENVELOPE_SIZE
 _HEAD_W, _TAIL_W, _RELEASED_W = _HEAD // 8, _TAIL // 8, _RELEASED // 8
-_C_SLEEPING_W, _P_SLEEPING_W = _C_SLEEPING // 8, _P_SLEEPING // 8
+_C_SLEEPING_W, _P_SLEEPING_W, _MARK_W = _C_SLEEPING // 8, _P_SLEEPING // 8, _MARK // 8
+_WANTS_W = _WANTS // 8
 _REL = struct.Struct("<q")
 _RING = b"R"  # the producer's first datagram: the ring's file descriptor and size
 _WAKE = b"!"
@@ -344,6 +352,7 @@ class UnixEdgeSender(EdgeSender):
     # sending -------------------------------------------------------------------------------
     def _send(self, item: _Pending) -> None:
         n = self.n = self.n + 1
+        self.marked = item.seq  # the message itself says nothing below it comes
         slots = item.slots
         for slot in slots:
             slot.refs += 1
@@ -404,6 +413,24 @@ class UnixEdgeSender(EdgeSender):
             # The consumer is gone; the supervisor has seen it (pidfd) and stops the graph.
             self.gone = True
 
+    @property
+    def wants_marks(self) -> bool:
+        """The consumer asked for watermarks (a word of the ring's header)."""
+        return bool(self.ctl[_WANTS_W])
+
+    @wants_marks.setter
+    def wants_marks(self, value: bool) -> None:
+        pass  # the consumer's to say
+
+    def send_mark(self, seq: int) -> None:
+        """A watermark (``EdgeSender.send_mark``): a word of the ring's header, not an entry."""
+        ctl = self.ctl
+        self.order()  # the entries published before it are seen first
+        ctl[_MARK_W] = seq + 1
+        self.fence()  # stored before we look whether the consumer sleeps
+        if ctl[_C_SLEEPING_W]:
+            self._ring_bell()
+
     def send_eos(self) -> None:
         """Deliver every waiting message, then end of stream (never dropped)."""
         while self.waiting:
@@ -427,6 +454,7 @@ class UnixInputEdge(InputEdge):
         self.name = plan.name
         self.port = plan.input
         self.tcp = False
+        self.takes_marks = bool(plan.spread)
         self.release_every = plan.release_batch
         self._unreleased = 0
         self._release_upto = 0
@@ -456,6 +484,8 @@ class UnixInputEdge(InputEdge):
         self.order = _ordering_fence(self.fence)
         self.spin = _Spin()
         self._last_ns = 0  # when the last message was taken from the ring
+        self._asked = False  # for watermarks (ask_marks)
+        self._word = 0  # the watermark word as may_sleep last saw it
 
     def _take(self) -> None:
         """Read every waiting datagram: wake-ups are dropped, parts of descriptors kept, and
@@ -502,6 +532,8 @@ class UnixInputEdge(InputEdge):
         self.entries = entries
         self.tail = 0
         self._sleeping = False
+        if self._asked:
+            self.ctl[_WANTS_W] = 1
         return True
 
     def _unmap(self) -> None:
@@ -542,6 +574,24 @@ class UnixInputEdge(InputEdge):
         self._last_ns = time.monotonic_ns()
         return True
 
+    def ask_marks(self) -> None:
+        """Ask the producer for watermarks (``InputEdge.ask_marks``): a word of the ring's
+        header (set when the ring comes, if it has not yet)."""
+        self._asked = True
+        if self.ctl is not None:
+            self.ctl[_WANTS_W] = 1
+
+    def read_mark(self) -> int:
+        """The producer's watermark (``InputEdge.read_mark``), from the ring's header: read
+        before the entries, so every message below it is in the ring already."""
+        ctl = self.ctl
+        if ctl is not None and self.takes_marks:
+            word = ctl[_MARK_W]
+            self.order()  # the mark is read before the head
+            if word - 1 > self.mark:
+                self.mark = word - 1
+        return self.mark
+
     def _parts(self) -> bytes:
         """An oversized descriptor: its parts came over the socket before its entry."""
         chunks = []
@@ -574,8 +624,10 @@ class UnixInputEdge(InputEdge):
             return False  # a restarted producer's ring: look again
         self._sleeping = True
         ctl[_C_SLEEPING_W] = 1
-        self.fence()  # the flag is stored before we look at the head once more
-        return bool(ctl[_HEAD_W] == self.tail)
+        self.fence()  # the flag is stored before we look at the head (and mark) once more
+        word, self._word = self._word, ctl[_MARK_W]
+        # a watermark that came as it fell asleep did not ring: look again (once)
+        return bool(ctl[_HEAD_W] == self.tail) and word == self._word
 
     def recv(self) -> tuple[Message | None, int, int, int]:
         """(message or None at end of stream, n, dropped, t_send_ns) of the next message."""

@@ -90,8 +90,7 @@ JOINED = """
         inputs: {frames: camera/frames, detections: tagger/detections}
 """
 
-# A replicated join fed by unreplicated nodes (a replicated node straight after another is
-# refused by `check`: see tests/config_cases/invalid/42_replicated_after_replicated.yaml).
+# A replicated join fed by unreplicated nodes (fed by a replicated node: CHAINED_JOIN below).
 REPLICATED_JOIN = """
     graph: replicated_join
     nodes:
@@ -183,3 +182,125 @@ def test_a_streams_input_fed_by_copies_sees_one_ordered_stream(write_graph, tmp_
     assert [seq for source, seq in calls if source == "cam1"] == list(range(50))
     assert [seq for source, seq in calls if source == "cam2"] == list(range(30))
     assert sum(result.stats[f"relay[{k}]"].received for k in range(3)) == 50
+
+
+# A replicated node fed straight by another (``pipeline.runtime.replicas``: watermarks): each
+# copy of ``tagger`` merges what both copies of ``relay`` sent it, and hears from a relay copy
+# that sent a seq to its sibling that nothing below that seq comes from it.
+CHAIN = """
+    graph: chain
+    nodes:
+      - {id: camera, node: synthetic, params: {width: 64, height: 48, fps: 0, frames: 80}}
+      - id: relay
+        node: {T}:Relay
+        params: {delay_ms: 3}
+        replicas: 2
+        inputs: {frames: {from: camera/frames, queue: 2, when_full: WHEN}}
+      - id: tagger
+        node: {T}:SlowTagger
+        params: {delay_ms: 3}
+        replicas: 2
+        inputs: {frames: {from: relay/out, queue: 2, transport: TRANSPORT}}
+      - id: dets
+        node: jsonl
+        params: {path: {tmp}/dets.jsonl}
+        inputs: {messages: tagger/detections}
+"""
+
+
+def no_merge_waited(stats, nodes: list[str]) -> None:
+    """No merge waited out its patience for a seq that went elsewhere, none came late."""
+    for node in nodes:
+        counters = stats[node].counters
+        assert counters.get("merge_timeouts", 0) == 0, (node, counters)
+        assert counters.get("late_results", 0) == 0, (node, counters)
+
+
+@pytest.mark.parametrize("transport", ["shm", "zmq", "tcp"])
+def test_a_replicated_node_fed_by_another_gets_every_frame_once_in_order(
+    write_graph, tmp_path, monkeypatch, transport
+):
+    if transport == "zmq":  # same-host edges through ZeroMQ (watermarks as messages)
+        monkeypatch.setenv("PIPELINE_FAST_PATH", "0")
+    text = CHAIN.replace("WHEN", "block").replace(
+        "TRANSPORT", "tcp" if transport == "tcp" else "shm"
+    )
+    result = run_graph(load_graph(write_graph(text)))
+    assert result.exit_code == 0, result.error
+    rows = read_jsonl(tmp_path / "dets.jsonl")
+    assert [r["seq"] for r in rows] == list(range(FRAMES))
+    by_copy = Counter(r["detections"][0]["label"] for r in rows)
+    assert set(by_copy) == {"r0of2", "r1of2"}, by_copy  # both tagger copies worked
+    stats = result.stats
+    assert sum(stats[f"relay[{k}]"].received for k in range(2)) == FRAMES
+    assert sum(stats[f"tagger[{k}]"].received for k in range(2)) == FRAMES
+    assert all(stats[f"relay[{k}]"].received > 0 for k in range(2))
+    no_merge_waited(stats, ["tagger[0]", "tagger[1]", "dets"])
+    # the relay copies told the tagger copies about the seqs sent to the other
+    assert sum(stats[f"relay[{k}]"].counters.get("watermarks_sent", 0) for k in range(2)) > 0
+
+
+def test_drops_before_a_chain_of_replicated_nodes_hold_no_merge(write_graph, tmp_path):
+    text = CHAIN.replace("WHEN", "drop_newest").replace("TRANSPORT", "shm")
+    result = run_graph(load_graph(write_graph(text)))
+    assert result.exit_code == 0, result.error
+    seqs = [r["seq"] for r in read_jsonl(tmp_path / "dets.jsonl")]
+    stats = result.stats
+    dropped = stats["camera"].outputs["frames"].dropped
+    assert dropped > 0  # the camera is far faster than the relay copies
+    assert seqs == sorted(set(seqs)) and len(seqs) == FRAMES - dropped
+    no_merge_waited(stats, ["tagger[0]", "tagger[1]", "dets"])
+
+
+# Frames and the detections of a replicated tagger joined by a replicated overlay: each seq
+# goes to overlay copy seq mod 2, so a tagger copy that got only odd seqs never sends overlay[0]
+# a message at all; without watermarks overlay[0]'s merge would wait out its patience.
+CHAINED_JOIN = """
+    graph: chained_join
+    nodes:
+      - {id: camera, node: synthetic, params: {width: 96, height: 64, fps: 0, frames: 60}}
+      - id: tagger
+        node: {T}:SlowTagger
+        params: {delay_ms: 2}
+        replicas: 2
+        inputs: {frames: camera/frames}
+      - id: overlay
+        node: overlay
+        replicas: 2
+        inputs: {frames: camera/frames, detections: tagger/detections}
+      - id: shown
+        node: {T}:Recorder
+        params: {path: {tmp}/shown.jsonl}
+        inputs: {frames: overlay/annotated}
+"""
+
+
+def test_a_replicated_join_fed_by_a_replicated_node_stays_right(write_graph, tmp_path):
+    result = run_graph(load_graph(write_graph(CHAINED_JOIN)))
+    assert result.exit_code == 0, result.error
+    shown = read_jsonl(tmp_path / "shown.jsonl")
+    assert [r["seq"] for r in shown] == list(range(60))
+    stats = result.stats
+    assert stats["overlay[0]"].calls == stats["overlay[1]"].calls == 30
+    assert stats["overlay[0]"].dropped == stats["overlay[1]"].dropped == 0
+    no_merge_waited(stats, ["overlay[0]", "overlay[1]", "shown"])
+
+
+def test_drops_before_a_replicated_join_fed_by_a_replicated_node_hold_no_merge(
+    write_graph, tmp_path
+):
+    text = CHAINED_JOIN.replace(
+        "params: {delay_ms: 2}\n        replicas: 2\n        inputs: {frames: camera/frames}",
+        "params: {delay_ms: 3}\n        replicas: 2\n"
+        "        inputs: {frames: {from: camera/frames, queue: 1, when_full: drop_newest}}",
+    )
+    assert "drop_newest" in text
+    result = run_graph(load_graph(write_graph(text)))
+    assert result.exit_code == 0, result.error
+    stats = result.stats
+    tagged = sum(stats[f"tagger[{k}]"].outputs["detections"].sent for k in range(2))
+    assert stats["camera"].outputs["frames"].dropped > 0 and 0 < tagged < 60
+    shown = [r["seq"] for r in read_jsonl(tmp_path / "shown.jsonl")]
+    # a frame whose detections were dropped has no partner: the join drops it
+    assert shown == sorted(set(shown)) and len(shown) == tagged
+    no_merge_waited(stats, ["overlay[0]", "overlay[1]", "shown"])
