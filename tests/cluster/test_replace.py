@@ -133,6 +133,13 @@ def test_a_lost_machines_node_is_placed_again_on_the_head_and_the_graph_goes_on(
     assert "camera/frames->relay.frames (shm)" in text  # now on the camera's machine
     layout = launcher.layout
     assert layout is not None and layout.hosts["relay"] == layout.hosts["camera"]
+    # the recorder kept running: it bound its input anew, now shared memory too (the
+    # transport follows the placement), and the moved relay connected to it there
+    assert "node 'rec' binds its inputs anew: relay/out->rec.frames (shm)" in text
+    assert result.edges == {
+        "camera/frames->relay.frames": "shm",
+        "relay/out->rec.frames": "shm",
+    }, result.edges
     stats = result.stats
     assert stats["relay"].restarts == 1
     # the frames in flight to the lost relay were counted by the camera, what the relay had
