@@ -259,6 +259,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=3000, help="per moved_edge round")
     parser.add_argument("--repeat", type=int, default=5, help="moved_edge rounds")
     args = parser.parse_args()
+    measured_on = machine()  # the load average as it starts
     moved: dict[str, list[dict[str, float]]] = {"shm": [], "tcp": []}
     with tempfile.TemporaryDirectory() as folder:
         for _ in range(args.repeat):  # interleaved
@@ -325,7 +326,7 @@ def main() -> None:
     RESULTS.write_text(
         json.dumps(
             {
-                "machine": machine(),
+                "machine": measured_on,
                 "ray_health": HEALTH,
                 "runs": rows,
                 "summary": summary,
