@@ -834,7 +834,11 @@ class _Supervisor:
         fit = []
         for edge in edges:
             consumer = self.procs[edge.consumer]
-            running = not consumer.exited and consumer.state is NodeState.RUNNING
+            # READY: started, its first statistics (RUNNING) not yet in
+            running = not consumer.exited and consumer.state in (
+                NodeState.READY,
+                NodeState.RUNNING,
+            )
             if consumer.restart_at is not None or (running and not self._rebinding(edge.consumer)):
                 fit.append(edge)
         return fit
