@@ -138,6 +138,11 @@ class RunResult:
     edges: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
+# a restarted node's states from its launch until it runs (it takes control messages from
+# its Hello on, in order)
+_STARTING_AGAIN = (NodeState.CREATED, NodeState.OPENING, NodeState.READY, NodeState.RUNNING)
+
+
 def _run_dir_root() -> Path:
     return Path(tempfile.gettempdir())
 
@@ -341,6 +346,8 @@ class _Supervisor:
         # edge -> its consumer, which kept running and binds it anew (``Rebind`` sent, no
         # ``Rebound`` yet): its producer was placed on another machine
         self.rebinds: dict[str, str] = {}
+        # a restarted consumer that has not said Hello yet: its Rebind goes once it has
+        self.rebind_later: dict[str, list[EdgePlan]] = {}
 
     # set-up ------------------------------------------------------------------------------------
     def _configs(self, control: str) -> list[WorkerConfig]:
@@ -819,33 +826,39 @@ class _Supervisor:
             consumer.cfg = dataclasses.replace(consumer.cfg, plan=plans[consumer_id])
             if consumer.restart_at is not None:
                 continue  # dead, to be started again: it binds them so then
-            self._send(consumer_id, p.Rebind([e.to_wire() for e in mine]))
             for edge in mine:
                 self.rebinds[edge.name] = consumer_id
             names = ", ".join(f"{e.name} ({e.transport})" for e in mine)
             self._print(f"node {consumer_id!r} binds its inputs anew: {names}")
+            if consumer.state is NodeState.CREATED:
+                # restarted itself, not bound yet: its control socket may not be there
+                self.rebind_later[consumer_id] = mine
+            else:
+                self._send(consumer_id, p.Rebind([e.to_wire() for e in mine]))
         return True
 
     def _rebindable(self, edges: list[EdgePlan]) -> list[EdgePlan]:
         """Of the edges a moved producer's new place changes the transport of, those whose
-        consumer can take it: one that runs (it binds them anew) or one that is dead and to
-        be started again (it binds them so then). A consumer that is starting again has
-        bound its inputs already, and one that ended needs nothing more."""
+        consumer can take it: one that runs or is starting again (it binds them anew) or one
+        that is dead and to be started again (it binds them so then). One that ended (or is
+        ending) needs nothing more."""
         fit = []
         for edge in edges:
             consumer = self.procs[edge.consumer]
-            # READY: started, its first statistics (RUNNING) not yet in
-            running = not consumer.exited and consumer.state in (
-                NodeState.READY,
-                NodeState.RUNNING,
-            )
-            if consumer.restart_at is not None or (running and not self._rebinding(edge.consumer)):
+            if consumer.exited:
+                alive = False
+            elif consumer.generation:  # restarted: from its start (it binds, then is told)
+                alive = consumer.state in _STARTING_AGAIN
+            else:  # READY: started, its first statistics (RUNNING) not yet in
+                alive = consumer.state in (NodeState.READY, NodeState.RUNNING)
+            if consumer.restart_at is not None or alive:
                 fit.append(edge)
         return fit
 
     def _rebinds_gone(self, consumer_id: str) -> None:
         """A consumer ended or died before it said where it bound its inputs anew: a
         producer waiting for those endpoints gets the ones it has."""
+        self.rebind_later.pop(consumer_id, None)
         gone = [name for name, consumer in self.rebinds.items() if consumer == consumer_id]
         for name in gone:
             del self.rebinds[name]
@@ -856,6 +869,9 @@ class _Supervisor:
         """A restarted node bound its inputs: its outputs are wired, its producers told to
         connect again (or, for those that already ended, it is told so)."""
         node_id = proc.node_id
+        later = self.rebind_later.pop(node_id, None)
+        if later:  # a producer of it moved while it started: bound anew, of the new kind
+            self._send(node_id, p.Rebind([e.to_wire() for e in later]))
         # a consumer that is being restarted too (a lost machine held both) has no endpoint
         # yet: this node's Wiring waits for it
         self.deferred.add(node_id)

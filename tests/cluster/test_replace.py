@@ -198,6 +198,8 @@ def test_two_nodes_of_a_lost_machine_are_both_placed_again_and_wired_to_each_oth
     layout = launcher.layout
     assert layout is not None
     assert layout.hosts["relay"] == layout.hosts["relay2"] == layout.hosts["camera"]
+    # all on the head now: every edge shared memory (the recorder bound its input anew)
+    assert set(result.edges.values()) == {"shm"}, result.edges
     stats = result.stats
     assert stats["relay"].restarts == stats["relay2"].restarts == 1
     got = seqs(tmp_path / "rec.jsonl")
