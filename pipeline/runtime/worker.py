@@ -77,6 +77,7 @@ EXIT_TERMINATED = 3
 FORCE_SIGNAL = signal.SIGUSR2  # the supervisor's forced stop: unwind now
 SELF_STOP_MARGIN_S = 2.0
 HOSTED_ENV = "PIPELINE_HOSTED"  # "1": started by a cluster's NodeHost actor
+ORPHAN_GRACE_S = 0.2  # a hosted worker whose actor ended: how long it may take to a safe point
 
 
 _NOT_STARTED = (NodeState.CREATED, NodeState.OPENING, NodeState.READY)
@@ -164,17 +165,37 @@ def _set_title(cfg: WorkerConfig) -> None:
     setproctitle(f"pipeline: {cfg.node_id} ({cfg.plan.node_type})")
 
 
+class _Orphaned:
+    """The NodeHost actor this worker ran under ended: the loops kill the process at their
+    next point between messages (``_die_if_orphaned``)."""
+
+    now = False
+
+
+def _die_if_orphaned() -> None:
+    """Between messages (every input done so far released, its progress written): a hosted
+    worker whose actor ended goes here rather than wherever the watcher's SIGKILL would land
+    (a thread gets the GIL where the main thread lets it go, typically in a send: after
+    a result left and before its input was marked done, which would count it twice)."""
+    if _Orphaned.now:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _watch_parent() -> None:
     """If the supervisor dies (SIGKILL), stop as if it had sent SIGTERM: no orphan nodes."""
     parent = os.getppid()
     # Under a cluster's NodeHost actor, the actor's end is the node's: the supervisor takes
     # it as lost (its machine left the cluster) and may start another incarnation elsewhere,
-    # so this one must not go on draining its edges.
+    # so this one must not go on draining its edges: it ends between two messages if it
+    # gets there within ORPHAN_GRACE_S, else where it is.
     hosted = os.environ.get(HOSTED_ENV) == "1"
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5 if not hosted else 0.1)
+        if hosted:
+            _Orphaned.now = True
+            time.sleep(ORPHAN_GRACE_S)
         os.kill(os.getpid(), signal.SIGKILL if hosted else signal.SIGTERM)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
@@ -609,6 +630,7 @@ class Worker:
             now = time.monotonic()
             if now >= next_check:
                 next_check = now + 0.01
+                _die_if_orphaned()
                 self._poll_control()
                 self.report()
             if not got and not processed and not joiner.all_ended:
@@ -660,6 +682,7 @@ class Worker:
             now = time.monotonic()
             if now >= next_check:
                 next_check = now + 0.01
+                _die_if_orphaned()
                 self._poll_control()
                 self.report()
             if not got and not processed and not streams.all_ended:
