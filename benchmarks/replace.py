@@ -14,8 +14,17 @@ Per run: ``reported_s``, from the removal's start to the supervisor's report nam
 machine's nodes (Ray's failure detection); ``again_s``, from the node's end (as the
 supervisor saw it) to its new incarnation's ``Ready`` (``running again X s after its end``,
 less the backoff: for a lost machine this includes a new actor's start); the frames counted
-lost, and whether sink received + counted losses == source sent. Results: a table with the
-ratio, and ``benchmarks/results/replace.json``.
+lost, and whether sink received + counted losses == source sent; ``edges``, each edge's
+transport at the end (``RunResult.edges``: after the move both of the relay's edges are
+shared memory, the recorder having bound its input anew). Results: a table with the ratio,
+and ``benchmarks/results/replace.json``.
+
+``moved_edge``: what the relay -> recorder edge carries after the move, as it is now (shared
+memory: the recorder binds it anew) against what it stayed before (tcp over loopback, with
+the run's CURVE keys and the sealed bulk socket): the same 64x48 frames through a real edge
+of each kind in this one process, producer and consumer taking turns (queue 4, block), best
+of ``--repeat`` rounds, interleaved; frames/s, and CPU per frame of the whole process (the
+ZeroMQ I/O thread's encryption included).
 
     .venv/bin/python benchmarks/replace.py            # about two minutes
 """
@@ -26,7 +35,9 @@ import argparse
 import gc
 import io
 import json
+import os
 import re
+import secrets
 import statistics
 import sys
 import tempfile
@@ -173,6 +184,7 @@ def once(cluster: Any, kind: str, tmp: Path, i: int) -> dict[str, Any]:
         "received": got,
         "counts_hold": got + lost == sent,
         "restarts": stats["relay"].restarts,
+        "edges": getattr(result, "edges", None),  # None: a tree before RunResult.edges
     }
 
 
@@ -181,10 +193,79 @@ class _Hold:
         return True
 
 
+def moved_edge(transport: str, frames: int, folder: Path) -> dict[str, float]:
+    """``frames`` 64x48 frames through one real edge of ``transport`` (``shm``: the fast
+    path; ``tcp``: loopback with the run's CURVE keys), producer and consumer in turns."""
+    import zmq
+
+    from pipeline.messages import Frame
+    from pipeline.transport.channels import RuntimeOutput
+    from pipeline.transport.curve import Gatekeeper, RunKeys
+    from pipeline.transport.fastpath import open_input, open_sender
+    from pipeline.transport.plan import EdgePlan, slot_pool_size
+    from pipeline.transport.shm import ShmReader, SlotPool
+
+    tcp = transport == "tcp"
+    keys = RunKeys.generate() if tcp else None
+    ctx: zmq.Context[Any] = zmq.Context()
+    gate = Gatekeeper(ctx, keys) if keys is not None else None
+    bind = "tcp://127.0.0.1:*" if tcp else f"ipc://{folder}/moved-{transport}"
+    plan = EdgePlan("relay", "out", "rec", "frames", 4, "block", "shm", 1, bind)
+    plan = EdgePlan(**{**plan.to_wire(), "transport": transport})
+    reader = ShmReader()
+    edge = open_input(ctx, plan, reader, keys=keys)
+    if gate is not None:
+        gate.watch(edge.sock)
+    pool = SlotPool(f"pipeline-bench-{secrets.token_hex(4)}", max_slots=slot_pool_size([plan]))
+    port = RuntimeOutput(
+        "out", pool, [open_sender(ctx, plan, edge.endpoint, edge.key, keys=keys)], Frame
+    )
+    poller = zmq.Poller()
+    poller.register(edge.sock, zmq.POLLIN)
+    sent = received = 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        while received < frames:
+            if sent < frames and sent - received < plan.queue:
+                image = port.allocate((48, 64, 3))
+                image[0, 0, 0] = sent & 0xFF
+                port.send(Frame(image=image, seq=sent, t_capture_ns=1, source="cam"))
+                port.end_call()
+                sent += 1
+                continue
+            while not edge.has_message():
+                if edge.may_sleep():
+                    poller.poll(100)
+            message, n, _, _ = edge.recv()
+            if not isinstance(message, Frame) or int(message.image[0, 0, 0]) != received & 0xFF:
+                raise RuntimeError(f"{transport} edge: frame {received} arrived wrong")
+            del message
+            edge.release(n)
+            received += 1
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        port.close()
+        edge.close()
+        reader.close()
+        if gate is not None:
+            gate.close()
+        ctx.term()
+    return {"fps": round(frames / wall), "cpu_us_per_frame": round(cpu / frames * 1e6, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--frames", type=int, default=3000, help="per moved_edge round")
+    parser.add_argument("--repeat", type=int, default=5, help="moved_edge rounds")
     args = parser.parse_args()
+    measured_on = machine()  # the load average as it starts
+    moved: dict[str, list[dict[str, float]]] = {"shm": [], "tcp": []}
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(args.repeat):  # interleaved
+            for transport in moved:
+                moved[transport].append(moved_edge(transport, args.frames, Path(folder)))
+    best = {k: max(rounds, key=lambda r: r["fps"]) for k, rounds in moved.items()}
     from ray.cluster_utils import Cluster
 
     with warnings.catch_warnings():
@@ -235,14 +316,29 @@ def main() -> None:
             f"{reported:>9} {s['lost_max']:>9}  counts hold: {s['counts_hold']}"
         )
     print(f"placed again after a machine loss: {ratio:.1f}x the time of a restart in place")
+    shm, tcp = best["shm"], best["tcp"]
+    print(
+        f"the moved edge after the move: shm {shm['fps']:.0f} frames/s "
+        f"({shm['cpu_us_per_frame']:.0f} µs CPU/frame) against loopback tcp {tcp['fps']:.0f} "
+        f"({tcp['cpu_us_per_frame']:.0f} µs): {shm['fps'] / tcp['fps']:.1f}x the frames/s, "
+        f"{tcp['cpu_us_per_frame'] / shm['cpu_us_per_frame']:.1f}x less CPU per frame"
+    )
     RESULTS.write_text(
         json.dumps(
             {
-                "machine": machine(),
+                "machine": measured_on,
                 "ray_health": HEALTH,
                 "runs": rows,
                 "summary": summary,
                 "machine_lost_over_crash_ratio": round(ratio, 2),
+                "moved_edge": {
+                    "best": best,
+                    "rounds": moved,
+                    "frames_per_round": args.frames,
+                    "shm_over_tcp_fps": round(shm["fps"] / tcp["fps"], 2),
+                    "tcp_over_shm_cpu": round(tcp["cpu_us_per_frame"] / shm["cpu_us_per_frame"], 2),
+                },
+                "load_avg_at_end": os.getloadavg(),
             },
             indent=2,
         )

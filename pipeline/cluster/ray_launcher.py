@@ -391,9 +391,9 @@ class RayLauncher:
     def replace(self, node_id: str, graph: ValidatedGraph) -> Layout:
         """Before ``node_id`` is restarted: its actor if it is still alive (the worker died,
         not the actor: the node runs again where it ran), else a new actor on a machine its
-        placement allows, the one it ran on first if that is still in the cluster. A
-        ``NodePlacementError`` naming the node and its placement when no machine left fits;
-        the layout after."""
+        placement allows, the one it ran on first if that is still in the cluster and has
+        room (a full one is no reason to wait). A ``NodePlacementError`` naming the node and
+        its placement when no machine left fits; the layout after."""
         assert self.layout is not None
         actor = self.actors[node_id]
         try:
@@ -419,7 +419,11 @@ class RayLauncher:
         if "scheduling_strategy" not in options and any(m["NodeID"] == home for m in fits):
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(home, soft=True)
+            # its first machine if it has room there now; a busy one is no reason to wait
+            # (Ray's soft affinity alone waits for a machine that is alive but full)
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                home, soft=True, _spill_on_unavailable=True
+            )
         actor = self.ray.remote(NodeHost).options(max_concurrency=4, **options).remote(node_id)
         self.actors[node_id] = actor
         try:

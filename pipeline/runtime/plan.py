@@ -14,7 +14,7 @@ own edges (``pipeline.runtime.replicas``: how messages are spread over them and 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +24,15 @@ from pipeline.transport.curve import RunKeys
 from pipeline.transport.plan import EdgePlan, PortPlan, release_batch, slot_pool_size
 from pipeline.usercode import search_folders
 
-__all__ = ["GraphPlan", "Layout", "NodePlan", "WorkerConfig", "plan_graph", "replan_moved"]
+__all__ = [
+    "GraphPlan",
+    "Layout",
+    "NodePlan",
+    "WorkerConfig",
+    "plan_graph",
+    "rebind_candidates",
+    "replan_moved",
+]
 
 TCP_BIND = "tcp://127.0.0.1:*"
 
@@ -249,17 +257,25 @@ def plan_graph(
     return GraphPlan(tuple(nodes))
 
 
-def replan_moved(current: GraphPlan, fresh: GraphPlan, node_id: str) -> GraphPlan:
+def replan_moved(
+    current: GraphPlan, fresh: GraphPlan, node_id: str, rebound: Collection[str] = ()
+) -> GraphPlan:
     """The plan after ``node_id`` was placed on another machine (a cluster lost its own):
     ``fresh`` is the whole graph planned for the new ``Layout``.
 
     The moved node binds its inputs anew, so those edges are ``fresh``'s: shared memory
     from a producer now on its machine, tcp from one on another (a producer that kept
-    running switches its sender to the new kind when told to connect again). Every other
-    edge stays as ``current`` has it: an edge into a consumer that kept running goes on with
-    the socket that consumer bound, and the moved node connects to it as it is.
+    running switches its sender to the new kind when told to connect again). So are its
+    output edges named in ``rebound``: their consumers kept running and bind them anew
+    (``protocol.Rebind``; ``rebind_candidates`` says which). Every other edge stays as
+    ``current`` has it: it goes on with the socket its consumer bound, and the moved node
+    connects to it as it is.
     """
-    moved = {e.name: e for e in fresh.edges() if e.consumer == node_id}
+    moved = {
+        e.name: e
+        for e in fresh.edges()
+        if e.consumer == node_id or (e.producer == node_id and e.name in rebound)
+    }
 
     def pick(edge: EdgePlan) -> EdgePlan:
         return moved.get(edge.name, edge)
@@ -273,3 +289,19 @@ def replan_moved(current: GraphPlan, fresh: GraphPlan, node_id: str) -> GraphPla
         inputs = tuple(pick(e) for e in node.inputs)
         nodes.append(dataclasses.replace(node, inputs=inputs, outputs=outputs))
     return GraphPlan(tuple(nodes))
+
+
+def rebind_candidates(current: GraphPlan, fresh: GraphPlan, node_id: str) -> list[EdgePlan]:
+    """The output edges of the moved ``node_id`` whose transport the new placement changes
+    (``fresh``'s plans): tcp to a consumer it now shares a machine with, shared memory to
+    one it left. Not those into a copy's merged input (the moved node is one of a
+    replicated node's copies): they keep their sockets."""
+    node = next(n for n in current.nodes if n.node_id == node_id)
+    if node.replicas > 1:
+        return []
+    before = {e.name: e for e in current.edges_from(node_id)}
+    return [
+        e
+        for e in fresh.edges_from(node_id)
+        if e.name in before and e.transport != before[e.name].transport
+    ]

@@ -6,12 +6,15 @@ whose kind or fields are unknown is a ``ProtocolError``, never silently ignored.
 
 Worker -> supervisor: ``Hello`` (the endpoints it bound), ``Ready`` (opened), ``OpenFailed``,
 ``StatsReport`` (twice a second), ``Failed`` (a lifecycle method raised), ``Done``,
-``Rewired`` (it reconnected edges to a restarted consumer).
+``Rewired`` (it reconnected edges to a restarted consumer), ``Rebound`` (it bound inputs
+anew, their producer placed on another machine).
 Supervisor -> worker: ``Wiring`` (where its outputs connect), ``Start``, ``Stop`` (a source
 ends its stream), ``Reset`` (statistics afresh), ``Abort`` (unwind now), ``Rewire`` (a
 consumer was restarted: connect again, count what was in flight), ``InputEnded`` (to a
 restarted node: these producers had already ended their streams), ``ProducerDied`` (to the
-consumers of a node that died: what it had sent on their edges).
+consumers of a node that died: what it had sent on their edges), ``Rebind`` (to a consumer
+whose producer was placed again on another machine: bind those inputs anew, of the kind the
+new placement plans).
 
 To add a kind: write a dataclass here, decorate it with ``@control("kind")``, and handle it
 in ``Worker.on_control`` (supervisor -> worker) or ``Supervisor.on_message`` (worker ->
@@ -45,6 +48,8 @@ __all__ = [
     "ProducerDied",
     "ProtocolError",
     "Ready",
+    "Rebind",
+    "Rebound",
     "Reset",
     "Rewire",
     "Rewired",
@@ -234,6 +239,16 @@ class Rewired(ControlMessage):
     edges: list[str]
 
 
+@control("rebound")
+@dataclasses.dataclass(frozen=True)
+class Rebound(ControlMessage):
+    """The consumer bound these input edges anew (``Rebind``): edge name -> endpoint, and
+    for tcp edges the key a producer needs, as in ``Hello``."""
+
+    endpoints: Mapping[str, str]
+    keys: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
 # supervisor -> worker ------------------------------------------------------------------------
 
 
@@ -301,3 +316,15 @@ class ProducerDied(ControlMessage):
     ``lost_on_restart``."""
 
     sent: dict[str, int]
+
+
+@control("rebind")
+@dataclasses.dataclass(frozen=True)
+class Rebind(ControlMessage):
+    """To a consumer that kept running: the producer of these input edges died and is placed
+    again on another machine, where the edges take another transport (shared memory from a
+    producer now on the consumer's machine, tcp from one now elsewhere). ``edges``: each
+    edge's new plan (``EdgePlan.to_wire()``). The consumer binds each anew, reads what the
+    dead producer left in the old socket first, and answers ``Rebound``."""
+
+    edges: list[dict[str, Any]]

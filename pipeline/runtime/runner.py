@@ -58,12 +58,19 @@ from pipeline.runtime import protocol as p
 from pipeline.runtime.activity import ActivityBoard
 from pipeline.runtime.forkserver import ForkServer
 from pipeline.runtime.perf import RunPerf
-from pipeline.runtime.plan import Layout, WorkerConfig, plan_graph, replan_moved
+from pipeline.runtime.plan import (
+    Layout,
+    WorkerConfig,
+    plan_graph,
+    rebind_candidates,
+    replan_moved,
+)
 from pipeline.runtime.protocol import NodeState
 from pipeline.runtime.stats import NodeStats
 from pipeline.runtime.table import render_table
 from pipeline.runtime.worker import FORCE_SIGNAL, progress_path, read_progress
 from pipeline.transport.curve import Gatekeeper, RunKeys, serve
+from pipeline.transport.plan import EdgePlan
 from pipeline.transport.shm import (
     LOCK_SUFFIX,
     SHM_DIR,
@@ -116,6 +123,9 @@ class RunResult:
             ``NodeExitError``), None when none failed.
         duration_s: wall time of the whole run.
         stopped: the run was interrupted (SIGINT/SIGTERM).
+        edges: each edge's transport at the end (``shm`` or ``tcp``), by edge name: what its
+            consumer bound last (on a cluster, a restart may have moved a node, and with it
+            the kind of its edges).
     """
 
     exit_code: int
@@ -125,6 +135,12 @@ class RunResult:
     stopped: bool = False
     stop_signal: int | None = None
     memory: dict[str, Any] = dataclasses.field(default_factory=dict)
+    edges: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+# a restarted node's states from its launch until it runs (it takes control messages from
+# its Hello on, in order)
+_STARTING_AGAIN = (NodeState.CREATED, NodeState.OPENING, NodeState.READY, NodeState.RUNNING)
 
 
 def _run_dir_root() -> Path:
@@ -327,6 +343,11 @@ class _Supervisor:
         self.rewiring: dict[tuple[str, str], str] = {}
         self.layout: Layout | None = None  # where each node runs, on a cluster
         self.deferred: set[str] = set()  # restarted, bound, waiting for a consumer's endpoint
+        # edge -> its consumer, which kept running and binds it anew (``Rebind`` sent, no
+        # ``Rebound`` yet): its producer was placed on another machine
+        self.rebinds: dict[str, str] = {}
+        # a restarted consumer that has not said Hello yet: its Rebind goes once it has
+        self.rebind_later: dict[str, list[EdgePlan]] = {}
 
     # set-up ------------------------------------------------------------------------------------
     def _configs(self, control: str) -> list[WorkerConfig]:
@@ -507,7 +528,17 @@ class _Supervisor:
             self.interrupts > 0,
             self.stop_signal,
             self.perf.memory(),
+            self._transports(),
         )
+
+    def _transports(self) -> dict[str, str]:
+        """Each edge's transport: from the endpoint its consumer bound last, else the plan."""
+        found = {}
+        for edge in self.plan.edges():
+            endpoint = self.endpoints.get(edge.name)
+            tcp = endpoint.startswith("tcp://") if endpoint else edge.tcp
+            found[edge.name] = "tcp" if tcp else "shm"
+        return found
 
     def _fork_server(self) -> ForkServer | None:
         """The template that forks the nodes (``launcher=None``, where the platform allows)."""
@@ -624,9 +655,17 @@ class _Supervisor:
                 proc.stats = NodeStats.from_wire(stats)
                 self._follow(proc, NodeState.CLOSED)
                 self._ended_before_rewire(node_id)
+                self._rebinds_gone(node_id)
             case p.Rewired(edges=edges):
                 for edge in edges:
                     self.rewiring.pop((node_id, edge), None)
+            case p.Rebound(endpoints=endpoints, keys=keys):
+                for name in endpoints:  # an edge now shm has no key
+                    self.keys.pop(name, None)
+                    self.rebinds.pop(name, None)
+                self.endpoints.update(endpoints)
+                self.keys.update(keys)
+                self._wire_deferred()
             case _:
                 raise p.ProtocolError(f"a supervisor does not take {message.kind!r} messages")
 
@@ -679,6 +718,8 @@ class _Supervisor:
         for key, consumer in list(self.rewiring.items()):
             if key[0] == proc.node_id or consumer == proc.node_id:
                 del self.rewiring[key]
+        # a consumer that died while binding inputs anew binds them as planned when restarted
+        self._rebinds_gone(proc.node_id)
         if len(proc.failures) > proc.max_restarts:
             self._fail(
                 NodeCrashLoopError(
@@ -765,20 +806,72 @@ class _Supervisor:
         before, self.layout = self.layout, layout
         if before is None or before.hosts[node_id] == layout.hosts[node_id]:
             return True
-        self.plan = replan_moved(self.plan, plan_graph(self.graph, self.run_dir, layout), node_id)
-        mine = next(n for n in self.plan.nodes if n.node_id == node_id)
-        proc.cfg = dataclasses.replace(proc.cfg, plan=mine)
-        edges = ", ".join(f"{e.name} ({e.transport})" for e in mine.inputs)
+        fresh = plan_graph(self.graph, self.run_dir, layout)
+        rebind = self._rebindable(rebind_candidates(self.plan, fresh, node_id))
+        self.plan = replan_moved(self.plan, fresh, node_id, {e.name for e in rebind})
+        plans = {n.node_id: n for n in self.plan.nodes}
+        proc.cfg = dataclasses.replace(proc.cfg, plan=plans[node_id])
+        edges = ", ".join(f"{e.name} ({e.transport})" for e in plans[node_id].inputs)
         self._print(
             f"node {node_id!r} placed again on {layout.names.get(node_id, '?')} (it ran on "
             f"{before.names.get(node_id, '?')})" + (f"; its inputs: {edges}" if edges else "")
         )
+        by_consumer: dict[str, list[EdgePlan]] = {}
+        for edge in rebind:
+            by_consumer.setdefault(edge.consumer, []).append(edge)
+        for consumer_id, mine in by_consumer.items():
+            consumer = self.procs[consumer_id]
+            assert consumer.cfg is not None
+            # the plan it binds with from now on (a restart of it too)
+            consumer.cfg = dataclasses.replace(consumer.cfg, plan=plans[consumer_id])
+            if consumer.restart_at is not None:
+                continue  # dead, to be started again: it binds them so then
+            for edge in mine:
+                self.rebinds[edge.name] = consumer_id
+            names = ", ".join(f"{e.name} ({e.transport})" for e in mine)
+            self._print(f"node {consumer_id!r} binds its inputs anew: {names}")
+            if consumer.state is NodeState.CREATED:
+                # restarted itself, not bound yet: its control socket may not be there
+                self.rebind_later[consumer_id] = mine
+            else:
+                self._send(consumer_id, p.Rebind([e.to_wire() for e in mine]))
         return True
+
+    def _rebindable(self, edges: list[EdgePlan]) -> list[EdgePlan]:
+        """Of the edges a moved producer's new place changes the transport of, those whose
+        consumer can take it: one that runs or is starting again (it binds them anew) or one
+        that is dead and to be started again (it binds them so then). One that ended (or is
+        ending) needs nothing more."""
+        fit = []
+        for edge in edges:
+            consumer = self.procs[edge.consumer]
+            if consumer.exited:
+                alive = False
+            elif consumer.generation:  # restarted: from its start (it binds, then is told)
+                alive = consumer.state in _STARTING_AGAIN
+            else:  # READY: started, its first statistics (RUNNING) not yet in
+                alive = consumer.state in (NodeState.READY, NodeState.RUNNING)
+            if consumer.restart_at is not None or alive:
+                fit.append(edge)
+        return fit
+
+    def _rebinds_gone(self, consumer_id: str) -> None:
+        """A consumer ended or died before it said where it bound its inputs anew: a
+        producer waiting for those endpoints gets the ones it has."""
+        self.rebind_later.pop(consumer_id, None)
+        gone = [name for name, consumer in self.rebinds.items() if consumer == consumer_id]
+        for name in gone:
+            del self.rebinds[name]
+        if gone:
+            self._wire_deferred()
 
     def _reconnect(self, proc: _Proc) -> None:
         """A restarted node bound its inputs: its outputs are wired, its producers told to
         connect again (or, for those that already ended, it is told so)."""
         node_id = proc.node_id
+        later = self.rebind_later.pop(node_id, None)
+        if later:  # a producer of it moved while it started: bound anew, of the new kind
+            self._send(node_id, p.Rebind([e.to_wire() for e in later]))
         # a consumer that is being restarted too (a lost machine held both) has no endpoint
         # yet: this node's Wiring waits for it
         self.deferred.add(node_id)
@@ -805,8 +898,14 @@ class _Supervisor:
             )
             for name in names:
                 self.rewiring[(producer_id, name)] = node_id
+        self._wire_deferred()
+
+    def _wire_deferred(self) -> None:
+        """Wiring to each restarted node whose consumers all have their endpoints: none is
+        being restarted and has yet to bind, none binds its edge anew (``Rebind``)."""
         for waiting in list(self.deferred):
-            if not any(self._rebinding(e.consumer) for e in self.plan.edges_from(waiting)):
+            edges = self.plan.edges_from(waiting)
+            if not any(self._rebinding(e.consumer) or e.name in self.rebinds for e in edges):
                 self.deferred.discard(waiting)
                 self._send(waiting, self._wiring(waiting))
                 self.procs[waiting].wired = True

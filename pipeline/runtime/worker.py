@@ -72,6 +72,8 @@ from pipeline.runtime.stats import NodeStats, StatsCollector
 from pipeline.transport.channels import GENERATION_SHIFT, EdgeSender, InputEdge, RuntimeOutput
 from pipeline.transport.curve import Gatekeeper, connect_as_client
 from pipeline.transport.fastpath import open_input, open_sender
+from pipeline.transport.plan import EdgePlan
+from pipeline.transport.rebind import RebindingInput
 from pipeline.transport.shm import ShmReader, SlotPool
 
 __all__ = ["Worker", "main", "worker_main"]
@@ -81,6 +83,7 @@ EXIT_TERMINATED = 3
 FORCE_SIGNAL = signal.SIGUSR2  # the supervisor's forced stop: unwind now
 SELF_STOP_MARGIN_S = 2.0
 HOSTED_ENV = "PIPELINE_HOSTED"  # "1": started by a cluster's NodeHost actor
+ORPHAN_GRACE_S = 0.2  # a hosted worker whose actor ended: how long it may take to a safe point
 
 
 _NOT_STARTED = (NodeState.CREATED, NodeState.OPENING, NodeState.READY)
@@ -168,17 +171,37 @@ def _set_title(cfg: WorkerConfig) -> None:
     setproctitle(f"pipeline: {cfg.node_id} ({cfg.plan.node_type})")
 
 
+class _Orphaned:
+    """The NodeHost actor this worker ran under ended: the loops kill the process at their
+    next point between messages (``_die_if_orphaned``)."""
+
+    now = False
+
+
+def _die_if_orphaned() -> None:
+    """Between messages (every input done so far released, its progress written): a hosted
+    worker whose actor ended goes here rather than wherever the watcher's SIGKILL would land
+    (a thread gets the GIL where the main thread lets it go, typically in a send: after
+    a result left and before its input was marked done, which would count it twice)."""
+    if _Orphaned.now:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _watch_parent() -> None:
     """If the supervisor dies (SIGKILL), stop as if it had sent SIGTERM: no orphan nodes."""
     parent = os.getppid()
     # Under a cluster's NodeHost actor, the actor's end is the node's: the supervisor takes
     # it as lost (its machine left the cluster) and may start another incarnation elsewhere,
-    # so this one must not go on draining its edges.
+    # so this one must not go on draining its edges: it ends between two messages if it
+    # gets there within ORPHAN_GRACE_S, else where it is.
     hosted = os.environ.get(HOSTED_ENV) == "1"
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5 if not hosted else 0.1)
+        if hosted:
+            _Orphaned.now = True
+            time.sleep(ORPHAN_GRACE_S)
         os.kill(os.getpid(), signal.SIGKILL if hosted else signal.SIGTERM)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
@@ -208,10 +231,12 @@ class Worker:
         self.stop_requested = False
         self.outputs: dict[str, RuntimeOutput] = {}
         self.inputs: list[InputEdge] = []
+        self._bound: list[InputEdge] = []  # every input edge as bound (before any merge)
         self.reader = ShmReader()
         self.last_report = 0.0
         self._in_wait = False
         self.progress: _Progress | None = None
+        self.poller: zmq.Poller | None = None  # the running loop's, once it runs
 
     # control -------------------------------------------------------------------------------
     def tell(self, message: p.ControlMessage) -> None:
@@ -234,6 +259,8 @@ class Worker:
                 for edge in self.inputs:
                     if edge.name in edges and not edge.ended:
                         edge.end_now()
+            case p.Rebind(edges=edges):
+                self._rebind([EdgePlan.from_wire(e) for e in edges])
             case p.ProducerDied(sent=sent):
                 for edge in self.inputs:
                     if edge.name in sent:
@@ -392,6 +419,50 @@ class Worker:
         self.log.info("edge %s: now %s (its consumer moved)", old.name, plan.transport)
         return lost
 
+    def _rebind(self, plans: list[EdgePlan]) -> None:
+        """Their producer was placed again on another machine: bind these inputs anew, of
+        the kind now planned (``pipeline.transport.rebind``), and say where (``Rebound``)."""
+        endpoints: dict[str, str] = {}
+        keys: dict[str, str] = {}
+        for plan in plans:
+            at = next((i for i, e in enumerate(self.inputs) if e.name == plan.name), None)
+            if at is None:
+                # merged with the edges of the producer's other copies (replicas): it keeps
+                # its socket, and the moved copy connects to it as it is
+                kept = next((e for e in self._bound if e.name == plan.name), None)
+                if kept is not None:
+                    endpoints[plan.name] = kept.endpoint
+                    if kept.key:
+                        keys[plan.name] = kept.key
+                continue
+            old = self.inputs[at]
+            if isinstance(old, RebindingInput):  # moved again before it spoke: that one goes
+                gone = old.new
+                self._retire(gone)
+                gone.close()
+            new = open_input(self.ctx, plan, self.reader, self.cfg.shm_prefix, keys=self.cfg.keys)
+            if isinstance(old, RebindingInput):
+                old.replace_new(new)
+            else:
+                self.inputs[at] = RebindingInput(old, new, self._retire)
+            if self.poller is not None:
+                self.poller.register(new.sock, zmq.POLLIN)
+            endpoints[plan.name] = new.endpoint
+            if new.key:
+                keys[plan.name] = new.key
+            self.log.info(
+                "input %s bound anew (%s): its producer was placed on another machine",
+                plan.name,
+                plan.transport,
+            )
+        self.tell(p.Rebound(endpoints, keys))
+
+    def _retire(self, edge: InputEdge) -> None:
+        """An input edge's socket about to be closed: out of the running loop's poller."""
+        if self.poller is not None:
+            with contextlib.suppress(KeyError):
+                self.poller.unregister(edge.sock)
+
     def _senders(self) -> list[EdgeSender]:
         """Every output edge's sender (those to the copies of a replicated node included)."""
         found: list[EdgeSender] = []
@@ -482,6 +553,7 @@ class Worker:
             )
         )
         # the edges from the copies of a replicated node into one input: merged in seq order
+        self._bound = list(self.inputs)
         self.inputs = merge_inputs(self.inputs, self.stats.count)
         if not driver.open():
             assert driver.failure is not None
@@ -530,7 +602,7 @@ class Worker:
         assert driver is not None
         stats = self.stats
         joiner: Joiner[tuple[InputEdge, int]] = Joiner([i.port for i in self.inputs])
-        poller = zmq.Poller()
+        poller = self.poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         for edge in self.inputs:
             for sock in sockets_of(edge):
@@ -587,6 +659,7 @@ class Worker:
             now = time.monotonic()
             if now >= next_check:
                 next_check = now + 0.01
+                _die_if_orphaned()
                 self._poll_control()
                 self.report()
             if not got and not processed and not joiner.all_ended:
@@ -602,7 +675,7 @@ class Worker:
         inputs = self.inputs
         (port,) = type(driver.node).inputs
         streams: Streams[tuple[InputEdge, int]] = Streams(port, [e.plan.name for e in inputs])
-        poller = zmq.Poller()
+        poller = self.poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         for edge in inputs:
             for sock in sockets_of(edge):
@@ -640,6 +713,7 @@ class Worker:
             now = time.monotonic()
             if now >= next_check:
                 next_check = now + 0.01
+                _die_if_orphaned()
                 self._poll_control()
                 self.report()
             if not got and not processed and not streams.all_ended:

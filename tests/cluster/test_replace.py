@@ -133,6 +133,13 @@ def test_a_lost_machines_node_is_placed_again_on_the_head_and_the_graph_goes_on(
     assert "camera/frames->relay.frames (shm)" in text  # now on the camera's machine
     layout = launcher.layout
     assert layout is not None and layout.hosts["relay"] == layout.hosts["camera"]
+    # the recorder kept running: it bound its input anew, now shared memory too (the
+    # transport follows the placement), and the moved relay connected to it there
+    assert "node 'rec' binds its inputs anew: relay/out->rec.frames (shm)" in text
+    assert result.edges == {
+        "camera/frames->relay.frames": "shm",
+        "relay/out->rec.frames": "shm",
+    }, result.edges
     stats = result.stats
     assert stats["relay"].restarts == 1
     # the frames in flight to the lost relay were counted by the camera, what the relay had
@@ -191,6 +198,8 @@ def test_two_nodes_of_a_lost_machine_are_both_placed_again_and_wired_to_each_oth
     layout = launcher.layout
     assert layout is not None
     assert layout.hosts["relay"] == layout.hosts["relay2"] == layout.hosts["camera"]
+    # all on the head now: every edge shared memory (the recorder bound its input anew)
+    assert set(result.edges.values()) == {"shm"}, result.edges
     stats = result.stats
     assert stats["relay"].restarts == stats["relay2"].restarts == 1
     got = seqs(tmp_path / "rec.jsonl")
@@ -255,4 +264,83 @@ def test_a_crashed_node_under_a_policy_is_restarted_on_its_machine(
     lost = sum(s.counters.get("lost_on_restart", 0) for s in stats.values())
     got = seqs(tmp_path / "rec.jsonl")
     assert 5 not in got and got == sorted(set(got))
+    assert len(got) + lost == sent, (len(got), lost, sent)
+
+
+def test_a_node_that_leaves_its_consumer_s_machine_makes_their_edge_tcp(
+    ray_cluster, write_graph, tmp_path
+):
+    """The other way: the relay runs on the recorder's machine (shared memory between them)
+    until its actor is killed while that machine has no room left: it is placed again on
+    the head, and the recorder, which kept running, binds its input anew as tcp."""
+    import ray
+
+    shared = ray_cluster.add_node(num_cpus=1, labels={"site": "d"})
+    ray_cluster.wait_for_nodes()
+    text = graph_text("{resources: {CPU: 1}}").replace(
+        "params: {path: {tmp}/rec.jsonl}\n"
+        "        inputs: {frames: relay/out}\n"
+        "        placement: {labels: {site: a}}",
+        "params: {path: {tmp}/rec.jsonl}\n"
+        "        inputs: {frames: relay/out}\n"
+        "        placement: {labels: {site: d}}",
+    )
+    assert "site: d" in text
+    launcher = RayLauncher(ray_cluster.address)
+    hold = hold_cpus("a", "b")  # the relay starts on the recorder's machine, d
+
+    class KillRelay:
+        """Once frames flow: the head gets room, d none, and the relay's actor is killed;
+        stops the graph 20 frames after the relay's restart."""
+
+        def __init__(self) -> None:
+            self.killed = False
+            self.resumed_from: int | None = None
+
+        def on_stats(self, stats: Any, elapsed_s: float) -> str | None:
+            rec = stats.get("rec")
+            received = rec.inputs["frames"].received if rec else 0
+            if not self.killed and received >= 10:
+                self.killed = True
+                ray.kill(hold.pop("a"))
+                hold["d"] = ray.remote(Hold).options(num_cpus=1, label_selector={"site": "d"})
+                hold["d"] = hold["d"].remote()  # waits for the relay's CPU
+                ray.kill(launcher.actors["relay"], no_restart=True)
+                # the supervisor sees the relay's end only after d is full again
+                ray.get(hold["d"].ready.remote(), timeout=60)
+            relay = stats.get("relay")
+            if relay is not None and relay.restarts and self.resumed_from is None:
+                self.resumed_from = received
+            if self.resumed_from is not None and received >= self.resumed_from + 20:
+                return "stop"
+            return None
+
+    out = tmp_path / "out.txt"
+    try:
+        with out.open("w") as stream:
+            result = run_graph(
+                load_graph(write_graph(text)), launcher=launcher, out=stream, monitor=KillRelay()
+            )
+    finally:
+        if ray.is_initialized():
+            for actor in hold.values():
+                ray.kill(actor)
+            ray_cluster.remove_node(shared)
+    log = out.read_text()
+    assert result.exit_code == 0, (result.error, log)
+    assert "node 'relay' placed again on" in log
+    assert "node 'rec' binds its inputs anew: relay/out->rec.frames (tcp)" in log
+    layout = launcher.layout
+    assert layout is not None and layout.hosts["relay"] == layout.hosts["camera"]
+    assert layout.hosts["rec"] != layout.hosts["relay"]
+    assert result.edges == {
+        "camera/frames->relay.frames": "shm",
+        "relay/out->rec.frames": "tcp",
+    }, result.edges
+    stats = result.stats
+    assert stats["relay"].restarts == 1
+    sent = stats["camera"].sent
+    lost = sum(s.counters.get("lost_on_restart", 0) for s in stats.values())
+    got = seqs(tmp_path / "rec.jsonl")
+    assert got == sorted(set(got)) and len(got) == stats["rec"].inputs["frames"].received
     assert len(got) + lost == sent, (len(got), lost, sent)

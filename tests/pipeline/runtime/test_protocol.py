@@ -25,6 +25,25 @@ EVERY_KIND = [
     p.Rewire({"a/o->b.i": "unix:///tmp/x.dg"}, {}, {"a/o->b.i": 41}),
     p.Rewired(["a/o->b.i"]),
     p.InputEnded(["a/o->b.i"]),
+    p.ProducerDied({"a/o->b.i": (1 << 40) + 7}),
+    p.Rebind(
+        [
+            {
+                "producer": "a",
+                "output": "o",
+                "consumer": "b",
+                "input": "i",
+                "queue": 4,
+                "when_full": "block",
+                "transport": "shm",
+                "release_batch": 2,
+                "bind": "ipc:///tmp/run/1-i",
+                "source": "",
+                "spread": "",
+            }
+        ]
+    ),
+    p.Rebound({"a/o->b.i": "unix:///tmp/run/1-i.dg"}),
 ]
 
 
@@ -35,7 +54,7 @@ def test_every_kind_survives_the_wire(message):
 
 def test_kinds_are_distinct_names_on_the_wire():
     kinds = [type(m).kind for m in EVERY_KIND]
-    assert len(set(kinds)) == len({type(m) for m in EVERY_KIND}) == 14
+    assert len(set(kinds)) == len({type(m) for m in EVERY_KIND}) == 17
 
 
 def test_an_unknown_kind_is_an_error_naming_it():

@@ -12,13 +12,14 @@ import zmq
 from pipeline import load_graph
 from pipeline.errors import NodeCrashLoopError
 from pipeline.messages import Detections
-from pipeline.runtime.plan import Layout, plan_graph, replan_moved
+from pipeline.runtime.plan import Layout, plan_graph, rebind_candidates, replan_moved
 from pipeline.runtime.stats import NodeStats, StatsCollector
 from pipeline.runtime.table import render_table
 from pipeline.transport import codec
 from pipeline.transport.channels import EdgeSender, InputEdge, _Pending
 from pipeline.transport.fastpath import UnixEdgeSender, UnixInputEdge
 from pipeline.transport.plan import EdgePlan
+from pipeline.transport.rebind import RebindingInput
 from pipeline.transport.shm import ShmReader
 
 
@@ -206,3 +207,104 @@ def test_a_consumer_counts_what_a_dead_producer_sent_that_never_arrived(tmp_path
     edge.producer_died((1 << 40) + 1)  # the second life died: everything it sent arrived
     assert edge.lost_upstream == 2
     edge.close()
+
+
+def _moving_graph(tmp_path: Path, replicas: int = 1) -> Any:
+    graph_file = tmp_path / "g.yaml"
+    graph_file.write_text(
+        "graph: g\n"
+        "nodes:\n"
+        "  - {id: camera, node: synthetic}\n"
+        "  - {id: relay, node: color, params: {to: gray}, inputs: {frames: camera/frames},"
+        f" replicas: {replicas}}}\n"
+        "  - {id: sink, node: discard, inputs: {messages: relay/converted}}\n"
+    )
+    return load_graph(graph_file)
+
+
+def test_a_moved_producer_s_edge_to_a_live_consumer_is_planned_anew_when_its_kind_changes(
+    tmp_path,
+):
+    graph = _moving_graph(tmp_path)
+    addresses = {"A": "10.0.0.1", "B": "10.0.0.2"}
+
+    def layout(where: dict[str, str]) -> Layout:
+        return Layout(where, {n: addresses[h] for n, h in where.items()})
+
+    hosts = {"camera": "A", "relay": "B", "sink": "A"}
+    before = plan_graph(graph, tmp_path, layout(hosts))
+    fresh = plan_graph(graph, tmp_path, layout({**hosts, "relay": "A"}))
+    out_of = "relay/converted->sink.messages"
+    # the relay now shares the sink's machine: that edge changes kind (tcp -> shm)
+    (candidate,) = rebind_candidates(before, fresh, "relay")
+    assert candidate.name == out_of and candidate.transport == "shm"
+    after = replan_moved(before, fresh, "relay", {out_of})
+    assert {e.name: e.transport for e in after.edges()} == {
+        "camera/frames->relay.frames": "shm",
+        out_of: "shm",
+    }
+    # the producer's plan of the edge and its consumer's agree
+    relay = next(n for n in after.nodes if n.node_id == "relay")
+    sink = next(n for n in after.nodes if n.node_id == "sink")
+    assert relay.outputs[0].edges == sink.inputs
+    # away from the sink's machine again: shm -> tcp
+    back = plan_graph(graph, tmp_path, layout(hosts))
+    (away,) = rebind_candidates(after, back, "relay")
+    assert away.transport == "tcp" and away.bind.startswith("tcp://10.0.0.1:")
+    # a move that changes no edge's kind has nothing to bind anew
+    assert rebind_candidates(before, before, "relay") == []
+    # a replicated node's copy: its edges are merged in the consumer's input, kept as they are
+    copies = _moving_graph(tmp_path, replicas=2)
+    spread = {**hosts, "relay[0]": "B", "relay[1]": "B"}
+    spread.pop("relay")
+    moved = {**spread, "relay[0]": "A"}
+    assert (
+        rebind_candidates(
+            plan_graph(copies, tmp_path, layout(spread)),
+            plan_graph(copies, tmp_path, layout(moved)),
+            "relay[0]",
+        )
+        == []
+    )
+
+
+def test_an_input_bound_anew_reads_the_old_socket_first_then_becomes_the_new_edge(tmp_path):
+    ctx: zmq.Context[Any] = zmq.Context()
+    reader = ShmReader()
+    plan = _plan(tmp_path)
+    zmq_plan = dataclasses.replace(plan, bind=f"ipc://{tmp_path}/z")
+    old = InputEdge(ctx, zmq_plan, reader)
+    board = memoryview(bytearray(8)).cast("q")  # the node's progress file
+    old.progress, old.progress_at = board, 0
+    dead = EdgeSender(ctx, zmq_plan, old.endpoint)
+    dead.offer(item())
+    assert old.sock.poll(5000) and old.recv()[1] == 1
+    old.release(1)
+    dead.offer(item())
+    assert old.sock.poll(5000)  # message 2 waits in the old socket as the producer dies
+    dead.close()
+    retired: list[InputEdge] = []
+    edge: InputEdge = RebindingInput(old, UnixInputEdge(plan, reader), retired.append)
+    edge.producer_died(5)  # it had sent 5: 3, 4 and 5 were in its ZeroMQ queue, lost with it
+    assert edge.has_message() and edge.recv()[1] == 2  # the old socket's, first
+    edge.release(2)
+    assert board[0] == 2 and not retired
+    # the producer's next incarnation, on the machine of the consumer now: shared memory
+    moved = UnixEdgeSender(plan, edge.endpoint)
+    moved.n = 1 << 40
+    moved.offer(item())
+    numbers = []
+    while edge.has_message() or not edge.may_sleep():  # as the worker's loop asks
+        if edge.has_message():
+            numbers.append(edge.recv()[1])
+    assert numbers == [(1 << 40) + 1]
+    assert retired == [old]  # out of the worker's poller, closed
+    assert type(edge) is UnixInputEdge  # it became the new edge: nothing in between now
+    assert edge.lost_upstream == 3  # 3, 4, 5: sent by the dead one, never arrived
+    edge.release((1 << 40) + 1)
+    edge.flush_releases()
+    moved.collect()
+    assert not moved.inflight and board[0] == (1 << 40) + 1
+    moved.close()
+    edge.close()
+    ctx.term()
