@@ -255,24 +255,10 @@ def test_drops_before_a_chain_of_replicated_nodes_hold_no_merge(write_graph, tmp
 # Frames and the detections of a replicated tagger joined by a replicated overlay: each seq
 # goes to overlay copy seq mod 2, so a tagger copy that got only odd seqs never sends overlay[0]
 # a message at all; without watermarks overlay[0]'s merge would wait out its patience.
-CHAINED_JOIN = """
-    graph: chained_join
-    nodes:
-      - {id: camera, node: synthetic, params: {width: 96, height: 64, fps: 0, frames: 60}}
-      - id: tagger
-        node: {T}:SlowTagger
-        params: {delay_ms: 2}
-        replicas: 2
-        inputs: {frames: camera/frames}
-      - id: overlay
-        node: overlay
-        replicas: 2
-        inputs: {frames: camera/frames, detections: tagger/detections}
-      - id: shown
-        node: {T}:Recorder
-        params: {path: {tmp}/shown.jsonl}
-        inputs: {frames: overlay/annotated}
-"""
+CHAINED_JOIN = REPLICATED_JOIN.replace("graph: replicated_join", "graph: chained_join").replace(
+    "params: {delay_ms: 1}\n", "params: {delay_ms: 2}\n        replicas: 2\n"
+)
+assert CHAINED_JOIN.count("replicas: 2") == 2
 
 
 def test_a_replicated_join_fed_by_a_replicated_node_stays_right(write_graph, tmp_path):

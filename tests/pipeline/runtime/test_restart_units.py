@@ -59,6 +59,15 @@ def item(seq: int = 0) -> _Pending:
     return _Pending(codec.pack_body(message, inline), None, [], [])
 
 
+def numbers_read(edge: Any) -> list[int]:
+    """The message numbers ``edge`` gives, read as the worker's loop asks it."""
+    numbers = []
+    while edge.has_message() or not edge.may_sleep():
+        if edge.has_message():
+            numbers.append(edge.recv()[1])
+    return numbers
+
+
 def _plan(tmp_path: Path) -> EdgePlan:
     return EdgePlan("a", "o", "b", "i", 4, "block", "shm", 2, f"ipc://{tmp_path}/e")
 
@@ -98,11 +107,7 @@ def test_a_restarted_producer_s_ring_is_taken_after_the_old_one_is_read(tmp_path
     new = UnixEdgeSender(plan, edge.endpoint)
     new.n = 1 << 40
     new.offer(item())
-    numbers = []
-    while edge.has_message() or not edge.may_sleep():  # as the worker's loop asks
-        if edge.has_message():
-            numbers.append(edge.recv()[1])
-    assert numbers == [1, 2, (1 << 40) + 1]
+    assert numbers_read(edge) == [1, 2, (1 << 40) + 1]
     edge.release((1 << 40) + 1)
     edge.flush_releases()
     new.collect()
@@ -293,11 +298,7 @@ def test_an_input_bound_anew_reads_the_old_socket_first_then_becomes_the_new_edg
     moved = UnixEdgeSender(plan, edge.endpoint)
     moved.n = 1 << 40
     moved.offer(item())
-    numbers = []
-    while edge.has_message() or not edge.may_sleep():  # as the worker's loop asks
-        if edge.has_message():
-            numbers.append(edge.recv()[1])
-    assert numbers == [(1 << 40) + 1]
+    assert numbers_read(edge) == [(1 << 40) + 1]
     assert retired == [old]  # out of the worker's poller, closed
     assert type(edge) is UnixInputEdge  # it became the new edge: nothing in between now
     assert edge.lost_upstream == 3  # 3, 4, 5: sent by the dead one, never arrived

@@ -18,30 +18,28 @@ import zmq
 
 from pipeline.messages import Frame
 from pipeline.runtime import replicas
-from pipeline.runtime.replicas import Distributor, MergedInput, connect_senders
+from pipeline.runtime.replicas import Distributor, MergedInput
 from pipeline.transport import codec
 from pipeline.transport.channels import EdgeSender, InputEdge, RuntimeOutput
 from pipeline.transport.fastpath import UnixEdgeSender, UnixInputEdge, open_input, open_sender
-from pipeline.transport.plan import EdgePlan, WhenFull, slot_pool_size
-from pipeline.transport.shm import ShmReader, SlotPool
+from pipeline.transport.plan import EdgePlan, WhenFull
+from pipeline.transport.shm import ShmReader
+from tests.pipeline.runtime.test_replicas import Wires  # the same edges, output and close
 
 TRANSPORTS = ["zmq", "fast", "tcp"]
 
 
-class Copies:
+class Copies(Wires):
     """``a[0..N-1] -> b[0..M-1]``: every pair an edge of one transport, each ``a[i]``'s
     port a ``Distributor``, each ``b[j]``'s input a ``MergedInput``; all in this process."""
 
     def __init__(self, folder: Path, transport: str) -> None:
+        super().__init__()
         self.folder = folder
         self.transport = transport
-        self.ctx: zmq.Context[Any] = zmq.Context()
-        self.reader = ShmReader()
-        self.inputs: list[InputEdge] = []
-        self.outputs: list[RuntimeOutput] = []
         self.counted: dict[str, int] = {}
 
-    def plan(
+    def plan(  # type: ignore[override]
         self, producer: str, consumer: str, spread: Any, queue: int, when: WhenFull
     ) -> EdgePlan:
         tcp = self.transport == "tcp"
@@ -94,27 +92,12 @@ class Copies:
                 sender, edge = self.edge(self.plan(name, f"b[{j}]", spread, queue, when))
                 senders.append(sender)
                 into[j].append(edge)
-            pool = SlotPool(
-                f"pipeline-test-{secrets.token_hex(4)}",
-                max_slots=slot_pool_size([s.plan for s in senders]),
-            )
-            out = RuntimeOutput("frames", pool, type=Frame)
-            connect_senders(out, senders)
-            self.outputs.append(out)
-            outs.append(out)
+            outs.append(self.output(senders))
         merged = [MergedInput(edges, self.count) for edges in into]
         return outs, merged
 
     def count(self, name: str, n: int) -> None:
         self.counted[name] = self.counted.get(name, 0) + n
-
-    def close(self) -> None:
-        for out in self.outputs:
-            out.close()
-        for edge in self.inputs:
-            edge.close()
-        self.reader.close()
-        self.ctx.term()
 
 
 @pytest.fixture(params=TRANSPORTS)
