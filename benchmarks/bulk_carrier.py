@@ -108,7 +108,40 @@ def _produce_zmq(port: int, frames: int, window: int, sealed: bool) -> float:
     return cpu
 
 
+def _produce_edge(secrets_: Any, ctl: socket.socket, frames: int, window: int, piece: int) -> float:
+    from pipeline.transport import bulk
+
+    sender = bulk.BulkSender(None, "bench.frames", secrets_, piece)
+    src = np.random.randint(0, 255, FRAME, dtype=np.uint8)
+    c0 = _cpu()
+    for i in range(frames):
+        if i >= window:
+            ctl.recv(1)  # a credit
+        ctl.sendall(sender.send(i + 1, b"", [src.data]))  # the descriptor (CURVE's, here)
+    for _ in range(min(window, frames)):
+        ctl.recv(1)
+    sender.close()
+    return (_cpu() - c0) / frames
+
+
 # --- consumers (in the parent) ------------------------------------------------------------
+def _consume_edge(receiver: Any, ctl: socket.socket, frames: int) -> tuple[float, float]:
+    from pipeline.transport import bulk
+
+    desc = memoryview(bytearray(bulk.DESC_SIZE))
+    c0, t0 = _cpu(), time.perf_counter()
+    for _ in range(frames):
+        got = 0
+        while got < len(desc):
+            got += ctl.recv_into(desc[got:])
+        (part,) = receiver.parts_for(b"", bytes(desc))
+        frame = np.frombuffer(part, np.uint8)
+        int(frame[::4096].sum())
+        del frame, part
+        ctl.send(b"!")
+    return frames / (time.perf_counter() - t0), (_cpu() - c0) / frames
+
+
 def _consume_tcp(srv: socket.socket, frames: int, piece: int) -> tuple[float, float]:
     c, _ = srv.accept()
     dst = np.empty(FRAME, np.uint8)
@@ -148,7 +181,46 @@ def _consume_zmq(s: zmq.Socket[Any], frames: int, sealed: bool) -> tuple[float, 
     return frames / (time.perf_counter() - t0), (_cpu() - c0) / frames
 
 
+def run_edge(method: str, frames: int, window: int) -> dict[str, Any]:
+    """The bulk path of a real tcp edge (``pipeline.transport.bulk``): ``BulkSender`` in the
+    child, ``BulkReceiver`` (its receiving thread opens the pieces) here; the descriptors and
+    credits on a socket pair (a tcp edge's CURVE socket carries them)."""
+    from pipeline.transport import bulk
+
+    piece = int(method.rsplit("_", 1)[1]) << 10
+    ctx = zmq.Context()
+    receiver = bulk.BulkReceiver(ctx, "bench.frames", "tcp://127.0.0.1:*", "k" * 40, window)
+    mine, theirs = socket.socketpair()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the producer
+        os.close(r)
+        mine.close()
+        cpu = _produce_edge(receiver.secrets, theirs, frames, window, piece)
+        os.write(w, repr(cpu).encode())
+        os._exit(0)
+    os.close(w)
+    theirs.close()
+    fps, consumer_cpu = _consume_edge(receiver, mine, frames)
+    producer_cpu = float(os.read(r, 64).decode())
+    os.close(r)
+    os.waitpid(pid, 0)
+    mine.close()
+    receiver.close()
+    receiver.gate.close()
+    ctx.term()
+    return {
+        "frames_per_s": round(fps, 1),
+        "cpu_ms_per_frame": {
+            "producer": round(producer_cpu * 1000, 3),
+            "consumer": round(consumer_cpu * 1000, 3),
+        },
+    }
+
+
 def run(method: str, frames: int, window: int) -> dict[str, Any]:
+    if method.startswith("edge_sealed_"):
+        return run_edge(method, frames, window)
     piece = int(method.rsplit("_", 1)[1]) << 10 if method.startswith("tcp_sealed_") else 0
     if method.startswith("tcp"):
         srv = socket.socket()
@@ -197,7 +269,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--pieces", default="256,1024", help="piece sizes in KiB, sealed tcp")
     args = parser.parse_args()
-    methods = ["zmq", "zmq_sealed", "tcp"] + [f"tcp_sealed_{k}" for k in args.pieces.split(",")]
+    pieces = args.pieces.split(",")
+    methods = ["zmq", "zmq_sealed", "tcp"] + [f"tcp_sealed_{k}" for k in pieces]
+    methods += [f"edge_sealed_{k}" for k in pieces]
     started = machine()  # the load average before this run added its own
     rounds: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for _ in range(args.rounds):
@@ -213,10 +287,17 @@ def main() -> int:
         ),
         "tcp_over_zmq": round(results["tcp"]["frames_per_s"] / results["zmq"]["frames_per_s"], 2),
     }
-    for k in args.pieces.split(","):
+    for k in pieces:
         m = f"tcp_sealed_{k}"
         ratios[f"{m}_cost"] = round(
             1 - results[m]["frames_per_s"] / results["tcp"]["frames_per_s"], 3
+        )
+        e = f"edge_sealed_{k}"
+        ratios[f"{e}_cost_vs_tcp"] = round(
+            1 - results[e]["frames_per_s"] / results["tcp"]["frames_per_s"], 3
+        )
+        ratios[f"{e}_cost_vs_zmq"] = round(
+            1 - results[e]["frames_per_s"] / results["zmq"]["frames_per_s"], 3
         )
         ratios[f"{m}_over_zmq_sealed"] = round(
             results[m]["frames_per_s"] / results["zmq_sealed"]["frames_per_s"], 2
