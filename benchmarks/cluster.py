@@ -8,8 +8,9 @@ in one run, side by side:
   without a copy on receive) on a plain tcp socket. Not something a run can do (every tcp
   edge is encrypted): a benchmark-only subclass, to show what encryption costs;
 - ours, sealed: a real tcp edge as a run makes it: CURVE for the handshake, heads and small
-  messages, the frame's bytes sealed once with an AEAD on the edge's bulk socket
-  (``pipeline.transport.bulk``); "cluster" adds the run's keys and the ZAP gatekeeper, as
+  messages, the frame's bytes sealed with an AEAD in pieces on the edge's bulk connection (a
+  plain TCP socket, ``pipeline.transport.bulk``); "cluster" adds the run's keys and the ZAP
+  gatekeeper, as
   ``pipeline run --cluster`` plans an edge between machines; "CURVE only" is the edge as it
   was before the bulk path (every byte through libzmq's CURVE; the producer's threshold
   raised, benchmark only);
