@@ -200,19 +200,19 @@ _heap_kept: bool | None = None
 
 
 def keep_receive_buffers() -> bool:
-    """Keep a receiving process's freed message buffers for the next messages (glibc only;
-    once per process; True if in effect).
+    """Keep a process's freed big buffers for its next ones (glibc only; once per process;
+    True if in effect).
 
-    A tcp edge's receiving thread makes each big message's arrays (``np.empty``, a
-    ``malloc``), which the node frees when it is done with the message. glibc's defaults give
-    a 1080p frame's 6 MB either its own ``mmap`` or heap that it trims back to the kernel on
-    ``free``: then the next message's bytes are written into fresh pages, 1,500 page faults
-    (each a zeroed page) per frame (with ZeroMQ's receive buffers they were a third of the
-    receiving I/O thread's time, ``benchmarks/cluster.py``). Raising the mmap threshold to
-    glibc's most (32 MiB on 64-bit) and the trim threshold to ``HEAP_KEEP`` makes such
-    buffers come from, and go back to, the heap, whose pages stay mapped: the process keeps
-    up to ``HEAP_KEEP`` of freed memory instead
-    of returning it at once. Only processes with a tcp input edge call it.
+    libzmq receives each big message into a buffer of its own (``malloc``), which the node
+    frees when it releases the message. glibc's defaults could give a 1080p frame's 6 MB
+    fresh pages after a free trims the heap: 1,500 page faults (each a zeroed page) per
+    frame, a third of the receiving I/O thread's time when a tcp edge's arrays came on a
+    ZeroMQ socket. Raising the mmap threshold to glibc's most (32 MiB on 64-bit) and the trim
+    threshold to ``HEAP_KEEP`` makes such buffers come from, and go back to, the heap, whose
+    pages stay mapped; the process keeps up to ``HEAP_KEEP`` of freed memory. A tcp edge no
+    longer needs it: its receiving thread's arrays land in reused memory with glibc's
+    defaults (0.1 faults per frame, ``tests/pipeline/transport/test_bulk.py``), so only
+    ``benchmarks/cluster.py`` calls it, for its ZeroMQ rows.
     """
     global _heap_kept
     if _heap_kept is None:
@@ -687,7 +687,6 @@ class BulkReceiver:
 
         self.edge = edge
         self.DESC_SIZE = DESC_SIZE
-        keep_receive_buffers()
         self.gate = Gatekeeper.of(ctx)
         host, port = _split(bind)
         family, _, _, _, addr = socket.getaddrinfo(
