@@ -85,6 +85,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import ctypes
 import dataclasses
 import hmac
@@ -145,6 +146,7 @@ MAX_PENDING = 8  # connections saying hello at once; beyond, the oldest is refus
 CONNECT_S = 2.0  # the producer's connect and hello
 SEND_S = 5.0  # a sendall that has not finished by then drops the connection
 RETRY_S = 0.5  # after a failed connect, the producer tries again no sooner
+RING = 3  # sealed pieces between the node's thread and the edge's sending thread
 _MAGIC = b"PB2"
 _VERSION = 2
 _DESC = struct.Struct("<3s16sQB")  # magic, salt, counter, parts (on the CURVE socket)
@@ -501,6 +503,8 @@ def say_hello(sock: socket.socket, secrets_: EdgeSecrets, edge: str) -> None:
 
 _LOWAT: int | None = getattr(socket, "SO_RCVLOWAT", None) if platform.system() == "Linux" else None
 LOWAT_WAIT_MS = 50
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_MORE = getattr(socket, "MSG_MORE", 0)  # the header: the first piece follows at once
 _LOWAT_MAX = (1 << 20) + TAG  # a piece's (at most: the kernel's window must hold it)
 
 
@@ -509,9 +513,10 @@ class _Reader:
     socket's low-water mark is set to the bytes still to come (Linux), so that the kernel
     wakes the reading thread when they are all there instead of at every segment (a wake-up
     of a thread on another core costs an interrupt; in a VM far more: 10-15 % of the edge's
-    CPU, measured). The kernel may hold a low-water mark back behind a receive window
-    smaller than it (seen, rarely): a piece that is not all there within ``LOWAT_WAIT_MS``
-    is read without it (counted in ``slow``)."""
+    CPU, measured). The reader waits in ``poll`` and then takes what is there: a blocking
+    ``recv`` would wait for the whole mark, which a receive window smaller than it never
+    lets come (seen). A piece that is not there within ``LOWAT_WAIT_MS`` is waited for
+    without the mark (counted in ``slow``)."""
 
     def __init__(self, conn: socket.socket) -> None:
         self.conn = conn
@@ -536,25 +541,35 @@ class _Reader:
         got = 0
         while got < need:
             want = need - got
-            if _LOWAT is not None:
-                if piece and want > 1:
-                    self._set(min(want, _LOWAT_MAX))
-                    if not self.poller.poll(LOWAT_WAIT_MS):
-                        self.slow += 1
-                        self._set(1)
-                else:
+            if _LOWAT is not None and piece and want > 1:
+                # wait in poll(), where the kernel also wakes a reader whose mark the
+                # receive window cannot reach, then take what is there (a blocking recv
+                # would wait for the whole mark, which may then never come)
+                self._set(min(want, _LOWAT_MAX))
+                if not self.poller.poll(LOWAT_WAIT_MS):
+                    self.slow += 1
                     self._set(1)
-            n = self.conn.recv_into(view[got:], want)
+                    self.poller.poll()  # anything; a shutdown (close) wakes it too
+                try:
+                    n = self.conn.recv_into(view[got:], want, _DONTWAIT)
+                except BlockingIOError:
+                    continue
+            else:
+                if _LOWAT is not None:
+                    self._set(1)
+                n = self.conn.recv_into(view[got:], want)
             if not n:
                 raise ConnectionError("the connection ended")
             got += n
 
 
 class BulkSender:
-    """The producer's bulk connection to one consumer: seals the parts of each message in
-    pieces and sends each piece from the node's thread. Connects at the first message; a
-    connection that fails or stalls (``SEND_S``) is dropped, and the next message connects
-    again (what was in flight counts as lost, as to any consumer that died)."""
+    """The producer's bulk connection to one consumer. The node's thread seals each piece of
+    a message into one of ``RING`` small buffers; a sending thread of the edge ``sendall``s
+    them in order, so sealing and the kernel's copy run on two cores, a piece still in cache
+    when it is sent (``cryptography`` releases the GIL while it seals). Connects at the first
+    message; a connection that fails or stalls (``SEND_S``) is dropped, the message counts
+    as lost (as to any consumer that died), and the next message connects again."""
 
     def __init__(
         self, ctx: zmq.Context[Any] | None, edge: str, secrets_: EdgeSecrets, piece: int = 0
@@ -565,7 +580,15 @@ class BulkSender:
         self.MIN_BYTES = BULK_MIN
         self.address = _split(secrets_.bulk_endpoint)
         self.sock: socket.socket | None = None
-        self._scratch = memoryview(bytearray(self.sealer.piece + TAG))
+        size = self.sealer.piece + TAG
+        self._ring = [memoryview(bytearray(size)) for _ in range(RING)]
+        self._free = list(range(RING))
+        # what the sending thread is to send: (connection, bytes, ring slot or -1, flags)
+        self._todo: collections.deque[tuple[socket.socket, Any, int, int]] = collections.deque()
+        self._dead: list[socket.socket] = []  # dropped, to close once nothing refers to them
+        self._cv = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
         self._retry_at = 0.0
         self.sent = 0  # messages sent
         self.failed = 0  # messages whose bytes could not be sent
@@ -588,68 +611,142 @@ class BulkSender:
             self._retry_at = time.monotonic() + RETRY_S
             return None
         self.connects += 1
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._sending, name=f"bulk-send {self.edge}")
+            self._thread.daemon = True
+            self._thread.start()
         return sock
 
+    def _sending(self) -> None:
+        todo, cv = self._todo, self._cv
+        while True:
+            with cv:
+                while not todo and not self._closing:
+                    cv.wait()
+                if not todo:
+                    return
+                sock, data, slot, flags = todo[0]
+                dead = sock in self._dead
+            failed = False
+            if not dead:
+                try:
+                    sock.sendall(data, flags)
+                except OSError:
+                    failed = True
+            with cv:
+                todo.popleft()
+                if slot >= 0:
+                    self._free.append(slot)
+                if failed and sock not in self._dead:
+                    self._dead.append(sock)
+                self._bury()
+                cv.notify_all()
+
+    def _bury(self) -> None:
+        """Close the dropped connections that nothing waiting to be sent refers to (with
+        ``_cv`` held); the one ``send`` uses stays until ``send`` lets it go."""
+        for gone in [d for d in self._dead if d is not self.sock]:
+            if not any(item[0] is gone for item in self._todo):
+                gone.close()
+                self._dead.remove(gone)
+
+    def _drop(self, sock: socket.socket) -> None:
+        """Give up ``sock`` (stalled, or its consumer closed it)."""
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # the sending thread stops waiting on it
+        except OSError:
+            pass
+        with self._cv:
+            if sock not in self._dead:
+                self._dead.append(sock)
+            if self.sock is sock:
+                self.sock = None
+            self._bury()
+
     def send(self, n: int, head: bytes, parts: Sequence[Any]) -> bytes:
-        """Seal and send the parts of message ``n``; the descriptor to send with its head
-        (also when the bytes could not be sent: the consumer then drops the head)."""
+        """Seal the parts of message ``n`` and hand them to the sending thread; the
+        descriptor to send with its head (also when the bytes cannot go: the consumer then
+        drops the head)."""
         views = [memoryview(p).cast("B") for p in parts]
         desc, header, ad = self.sealer.next([len(v) for v in views])
-        for _attempt in (0, 1):
-            sock = self.sock
+        sock = self.sock
+        if sock is not None and sock in self._dead:  # the sending thread saw it fail
+            self._drop(sock)
+            sock = None
+        if sock is None:
+            sock = self.sock = self._connect()
             if sock is None:
-                sock = self.sock = self._connect()
-                if sock is None:
-                    break
-            try:
-                self._send(sock, header.raw, ad, views)
-            except TimeoutError:
-                self.drop()  # the consumer is gone or stuck: do not wait again at once
-                self._retry_at = time.monotonic() + RETRY_S
-                break
-            except OSError:
-                self.drop()  # the consumer closed it (restarted, or refused what came)
-                continue
-            self.sent += 1
-            return desc
-        self.failed += 1
-        return desc
-
-    def _send(self, sock: socket.socket, header: bytes, ad: bytes, views: list[memoryview]) -> None:
-        out = self._scratch
+                self.failed += 1
+                return desc
+        cv, todo, free, ring = self._cv, self._todo, self._free, self._ring
         piece = self.sealer.piece
         seal = self.sealer.seal
+        with cv:
+            todo.append((sock, header.raw, -1, _MORE))
+            cv.notify_all()
         k = 0
-        first = True
         for v in views:
             for off in range(0, max(1, len(v)), piece):
                 chunk = v[off : off + piece]
-                sealed = out[: len(chunk) + TAG]
+                with cv:
+                    if not free:
+                        deadline = time.monotonic() + SEND_S
+                        while not free and sock not in self._dead:
+                            left = deadline - time.monotonic()
+                            if left <= 0:
+                                break
+                            cv.wait(left)
+                    if not free or sock in self._dead:
+                        stalled = not free
+                        slot = -1
+                    else:
+                        slot = free.pop()
+                if slot < 0:
+                    self._drop(sock)
+                    if stalled:  # the consumer is gone or stuck: do not wait again at once
+                        self._retry_at = time.monotonic() + RETRY_S
+                    self.failed += 1
+                    return desc
+                sealed = ring[slot][: len(chunk) + TAG]
                 seal(k, ad, chunk, sealed)
-                if first:  # the header goes with the first piece: one segment, one call
-                    first = False
-                    sent = sock.sendmsg([header, sealed])
-                    if sent < len(header):
-                        sock.sendall(memoryview(header)[sent:])
-                        sent = len(header)
-                    sent -= len(header)
-                    if sent < len(sealed):
-                        sock.sendall(sealed[sent:])
-                else:
-                    sock.sendall(sealed)
+                with cv:
+                    todo.append((sock, sealed, slot, 0))
+                    cv.notify_all()
                 k += 1
+        self.sent += 1
+        return desc
 
     def released(self, upto: int, keep: int) -> None:
-        """Message ``upto`` and those before it arrived (nothing to free: each piece was in
-        the kernel when ``send`` returned)."""
-
-    def drop(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        """Message ``upto`` and those before it arrived (nothing to free: the pieces' buffers
+        are free once sent)."""
 
     def close(self, linger_ms: int = 0) -> None:
-        self.drop()
+        """Stop; what is still to send goes out for up to ``linger_ms``."""
+        with self._cv:
+            deadline = time.monotonic() + linger_ms / 1000
+            while self._todo and self._thread is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cv.wait(left)
+            self._closing = True
+            socks = {item[0] for item in self._todo} | set(self._dead)
+            if self.sock is not None:
+                socks.add(self.sock)
+            self.sock = None
+            self._cv.notify_all()
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(SEND_S + 1)
+        with self._cv:
+            self._todo.clear()
+            self._dead.clear()
+        for sock in socks:
+            sock.close()
 
 
 class _Bulk:
