@@ -30,11 +30,11 @@ the methods (the machine may be shared): frames/s is each method's best round, a
 frame is counted per side (all threads) and per thread (``/proc/self/task/*/schedstat``, the
 ZeroMQ I/O threads too): the busiest thread bounds frames/s where every busy thread has a
 core of its own, the sum of all where the cores are the limit (this 2-core machine). The
-"heap kept" row is the sealed edge's receiving side with ``bulk.keep_receive_buffers`` (which
-our ZeroMQ rows, CURVE off and CURVE only, have, and a run's sealed edge no longer calls), in
-the same run. Results print as tables with ratios and the targets, go
-to ``benchmarks/results/cluster.json`` (with the load average), and are put at the top of
-``benchmarks/results/cluster.txt`` (earlier runs kept below).
+"glibc defaults" row is the sealed edge's receiving side without
+``bulk.keep_receive_buffers`` (glibc's malloc defaults), in the same run. Results print as
+tables with ratios and the targets, go to ``benchmarks/results/cluster.json`` (with the load
+average), and are put at the top of ``benchmarks/results/cluster.txt`` (earlier runs kept
+below).
 
     .venv/bin/python benchmarks/cluster.py            # about six minutes (3 rounds)
     .venv/bin/python benchmarks/cluster.py --quick --rounds 1
@@ -155,11 +155,11 @@ PLAIN_PLAN = dataclasses.replace(PLAN, transport="shm")
 
 
 def _input_edge(ctx: zmq.Context[Any], mode: str, reader: ShmReader, keys: RunKeys | None):
-    if mode in ("off", "curve") or mode.endswith("-kept"):
-        # ZeroMQ's receive buffers need it (CURVE off, CURVE only: as tcp edges had it); the
-        # sealed edge's receiver no longer calls it: "-kept" shows whether it would help
-        bulk.keep_receive_buffers()
-        mode = mode.removesuffix("-kept")
+    if mode.endswith("-defaults"):  # the receiving side with glibc's malloc defaults
+        bulk._heap_kept = False
+        mode = mode.removesuffix("-defaults")
+    else:
+        bulk.keep_receive_buffers()  # what every tcp input edge does (CURVE off: by hand)
     if mode == "off":
         edge = InputEdge(ctx, PLAIN_PLAN, reader)
         edge.tcp = True
@@ -216,7 +216,7 @@ def ours_producer(
     shape: Shape,
 ) -> None:
     keys = RunKeys.from_wire(keys_wire) if keys_wire else None
-    mode = mode.removesuffix("-kept")
+    mode = mode.removesuffix("-defaults")
     ctx: zmq.Context[Any] = zmq.Context()
     pool = SlotPool(f"pipeline-bench-{os.getpid()}-{secrets.token_hex(3)}", slot_pool_size([PLAN]))
     if mode == "off":
@@ -377,7 +377,7 @@ METHODS = {
     "ours tcp, CURVE only": lambda n, fps, sh: run_ours("curve", n, fps, sh),
     "ours tcp, sealed": lambda n, fps, sh: run_ours("edge", n, fps, sh),
     "ours cluster, sealed": lambda n, fps, sh: run_ours("cluster", n, fps, sh),
-    "ours tcp, sealed, heap kept": lambda n, fps, sh: run_ours("edge-kept", n, fps, sh),
+    "ours tcp, sealed, glibc defaults": lambda n, fps, sh: run_ours("edge-defaults", n, fps, sh),
     "pyzmq copy=False": lambda n, fps, sh: run_zmq(False, n, fps, sh),
     "pyzmq copy=True": lambda n, fps, sh: run_zmq(True, n, fps, sh),
     "pyzmq copy=False, CURVE": lambda n, fps, sh: run_zmq(False, n, fps, sh, curve=True),
@@ -811,8 +811,8 @@ def main(argv: list[str] | None = None) -> int:
         "pyzmq_chacha_cost": 1 - hd["pyzmq + ChaCha20-Poly1305"]["fps"] / base,
         "pyzmq_curve_cpu_cost": cpu_cost(hd, "pyzmq copy=False, CURVE", "pyzmq copy=False"),
         "pyzmq_aes_gcm_cpu_cost": cpu_cost(hd, "pyzmq + AES-256-GCM", "pyzmq copy=False"),
-        "sealed_kept_vs_sealed_paired": paired(hd, "ours tcp, sealed, heap kept", sealed),
-        "sealed_cpu_kept_vs_sealed": cpu_cost(hd, sealed, "ours tcp, sealed, heap kept"),
+        "sealed_kept_vs_defaults_paired": paired(hd, sealed, "ours tcp, sealed, glibc defaults"),
+        "sealed_cpu_kept_vs_defaults": cpu_cost(hd, "ours tcp, sealed, glibc defaults", sealed),
     }
     say()
     say(
@@ -829,9 +829,9 @@ def main(argv: list[str] | None = None) -> int:
         f"CPU; cluster form {ratios['cluster_sealed_cost']:.0%})"
     )
     say(
-        "the sealed edge's receiver with bulk.keep_receive_buffers (glibc's malloc thresholds "
-        f"raised, as the ZeroMQ carrier needed): {ratios['sealed_kept_vs_sealed_paired']:.2f}x "
-        f"frames/s (paired), {ratios['sealed_cpu_kept_vs_sealed']:.0%} less CPU"
+        "the sealed edge's receiving side with bulk.keep_receive_buffers against glibc's "
+        f"malloc defaults: {ratios['sealed_kept_vs_defaults_paired']:.2f}x frames/s (paired), "
+        f"{ratios['sealed_cpu_kept_vs_defaults']:.0%} less CPU"
     )
     say(
         f"on plain pyzmq at 1080p: CURVE costs {ratios['pyzmq_curve_cost']:.0%} "

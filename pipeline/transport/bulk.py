@@ -15,9 +15,10 @@ that (``benchmarks/bulk_carrier.py``). So a tcp edge has two connections:
 - the **bulk connection** (a plain TCP socket; the consumer listens, one producer at a
   time): per message a **bulk header** (the salt's id, the counter, the piece size, each
   part's length), then each part sealed in pieces of ``PIECE`` bytes with AES-256-GCM or
-  ChaCha20-Poly1305 (``cryptography``: OpenSSL, never a primitive of our own). The producer
-  seals each piece into one small buffer by ``encrypt_into`` and ``sendall``s it from the
-  node's thread (no ZeroMQ, no copy but the kernel's). On the consumer a thread of the edge
+  ChaCha20-Poly1305 (``cryptography``: OpenSSL, never a primitive of our own). The node's
+  thread seals each piece by ``encrypt_into`` into one of ``RING`` small buffers, and a
+  sending thread of the edge ``sendall``s it while it is still in cache (no ZeroMQ, no copy
+  but the kernel's; sealing and sending on two cores). On the consumer a thread of the edge
   reads eagerly (the producer never waits on the consumer's node being busy): it
   ``recv_into``s each piece into a small buffer and ``decrypt_into``s it straight into the
   array the node will read, so the frame is never written twice.
@@ -211,10 +212,11 @@ def keep_receive_buffers() -> bool:
     frame, a third of the receiving I/O thread's time when a tcp edge's arrays came on a
     ZeroMQ socket. Raising the mmap threshold to glibc's most (32 MiB on 64-bit) and the trim
     threshold to ``HEAP_KEEP`` makes such buffers come from, and go back to, the heap, whose
-    pages stay mapped; the process keeps up to ``HEAP_KEEP`` of freed memory. A tcp edge no
-    longer needs it: its receiving thread's arrays land in reused memory with glibc's
-    defaults (0.1 faults per frame, ``tests/pipeline/transport/test_bulk.py``), so only
-    ``benchmarks/cluster.py`` calls it, for its ZeroMQ rows.
+    pages stay mapped; the process keeps up to ``HEAP_KEEP`` of freed memory. Every process
+    with a tcp input calls it (``BulkReceiver``). Its receiving thread's arrays take few
+    faults with glibc's defaults too (0.1 per frame, ``tests/pipeline/transport/
+    test_bulk.py``), but with the thresholds raised the edge still did 1.11-1.32x the
+    frames/s (paired, three runs of ``benchmarks/cluster.py``: "glibc defaults" row).
     """
     global _heap_kept
     if _heap_kept is None:
@@ -784,6 +786,7 @@ class BulkReceiver:
 
         self.edge = edge
         self.DESC_SIZE = DESC_SIZE
+        keep_receive_buffers()
         self.gate = Gatekeeper.of(ctx)
         host, port = _split(bind)
         family, _, _, _, addr = socket.getaddrinfo(
