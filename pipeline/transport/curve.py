@@ -10,9 +10,10 @@ client keys, and every CURVE server asks the ``Gatekeeper`` (its context's ZAP h
 which admits that one client key and nothing else. A peer without CURVE, with another server
 key or with another client key fails the handshake; each failure is counted (``refused``).
 
-The same gatekeeper opens each tcp edge's bulk socket (``pipeline.transport.bulk``: the
-frames' big arrays, sealed with an AEAD) to that edge's PLAIN token only, and counts the
-refused there too. Every context with a tcp input edge has one (``Gatekeeper.of``).
+The same gatekeeper counts the connections that each tcp edge's bulk listener
+(``pipeline.transport.bulk``: the frames' big arrays, sealed with an AEAD, on a plain TCP
+connection) refuses: those that cannot prove they hold the edge's token. Every context with a
+tcp input edge has one (``Gatekeeper.of``).
 
 Nothing on the wire is unpickled (``pipeline.transport.codec`` is msgpack and raw buffers).
 """
@@ -20,7 +21,6 @@ Nothing on the wire is unpickled (``pipeline.transport.codec`` is msgpack and ra
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import queue
 import threading
 import weakref
@@ -113,9 +113,9 @@ _GATES_LOCK = threading.Lock()
 class Gatekeeper:
     """The ZAP handler of one ZeroMQ context: admits the run's client key (domain
     ``pipeline``), an edge's CURVE client without the run's keys (no domain: the edge's own
-    server key was the secret), a bulk socket's peer with that edge's PLAIN token (domain
-    ``pipeline-bulk``); refuses and counts everything else (also handshakes that fail before
-    ZAP: no CURVE, a wrong server key).
+    server key was the secret); refuses and counts everything else (also handshakes that fail
+    before ZAP: no CURVE, a wrong server key). A bulk listener counts its refusals here too
+    (``refuse``).
 
     Start it before any ``serve``d socket binds; ``watch`` each such socket so its failed
     handshakes are counted. One thread, waking ten times a second when idle; it ends with
@@ -126,8 +126,8 @@ class Gatekeeper:
         self.ctx = ctx
         # ZAP gives the client's key as 32 raw bytes
         self.allowed = z85.decode(keys.client_public.encode("ascii")) if keys else None
-        self.tokens: dict[bytes, bytes] = {}  # a bulk socket's user name -> its token
-        self.refused = 0  # failed handshakes on every watched socket
+        self.refused = 0  # failed handshakes on every watched socket, refused bulk connections
+        self._count = threading.Lock()
         self._new: queue.Queue[zmq.Socket[Any]] = queue.Queue()
         self._stop = threading.Event()
         self._bound = threading.Event()
@@ -153,12 +153,10 @@ class Gatekeeper:
         with _GATES_LOCK:
             return _GATES.get(ctx)
 
-    def admit_plain(self, user: str, token: bytes) -> None:
-        """Admit a PLAIN peer that says ``user`` and ``token`` (a bulk socket's producer)."""
-        self.tokens[user.encode()] = token
-
-    def forget_plain(self, user: str) -> None:
-        self.tokens.pop(user.encode(), None)
+    def refuse(self) -> None:
+        """Count one refused connection (any thread)."""
+        with self._count:
+            self.refused += 1
 
     def watch(self, sock: zmq.Socket[Any]) -> None:
         """Count the failed handshakes of ``sock`` (call from the thread that owns it)."""
@@ -204,7 +202,7 @@ class Gatekeeper:
                         continue
                     event = parse_monitor_message(sock.recv_multipart())
                     if event["event"] & _REFUSALS:
-                        self.refused += 1
+                        self.refuse()
                     elif event["event"] == zmq.EVENT_MONITOR_STOPPED:  # its socket closed
                         poller.unregister(sock)
                         monitors.remove(sock)
@@ -220,7 +218,7 @@ class Gatekeeper:
             zap.close(linger=0)
 
     def _answer(self, zap: zmq.Socket[Any]) -> None:
-        """One ZAP request (RFC 27): admit the run's client key, an edge's token."""
+        """One ZAP request (RFC 27): admit the run's client key (or an edge's own)."""
         frames = zap.recv_multipart()
         version, request_id, domain, _address, _identity, mechanism = frames[:6]
         credentials = frames[6:]
@@ -229,8 +227,5 @@ class Gatekeeper:
             ok = self.allowed is not None and credentials[:1] == [self.allowed]
         elif mechanism == b"CURVE" and domain == b"":
             ok = True  # an edge without the run's keys: it knew the edge's server key
-        elif mechanism == b"PLAIN" and domain == b"pipeline-bulk" and len(credentials) == 2:
-            token = self.tokens.get(credentials[0])
-            ok = token is not None and hmac.compare_digest(token, credentials[1])
         status = (b"200", b"OK") if ok else (b"400", b"not a key of this run")
         zap.send_multipart([version, request_id, *status, b"", b""])
