@@ -1,10 +1,10 @@
-"""Which carrier could bring an encrypted 1080p edge under 30 % of the plain one's cost?
+"""Which carrier brings an encrypted 1080p edge under 30 % of the plain one's cost?
 
-Today a tcp edge's bulk bytes go on a ZeroMQ PAIR socket (``pipeline.transport.bulk``): the
-producer seals the whole frame (AES-256-GCM) into a buffer, ZeroMQ's I/O thread copies that
-buffer into the kernel later, and the consumer opens the frame in place once ZeroMQ has
-received all of it. AES-GCM runs near memory speed here, so sealing and opening each add a
-pass over 6 MB that is no longer in any cache. The alternative measured here: a plain TCP
+A tcp edge's bulk bytes used to go on a ZeroMQ PAIR socket: the producer sealed the whole
+frame (AES-256-GCM) into a buffer, ZeroMQ's I/O thread copied that buffer into the kernel
+later, and the consumer opened the frame in place once ZeroMQ had received all of it.
+AES-GCM runs near memory speed here, so sealing and opening each added a pass over 6 MB that
+was no longer in any cache. What replaced it (``pipeline.transport.bulk``): a plain TCP
 socket written from the node's own thread, the frame sealed in pieces that fit in L2 (each
 piece sent while it is still in cache) and opened piece by piece into the destination.
 
@@ -12,9 +12,11 @@ Two processes on loopback, in one run, the same frames, ``--window`` frames in f
 consumer returns one credit byte per frame, as an edge's queue does):
 
 - ``zmq``: ZeroMQ PAIR, ``copy=False`` both ends (our bulk socket, unencrypted);
-- ``zmq_sealed``: the same with the whole frame sealed and opened in place (today's design);
+- ``zmq_sealed``: the same with the whole frame sealed and opened in place (the old design);
 - ``tcp``: a plain TCP socket, ``sendall``/``recv_into`` straight from and into the frame;
-- ``tcp_sealed_<KiB>``: the same with the frame sealed in pieces of that size.
+- ``tcp_sealed_<KiB>``: the same with the frame sealed in pieces of that size;
+- ``edge_sealed_<KiB>``: the edge's own ``BulkSender`` and ``BulkReceiver`` (hello, bulk
+  header, a receiving thread that opens each piece into the node's array).
 
 Results print and go to ``benchmarks/results/bulk_carrier.json``. Needs the ``cluster``
 extra (``cryptography``).
@@ -63,104 +65,6 @@ def _pieces(size: int) -> list[tuple[int, int]]:
 
 
 # --- producers (in the child) -------------------------------------------------------------
-class InlineSender:
-    """``bulk.BulkSender`` as it was first written (benchmark only): seals the parts of each
-    message in pieces and sends each piece from the node's thread, no sending thread."""
-
-    def __init__(self, ctx: Any, edge: str, secrets_: bulk.EdgeSecrets, piece: int = 0) -> None:
-        self.edge = edge
-        self.secrets = secrets_
-        self.sealer = bulk.Sealer(secrets_, edge, piece)
-        self.MIN_BYTES = bulk.BULK_MIN
-        self.address = bulk._split(secrets_.bulk_endpoint)
-        self.sock: socket.socket | None = None
-        self._scratch = memoryview(bytearray(self.sealer.piece + bulk.TAG))
-        self._retry_at = 0.0
-        self.sent = 0  # messages sent
-        self.failed = 0  # messages whose bytes could not be sent
-        self.connects = 0
-
-    def _connect(self) -> socket.socket | None:
-        if time.monotonic() < self._retry_at:
-            return None
-        try:
-            sock = socket.create_connection(self.address, timeout=bulk.CONNECT_S)
-        except OSError:
-            self._retry_at = time.monotonic() + bulk.RETRY_S
-            return None
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            bulk.say_hello(sock, self.secrets, self.edge)
-            sock.settimeout(bulk.SEND_S)
-        except OSError:
-            sock.close()
-            self._retry_at = time.monotonic() + bulk.RETRY_S
-            return None
-        self.connects += 1
-        return sock
-
-    def send(self, n: int, head: bytes, parts: list[Any]) -> bytes:
-        """Seal and send the parts of message ``n``; the descriptor to send with its head
-        (also when the bytes could not be sent: the consumer then drops the head)."""
-        views = [memoryview(p).cast("B") for p in parts]
-        desc, header, ad = self.sealer.next([len(v) for v in views])
-        for _attempt in (0, 1):
-            sock = self.sock
-            if sock is None:
-                sock = self.sock = self._connect()
-                if sock is None:
-                    break
-            try:
-                self._send(sock, header.raw, ad, views)
-            except TimeoutError:
-                self.drop()  # the consumer is gone or stuck: do not wait again at once
-                self._retry_at = time.monotonic() + bulk.RETRY_S
-                break
-            except OSError:
-                self.drop()  # the consumer closed it (restarted, or refused what came)
-                continue
-            self.sent += 1
-            return desc
-        self.failed += 1
-        return desc
-
-    def _send(self, sock: socket.socket, header: bytes, ad: bytes, views: list[memoryview]) -> None:
-        out = self._scratch
-        piece = self.sealer.piece
-        seal = self.sealer.seal
-        k = 0
-        first = True
-        for v in views:
-            for off in range(0, max(1, len(v)), piece):
-                chunk = v[off : off + piece]
-                sealed = out[: len(chunk) + bulk.TAG]
-                seal(k, ad, chunk, sealed)
-                if first:  # the header goes with the first piece: one segment, one call
-                    first = False
-                    sent = sock.sendmsg([header, sealed])
-                    if sent < len(header):
-                        sock.sendall(memoryview(header)[sent:])
-                        sent = len(header)
-                    sent -= len(header)
-                    if sent < len(sealed):
-                        sock.sendall(sealed[sent:])
-                else:
-                    sock.sendall(sealed)
-                k += 1
-
-    def released(self, upto: int, keep: int) -> None:
-        """Message ``upto`` and those before it arrived (nothing to free: each piece was in
-        the kernel when ``send`` returned)."""
-
-    def drop(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-    def close(self, linger_ms: int = 0) -> None:
-        self.drop()
-
-
 def _produce_tcp(port: int, frames: int, window: int, piece: int) -> float:
     s = socket.create_connection(("127.0.0.1", port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -208,10 +112,8 @@ def _produce_zmq(port: int, frames: int, window: int, sealed: bool) -> float:
     return cpu
 
 
-def _produce_edge(
-    secrets_: Any, ctl: socket.socket, frames: int, window: int, piece: int, inline: bool
-) -> float:
-    sender = (InlineSender if inline else bulk.BulkSender)(None, "bench.frames", secrets_, piece)
+def _produce_edge(secrets_: Any, ctl: socket.socket, frames: int, window: int, piece: int) -> float:
+    sender = bulk.BulkSender(None, "bench.frames", secrets_, piece)
     src = np.random.randint(0, 255, FRAME, dtype=np.uint8)
     c0 = _cpu()
     for i in range(frames):
@@ -292,9 +194,7 @@ def run_edge(method: str, frames: int, window: int) -> dict[str, Any]:
     if pid == 0:  # the producer
         os.close(r)
         mine.close()
-        cpu = _produce_edge(
-            receiver.secrets, theirs, frames, window, piece, method.startswith("edge_inline")
-        )
+        cpu = _produce_edge(receiver.secrets, theirs, frames, window, piece)
         os.write(w, repr(cpu).encode())
         os._exit(0)
     os.close(w)
@@ -317,7 +217,7 @@ def run_edge(method: str, frames: int, window: int) -> dict[str, Any]:
 
 
 def run(method: str, frames: int, window: int) -> dict[str, Any]:
-    if method.startswith(("edge_sealed_", "edge_inline_")):
+    if method.startswith("edge_sealed_"):
         return run_edge(method, frames, window)
     piece = int(method.rsplit("_", 1)[1]) << 10 if method.startswith("tcp_sealed_") else 0
     if method.startswith("tcp"):
@@ -369,7 +269,7 @@ def main() -> int:
     args = parser.parse_args()
     pieces = args.pieces.split(",")
     methods = ["zmq", "zmq_sealed", "tcp"] + [f"tcp_sealed_{k}" for k in pieces]
-    methods += [f"edge_sealed_{k}" for k in pieces] + [f"edge_inline_{k}" for k in pieces]
+    methods += [f"edge_sealed_{k}" for k in pieces]
     started = machine()  # the load average before this run added its own
     rounds: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for _ in range(args.rounds):
@@ -396,9 +296,6 @@ def main() -> int:
         )
         ratios[f"{e}_cost_vs_zmq"] = round(
             1 - results[e]["frames_per_s"] / results["zmq"]["frames_per_s"], 3
-        )
-        ratios[f"{e}_over_inline"] = round(
-            results[e]["frames_per_s"] / results[f"edge_inline_{k}"]["frames_per_s"], 2
         )
         ratios[f"{m}_over_zmq_sealed"] = round(
             results[m]["frames_per_s"] / results["zmq_sealed"]["frames_per_s"], 2

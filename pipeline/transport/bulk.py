@@ -16,9 +16,8 @@ that (``benchmarks/bulk_carrier.py``). So a tcp edge has two connections:
   time): per message a **bulk header** (the salt's id, the counter, the piece size, each
   part's length), then each part sealed in pieces of ``PIECE`` bytes with AES-256-GCM or
   ChaCha20-Poly1305 (``cryptography``: OpenSSL, never a primitive of our own). The node's
-  thread seals each piece by ``encrypt_into`` into one of ``RING`` small buffers, and a
-  sending thread of the edge ``sendall``s it while it is still in cache (no ZeroMQ, no copy
-  but the kernel's; sealing and sending on two cores). On the consumer a thread of the edge
+  thread seals each piece by ``encrypt_into`` into one small buffer and sends it while it
+  is still in cache (no ZeroMQ, no copy but the kernel's). On the consumer a thread of the edge
   reads eagerly (the producer never waits on the consumer's node being busy): it
   ``recv_into``s each piece into a small buffer and ``decrypt_into``s it straight into the
   array the node will read, so the frame is never written twice.
@@ -86,7 +85,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import collections
 import ctypes
 import dataclasses
 import hmac
@@ -147,7 +145,6 @@ MAX_PENDING = 8  # connections saying hello at once; beyond, the oldest is refus
 CONNECT_S = 2.0  # the producer's connect and hello
 SEND_S = 5.0  # a sendall that has not finished by then drops the connection
 RETRY_S = 0.5  # after a failed connect, the producer tries again no sooner
-RING = 3  # sealed pieces between the node's thread and the edge's sending thread
 _MAGIC = b"PB2"
 _VERSION = 2
 _DESC = struct.Struct("<3s16sQB")  # magic, salt, counter, parts (on the CURVE socket)
@@ -506,7 +503,6 @@ def say_hello(sock: socket.socket, secrets_: EdgeSecrets, edge: str) -> None:
 _LOWAT: int | None = getattr(socket, "SO_RCVLOWAT", None) if platform.system() == "Linux" else None
 LOWAT_WAIT_MS = 50
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
-_MORE = getattr(socket, "MSG_MORE", 0)  # the header: the first piece follows at once
 _LOWAT_MAX = (1 << 20) + TAG  # a piece's (at most: the kernel's window must hold it)
 
 
@@ -567,11 +563,12 @@ class _Reader:
 
 class BulkSender:
     """The producer's bulk connection to one consumer. The node's thread seals each piece of
-    a message into one of ``RING`` small buffers; a sending thread of the edge ``sendall``s
-    them in order, so sealing and the kernel's copy run on two cores, a piece still in cache
-    when it is sent (``cryptography`` releases the GIL while it seals). Connects at the first
-    message; a connection that fails or stalls (``SEND_S``) is dropped, the message counts
-    as lost (as to any consumer that died), and the next message connects again."""
+    a message by ``encrypt_into`` into one small buffer and sends it at once, while it is
+    still in cache (the header goes with the first piece, in one ``sendmsg``). Connects at
+    the first message; a connection that fails or stalls (``SEND_S``) is dropped, the
+    message counts as lost (as to any consumer that died), and the next message connects
+    again. (A sending thread per edge, sealing and sending on two cores, did 0.8-0.87x these
+    frames/s on 2 cores: ``benchmarks/results/bulk_carrier-sender-choice.json``.)"""
 
     def __init__(
         self, ctx: zmq.Context[Any] | None, edge: str, secrets_: EdgeSecrets, piece: int = 0
@@ -582,17 +579,7 @@ class BulkSender:
         self.MIN_BYTES = BULK_MIN
         self.address = _split(secrets_.bulk_endpoint)
         self.sock: socket.socket | None = None
-        size = self.sealer.piece + TAG
-        self._ring = [memoryview(bytearray(size)) for _ in range(RING)]
-        # a small message, sealed and sent whole from the node's thread (``_send_here``)
-        self._here = memoryview(bytearray(size + _HEAD.size + MAX_PARTS * (_LEN.size + TAG)))
-        self._free = list(range(RING))
-        # what the sending thread is to send: (connection, bytes, ring slot or -1, flags)
-        self._todo: collections.deque[tuple[socket.socket, Any, int, int]] = collections.deque()
-        self._dead: list[socket.socket] = []  # dropped, to close once nothing refers to them
-        self._cv = threading.Condition()
-        self._closing = False
-        self._thread: threading.Thread | None = None
+        self._scratch = memoryview(bytearray(self.sealer.piece + TAG))
         self._retry_at = 0.0
         self.sent = 0  # messages sent
         self.failed = 0  # messages whose bytes could not be sent
@@ -615,169 +602,66 @@ class BulkSender:
             self._retry_at = time.monotonic() + RETRY_S
             return None
         self.connects += 1
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._sending, name=f"bulk-send {self.edge}")
-            self._thread.daemon = True
-            self._thread.start()
         return sock
 
-    def _sending(self) -> None:
-        todo, cv = self._todo, self._cv
-        while True:
-            with cv:
-                while not todo and not self._closing:
-                    cv.wait()
-                if not todo:
-                    return
-                sock, data, slot, flags = todo[0]
-                dead = sock in self._dead
-            failed = False
-            if not dead:
-                try:
-                    sock.sendall(data, flags)
-                except OSError:
-                    failed = True
-            with cv:
-                todo.popleft()
-                if slot >= 0:
-                    self._free.append(slot)
-                if failed and sock not in self._dead:
-                    self._dead.append(sock)
-                self._bury()
-                cv.notify_all()
-
-    def _bury(self) -> None:
-        """Close the dropped connections that nothing waiting to be sent refers to (with
-        ``_cv`` held); the one ``send`` uses stays until ``send`` lets it go."""
-        for gone in [d for d in self._dead if d is not self.sock]:
-            if not any(item[0] is gone for item in self._todo):
-                gone.close()
-                self._dead.remove(gone)
-
-    def _drop(self, sock: socket.socket) -> None:
-        """Give up ``sock`` (stalled, or its consumer closed it)."""
-        try:
-            sock.shutdown(socket.SHUT_RDWR)  # the sending thread stops waiting on it
-        except OSError:
-            pass
-        with self._cv:
-            if sock not in self._dead:
-                self._dead.append(sock)
-            if self.sock is sock:
-                self.sock = None
-            self._bury()
-
     def send(self, n: int, head: bytes, parts: Sequence[Any]) -> bytes:
-        """Seal the parts of message ``n`` and hand them to the sending thread; the
-        descriptor to send with its head (also when the bytes cannot go: the consumer then
-        drops the head)."""
+        """Seal and send the parts of message ``n``; the descriptor to send with its head
+        (also when the bytes cannot go: the consumer then drops the head)."""
         views = [memoryview(p).cast("B") for p in parts]
         desc, header, ad = self.sealer.next([len(v) for v in views])
-        sock = self.sock
-        if sock is not None and sock in self._dead:  # the sending thread saw it fail
-            self._drop(sock)
-            sock = None
-        if sock is None:
-            sock = self.sock = self._connect()
+        for _attempt in (0, 1):
+            sock = self.sock
             if sock is None:
-                self.failed += 1
-                return desc
-        cv, todo, free, ring = self._cv, self._todo, self._free, self._ring
+                sock = self.sock = self._connect()
+                if sock is None:
+                    break
+            try:
+                self._send(sock, header.raw, ad, views)
+            except TimeoutError:
+                self._drop()  # the consumer is gone or stuck: do not wait again at once
+                self._retry_at = time.monotonic() + RETRY_S
+                break
+            except OSError:
+                self._drop()  # the consumer closed it (restarted, or refused what came)
+                continue
+            self.sent += 1
+            return desc
+        self.failed += 1
+        return desc
+
+    def _send(self, sock: socket.socket, header: bytes, ad: bytes, views: list[memoryview]) -> None:
+        out = self._scratch
         piece = self.sealer.piece
         seal = self.sealer.seal
-        if all(len(v) <= piece for v in views) and sum(map(len, views)) <= piece:
-            with cv:
-                idle = not todo  # nothing being sent: this thread may use the socket
-            if idle:
-                return self._send_here(sock, desc, header.raw, ad, views)
-        with cv:
-            todo.append((sock, header.raw, -1, _MORE))
-            cv.notify_all()
         k = 0
         for v in views:
             for off in range(0, max(1, len(v)), piece):
                 chunk = v[off : off + piece]
-                with cv:
-                    if not free:
-                        deadline = time.monotonic() + SEND_S
-                        while not free and sock not in self._dead:
-                            left = deadline - time.monotonic()
-                            if left <= 0:
-                                break
-                            cv.wait(left)
-                    if not free or sock in self._dead:
-                        stalled = not free
-                        slot = -1
-                    else:
-                        slot = free.pop()
-                if slot < 0:
-                    self._drop(sock)
-                    if stalled:  # the consumer is gone or stuck: do not wait again at once
-                        self._retry_at = time.monotonic() + RETRY_S
-                    self.failed += 1
-                    return desc
-                sealed = ring[slot][: len(chunk) + TAG]
+                sealed = out[: len(chunk) + TAG]
                 seal(k, ad, chunk, sealed)
-                with cv:
-                    todo.append((sock, sealed, slot, 0))
-                    cv.notify_all()
+                if k == 0:  # the header goes with the first piece: one segment, one call
+                    sent = sock.sendmsg([header, sealed])
+                    if sent < len(header):
+                        sock.sendall(memoryview(header)[sent:])
+                        sent = len(header)
+                    if sent - len(header) < len(sealed):
+                        sock.sendall(sealed[sent - len(header) :])
+                else:
+                    sock.sendall(sealed)
                 k += 1
-        self.sent += 1
-        return desc
-
-    def _send_here(
-        self, sock: socket.socket, desc: bytes, header: bytes, ad: bytes, views: list[memoryview]
-    ) -> bytes:
-        """A message of one piece per part, sent from the node's thread (a hand-over to the
-        sending thread costs more than the send itself at this size: measured at 224x224)."""
-        out = self._here
-        at = len(header)
-        out[:at] = header
-        for k, v in enumerate(views):
-            self.sealer.seal(k, ad, v, out[at : at + len(v) + TAG])
-            at += len(v) + TAG
-        try:
-            sock.sendall(out[:at])
-        except OSError as exc:
-            self._drop(sock)
-            if isinstance(exc, TimeoutError):
-                self._retry_at = time.monotonic() + RETRY_S
-            self.failed += 1
-            return desc
-        self.sent += 1
-        return desc
 
     def released(self, upto: int, keep: int) -> None:
-        """Message ``upto`` and those before it arrived (nothing to free: the pieces' buffers
-        are free once sent)."""
+        """Message ``upto`` and those before it arrived (nothing to free: each piece was in
+        the kernel when ``send`` returned)."""
+
+    def _drop(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
 
     def close(self, linger_ms: int = 0) -> None:
-        """Stop; what is still to send goes out for up to ``linger_ms``."""
-        with self._cv:
-            deadline = time.monotonic() + linger_ms / 1000
-            while self._todo and self._thread is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cv.wait(left)
-            self._closing = True
-            socks = {item[0] for item in self._todo} | set(self._dead)
-            if self.sock is not None:
-                socks.add(self.sock)
-            self.sock = None
-            self._cv.notify_all()
-        for sock in socks:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        if self._thread is not None:
-            self._thread.join(SEND_S + 1)
-        with self._cv:
-            self._todo.clear()
-            self._dead.clear()
-        for sock in socks:
-            sock.close()
+        """Close (what ``send`` returned from is in the kernel already)."""
+        self._drop()
 
 
 class _Bulk:
