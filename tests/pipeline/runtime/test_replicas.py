@@ -22,7 +22,7 @@ from pipeline.runtime.replicas import Distributor, MergedInput, connect_senders,
 from pipeline.runtime.stats import InputStats, NodeStats, OutputStats
 from pipeline.runtime.table import render_table
 from pipeline.transport.channels import EdgeSender, InputEdge, RuntimeOutput
-from pipeline.transport.plan import EdgePlan, slot_pool_size
+from pipeline.transport.plan import EdgePlan, WhenFull, slot_pool_size
 from pipeline.transport.shm import ShmReader, SlotPool
 
 
@@ -35,17 +35,25 @@ class Wires:
         self.inputs: list[InputEdge] = []
         self.outputs: list[RuntimeOutput] = []
 
-    def plan(self, producer: str, consumer: str, queue: int = 2, spread: Any = "") -> EdgePlan:
+    def plan(
+        self,
+        producer: str,
+        consumer: str,
+        queue: int = 2,
+        spread: Any = "",
+        when: WhenFull = "block",
+        bind: str = "",
+    ) -> EdgePlan:
         return EdgePlan(
             producer=producer,
             output="frames",
             consumer=consumer,
             input="frames",
             queue=queue,
-            when_full="block",
-            transport="shm",
+            when_full=when,
+            transport="tcp" if bind.startswith("tcp://") else "shm",
             release_batch=1,
-            bind=f"inproc://edge-{secrets.token_hex(4)}",
+            bind=bind or f"inproc://edge-{secrets.token_hex(4)}",
             spread=spread,
         )
 

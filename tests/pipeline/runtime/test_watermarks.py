@@ -39,28 +39,13 @@ class Copies(Wires):
         self.transport = transport
         self.counted: dict[str, int] = {}
 
-    def plan(  # type: ignore[override]
-        self, producer: str, consumer: str, spread: Any, queue: int, when: WhenFull
-    ) -> EdgePlan:
-        tcp = self.transport == "tcp"
-        if tcp:
-            bind = "tcp://127.0.0.1:*"
-        elif self.transport == "fast":
-            bind = f"ipc://{self.folder}/{secrets.token_hex(4)}"
-        else:
-            bind = f"inproc://edge-{secrets.token_hex(4)}"
-        return EdgePlan(
-            producer=producer,
-            output="frames",
-            consumer=consumer,
-            input="frames",
-            queue=queue,
-            when_full=when,
-            transport="tcp" if tcp else "shm",
-            release_batch=1,
-            bind=bind,
-            spread=spread,
-        )
+    def bind(self) -> str:
+        """Where the next edge's consumer binds, on this transport."""
+        if self.transport == "tcp":
+            return "tcp://127.0.0.1:*"
+        if self.transport == "fast":
+            return f"ipc://{self.folder}/{secrets.token_hex(4)}"
+        return ""  # inproc
 
     def edge(self, plan: EdgePlan) -> tuple[EdgeSender, InputEdge]:
         if self.transport == "fast":
@@ -89,7 +74,9 @@ class Copies(Wires):
             senders = []
             name = names[i] if names else f"a[{i}]"
             for j in range(consumers):
-                sender, edge = self.edge(self.plan(name, f"b[{j}]", spread, queue, when))
+                sender, edge = self.edge(
+                    self.plan(name, f"b[{j}]", queue, spread, when, self.bind())
+                )
                 senders.append(sender)
                 into[j].append(edge)
             outs.append(self.output(senders))
