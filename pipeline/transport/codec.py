@@ -68,6 +68,20 @@ _KINDS_ON_WIRE = (MSG, EOS, MARK)
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 _unpackb = msgpack.unpackb
+
+
+def _unpack(data: bytes | memoryview, what: str) -> Any:
+    """The msgpack in ``data`` (plain msgpack: nothing is unpickled).
+
+    Raises:
+        MalformedMessage: not msgpack (saying ``what`` was not).
+    """
+    try:
+        return _unpackb(data)
+    except Exception as exc:  # msgpack's errors differ by version and C/Python build
+        raise MalformedMessage(f"{what} is not msgpack: {type(exc).__name__}") from None
+
+
 _DTYPES: dict[str, np.dtype] = {}
 _DTYPE_KINDS = frozenset("biufcUS")  # plain memory: never objects, records or sub-arrays
 _MAX_DTYPES = 256  # the cache of dtype codes is bounded: codes come from the wire
@@ -296,10 +310,7 @@ def decode_body(
     """
     if len(body) and body[0] == SHORT:
         return _decode_short(body, shm_view)
-    try:
-        d = _unpackb(body)
-    except Exception as exc:  # msgpack's errors differ by version and C/Python build
-        raise MalformedMessage(f"the body is not msgpack: {type(exc).__name__}") from None
+    d = _unpack(body, "the body")
     if not isinstance(d, dict):
         raise MalformedMessage(f"the body is a {type(d).__name__}, not a map")
     try:
@@ -329,12 +340,7 @@ def decode_body(
 
 def _layout(data: bytes) -> _Layout:
     """Validate a short-form layout (every check of ``decode_body``'s msgpack form)."""
-    try:
-        d = _unpackb(data)
-    except Exception as exc:  # msgpack's errors differ by version and C/Python build
-        raise MalformedMessage(
-            f"the short-form layout is not msgpack: {type(exc).__name__}"
-        ) from None
+    d = _unpack(data, "the short-form layout")
     if not isinstance(d, list) or len(d) != 3:
         raise MalformedMessage("the short-form layout is not a [kind, source, arrays] list")
     kind, source, entries = d
@@ -382,12 +388,7 @@ def _decode_short(body: bytes | memoryview, shm_view: ShmView | None) -> Message
     meta: Any = {}
     fields: Any = {}
     if end < len(body):
-        try:
-            rest = _unpackb(body[end:])
-        except Exception as exc:  # msgpack's errors differ by version and C/Python build
-            raise MalformedMessage(
-                f"the short-form meta and fields are not msgpack: {type(exc).__name__}"
-            ) from None
+        rest = _unpack(body[end:], "the short-form meta and fields")
         if not isinstance(rest, list) or len(rest) != 2:
             raise MalformedMessage("the short-form meta and fields are not a [meta, fields] list")
         meta, fields = rest
